@@ -1,0 +1,163 @@
+//! Reconcile: what the conductor wants + what the agent has -> what to do next. Pure.
+//!
+//! The rules users rely on are decided here and nowhere else:
+//! - nothing is detached unless a successful answer from the conductor no longer lists it
+//!   ([`Desired::Unknown`] never detaches);
+//! - only volumes the agent attached are detached (foreign attachments never become volumes);
+//! - at most one operation is in flight per (portal, iqn), so logins never race;
+//! - failed volumes wait for their retry time without holding up the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use super::volume::{Millis, Operation, Phase, Volume};
+use crate::protocol::ErrorReport;
+use crate::protocol::target::{TargetError, TargetSpec};
+
+/// The last successful answer from the conductor, or none yet.
+#[derive(Debug, Clone, Default)]
+pub enum Desired {
+    #[default]
+    Unknown,
+    Known(Assignment),
+}
+
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub generation: u64,
+    /// In the conductor's order (boot_index first), which is also the attach order.
+    pub targets: Vec<DesiredTarget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesiredTarget {
+    pub uuid: Uuid,
+    pub volume_id: String,
+    pub volume_type: String,
+    pub spec: Result<TargetSpec, TargetError>,
+}
+
+impl Desired {
+    pub fn generation(&self) -> Option<u64> {
+        match self {
+            Self::Unknown => None,
+            Self::Known(a) => Some(a.generation),
+        }
+    }
+
+    pub fn target(&self, uuid: Uuid) -> Option<&DesiredTarget> {
+        match self {
+            Self::Unknown => None,
+            Self::Known(a) => a.targets.iter().find(|t| t.uuid == uuid),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start attaching (tracking the volume first if it is new).
+    Attach(Uuid),
+    /// Start detaching an owned volume the conductor no longer lists.
+    Detach(Uuid),
+    /// Drop a volume that is neither desired nor on the host.
+    Forget(Uuid),
+    /// Mark a target the agent cannot act on as failed, without retry.
+    Reject(Uuid, ErrorReport),
+    /// Assigned again while its detach was blocked or failed: keep it.
+    Keep(Uuid),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// When reconcile must run again even if nothing else happens (a retry falls due).
+    pub next_wake: Option<Millis>,
+}
+
+pub fn error_report(e: &TargetError) -> ErrorReport {
+    ErrorReport {
+        kind: e.kind().to_string(),
+        message: e.to_string(),
+    }
+}
+
+pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Millis) -> Plan {
+    let Desired::Known(assignment) = desired else {
+        // Without an answer nothing is known to be unwanted, and nothing can be attached.
+        return Plan::default();
+    };
+    let mut plan = Plan::default();
+    let mut busy: BTreeSet<String> = volumes
+        .values()
+        .filter(|v| v.in_flight())
+        .flat_map(|v| v.login_keys.iter().cloned())
+        .collect();
+    let wake_at = |at: Millis, plan: &mut Plan| {
+        plan.next_wake = Some(plan.next_wake.map_or(at, |w| w.min(at)));
+    };
+
+    for target in &assignment.targets {
+        let volume = volumes.get(&target.uuid);
+        let spec = match &target.spec {
+            Ok(spec) => spec,
+            Err(e) => {
+                let report = error_report(e);
+                let needs_reject = volume.is_none_or(|v| !v.is_owned() && !v.in_flight() && v.error() != Some(&report));
+                if needs_reject {
+                    plan.actions.push(Action::Reject(target.uuid, report));
+                }
+                continue;
+            }
+        };
+        let due = match volume.map(|v| &v.phase) {
+            None | Some(Phase::Pending) => true,
+            Some(Phase::Failed {
+                during: Operation::Attach,
+                retry_at,
+                ..
+            }) => match retry_at {
+                // It was rejected as invalid and is valid now.
+                None => true,
+                Some(at) if *at <= now => true,
+                Some(at) => {
+                    wake_at(*at, &mut plan);
+                    false
+                }
+            },
+            Some(Phase::DetachBlocked { .. } | Phase::Failed { during: Operation::Detach, .. }) => {
+                plan.actions.push(Action::Keep(target.uuid));
+                false
+            }
+            Some(Phase::Attaching | Phase::Attached | Phase::Detaching) => false,
+        };
+        if due {
+            let keys = spec.login_keys();
+            if keys.iter().all(|k| !busy.contains(k)) {
+                busy.extend(keys);
+                plan.actions.push(Action::Attach(target.uuid));
+            }
+        }
+    }
+
+    for (uuid, volume) in volumes {
+        if desired.target(*uuid).is_some() || volume.in_flight() {
+            continue;
+        }
+        if !volume.is_owned() {
+            plan.actions.push(Action::Forget(*uuid));
+            continue;
+        }
+        if let Some(at) = volume.retry_at()
+            && at > now
+        {
+            wake_at(at, &mut plan);
+            continue;
+        }
+        if volume.login_keys.iter().all(|k| !busy.contains(k)) {
+            busy.extend(volume.login_keys.iter().cloned());
+            plan.actions.push(Action::Detach(*uuid));
+        }
+    }
+    plan
+}

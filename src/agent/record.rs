@@ -1,0 +1,119 @@
+//! The agent's state directory: ownership record, token and last report.
+//!
+//! The record says which attachments are the agent's. It holds no secrets, and it is written
+//! atomically (temp file, fsync, rename) with mode 0600 before the agent reports a volume as
+//! attached, so a crash never leaves an attachment that the agent would not recognise.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::backend::Attachment;
+use crate::fsutil::{write_atomic, write_private};
+use crate::protocol::Heartbeat;
+
+pub const RECORD_FILE: &str = "volumes.json";
+pub const TOKEN_FILE: &str = "token";
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub version: u32,
+    pub volumes: BTreeMap<Uuid, OwnedVolume>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnedVolume {
+    pub volume_id: String,
+    pub attachment: Attachment,
+}
+
+/// What `tether status` reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LocalStatus {
+    #[serde(default)]
+    pub node_uuid: Option<Uuid>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    pub conductor_url: String,
+    /// The conductor's last answer or the reason there was none.
+    pub conductor: String,
+    pub updated_at: String,
+    pub report: Heartbeat,
+}
+
+pub struct StateDir {
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.path)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Reads the ownership record. A corrupt record is moved aside, and the agent starts with
+    /// none: it then treats what it finds on the host as foreign, which never detaches anything.
+    pub fn load_record(&self) -> Record {
+        let path = self.file(RECORD_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Record::default(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the ownership record; starting without it");
+                return Record::default();
+            }
+        };
+        match serde_json::from_str(&text) {
+            Ok(record) => record,
+            Err(e) => {
+                let aside = path.with_extension("json.corrupt");
+                let _ = std::fs::rename(&path, &aside);
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e,
+                    "the ownership record is corrupt; existing attachments will be reported as foreign");
+                Record::default()
+            }
+        }
+    }
+
+    pub fn save_record(&self, record: &Record) -> std::io::Result<()> {
+        let data = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        write_private(&self.file(RECORD_FILE), &data)
+    }
+
+    pub fn load_token(&self) -> Option<String> {
+        read_token(&self.file(TOKEN_FILE))
+    }
+
+    pub fn save_token(&self, token: &str) -> std::io::Result<()> {
+        write_private(&self.file(TOKEN_FILE), format!("{token}\n").as_bytes())
+    }
+
+    pub fn save_status(&self, status: &LocalStatus) -> std::io::Result<()> {
+        let data = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+        // No secrets in it: readable so that anyone on the node can run `tether status`.
+        write_atomic(&self.file(STATUS_FILE), &data, 0o644)
+    }
+
+    pub fn load_status(&self) -> std::io::Result<LocalStatus> {
+        let text = std::fs::read_to_string(self.file(STATUS_FILE))?;
+        serde_json::from_str(&text).map_err(std::io::Error::other)
+    }
+}
+
+pub fn read_token(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}

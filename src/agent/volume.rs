@@ -1,0 +1,274 @@
+//! The per-volume state machine. Pure: no I/O, no clock; times are passed in.
+//!
+//! ```text
+//!  Pending ──start_attach──> Attaching ──attached──> Attached / Mounted
+//!     ^                          │                        │
+//!     └──── retry due ──── Failed(attach) <──failed───────┘ start_detach
+//!                                                         v
+//!   (gone) <──detached── Detaching ──blocked──> DetachBlocked ──retry due / start_detach──┐
+//!                           │  └──failed──> Failed(detach) ──────────────────────────────┘
+//!                           └─ reassigned while blocked or failed ──> Attached / Mounted
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::backend::Attachment;
+use crate::protocol::{ErrorReport, VolumeState};
+
+/// Milliseconds on the agent's monotonic clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Attach,
+    Detach,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Attaching,
+    Attached,
+    Detaching,
+    DetachBlocked { reason: ErrorReport, retry_at: Millis },
+    /// `retry_at` is `None` for failures no retry can fix (an invalid target).
+    Failed {
+        error: ErrorReport,
+        during: Operation,
+        retry_at: Option<Millis>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub target_uuid: Uuid,
+    pub volume_id: String,
+    pub volume_type: String,
+    pub phase: Phase,
+    /// Wall-clock time the current phase began, for reports.
+    pub since: SystemTime,
+    /// Consecutive failures, for backoff.
+    pub failures: u32,
+    /// What the agent attached; `Some` exactly while the volume is the agent's on the host.
+    pub attachment: Option<Attachment>,
+    /// Sessions this volume's operations log in to (see `TargetSpec::login_keys`).
+    pub login_keys: Vec<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("volume {target}: cannot {event} while {from:?}")]
+pub struct InvalidTransition {
+    pub target: Uuid,
+    pub event: &'static str,
+    pub from: Phase,
+}
+
+/// Exponential backoff: `initial * 2^(failures-1)`, capped, then scaled by `jitter` in [0.5, 1].
+pub fn retry_delay(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(max);
+    capped.mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+impl Volume {
+    pub fn new(target_uuid: Uuid, volume_id: String, volume_type: String, now: SystemTime) -> Self {
+        Self {
+            target_uuid,
+            volume_id,
+            volume_type,
+            phase: Phase::Pending,
+            since: now,
+            failures: 0,
+            attachment: None,
+            login_keys: Vec::new(),
+        }
+    }
+
+    /// A volume found attached on the host at start-up, from the ownership record.
+    pub fn recovered(target_uuid: Uuid, volume_id: String, attachment: Attachment, now: SystemTime) -> Self {
+        Self {
+            volume_type: attachment.volume_type().to_string(),
+            login_keys: attachment.login_keys(),
+            phase: Phase::Attached,
+            attachment: Some(attachment),
+            ..Self::new(target_uuid, volume_id, String::new(), now)
+        }
+    }
+
+    pub fn state(&self) -> VolumeState {
+        match &self.phase {
+            Phase::Pending => VolumeState::Pending,
+            Phase::Attaching => VolumeState::Attaching,
+            Phase::Attached if self.attachment.as_ref().is_some_and(|a| a.mount.is_some()) => VolumeState::Mounted,
+            Phase::Attached => VolumeState::Attached,
+            Phase::Detaching => VolumeState::Detaching,
+            Phase::DetachBlocked { .. } => VolumeState::DetachBlocked,
+            Phase::Failed { .. } => VolumeState::Failed,
+        }
+    }
+
+    pub fn is_owned(&self) -> bool {
+        self.attachment.is_some()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        matches!(self.phase, Phase::Attaching | Phase::Detaching)
+    }
+
+    /// When a blocked or failed volume may be retried.
+    pub fn retry_at(&self) -> Option<Millis> {
+        match &self.phase {
+            Phase::DetachBlocked { retry_at, .. } => Some(*retry_at),
+            Phase::Failed { retry_at, .. } => *retry_at,
+            _ => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<&ErrorReport> {
+        match &self.phase {
+            Phase::DetachBlocked { reason, .. } => Some(reason),
+            Phase::Failed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now: SystemTime) {
+        if std::mem::discriminant(&phase) != std::mem::discriminant(&self.phase) {
+            self.since = now;
+        }
+        self.phase = phase;
+    }
+
+    fn invalid(&self, event: &'static str) -> InvalidTransition {
+        InvalidTransition {
+            target: self.target_uuid,
+            event,
+            from: self.phase.clone(),
+        }
+    }
+
+    pub fn start_attach(&mut self, login_keys: Vec<String>, now: SystemTime) -> Result<(), InvalidTransition> {
+        match self.phase {
+            Phase::Pending | Phase::Failed { during: Operation::Attach, .. } => {
+                self.login_keys = login_keys;
+                self.enter(Phase::Attaching, now);
+                Ok(())
+            }
+            _ => Err(self.invalid("start attach")),
+        }
+    }
+
+    pub fn attach_succeeded(&mut self, attachment: Attachment, now: SystemTime) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Attaching {
+            return Err(self.invalid("finish attach"));
+        }
+        self.login_keys = attachment.login_keys();
+        self.attachment = Some(attachment);
+        self.failures = 0;
+        self.enter(Phase::Attached, now);
+        Ok(())
+    }
+
+    /// `attachment` is what stayed attached despite the failure (a device that mounted badly).
+    pub fn attach_failed(
+        &mut self,
+        error: ErrorReport,
+        attachment: Option<Attachment>,
+        retry_at: Millis,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Attaching {
+            return Err(self.invalid("fail attach"));
+        }
+        self.failures += 1;
+        self.attachment = attachment;
+        self.enter(
+            Phase::Failed {
+                error,
+                during: Operation::Attach,
+                retry_at: Some(retry_at),
+            },
+            now,
+        );
+        Ok(())
+    }
+
+    /// A target the agent cannot act on; only a changed target clears it.
+    pub fn reject(&mut self, error: ErrorReport, now: SystemTime) -> Result<(), InvalidTransition> {
+        if self.in_flight() || self.is_owned() {
+            return Err(self.invalid("reject"));
+        }
+        self.enter(
+            Phase::Failed {
+                error,
+                during: Operation::Attach,
+                retry_at: None,
+            },
+            now,
+        );
+        Ok(())
+    }
+
+    pub fn start_detach(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
+        let allowed = matches!(
+            self.phase,
+            Phase::Attached | Phase::DetachBlocked { .. } | Phase::Failed { .. }
+        ) && self.is_owned();
+        if !allowed {
+            return Err(self.invalid("start detach"));
+        }
+        self.enter(Phase::Detaching, now);
+        Ok(())
+    }
+
+    /// The volume is gone from the host; the caller drops it.
+    pub fn detach_succeeded(&mut self) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Detaching {
+            return Err(self.invalid("finish detach"));
+        }
+        self.attachment = None;
+        Ok(())
+    }
+
+    pub fn detach_blocked(&mut self, reason: ErrorReport, retry_at: Millis, now: SystemTime) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Detaching {
+            return Err(self.invalid("block detach"));
+        }
+        self.enter(Phase::DetachBlocked { reason, retry_at }, now);
+        Ok(())
+    }
+
+    pub fn detach_failed(&mut self, error: ErrorReport, retry_at: Millis, now: SystemTime) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Detaching {
+            return Err(self.invalid("fail detach"));
+        }
+        self.failures += 1;
+        self.enter(
+            Phase::Failed {
+                error,
+                during: Operation::Detach,
+                retry_at: Some(retry_at),
+            },
+            now,
+        );
+        Ok(())
+    }
+
+    /// Assigned again while a detach was blocked or failed: it stays, as it was.
+    pub fn reassigned(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
+        match self.phase {
+            Phase::DetachBlocked { .. } | Phase::Failed { during: Operation::Detach, .. } if self.is_owned() => {
+                self.failures = 0;
+                self.enter(Phase::Attached, now);
+                Ok(())
+            }
+            _ => Err(self.invalid("reassign")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! iSCSI volumes: node records, logins, LUN scans and safe logouts.
+//!
+//! The rules users rely on live here, written once against [`IscsiHost`]: node records are
+//! created with `node.startup = manual`; an existing session to the same (portal, iqn) is reused;
+//! only the LUN wanted is scanned; a session is logged out only if the agent logged it in and no
+//! other owned LUN uses it; sessions the agent did not create are never touched.
+
+use std::time::Duration;
+
+use crate::backend::{
+    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, IscsiPathHandle,
+    Ownership, SessionKey, VolumeBackend,
+};
+use crate::protocol::ForeignAttachment;
+use crate::protocol::target::{BackendSpec, Chap, IscsiPath, IscsiSpec, Portal, TargetSpec};
+
+/// A logged-in session as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// N in /sys/class/iscsi_session/sessionN.
+    pub sid: u32,
+    pub portal: String,
+    pub iqn: String,
+    /// LUNs the kernel has for this session, with their block device's kernel name.
+    pub luns: Vec<(u16, String)>,
+}
+
+impl Session {
+    pub fn key(&self) -> SessionKey {
+        SessionKey {
+            portal: self.portal.clone(),
+            iqn: self.iqn.clone(),
+        }
+    }
+
+    pub fn lun_device(&self, lun: u16) -> Option<&str> {
+        self.luns.iter().find(|(l, _)| *l == lun).map(|(_, k)| k.as_str())
+    }
+}
+
+/// open-iscsi and the iSCSI parts of sysfs.
+pub trait IscsiHost: Send + Sync {
+    fn sessions(&self) -> Result<Vec<Session>, HostError>;
+    /// SendTargets discovery against `portal`; returns the targets it offers.
+    fn discover(&self, portal: &Portal, chap: Option<&Chap>) -> Result<Vec<(String, String)>, HostError>;
+    /// Creates (or updates) the node record with `node.startup = manual` and the CHAP settings.
+    fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError>;
+    /// Logs in; "session exists" is success.
+    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    /// Logs out; "no session" is success.
+    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    /// Deletes the node record; "no record" is success.
+    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    /// Asks the kernel to scan one LUN of the session.
+    fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError>;
+    /// Deletes the SCSI device behind a block device (`/sys/block/<dev>/device/delete`).
+    fn delete_device(&self, kernel_name: &str) -> Result<(), HostError>;
+}
+
+pub struct IscsiBackend<H, B> {
+    pub host: H,
+    pub block: B,
+}
+
+impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
+    pub fn new(host: H, block: B) -> Self {
+        Self { host, block }
+    }
+
+    fn find_session(&self, portal: &str, iqn: &str) -> Result<Option<Session>, HostError> {
+        Ok(self
+            .host
+            .sessions()?
+            .into_iter()
+            .find(|s| s.portal == portal && s.iqn == iqn))
+    }
+
+    fn attach_path(
+        &self,
+        spec: &IscsiSpec,
+        path: &IscsiPath,
+        timeout: Duration,
+    ) -> Result<(IscsiPathHandle, BlockDevice), HostError> {
+        let portal = path.portal.to_string();
+        let mut session_created = false;
+        let session = match self.find_session(&portal, &path.iqn)? {
+            Some(session) => session,
+            None => {
+                if spec.discovery {
+                    let offered = self.host.discover(&path.portal, spec.discovery_chap.as_ref())?;
+                    if !offered.iter().any(|(_, iqn)| *iqn == path.iqn) {
+                        return Err(HostError::new(
+                            "target_not_found",
+                            format!("discovery at {portal} does not offer {}; check the target's ACLs and IQN", path.iqn),
+                        ));
+                    }
+                }
+                self.host.create_record(path, spec.chap.as_ref())?;
+                if let Err(e) = self.host.login(&portal, &path.iqn) {
+                    let _ = self.host.delete_record(&portal, &path.iqn);
+                    return Err(e);
+                }
+                session_created = true;
+                self.find_session(&portal, &path.iqn)?.ok_or_else(|| {
+                    HostError::new(
+                        "login_failed",
+                        format!("iscsiadm logged in to {} at {portal} but no session shows in sysfs", path.iqn),
+                    )
+                })?
+            }
+        };
+        let cleanup = |e: HostError| {
+            // Never leave a session behind that only this attempt created.
+            if session_created {
+                let _ = self.host.logout(&portal, &path.iqn);
+                let _ = self.host.delete_record(&portal, &path.iqn);
+            }
+            e
+        };
+        let device_created = session.lun_device(path.lun).is_none();
+        if device_created {
+            self.host.scan_lun(&session, path.lun).map_err(cleanup)?;
+        }
+        let what = DeviceMatch::IscsiLun {
+            portal: portal.clone(),
+            iqn: path.iqn.clone(),
+            lun: path.lun,
+        };
+        let device = self.block.wait_for_device(&what, timeout).map_err(cleanup)?;
+        let handle = IscsiPathHandle {
+            portal,
+            iqn: path.iqn.clone(),
+            lun: path.lun,
+            kernel_name: device.kernel_name.clone(),
+            session_created,
+            device_created,
+        };
+        Ok((handle, device))
+    }
+}
+
+impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
+    fn attach(&self, spec: &TargetSpec, ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError> {
+        let BackendSpec::Iscsi(iscsi) = &spec.backend else {
+            return Err(HostError::new("internal", "an RBD target reached the iSCSI backend"));
+        };
+        // Every path logs in at once; the caller guarantees no other login to these sessions.
+        let results: Vec<Result<(IscsiPathHandle, BlockDevice), HostError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = iscsi
+                .paths
+                .iter()
+                .map(|path| scope.spawn(move || self.attach_path(iscsi, path, timeout)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(HostError::new("internal", "a login worker panicked"))))
+                .collect()
+        });
+        let mut handles = Vec::new();
+        let mut devices = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok((handle, device)) => {
+                    handles.push(handle);
+                    devices.push(device);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            // A volume is attached whole or not at all: undo the paths that came up.
+            let partial = Attachment {
+                device: devices.first().cloned().unwrap_or_else(|| BlockDevice {
+                    kernel_name: String::new(),
+                    device_path: String::new(),
+                    size_bytes: 0,
+                    wwn: None,
+                }),
+                paths: Vec::new(),
+                handle: Handle::Iscsi { paths: handles },
+                mount: None,
+            };
+            if !devices.is_empty() {
+                let _ = self.detach(&partial, ownership);
+            }
+            return Err(error);
+        }
+        Ok(Attachment {
+            device: devices[0].clone(),
+            paths: devices.iter().map(|d| d.device_path.clone()).collect(),
+            handle: Handle::Iscsi { paths: handles },
+            mount: None,
+        })
+    }
+
+    fn detach(&self, attachment: &Attachment, ownership: &Ownership) -> Result<DetachOutcome, HostError> {
+        let Handle::Iscsi { paths } = &attachment.handle else {
+            return Err(HostError::new("internal", "an RBD attachment reached the iSCSI backend"));
+        };
+        let sessions = self.host.sessions()?;
+        let mut sessions_kept = Vec::new();
+        for path in paths {
+            let session = sessions.iter().find(|s| s.portal == path.portal && s.iqn == path.iqn);
+            if let Some(session) = session
+                && path.device_created
+                && session.lun_device(path.lun) == Some(path.kernel_name.as_str())
+            {
+                self.block.flush(&path.kernel_name)?;
+                self.host.delete_device(&path.kernel_name)?;
+            }
+            let key = path.session_key();
+            let ours = path.session_created || ownership.owned_sessions.contains(&key);
+            if !ours {
+                continue;
+            }
+            if ownership.sessions_used_by_others.contains(&key) {
+                if path.session_created {
+                    sessions_kept.push(key);
+                }
+                continue;
+            }
+            if session.is_some() {
+                // LUNs still on the session belong to someone: logging out would yank them.
+                let remaining = self.find_session(&path.portal, &path.iqn)?.map(|s| s.luns).unwrap_or_default();
+                if let Some((lun, dev)) = remaining.first() {
+                    tracing::warn!(session = %key, lun, device = %dev, "not logging out: another LUN of the session is still present");
+                    continue;
+                }
+                self.host.logout(&path.portal, &path.iqn)?;
+            }
+            self.host.delete_record(&path.portal, &path.iqn)?;
+        }
+        Ok(DetachOutcome::Detached { sessions_kept })
+    }
+
+    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
+        let Handle::Iscsi { paths } = &attachment.handle else {
+            return Ok(false);
+        };
+        let sessions = self.host.sessions()?;
+        Ok(paths.iter().all(|p| {
+            sessions
+                .iter()
+                .any(|s| s.portal == p.portal && s.iqn == p.iqn && s.lun_device(p.lun) == Some(p.kernel_name.as_str()))
+        }))
+    }
+
+    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
+        let ours: Vec<SessionKey> = owned
+            .iter()
+            .filter_map(|a| match &a.handle {
+                Handle::Iscsi { paths } => Some(paths.iter().filter(|p| p.session_created).map(IscsiPathHandle::session_key)),
+                Handle::Rbd(_) => None,
+            })
+            .flatten()
+            .collect();
+        Ok(self
+            .host
+            .sessions()?
+            .into_iter()
+            .filter(|s| !ours.contains(&s.key()))
+            .map(|s| ForeignAttachment {
+                volume_type: "iscsi".into(),
+                description: format!("session {} to {} at {} ({} LUNs)", s.sid, s.iqn, s.portal, s.luns.len()),
+                device_path: None,
+            })
+            .collect())
+    }
+}

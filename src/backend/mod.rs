@@ -1,0 +1,261 @@
+//! Host backends: how a validated target becomes a block device on this node and back.
+//!
+//! Each volume type has a [`VolumeBackend`]. Backends are written against small host traits
+//! ([`iscsi::IscsiHost`], [`rbd::RbdHost`], [`BlockHost`]) so that the same logic runs on the
+//! real kernel and on the [`simulated`] one used by tests, demos and benchmarks.
+
+pub mod iscsi;
+pub mod rbd;
+pub mod simulated;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::protocol::ForeignAttachment;
+use crate::protocol::target::{MountSpec, TargetSpec};
+
+/// A failure on the host, with a stable kind and a sentence that says what to do.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct HostError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A block device as the agent reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockDevice {
+    /// Kernel name, e.g. `sdb` or `rbd0`.
+    pub kernel_name: String,
+    /// The stable udev path, e.g. `/dev/disk/by-path/ip-…-lun-0` or `/dev/rbd/pool/image`.
+    pub device_path: String,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub wwn: Option<String>,
+}
+
+/// What the agent attached: kept in the ownership record (no secrets), enough to detach it
+/// after a restart and to recognise it on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: BlockDevice,
+    /// Every path's device path (one for a single-path volume).
+    pub paths: Vec<String>,
+    pub handle: Handle,
+    #[serde(default)]
+    pub mount: Option<MountRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Handle {
+    Iscsi { paths: Vec<IscsiPathHandle> },
+    Rbd(RbdHandle),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IscsiPathHandle {
+    pub portal: String,
+    pub iqn: String,
+    pub lun: u16,
+    pub kernel_name: String,
+    /// The agent logged this session in (so it may log it out when no owned LUN uses it).
+    pub session_created: bool,
+    /// The agent made this LUN's SCSI device appear (so it may delete it).
+    pub device_created: bool,
+}
+
+impl IscsiPathHandle {
+    pub fn session_key(&self) -> SessionKey {
+        SessionKey {
+            portal: self.portal.clone(),
+            iqn: self.iqn.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RbdHandle {
+    pub device_id: u32,
+    pub pool: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub image: String,
+    /// The agent mapped it (so it may unmap it).
+    pub mapped_by_agent: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountRecord {
+    pub path: PathBuf,
+    /// Only mounts the agent made are unmounted by it.
+    pub by_agent: bool,
+}
+
+/// One iSCSI session, named the way the agent keys logins: (portal, iqn).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionKey {
+    pub portal: String,
+    pub iqn: String,
+}
+
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.portal, self.iqn)
+    }
+}
+
+impl Attachment {
+    /// Sessions this volume's paths run over.
+    pub fn sessions(&self) -> Vec<SessionKey> {
+        match &self.handle {
+            Handle::Iscsi { paths } => paths.iter().map(IscsiPathHandle::session_key).collect(),
+            Handle::Rbd(_) => Vec::new(),
+        }
+    }
+
+    /// Login keys, in the same form as [`TargetSpec::login_keys`].
+    pub fn login_keys(&self) -> Vec<String> {
+        self.sessions().iter().map(ToString::to_string).collect()
+    }
+
+    pub fn volume_type(&self) -> &'static str {
+        match self.handle {
+            Handle::Iscsi { .. } => "iscsi",
+            Handle::Rbd(_) => "rbd",
+        }
+    }
+}
+
+/// What a backend knows of the agent's other volumes while it attaches or detaches one.
+#[derive(Debug, Clone, Default)]
+pub struct Ownership {
+    /// Sessions the agent logged in (any owned volume's path has `session_created`).
+    pub owned_sessions: BTreeSet<SessionKey>,
+    /// Sessions used by owned volumes other than the one being worked on.
+    pub sessions_used_by_others: BTreeSet<SessionKey>,
+}
+
+pub enum DetachOutcome {
+    Detached {
+        /// Sessions this volume had created but that other volumes still use: their
+        /// `session_created` flag moves to one of those volumes.
+        sessions_kept: Vec<SessionKey>,
+    },
+    /// Something still uses the device; nothing was changed.
+    Blocked { holder: String },
+}
+
+/// One volume type's attach and detach.
+pub trait VolumeBackend: Send + Sync {
+    fn attach(&self, spec: &TargetSpec, ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError>;
+    fn detach(&self, attachment: &Attachment, ownership: &Ownership) -> Result<DetachOutcome, HostError>;
+    /// Whether the attachment is still on the host (after a restart, say).
+    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError>;
+    /// Attachments of this type on the host that none of `owned` accounts for.
+    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError>;
+}
+
+/// What a backend waits for after login or map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceMatch {
+    IscsiLun { portal: String, iqn: String, lun: u16 },
+    Rbd { device_id: u32 },
+}
+
+impl std::fmt::Display for DeviceMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::IscsiLun { portal, iqn, lun } => write!(f, "LUN {lun} of {iqn} at {portal}"),
+            Self::Rbd { device_id } => write!(f, "/dev/rbd{device_id}"),
+        }
+    }
+}
+
+/// Block devices, udev and mounts: shared by every backend and by the mount step.
+pub trait BlockHost: Send + Sync {
+    /// Waits until udev has announced the device and its stable link exists.
+    fn wait_for_device(&self, what: &DeviceMatch, timeout: Duration) -> Result<BlockDevice, HostError>;
+    /// Kernel names under /sys/block/<dev>/holders (device-mapper, md, …).
+    fn holders(&self, kernel_name: &str) -> Result<Vec<String>, HostError>;
+    /// Where the device is mounted, from /proc/self/mountinfo.
+    fn mounts_of(&self, kernel_name: &str) -> Result<Vec<PathBuf>, HostError>;
+    fn flush(&self, kernel_name: &str) -> Result<(), HostError>;
+    /// Whether blkid finds any signature (filesystem, partition table, LVM…) on the device.
+    fn has_signature(&self, device_path: &str) -> Result<bool, HostError>;
+    fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError>;
+    fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError>;
+    fn unmount(&self, path: &Path) -> Result<(), HostError>;
+}
+
+/// Mounts the device as `spec` asks, formatting it only when asked and when it holds nothing.
+pub fn ensure_mounted(
+    block: &dyn BlockHost,
+    device: &BlockDevice,
+    spec: &MountSpec,
+    read_only: bool,
+) -> Result<MountRecord, HostError> {
+    let mounts = block.mounts_of(&device.kernel_name)?;
+    if mounts.iter().any(|m| m == &spec.path) {
+        return Ok(MountRecord {
+            path: spec.path.clone(),
+            by_agent: true,
+        });
+    }
+    if !block.has_signature(&device.device_path)? {
+        if !spec.mkfs {
+            return Err(HostError::new(
+                "no_filesystem",
+                format!(
+                    "{} holds no filesystem and extra.mount.mkfs is false; set mkfs to true to format it",
+                    device.device_path
+                ),
+            ));
+        }
+        if read_only {
+            return Err(HostError::new(
+                "no_filesystem",
+                format!("{} holds no filesystem and is read-only, so it cannot be formatted", device.device_path),
+            ));
+        }
+        block.mkfs(&device.device_path, &spec.fstype)?;
+    }
+    block.mount(&device.device_path, spec, read_only)?;
+    Ok(MountRecord {
+        path: spec.path.clone(),
+        by_agent: true,
+    })
+}
+
+/// Unmounts what the agent mounted, then refuses if anything else still holds the device.
+/// Returns the holder when the device is in use.
+pub fn release(block: &dyn BlockHost, attachment: &Attachment) -> Result<Option<String>, HostError> {
+    let kernel = &attachment.device.kernel_name;
+    if let Some(mount) = attachment.mount.as_ref().filter(|m| m.by_agent)
+        && block.mounts_of(kernel)?.contains(&mount.path)
+    {
+        if let Err(e) = block.unmount(&mount.path) {
+            return Ok(Some(format!("{} could not be unmounted: {}", mount.path.display(), e.message)));
+        }
+    }
+    if let Some(path) = block.mounts_of(kernel)?.first() {
+        return Ok(Some(format!("mounted at {}", path.display())));
+    }
+    if let Some(holder) = block.holders(kernel)?.first() {
+        return Ok(Some(format!("held by {holder} (/sys/block/{kernel}/holders)")));
+    }
+    Ok(None)
+}

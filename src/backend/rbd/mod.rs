@@ -1,0 +1,142 @@
+//! Ceph RBD volumes: kernel map and unmap, never of a mapping the agent did not make.
+
+use std::time::Duration;
+
+use crate::backend::{
+    Attachment, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, Ownership, RbdHandle, VolumeBackend,
+};
+use crate::protocol::ForeignAttachment;
+use crate::protocol::target::{BackendSpec, RbdSpec, TargetSpec};
+
+/// A kernel RBD mapping as /sys/bus/rbd/devices/N shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub device_id: u32,
+    pub pool: String,
+    pub namespace: Option<String>,
+    pub image: String,
+}
+
+impl Mapping {
+    fn is(&self, pool: &str, namespace: Option<&str>, image: &str) -> bool {
+        self.pool == pool && self.namespace.as_deref() == namespace && self.image == image
+    }
+}
+
+/// The `rbd` CLI or the kernel's rbd bus.
+pub trait RbdHost: Send + Sync {
+    fn mappings(&self) -> Result<Vec<Mapping>, HostError>;
+    /// Maps the image; the key travels in a file or the kernel keyring, never on a command line.
+    fn map(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError>;
+    /// Unmaps; a busy device is the error kind `device_busy`.
+    fn unmap(&self, device_id: u32) -> Result<(), HostError>;
+}
+
+pub struct RbdBackend<H, B> {
+    pub host: H,
+    pub block: B,
+}
+
+impl<H: RbdHost, B: BlockHost> RbdBackend<H, B> {
+    pub fn new(host: H, block: B) -> Self {
+        Self { host, block }
+    }
+}
+
+impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
+    fn attach(&self, spec: &TargetSpec, _ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError> {
+        let BackendSpec::Rbd(rbd) = &spec.backend else {
+            return Err(HostError::new("internal", "an iSCSI target reached the RBD backend"));
+        };
+        let existing = self
+            .host
+            .mappings()?
+            .into_iter()
+            .find(|m| m.is(&rbd.pool, rbd.namespace.as_deref(), &rbd.image));
+        let (device_id, mapped_by_agent) = match existing {
+            Some(m) => (m.device_id, false),
+            None => (self.host.map(rbd, spec.read_only)?, true),
+        };
+        let device = match self.block.wait_for_device(&DeviceMatch::Rbd { device_id }, timeout) {
+            Ok(device) => device,
+            Err(e) => {
+                if mapped_by_agent {
+                    let _ = self.host.unmap(device_id);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Attachment {
+            paths: vec![device.device_path.clone()],
+            device,
+            handle: Handle::Rbd(RbdHandle {
+                device_id,
+                pool: rbd.pool.clone(),
+                namespace: rbd.namespace.clone(),
+                image: rbd.image.clone(),
+                mapped_by_agent,
+            }),
+            mount: None,
+        })
+    }
+
+    fn detach(&self, attachment: &Attachment, _ownership: &Ownership) -> Result<DetachOutcome, HostError> {
+        let Handle::Rbd(handle) = &attachment.handle else {
+            return Err(HostError::new("internal", "an iSCSI attachment reached the RBD backend"));
+        };
+        let still_mapped = self
+            .host
+            .mappings()?
+            .iter()
+            .any(|m| m.device_id == handle.device_id && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image));
+        if handle.mapped_by_agent && still_mapped {
+            self.block.flush(&attachment.device.kernel_name)?;
+            match self.host.unmap(handle.device_id) {
+                Ok(()) => {}
+                Err(e) if e.kind == "device_busy" => return Ok(DetachOutcome::Blocked { holder: e.message }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(DetachOutcome::Detached {
+            sessions_kept: Vec::new(),
+        })
+    }
+
+    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
+        let Handle::Rbd(handle) = &attachment.handle else {
+            return Ok(false);
+        };
+        Ok(self
+            .host
+            .mappings()?
+            .iter()
+            .any(|m| m.device_id == handle.device_id && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)))
+    }
+
+    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
+        let ours: Vec<u32> = owned
+            .iter()
+            .filter_map(|a| match &a.handle {
+                Handle::Rbd(h) if h.mapped_by_agent => Some(h.device_id),
+                _ => None,
+            })
+            .collect();
+        Ok(self
+            .host
+            .mappings()?
+            .into_iter()
+            .filter(|m| !ours.contains(&m.device_id))
+            .map(|m| ForeignAttachment {
+                volume_type: "rbd".into(),
+                description: format!(
+                    "mapping rbd{} of {}/{}{}",
+                    m.device_id,
+                    m.pool,
+                    m.namespace.as_ref().map(|n| format!("{n}/")).unwrap_or_default(),
+                    m.image
+                ),
+                device_path: Some(format!("/dev/rbd{}", m.device_id)),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,556 @@
+//! An in-memory kernel: iSCSI sessions, SCSI and RBD block devices, udev links and mounts.
+//!
+//! It stands behind the same host traits as the real system, so the agent's logic runs
+//! unchanged on it. It serves any target by default; tests configure CHAP, unreachable portals,
+//! foreign sessions and foreign mounts, and read counters to check the agent's invariants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::backend::iscsi::{IscsiHost, Session};
+use crate::backend::rbd::{Mapping, RbdHost};
+use crate::backend::{BlockDevice, BlockHost, DeviceMatch, HostError, SessionKey};
+use crate::protocol::target::{Chap, IscsiPath, MountSpec, Portal, RbdSpec};
+
+pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub logins: u64,
+    pub logouts: u64,
+    pub maps: u64,
+    pub unmaps: u64,
+    pub mkfs: u64,
+    /// Most logins ever in flight at once for one (portal, iqn).
+    pub max_concurrent_logins_per_target: u32,
+}
+
+#[derive(Debug, Clone)]
+struct SimDevice {
+    size: u64,
+    wwn: String,
+    path: String,
+    mounts: Vec<PathBuf>,
+    holders: Vec<String>,
+    filesystem: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SimSession {
+    sid: u32,
+    key: SessionKey,
+    luns: BTreeMap<u16, String>,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    chap: BTreeMap<String, (String, String)>,
+    unreachable: BTreeSet<String>,
+    rbd_keys: BTreeMap<String, String>,
+    records: BTreeMap<SessionKey, Option<(String, String)>>,
+    /// What SendTargets discovery answers.
+    offered: BTreeSet<SessionKey>,
+    sessions: Vec<SimSession>,
+    devices: BTreeMap<String, SimDevice>,
+    mappings: Vec<(Mapping, String)>,
+    logins_in_flight: BTreeMap<SessionKey, u32>,
+    next_sid: u32,
+    next_disk: u32,
+    next_rbd: u32,
+    stats: SimStats,
+}
+
+pub struct SimKernel {
+    state: Mutex<SimState>,
+    changed: Condvar,
+    login_delay: Duration,
+}
+
+impl Default for SimKernel {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(5))
+    }
+}
+
+fn disk_name(n: u32) -> String {
+    // sda … sdz, sdaa …, as the kernel names them.
+    let mut n = n as usize;
+    let mut name = Vec::new();
+    loop {
+        name.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    name.reverse();
+    format!("sd{}", String::from_utf8_lossy(&name))
+}
+
+impl SimKernel {
+    /// `login_delay` is how long a login takes: long enough to catch two at once.
+    pub fn new(login_delay: Duration) -> Self {
+        Self {
+            state: Mutex::new(SimState::default()),
+            changed: Condvar::new(),
+            login_delay,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn require_chap(&self, iqn: &str, user: &str, password: &str) {
+        self.state().chap.insert(iqn.into(), (user.into(), password.into()));
+    }
+
+    /// Makes SendTargets discovery at `portal` offer `iqn`.
+    pub fn offer_target(&self, portal: &str, iqn: &str) {
+        self.state().offered.insert(SessionKey {
+            portal: portal.into(),
+            iqn: iqn.into(),
+        });
+    }
+
+    pub fn set_unreachable(&self, portal: &str, unreachable: bool) {
+        let mut s = self.state();
+        if unreachable {
+            s.unreachable.insert(portal.into());
+        } else {
+            s.unreachable.remove(portal);
+        }
+    }
+
+    pub fn require_rbd_key(&self, user: &str, key: &str) {
+        self.state().rbd_keys.insert(user.into(), key.into());
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.state().stats.clone()
+    }
+
+    pub fn session_count(&self, portal: &str, iqn: &str) -> usize {
+        self.state()
+            .sessions
+            .iter()
+            .filter(|s| s.key.portal == portal && s.key.iqn == iqn)
+            .count()
+    }
+
+    pub fn record_exists(&self, portal: &str, iqn: &str) -> bool {
+        self.state().records.contains_key(&SessionKey {
+            portal: portal.into(),
+            iqn: iqn.into(),
+        })
+    }
+
+    pub fn device_exists(&self, kernel_name: &str) -> bool {
+        self.state().devices.contains_key(kernel_name)
+    }
+
+    pub fn mapping_count(&self) -> usize {
+        self.state().mappings.len()
+    }
+
+    /// A session someone logged in by hand, with its LUNs scanned.
+    pub fn login_by_hand(&self, portal: &str, iqn: &str, luns: &[u16]) {
+        let mut s = self.state();
+        let key = SessionKey {
+            portal: portal.into(),
+            iqn: iqn.into(),
+        };
+        s.records.insert(key.clone(), None);
+        let sid = new_session(&mut s, key);
+        for lun in luns {
+            add_lun(&mut s, sid, *lun);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Mounts a device the way an administrator would, outside the agent.
+    pub fn mount_by_hand(&self, kernel_name: &str, path: &str) {
+        let mut s = self.state();
+        if let Some(dev) = s.devices.get_mut(kernel_name) {
+            dev.mounts.push(PathBuf::from(path));
+        }
+    }
+
+    pub fn unmount_by_hand(&self, path: &str) {
+        let mut s = self.state();
+        for dev in s.devices.values_mut() {
+            dev.mounts.retain(|m| m != Path::new(path));
+        }
+    }
+
+    pub fn mounts(&self, kernel_name: &str) -> Vec<PathBuf> {
+        self.state()
+            .devices
+            .get(kernel_name)
+            .map(|d| d.mounts.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn new_session(s: &mut SimState, key: SessionKey) -> u32 {
+    s.next_sid += 1;
+    let sid = s.next_sid;
+    s.sessions.push(SimSession {
+        sid,
+        key,
+        luns: BTreeMap::new(),
+    });
+    sid
+}
+
+fn add_lun(s: &mut SimState, sid: u32, lun: u16) -> String {
+    let name = disk_name(s.next_disk);
+    s.next_disk += 1;
+    let session = s.sessions.iter_mut().find(|x| x.sid == sid).expect("session exists");
+    session.luns.insert(lun, name.clone());
+    let path = format!(
+        "/dev/disk/by-path/ip-{}-iscsi-{}-lun-{lun}",
+        session.key.portal, session.key.iqn
+    );
+    let wwn = format!("naa.6001405{:09x}", s.next_disk);
+    s.devices.insert(
+        name.clone(),
+        SimDevice {
+            size: DEFAULT_LUN_SIZE,
+            wwn,
+            path,
+            mounts: Vec::new(),
+            holders: Vec::new(),
+            filesystem: None,
+        },
+    );
+    name
+}
+
+fn block_device(name: &str, dev: &SimDevice) -> BlockDevice {
+    BlockDevice {
+        kernel_name: name.to_string(),
+        device_path: dev.path.clone(),
+        size_bytes: dev.size,
+        wwn: Some(dev.wwn.clone()),
+    }
+}
+
+fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
+    let name = match what {
+        DeviceMatch::IscsiLun { portal, iqn, lun } => s
+            .sessions
+            .iter()
+            .find(|x| x.key.portal == *portal && x.key.iqn == *iqn)
+            .and_then(|x| x.luns.get(lun))?
+            .clone(),
+        DeviceMatch::Rbd { device_id } => s
+            .mappings
+            .iter()
+            .find(|(m, _)| m.device_id == *device_id)
+            .map(|(_, k)| k.clone())?,
+    };
+    s.devices.get(&name).map(|d| block_device(&name, d))
+}
+
+impl IscsiHost for Arc<SimKernel> {
+    fn sessions(&self) -> Result<Vec<Session>, HostError> {
+        Ok(self
+            .state()
+            .sessions
+            .iter()
+            .map(|x| Session {
+                sid: x.sid,
+                portal: x.key.portal.clone(),
+                iqn: x.key.iqn.clone(),
+                luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
+            })
+            .collect())
+    }
+
+    fn discover(&self, portal: &Portal, _chap: Option<&Chap>) -> Result<Vec<(String, String)>, HostError> {
+        let s = self.state();
+        if s.unreachable.contains(&portal.to_string()) {
+            return Err(unreachable(&portal.to_string()));
+        }
+        let portal = portal.to_string();
+        Ok(s.offered
+            .iter()
+            .filter(|k| k.portal == portal)
+            .map(|k| (k.portal.clone(), k.iqn.clone()))
+            .collect())
+    }
+
+    fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
+        let key = SessionKey {
+            portal: path.portal.to_string(),
+            iqn: path.iqn.clone(),
+        };
+        let creds = chap.map(|c| (c.username.clone(), c.password.expose().to_string()));
+        self.state().records.insert(key, creds);
+        Ok(())
+    }
+
+    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        let key = SessionKey {
+            portal: portal.into(),
+            iqn: iqn.into(),
+        };
+        {
+            let mut s = self.state();
+            let in_flight = s.logins_in_flight.entry(key.clone()).or_default();
+            *in_flight += 1;
+            let now = *in_flight;
+            let max = &mut s.stats.max_concurrent_logins_per_target;
+            *max = (*max).max(now);
+        }
+        std::thread::sleep(self.login_delay);
+        let mut s = self.state();
+        *s.logins_in_flight.entry(key.clone()).or_default() -= 1;
+        if s.unreachable.contains(portal) {
+            return Err(unreachable(portal));
+        }
+        let Some(creds) = s.records.get(&key).cloned() else {
+            return Err(HostError::new(
+                "no_record",
+                format!("no node record for {iqn} at {portal}"),
+            ));
+        };
+        if let Some(required) = s.chap.get(iqn)
+            && creds.as_ref() != Some(required)
+        {
+            return Err(HostError::new(
+                "auth_failed",
+                format!("the target {iqn} at {portal} refused the CHAP credentials; check auth_username and auth_password"),
+            ));
+        }
+        if s.sessions.iter().any(|x| x.key == key) {
+            return Ok(());
+        }
+        new_session(&mut s, key);
+        s.stats.logins += 1;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        let mut s = self.state();
+        let Some(pos) = s.sessions.iter().position(|x| x.key.portal == portal && x.key.iqn == iqn) else {
+            return Ok(());
+        };
+        let session = s.sessions.remove(pos);
+        for name in session.luns.values() {
+            s.devices.remove(name);
+        }
+        s.stats.logouts += 1;
+        Ok(())
+    }
+
+    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        self.state().records.remove(&SessionKey {
+            portal: portal.into(),
+            iqn: iqn.into(),
+        });
+        Ok(())
+    }
+
+    fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError> {
+        let mut s = self.state();
+        let exists = s
+            .sessions
+            .iter()
+            .find(|x| x.sid == session.sid)
+            .map(|x| x.luns.contains_key(&lun));
+        match exists {
+            None => Err(HostError::new("session_gone", format!("session {} ended during the scan", session.sid))),
+            Some(true) => Ok(()),
+            Some(false) => {
+                add_lun(&mut s, session.sid, lun);
+                self.changed.notify_all();
+                Ok(())
+            }
+        }
+    }
+
+    fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        let mut s = self.state();
+        s.devices.remove(kernel_name);
+        for session in &mut s.sessions {
+            session.luns.retain(|_, k| k != kernel_name);
+        }
+        Ok(())
+    }
+}
+
+fn unreachable(portal: &str) -> HostError {
+    HostError::new(
+        "portal_unreachable",
+        format!("cannot connect to the portal {portal}; check the address, the network and the target's listener"),
+    )
+}
+
+impl BlockHost for Arc<SimKernel> {
+    fn wait_for_device(&self, what: &DeviceMatch, timeout: Duration) -> Result<BlockDevice, HostError> {
+        let s = self.state();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, timeout, |s| find_device(s, what).is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        find_device(&s, what).ok_or_else(|| {
+            HostError::new(
+                "device_timeout",
+                format!("no block device for {what} appeared within {}s", timeout.as_secs()),
+            )
+        })
+    }
+
+    fn holders(&self, kernel_name: &str) -> Result<Vec<String>, HostError> {
+        Ok(self
+            .state()
+            .devices
+            .get(kernel_name)
+            .map(|d| d.holders.clone())
+            .unwrap_or_default())
+    }
+
+    fn mounts_of(&self, kernel_name: &str) -> Result<Vec<PathBuf>, HostError> {
+        Ok(self.mounts(kernel_name))
+    }
+
+    fn flush(&self, _kernel_name: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    fn has_signature(&self, device_path: &str) -> Result<bool, HostError> {
+        let s = self.state();
+        Ok(s.devices
+            .values()
+            .any(|d| d.path == device_path && d.filesystem.is_some()))
+    }
+
+    fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError> {
+        let mut s = self.state();
+        let dev = s
+            .devices
+            .values_mut()
+            .find(|d| d.path == device_path)
+            .ok_or_else(|| HostError::new("mkfs_failed", format!("{device_path} does not exist")))?;
+        dev.filesystem = Some(fstype.to_string());
+        s.stats.mkfs += 1;
+        Ok(())
+    }
+
+    fn mount(&self, device_path: &str, spec: &MountSpec, _read_only: bool) -> Result<(), HostError> {
+        let mut s = self.state();
+        if s.devices.values().any(|d| d.mounts.contains(&spec.path)) {
+            return Err(HostError::new(
+                "mount_failed",
+                format!("{} is already a mount point of another device", spec.path.display()),
+            ));
+        }
+        let dev = s
+            .devices
+            .values_mut()
+            .find(|d| d.path == device_path)
+            .ok_or_else(|| HostError::new("mount_failed", format!("{device_path} does not exist")))?;
+        dev.mounts.push(spec.path.clone());
+        Ok(())
+    }
+
+    fn unmount(&self, path: &Path) -> Result<(), HostError> {
+        let mut s = self.state();
+        for dev in s.devices.values_mut() {
+            dev.mounts.retain(|m| m != path);
+        }
+        Ok(())
+    }
+}
+
+impl RbdHost for Arc<SimKernel> {
+    fn mappings(&self) -> Result<Vec<Mapping>, HostError> {
+        Ok(self.state().mappings.iter().map(|(m, _)| m.clone()).collect())
+    }
+
+    fn map(&self, spec: &RbdSpec, _read_only: bool) -> Result<u32, HostError> {
+        let mut s = self.state();
+        if spec
+            .monitors
+            .iter()
+            .all(|m| s.unreachable.contains(&format!("{}:{}", m.host, m.port)))
+        {
+            return Err(HostError::new(
+                "cluster_unreachable",
+                "no Ceph monitor answered; check hosts and ports and the node's network",
+            ));
+        }
+        if let Some(required) = s.rbd_keys.get(&spec.user)
+            && spec.key.as_ref().map(|k| k.expose()) != Some(required.as_str())
+        {
+            return Err(HostError::new(
+                "auth_failed",
+                format!("the Ceph cluster refused the key of client.{}; check the key stored for this target", spec.user),
+            ));
+        }
+        let device_id = s.next_rbd;
+        s.next_rbd += 1;
+        let kernel = format!("rbd{device_id}");
+        let path = format!("/dev/rbd/{}", spec.spec_name());
+        s.devices.insert(
+            kernel.clone(),
+            SimDevice {
+                size: DEFAULT_LUN_SIZE,
+                wwn: String::new(),
+                path,
+                mounts: Vec::new(),
+                holders: Vec::new(),
+                filesystem: None,
+            },
+        );
+        s.mappings.push((
+            Mapping {
+                device_id,
+                pool: spec.pool.clone(),
+                namespace: spec.namespace.clone(),
+                image: spec.image.clone(),
+            },
+            kernel,
+        ));
+        s.stats.maps += 1;
+        self.changed.notify_all();
+        Ok(device_id)
+    }
+
+    fn unmap(&self, device_id: u32) -> Result<(), HostError> {
+        let mut s = self.state();
+        let Some(pos) = s.mappings.iter().position(|(m, _)| m.device_id == device_id) else {
+            return Ok(());
+        };
+        let kernel = s.mappings[pos].1.clone();
+        if s.devices.get(&kernel).is_some_and(|d| !d.mounts.is_empty() || !d.holders.is_empty()) {
+            return Err(HostError::new(
+                "device_busy",
+                format!("/dev/{kernel} is busy (EBUSY): something still has it open"),
+            ));
+        }
+        s.mappings.remove(pos);
+        s.devices.remove(&kernel);
+        s.stats.unmaps += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_name;
+
+    #[test]
+    fn disk_names_follow_the_kernel() {
+        assert_eq!(disk_name(0), "sda");
+        assert_eq!(disk_name(25), "sdz");
+        assert_eq!(disk_name(26), "sdaa");
+        assert_eq!(disk_name(27), "sdab");
+        assert_eq!(disk_name(26 + 26 * 26), "sdaaa");
+    }
+}

@@ -1,0 +1,434 @@
+//! HTTP handlers. Each one authenticates, calls the store, and maps errors to stable kinds.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::Conductor;
+use super::store::StoreError;
+use crate::protocol::{
+    self, AgentSettings, ConnectorCreate, ConnectorList, ErrorBody, ErrorReport, Heartbeat,
+    HeartbeatAccepted, LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate,
+    TargetList, TargetsResponse, VolumeTarget, mask_properties, secret::masked_property,
+};
+
+/// Largest request body accepted; a heartbeat of a few hundred volumes is far below it.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+type Shared = State<Arc<Conductor>>;
+
+pub fn router(conductor: Arc<Conductor>) -> Router {
+    Router::new()
+        .route("/v1", get(versions))
+        .route("/v1/lookup", get(lookup))
+        .route("/v1/heartbeat/{node}", post(heartbeat))
+        .route("/v1/nodes", get(list_nodes).post(create_node))
+        .route("/v1/nodes/{node}", get(show_node).delete(delete_node))
+        .route("/v1/nodes/{node}/reset_token", post(reset_token))
+        .route("/v1/nodes/{node}/volume/targets", get(node_targets))
+        .route("/v1/nodes/{node}/volume/status", get(node_status))
+        .route("/v1/volume/connectors", get(list_connectors).post(create_connector))
+        .route("/v1/volume/connectors/{uuid}", axum::routing::delete(delete_connector))
+        .route("/v1/volume/targets", get(list_targets).post(create_target))
+        .route("/v1/volume/targets/{uuid}", get(show_target).delete(delete_target))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint in protocol v1") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(name_the_version))
+        .with_state(conductor)
+}
+
+async fn name_the_version(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(protocol::VERSION_HEADER, HeaderValue::from_static(protocol::VERSION));
+    response
+}
+
+// ---- errors ----
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token for this resource",
+        )
+    }
+
+    fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: ErrorReport {
+                    kind: self.kind.to_string(),
+                    message: self.message,
+                },
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Invalid { kind, message } => Self::bad_request(kind, message),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the conductor's database failed; see the conductor's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Self::new(status, "invalid_request", e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request("invalid_request", e.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+// ---- auth ----
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn require_admin(c: &Conductor, headers: &HeaderMap) -> ApiResult<()> {
+    let ok = bearer(headers).is_some_and(|t| super::store::hash_token(t) == c.admin_token_hash);
+    ok.then_some(()).ok_or_else(ApiError::unauthorized)
+}
+
+/// The node's own token, and nothing else, reads its targets and posts its heartbeats.
+fn require_agent(c: &Conductor, node: Uuid, headers: &HeaderMap) -> ApiResult<()> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    if c.store.agent_token_matches(node, token)? {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
+    Ok(c.store.find_node(ident)?.uuid)
+}
+
+fn parse_uuid_param(value: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(value).map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))
+}
+
+// ---- agent endpoints ----
+
+async fn versions() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"versions": [protocol::VERSION]}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupQuery {
+    #[serde(default)]
+    addresses: String,
+    node_uuid: Option<Uuid>,
+}
+
+async fn lookup(State(c): Shared, query: Result<Query<LookupQuery>, QueryRejection>) -> ApiResult<Json<LookupResponse>> {
+    let Query(q) = query?;
+    let addresses: Vec<String> = q
+        .addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if addresses.is_empty() && q.node_uuid.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "give addresses=<mac>,<mac> or node_uuid=<uuid>",
+        ));
+    }
+    let found = c.store.lookup(&addresses, q.node_uuid)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "node_not_found",
+            "no node has these addresses; enroll the node with `tether ctl node create`",
+        )
+    })?;
+    if found.new_token.is_some() {
+        tracing::info!(node = %found.node.uuid, "issued the node's agent token");
+    }
+    Ok(Json(LookupResponse {
+        node: NodeRef {
+            uuid: found.node.uuid,
+            name: found.node.name,
+        },
+        config: AgentSettings {
+            heartbeat_interval_s: c.heartbeat_interval_s,
+            agent_token: found.new_token.unwrap_or_else(|| MASK.to_string()),
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsQuery {
+    since: Option<u64>,
+    wait: Option<u64>,
+    #[allow(dead_code)]
+    detail: Option<bool>,
+}
+
+async fn node_targets(
+    State(c): Shared,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<TargetsQuery>, QueryRejection>,
+) -> ApiResult<Json<TargetsResponse>> {
+    let node = parse_uuid_param(&node)?;
+    let Query(q) = query?;
+    require_agent(&c, node, &headers)?;
+    // Subscribe before reading, so a change between the two still wakes this request.
+    let mut changes = c.generations.subscribe(node);
+    let (mut generation, mut targets) = c.store.node_targets(node)?;
+    if let (Some(since), Some(wait)) = (q.since, q.wait)
+        && since == generation
+        && wait > 0
+    {
+        let wait = std::time::Duration::from_secs(wait).min(c.max_wait);
+        let mut shutdown = c.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::timeout(wait, changes.wait_for(|g| *g > since)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+        (generation, targets) = c.store.node_targets(node)?;
+    }
+    Ok(Json(TargetsResponse { generation, targets }))
+}
+
+async fn heartbeat(
+    State(c): Shared,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Heartbeat>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<HeartbeatAccepted>)> {
+    let node = parse_uuid_param(&node)?;
+    require_agent(&c, node, &headers)?;
+    let Json(report) = body?;
+    c.store.store_report(node, &report)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(HeartbeatAccepted {
+            heartbeat_interval_s: c.heartbeat_interval_s,
+        }),
+    ))
+}
+
+// ---- operator endpoints ----
+
+async fn list_nodes(State(c): Shared, headers: HeaderMap) -> ApiResult<Json<NodeList>> {
+    require_admin(&c, &headers)?;
+    Ok(Json(NodeList {
+        nodes: c.store.list_nodes()?,
+    }))
+}
+
+async fn create_node(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<NodeCreate>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<protocol::Node>)> {
+    require_admin(&c, &headers)?;
+    let Json(req) = body?;
+    if req.agent_token.as_deref() == Some(MASK) {
+        return Err(masked_secret("agent_token"));
+    }
+    Ok((StatusCode::CREATED, Json(c.store.create_node(&req)?)))
+}
+
+async fn show_node(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<Json<protocol::Node>> {
+    require_admin(&c, &headers)?;
+    Ok(Json(c.store.find_node(&ident)?))
+}
+
+async fn delete_node(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    require_admin(&c, &headers)?;
+    let uuid = node_uuid(&c, &ident)?;
+    c.store.delete_node(uuid)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn reset_token(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    require_admin(&c, &headers)?;
+    let uuid = node_uuid(&c, &ident)?;
+    c.store.reset_token(uuid)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn node_status(
+    State(c): Shared,
+    Path(ident): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<protocol::NodeStatus>> {
+    require_admin(&c, &headers)?;
+    let uuid = node_uuid(&c, &ident)?;
+    Ok(Json(c.store.node_status(uuid)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    node: Option<String>,
+}
+
+async fn list_connectors(
+    State(c): Shared,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<ConnectorList>> {
+    require_admin(&c, &headers)?;
+    let Query(q) = query?;
+    let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
+    Ok(Json(ConnectorList {
+        connectors: c.store.list_connectors(node)?,
+    }))
+}
+
+async fn create_connector(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<ConnectorCreate>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<protocol::VolumeConnector>)> {
+    require_admin(&c, &headers)?;
+    let Json(req) = body?;
+    c.store.find_node(&req.node_uuid.to_string())?;
+    Ok((StatusCode::CREATED, Json(c.store.create_connector(&req)?)))
+}
+
+async fn delete_connector(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    require_admin(&c, &headers)?;
+    c.store.delete_connector(parse_uuid_param(&uuid)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn masked(mut target: VolumeTarget) -> VolumeTarget {
+    mask_properties(&mut target.properties);
+    target
+}
+
+fn masked_secret(key: &str) -> ApiError {
+    ApiError::bad_request(
+        "masked_secret",
+        format!("{key} holds the mask {MASK:?} that operators read back; send the real secret"),
+    )
+}
+
+async fn list_targets(
+    State(c): Shared,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<TargetList>> {
+    require_admin(&c, &headers)?;
+    let Query(q) = query?;
+    let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
+    let targets = c.store.list_targets(node)?.into_iter().map(masked).collect();
+    Ok(Json(TargetList { targets }))
+}
+
+async fn show_target(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<Json<VolumeTarget>> {
+    require_admin(&c, &headers)?;
+    Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
+}
+
+async fn create_target(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<TargetCreate>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<VolumeTarget>)> {
+    require_admin(&c, &headers)?;
+    let Json(req) = body?;
+    if let Some(key) = masked_property(&req.properties) {
+        return Err(masked_secret(key));
+    }
+    c.store.find_node(&req.node_uuid.to_string())?;
+    if c.validate_targets {
+        let candidate = VolumeTarget {
+            uuid: req.uuid.unwrap_or_else(Uuid::nil),
+            node_uuid: req.node_uuid,
+            volume_type: req.volume_type.clone(),
+            volume_id: req.volume_id.clone(),
+            boot_index: req.boot_index,
+            properties: req.properties.clone(),
+            extra: req.extra.clone(),
+        };
+        protocol::target::parse(&candidate).map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
+    }
+    let (target, generation) = c.store.create_target(&req)?;
+    c.generations.publish(target.node_uuid, generation);
+    tracing::info!(target = %target.uuid, node = %target.node_uuid, volume_id = %target.volume_id, generation, "target assigned");
+    Ok((StatusCode::CREATED, Json(masked(target))))
+}
+
+async fn delete_target(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    require_admin(&c, &headers)?;
+    let uuid = parse_uuid_param(&uuid)?;
+    let (node, generation) = c.store.delete_target(uuid)?;
+    c.generations.publish(node, generation);
+    tracing::info!(target = %uuid, node = %node, generation, "target unassigned");
+    Ok(StatusCode::NO_CONTENT)
+}

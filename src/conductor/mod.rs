@@ -1,0 +1,119 @@
+//! The reference conductor: protocol v1 over axum, state in SQLite.
+
+mod api;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::ConductorConfig;
+use store::Store;
+
+pub use api::router;
+
+/// Shared by every request handler.
+pub struct Conductor {
+    pub store: Store,
+    admin_token_hash: String,
+    heartbeat_interval_s: u64,
+    max_wait: Duration,
+    validate_targets: bool,
+    generations: Generations,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Wakes long-polls the moment a node's generation changes.
+#[derive(Default)]
+struct Generations {
+    senders: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+}
+
+impl Generations {
+    fn subscribe(&self, node: Uuid) -> watch::Receiver<u64> {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        senders.entry(node).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn publish(&self, node: Uuid, generation: u64) {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        match senders.get(&node) {
+            Some(tx) if tx.receiver_count() > 0 => {
+                tx.send_replace(generation);
+            }
+            // Nobody waits: drop the entry so idle nodes cost nothing.
+            Some(_) => {
+                senders.remove(&node);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Conductor {
+    pub fn new(store: Store, config: &ConductorConfig, admin_token: &str, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            store,
+            admin_token_hash: store::hash_token(admin_token),
+            heartbeat_interval_s: config.heartbeat_interval_s,
+            max_wait: Duration::from_secs(config.max_wait_s),
+            validate_targets: config.validate_targets,
+            generations: Generations::default(),
+            shutdown,
+        }
+    }
+}
+
+/// The admin token from the environment, or from its file, created with a fresh token if need be.
+pub fn admin_token(config: &ConductorConfig, from_env: Option<String>) -> anyhow::Result<String> {
+    if let Some(token) = from_env.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    let path = &config.admin_token_file;
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the admin token file {}", path.display())),
+    }
+    let token = store::new_token();
+    crate::fsutil::write_private(path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing a new admin token to {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated an admin token (mode 0600); tether ctl reads it from there");
+    Ok(token)
+}
+
+/// Runs the conductor on `listener` until `shutdown` resolves, then drains requests.
+pub async fn serve(
+    config: &ConductorConfig,
+    admin_token: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&config.database)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let conductor = Arc::new(Conductor::new(store, config, admin_token, stop_rx));
+    let app = router(conductor);
+    tracing::info!(listen = %listener.local_addr()?, database = %config.database.display(), "conductor serving protocol v1");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long-polls end now instead of holding the shutdown for their full wait.
+            let _ = stop_tx.send(true);
+            tracing::info!("conductor shutting down");
+        })
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}
+
+fn open_store(path: &Path) -> anyhow::Result<Store> {
+    Store::open(path).with_context(|| format!("opening the database {}", path.display()))
+}

@@ -1,0 +1,482 @@
+//! `tether ctl`: the operator's client for the conductor's API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use tether::config::DEFAULT_LISTEN;
+use tether::protocol::{
+    ConnectorCreate, ConnectorList, ErrorBody, NodeCreate, NodeList, NodeStatus, TargetCreate, TargetList,
+    VolumeConnector, VolumeTarget,
+};
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// Conductor URL.
+    #[arg(long, env = "TETHER_URL", default_value_t = format!("http://{DEFAULT_LISTEN}"))]
+    url: String,
+    /// File holding the admin token (the conductor writes it on first start).
+    /// TETHER_ADMIN_TOKEN takes precedence.
+    #[arg(long, default_value = "tether-admin.token")]
+    token_file: PathBuf,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Enroll, list and remove nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The node's initiator identities (iqn, mac, ip, wwpn…).
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+    /// Assign and unassign volume targets.
+    #[command(subcommand)]
+    Target(TargetCommand),
+    /// The node's volumes as its agent last reported them.
+    Status {
+        /// Node name or uuid.
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    Create {
+        name: String,
+        /// A MAC address the agent looks the node up by (repeat for more).
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+        #[arg(long)]
+        uuid: Option<Uuid>,
+        /// Provision the agent token from this file instead of issuing it at first lookup.
+        #[arg(long)]
+        agent_token_file: Option<PathBuf>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        node: String,
+    },
+    Delete {
+        node: String,
+    },
+    /// Forget the issued agent token; the node's next lookup receives a new one.
+    ResetToken {
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectorCommand {
+    Create {
+        node: String,
+        #[arg(long = "type")]
+        connector_type: String,
+        #[arg(long)]
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    Delete {
+        uuid: Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetCommand {
+    /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD, or
+    /// --type with --properties-file for anything Cinder produced.
+    Create(Box<TargetArgs>),
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        uuid: Uuid,
+    },
+    Delete {
+        uuid: Uuid,
+    },
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Node name or uuid.
+    node: String,
+    #[arg(long)]
+    volume_id: String,
+    /// iscsi or rbd; inferred from the other options when absent.
+    #[arg(long = "type")]
+    volume_type: Option<String>,
+    /// JSON object of connection properties (Cinder's connection_info data).
+    #[arg(long)]
+    properties_file: Option<PathBuf>,
+    #[arg(long)]
+    portal: Option<String>,
+    #[arg(long)]
+    iqn: Option<String>,
+    #[arg(long)]
+    lun: Option<u32>,
+    #[arg(long)]
+    chap_user: Option<String>,
+    /// File holding the CHAP password (kept off the command line, which others can read).
+    #[arg(long)]
+    chap_password_file: Option<PathBuf>,
+    #[arg(long)]
+    mutual_chap_user: Option<String>,
+    #[arg(long)]
+    mutual_chap_password_file: Option<PathBuf>,
+    /// RBD image as pool/image or pool/namespace/image.
+    #[arg(long)]
+    rbd_name: Option<String>,
+    /// Ceph monitor host:port (repeat for more).
+    #[arg(long = "mon")]
+    monitors: Vec<String>,
+    #[arg(long)]
+    ceph_user: Option<String>,
+    /// File holding the cephx key.
+    #[arg(long)]
+    ceph_key_file: Option<PathBuf>,
+    #[arg(long)]
+    read_only: bool,
+    #[arg(long)]
+    boot_index: Option<u32>,
+    /// Mount the device here on the node.
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    #[arg(long, default_value = "ext4")]
+    fstype: String,
+    #[arg(long)]
+    mount_options: Option<String>,
+    /// Format the device when it holds no filesystem (never when it does).
+    #[arg(long)]
+    mkfs: bool,
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the conductor at {}", self.url))?;
+        let status = response.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return Ok(serde_json::from_value(Value::Null)?);
+            }
+            return Ok(response.json().await.context("reading the conductor's answer")?);
+        }
+        match response.json::<ErrorBody>().await {
+            Ok(body) => bail!("{} ({}): {}", body.error.kind, status.as_u16(), body.error.message),
+            Err(_) => bail!("the conductor answered {status}"),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::GET, path, None::<&()>).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.call::<()>(reqwest::Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn node_uuid(&self, ident: &str) -> anyhow::Result<Uuid> {
+        Ok(self.get::<tether::protocol::Node>(&format!("/v1/nodes/{ident}")).await?.uuid)
+    }
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
+    tether::agent::record::read_token(path).with_context(|| format!("reading the secret file {}", path.display()))
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let token = match std::env::var("TETHER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(token) => token,
+        None => tether::agent::record::read_token(&args.token_file).with_context(|| {
+            format!(
+                "no admin token: set TETHER_ADMIN_TOKEN or give --token-file (tried {})",
+                args.token_file.display()
+            )
+        })?,
+    };
+    let api = Api {
+        http: reqwest::Client::new(),
+        url: args.url.trim_end_matches('/').to_string(),
+        token,
+    };
+    match args.command {
+        CtlCommand::Node(cmd) => node(&api, cmd).await?,
+        CtlCommand::Connector(cmd) => connector(&api, cmd).await?,
+        CtlCommand::Target(cmd) => target(&api, cmd).await?,
+        CtlCommand::Status { node, json } => {
+            let uuid = api.node_uuid(&node).await?;
+            let status: NodeStatus = api.get(&format!("/v1/nodes/{uuid}/volume/status")).await?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_node_status(&status);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Create {
+            name,
+            macs,
+            uuid,
+            agent_token_file,
+        } => {
+            let agent_token = agent_token_file.as_ref().map(read_secret).transpose()?;
+            let node: tether::protocol::Node = api
+                .post(
+                    "/v1/nodes",
+                    &NodeCreate {
+                        name,
+                        uuid,
+                        addresses: macs,
+                        agent_token,
+                    },
+                )
+                .await?;
+            println!("created node {} ({})", node.name, node.uuid);
+        }
+        NodeCommand::List { json } => {
+            let list: NodeList = api.get("/v1/nodes").await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("{:<36}  {:<20}  {:<19}  ADDRESSES", "UUID", "NAME", "LAST SEEN");
+            for n in list.nodes {
+                println!(
+                    "{:<36}  {:<20}  {:<19}  {}",
+                    n.uuid,
+                    n.name,
+                    n.last_seen.as_deref().unwrap_or("never"),
+                    n.addresses.join(",")
+                );
+            }
+        }
+        NodeCommand::Show { node } => {
+            let n: tether::protocol::Node = api.get(&format!("/v1/nodes/{node}")).await?;
+            print_json(&n)?;
+        }
+        NodeCommand::Delete { node } => {
+            let uuid = api.node_uuid(&node).await?;
+            api.delete(&format!("/v1/nodes/{uuid}")).await?;
+            println!("deleted node {uuid}");
+        }
+        NodeCommand::ResetToken { node } => {
+            let uuid = api.node_uuid(&node).await?;
+            api.post::<()>(&format!("/v1/nodes/{uuid}/reset_token"), &json!({})).await?;
+            println!("the token of node {uuid} is reset; its next lookup receives a new one");
+        }
+    }
+    Ok(())
+}
+
+async fn connector(api: &Api, cmd: ConnectorCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConnectorCommand::Create {
+            node,
+            connector_type,
+            id,
+        } => {
+            let node_uuid = api.node_uuid(&node).await?;
+            let c: VolumeConnector = api
+                .post(
+                    "/v1/volume/connectors",
+                    &ConnectorCreate {
+                        node_uuid,
+                        connector_type,
+                        connector_id: id,
+                    },
+                )
+                .await?;
+            println!("created connector {} ({} {})", c.uuid, c.connector_type, c.connector_id);
+        }
+        ConnectorCommand::List { node } => {
+            let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
+            let list: ConnectorList = api.get(&format!("/v1/volume/connectors{query}")).await?;
+            print_json(&list)?;
+        }
+        ConnectorCommand::Delete { uuid } => {
+            api.delete(&format!("/v1/volume/connectors/{uuid}")).await?;
+            println!("deleted connector {uuid}");
+        }
+    }
+    Ok(())
+}
+
+fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreate> {
+    let mut props: Map<String, Value> = match &a.properties_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            match serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))? {
+                Value::Object(map) => map,
+                _ => bail!("{} must hold a JSON object", path.display()),
+            }
+        }
+        None => Map::new(),
+    };
+    let mut set = |key: &str, value: Value| {
+        props.insert(key.to_string(), value);
+    };
+    if let Some(p) = &a.portal {
+        set("target_portal", json!(p));
+    }
+    if let Some(i) = &a.iqn {
+        set("target_iqn", json!(i));
+    }
+    if let Some(l) = a.lun {
+        set("target_lun", json!(l));
+    }
+    if let Some(user) = &a.chap_user {
+        let file = a.chap_password_file.as_ref().context("--chap-user needs --chap-password-file")?;
+        set("auth_method", json!("CHAP"));
+        set("auth_username", json!(user));
+        set("auth_password", json!(read_secret(file)?));
+    }
+    if let Some(user) = &a.mutual_chap_user {
+        let file = a
+            .mutual_chap_password_file
+            .as_ref()
+            .context("--mutual-chap-user needs --mutual-chap-password-file")?;
+        set("auth_username_in", json!(user));
+        set("auth_password_in", json!(read_secret(file)?));
+    }
+    if let Some(name) = &a.rbd_name {
+        set("name", json!(name));
+        let (hosts, ports): (Vec<String>, Vec<String>) = a
+            .monitors
+            .iter()
+            .map(|m| match m.rsplit_once(':') {
+                Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.to_string()),
+                None => (m.clone(), "6789".to_string()),
+            })
+            .unzip();
+        set("hosts", json!(hosts));
+        set("ports", json!(ports));
+    }
+    if let Some(user) = &a.ceph_user {
+        set("auth_username", json!(user));
+    }
+    if let Some(file) = &a.ceph_key_file {
+        set("auth_key", json!(read_secret(file)?));
+    }
+    if a.read_only {
+        set("access_mode", json!("ro"));
+    }
+    let volume_type = match (&a.volume_type, &a.rbd_name) {
+        (Some(t), _) => t.clone(),
+        (None, Some(_)) => "rbd".into(),
+        (None, None) => "iscsi".into(),
+    };
+    let mut extra = Map::new();
+    if let Some(path) = &a.mount {
+        extra.insert(
+            "mount".into(),
+            json!({"path": path, "fstype": a.fstype, "options": a.mount_options, "mkfs": a.mkfs}),
+        );
+    }
+    Ok(TargetCreate {
+        node_uuid,
+        volume_type,
+        volume_id: a.volume_id.clone(),
+        uuid: None,
+        boot_index: a.boot_index,
+        properties: props,
+        extra,
+    })
+}
+
+async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
+    match cmd {
+        TargetCommand::Create(args) => {
+            let node_uuid = api.node_uuid(&args.node).await?;
+            let request = target_request(node_uuid, &args)?;
+            let t: VolumeTarget = api.post("/v1/volume/targets", &request).await?;
+            println!("assigned {} volume {} to node {} as target {}", t.volume_type, t.volume_id, t.node_uuid, t.uuid);
+        }
+        TargetCommand::List { node, json } => {
+            let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
+            let list: TargetList = api.get(&format!("/v1/volume/targets{query}")).await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("{:<36}  {:<36}  {:<6}  VOLUME", "TARGET", "NODE", "TYPE");
+            for t in list.targets {
+                println!("{:<36}  {:<36}  {:<6}  {}", t.uuid, t.node_uuid, t.volume_type, t.volume_id);
+            }
+        }
+        TargetCommand::Show { uuid } => {
+            let t: VolumeTarget = api.get(&format!("/v1/volume/targets/{uuid}")).await?;
+            print_json(&t)?;
+        }
+        TargetCommand::Delete { uuid } => {
+            api.delete(&format!("/v1/volume/targets/{uuid}")).await?;
+            println!("unassigned target {uuid}; the agent detaches it once nothing uses it");
+        }
+    }
+    Ok(())
+}
+
+fn print_node_status(status: &NodeStatus) {
+    println!(
+        "node {} ({})  generation {}  last seen {}",
+        status.node_name,
+        status.node_uuid,
+        status.generation,
+        status.last_seen.as_deref().unwrap_or("never")
+    );
+    let Some(report) = &status.report else {
+        println!("no report from the agent yet");
+        return;
+    };
+    println!(
+        "agent {}  applied generation {}",
+        report.agent_version,
+        report.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+    );
+    crate::status::print_volumes(report);
+}

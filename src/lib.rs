@@ -1,0 +1,13 @@
+//! tether: remote block volumes for bare-metal machines.
+//!
+//! - [`protocol`]: the wire contract shared by the agent and the conductor.
+//! - [`agent`]: the node daemon (identity, client, reconcile, executor, reports).
+//! - [`backend`]: host backends (iSCSI, RBD, mounts) behind traits, plus a simulated kernel.
+//! - [`conductor`]: the reference conductor (HTTP API over SQLite).
+
+pub mod protocol;
+pub mod conductor;
+pub mod config;
+pub mod fsutil;
+pub mod agent;
+pub mod backend;

@@ -1,0 +1,263 @@
+//! Protocol v1: the wire types shared by the agent and the conductor.
+//!
+//! docs/protocol.md is the contract; its examples are parsed by tests against these types.
+//! Readers of responses tolerate unknown fields; requests that change state refuse them.
+
+pub mod secret;
+pub mod target;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub use secret::{MASK, Secret, mask_properties};
+
+/// Sent as a header on every conductor response.
+pub const VERSION_HEADER: &str = "tether-protocol-version";
+pub const VERSION: &str = "1";
+
+/// `GET /v1/lookup`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LookupResponse {
+    pub node: NodeRef,
+    pub config: AgentSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRef {
+    pub uuid: Uuid,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentSettings {
+    pub heartbeat_interval_s: u64,
+    /// The node's agent token, or [`MASK`] once it has been issued.
+    pub agent_token: String,
+}
+
+/// `GET /v1/nodes/{uuid}/volume/targets`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetsResponse {
+    pub generation: u64,
+    pub targets: Vec<VolumeTarget>,
+}
+
+/// Ironic's volume target. `properties` is Cinder's connection info and stays raw JSON on the
+/// wire so that one malformed target fails alone, in the agent, with a precise kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeTarget {
+    pub uuid: Uuid,
+    pub node_uuid: Uuid,
+    pub volume_type: String,
+    pub volume_id: String,
+    #[serde(default)]
+    pub boot_index: Option<u32>,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+
+/// Per-volume state as reported in heartbeats.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeState {
+    Pending,
+    Attaching,
+    Attached,
+    Mounted,
+    Detaching,
+    DetachBlocked,
+    Failed,
+}
+
+impl VolumeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Attaching => "attaching",
+            Self::Attached => "attached",
+            Self::Mounted => "mounted",
+            Self::Detaching => "detaching",
+            Self::DetachBlocked => "detach_blocked",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stable error kind plus a sentence that says what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorReport {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Connector {
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    pub connector_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeReport {
+    pub target_uuid: Uuid,
+    pub volume_id: String,
+    pub volume_type: String,
+    pub state: VolumeState,
+    #[serde(default)]
+    pub device_path: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    #[serde(default)]
+    pub wwn: Option<String>,
+    #[serde(default)]
+    pub mountpoint: Option<String>,
+    #[serde(default)]
+    pub error: Option<ErrorReport>,
+    /// RFC 3339 time at which the volume entered `state`.
+    pub since: String,
+}
+
+/// An attachment on the node that the agent did not create: reported, never touched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignAttachment {
+    pub volume_type: String,
+    pub description: String,
+    #[serde(default)]
+    pub device_path: Option<String>,
+}
+
+/// `POST /v1/heartbeat/{uuid}`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub agent_version: String,
+    /// The generation of the assignment the agent has applied; `None` before the first answer.
+    pub generation: Option<u64>,
+    #[serde(default)]
+    pub connectors: Vec<Connector>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeReport>,
+    #[serde(default)]
+    pub foreign: Vec<ForeignAttachment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatAccepted {
+    pub heartbeat_interval_s: u64,
+}
+
+/// Body of every non-2xx response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorReport,
+}
+
+// ---- operator API ----
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCreate {
+    pub name: String,
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    /// MAC addresses the node's agent looks itself up by.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// A token provisioned out of band (for example on the kernel command line). When absent,
+    /// the conductor issues one at the node's first lookup.
+    #[serde(default)]
+    pub agent_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Node {
+    pub uuid: Uuid,
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub token_issued: bool,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_seen: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorCreate {
+    pub node_uuid: Uuid,
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    pub connector_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeConnector {
+    pub uuid: Uuid,
+    pub node_uuid: Uuid,
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    pub connector_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectorList {
+    pub connectors: Vec<VolumeConnector>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetCreate {
+    pub node_uuid: Uuid,
+    pub volume_type: String,
+    pub volume_id: String,
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+    #[serde(default)]
+    pub boot_index: Option<u32>,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetList {
+    pub targets: Vec<VolumeTarget>,
+}
+
+/// `GET /v1/nodes/{uuid}/volume/status`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub node_uuid: Uuid,
+    pub node_name: String,
+    /// Generation of the node's current assignment at the conductor.
+    pub generation: u64,
+    #[serde(default)]
+    pub last_seen: Option<String>,
+    #[serde(default)]
+    pub report: Option<Heartbeat>,
+}
+
+/// Formats a time the way every timestamp in the protocol is written.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

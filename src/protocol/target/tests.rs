@@ -1,0 +1,174 @@
+use super::*;
+use serde_json::json;
+
+fn target(volume_type: &str, properties: Value, extra: Value) -> VolumeTarget {
+    VolumeTarget {
+        uuid: Uuid::nil(),
+        node_uuid: Uuid::nil(),
+        volume_type: volume_type.into(),
+        volume_id: "vol-1".into(),
+        boot_index: None,
+        properties: properties.as_object().unwrap().clone(),
+        extra: extra.as_object().unwrap().clone(),
+    }
+}
+
+fn iscsi(properties: Value) -> Result<TargetSpec, TargetError> {
+    parse(&target("iscsi", properties, json!({})))
+}
+
+fn kind(result: Result<TargetSpec, TargetError>) -> &'static str {
+    result.expect_err("expected an error").kind()
+}
+
+const IQN: &str = "iqn.2003-01.org.linux-iscsi.target:vol1";
+
+#[test]
+fn single_path_iscsi_with_chap_parses() {
+    let spec = iscsi(json!({
+        "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 3,
+        "auth_method": "CHAP", "auth_username": "user", "auth_password": "s3cret!",
+        "auth_username_in": "tgt", "auth_password_in": "m0tual",
+    }))
+    .unwrap();
+    let BackendSpec::Iscsi(iscsi) = &spec.backend else { panic!() };
+    assert_eq!(iscsi.paths.len(), 1);
+    assert_eq!(iscsi.paths[0].portal.to_string(), "192.0.2.10:3260");
+    assert_eq!(iscsi.paths[0].lun, 3);
+    let chap = iscsi.chap.as_ref().unwrap();
+    assert_eq!(chap.password.expose(), "s3cret!");
+    assert_eq!(chap.mutual.as_ref().unwrap().0, "tgt");
+    assert_eq!(spec.login_keys(), vec![format!("192.0.2.10:3260,{IQN}")]);
+}
+
+#[test]
+fn multipath_lists_parse_and_must_match_in_length() {
+    let spec = iscsi(json!({
+        "target_portals": ["192.0.2.10:3260", "[2001:db8::1]:3260"],
+        "target_iqns": [IQN, IQN], "target_luns": [0, 0],
+    }))
+    .unwrap();
+    let BackendSpec::Iscsi(iscsi) = &spec.backend else { panic!() };
+    assert_eq!(iscsi.paths[1].portal.to_string(), "[2001:db8::1]:3260");
+    assert_eq!(
+        kind(iscsi_lists(json!(["192.0.2.10:3260"]), json!([IQN, IQN]), json!([0]))),
+        "invalid_property"
+    );
+}
+
+fn iscsi_lists(portals: Value, iqns: Value, luns: Value) -> Result<TargetSpec, TargetError> {
+    iscsi(json!({"target_portals": portals, "target_iqns": iqns, "target_luns": luns}))
+}
+
+#[test]
+fn malformed_targets_fail_with_stable_kinds() {
+    let base = |portal: &str, iqn: &str, lun: Value| {
+        iscsi(json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun}))
+    };
+    assert_eq!(kind(base("192.0.2.10", IQN, json!(0))), "invalid_portal");
+    assert_eq!(kind(base("192.0.2.10:0", IQN, json!(0))), "invalid_portal");
+    assert_eq!(kind(base("192.0.2.10:99999", IQN, json!(0))), "invalid_portal");
+    assert_eq!(kind(base("2001:db8::1:3260", IQN, json!(0))), "invalid_portal");
+    assert_eq!(kind(base("host;rm -rf /:3260", IQN, json!(0))), "invalid_portal");
+    assert_eq!(kind(base("192.0.2.10:3260", "iqn.bad", json!(0))), "invalid_iqn");
+    assert_eq!(kind(base("192.0.2.10:3260", "iqn.2003-01.org.x:$(reboot)", json!(0))), "invalid_iqn");
+    assert_eq!(kind(base("192.0.2.10:3260", "iqn.2003-01.org.x;ls", json!(0))), "invalid_iqn");
+    assert_eq!(kind(base("192.0.2.10:3260", "eui.123", json!(0))), "invalid_iqn");
+    assert_eq!(kind(base("192.0.2.10:3260", IQN, json!(16384))), "invalid_lun");
+    assert_eq!(kind(base("192.0.2.10:3260", IQN, json!(-1))), "invalid_lun");
+    assert_eq!(kind(base("192.0.2.10:3260", IQN, json!("0"))), "invalid_lun");
+    assert_eq!(kind(iscsi(json!({"target_iqn": IQN, "target_lun": 0}))), "missing_property");
+    assert_eq!(kind(parse(&target("nvme", json!({}), json!({})))), "unknown_volume_type");
+    assert_eq!(
+        kind(iscsi(json!({
+            "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0,
+            "auth_method": "CHAP", "auth_username": "u`id`", "auth_password": "p",
+        }))),
+        "unsafe_value"
+    );
+    assert!(base("192.0.2.10:3260", "eui.02004567A425678D", json!(0)).is_ok());
+    assert!(base("storage.example.com:3260", "naa.52004567BA64678D", json!(16383)).is_ok());
+}
+
+#[test]
+fn errors_never_contain_the_password() {
+    let err = iscsi(json!({
+        "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0,
+        "auth_method": "CHAP", "auth_username": "user", "auth_password": "has space hunter2",
+    }))
+    .unwrap_err();
+    assert_eq!(err.kind(), "unsafe_value");
+    assert!(!err.to_string().contains("hunter2"));
+    assert!(!format!("{err:?}").contains("hunter2"));
+}
+
+#[test]
+fn rbd_target_parses_with_namespace_and_key() {
+    let spec = parse(&target(
+        "rbd",
+        json!({"name": "volumes/ns1/volume-1", "hosts": ["192.0.2.1", "192.0.2.2"],
+               "ports": ["6789", 3300], "auth_username": "cinder", "auth_key": "AQBkey=="}),
+        json!({}),
+    ))
+    .unwrap();
+    let BackendSpec::Rbd(rbd) = &spec.backend else { panic!() };
+    assert_eq!(rbd.spec_name(), "volumes/ns1/volume-1");
+    assert_eq!(rbd.monitors.len(), 2);
+    assert_eq!(rbd.monitors[1].port, 3300);
+    assert_eq!(rbd.key.as_ref().unwrap().expose(), "AQBkey==");
+    assert_eq!(rbd.cluster, "ceph");
+    let no_key = parse(&target("rbd", json!({"name": "p/i", "hosts": ["h"]}), json!({})));
+    assert_eq!(kind(no_key), "missing_property");
+    let bad_name = parse(&target("rbd", json!({"name": "p/i;x", "hosts": ["h"], "auth_enabled": false}), json!({})));
+    assert_eq!(kind(bad_name), "unsafe_value");
+}
+
+#[test]
+fn mount_spec_is_validated() {
+    let props = json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0});
+    let ok = parse(&target(
+        "iscsi",
+        props.clone(),
+        json!({"mount": {"path": "/srv/data/", "fstype": "ext4", "options": "noatime,discard", "mkfs": true}}),
+    ))
+    .unwrap();
+    let mount = ok.mount.unwrap();
+    assert_eq!(mount.path, PathBuf::from("/srv/data"));
+    assert!(mount.mkfs);
+    for bad in [
+        json!({"path": "relative", "fstype": "ext4"}),
+        json!({"path": "/srv/../etc", "fstype": "ext4"}),
+        json!({"path": "/", "fstype": "ext4"}),
+        json!({"path": "/etc", "fstype": "ext4"}),
+        json!({"path": "/srv/x", "fstype": "ext4;reboot"}),
+        json!({"path": "/srv/x", "fstype": "ext4", "options": "rw bad"}),
+        json!({"path": "/srv/x", "fstype": "ext4", "mkfs": "yes"}),
+        json!({"path": "/srv/x", "fstype": "ext4", "owner": "root"}),
+    ] {
+        let result = parse(&target("iscsi", props.clone(), json!({"mount": bad})));
+        assert_eq!(kind(result), "invalid_mount", "{bad}");
+    }
+}
+
+#[test]
+fn access_mode_ro_is_read_only() {
+    let spec = iscsi(json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN,
+                            "target_lun": 0, "access_mode": "ro"}))
+    .unwrap();
+    assert!(spec.read_only);
+}
+
+proptest::proptest! {
+    // Whatever arrives, parsing never panics, and any string it accepts as an IQN or portal
+    // holds no character a shell or iscsiadm's record files would treat specially.
+    #[test]
+    fn parse_never_panics_and_accepts_only_safe_strings(portal in ".{0,40}", iqn in ".{0,60}", lun in proptest::num::i64::ANY) {
+        if let Ok(spec) = iscsi(json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun})) {
+            let BackendSpec::Iscsi(iscsi) = spec.backend else { panic!() };
+            let p = &iscsi.paths[0];
+            let unsafe_char = |c: char| c.is_whitespace() || c.is_control() || "$`;|&<>()\\'\"*?!{}".contains(c);
+            proptest::prop_assert!(!p.iqn.chars().any(unsafe_char));
+            proptest::prop_assert!(!p.portal.to_string().chars().any(unsafe_char));
+        }
+    }
+}
