@@ -161,3 +161,6 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
     }
     plan
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,365 @@
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::agent::volume::Phase;
+use crate::backend::{Attachment, BlockDevice, Handle, IscsiPathHandle, RbdHandle};
+use crate::protocol::VolumeTarget;
+use crate::protocol::target::{BackendSpec, parse};
+
+const IQN_X: &str = "iqn.2003-01.org.example:x";
+const IQN_Y: &str = "iqn.2003-01.org.example:y";
+
+fn uuid(n: u8) -> Uuid {
+    Uuid::from_bytes([n; 16])
+}
+
+/// The pool of targets the conductor may assign: two LUNs of one target, another target on
+/// the same portal, an RBD image, an invalid target, and a multipath volume sharing a session.
+fn pool() -> Vec<VolumeTarget> {
+    let iscsi = |portal: &str, iqn: &str, lun: u32| json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun});
+    let entries = vec![
+        ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 0)),
+        ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 1)),
+        ("iscsi", iscsi("192.0.2.1:3260", IQN_Y, 0)),
+        ("rbd", json!({"name": "rbd/img", "hosts": ["192.0.2.9"], "auth_enabled": false})),
+        ("iscsi", iscsi("192.0.2.1:3260", "iqn.bad", 0)),
+        (
+            "iscsi",
+            json!({"target_portals": ["192.0.2.1:3260", "192.0.2.2:3260"], "target_iqns": [IQN_X, IQN_X], "target_luns": [2, 2]}),
+        ),
+    ];
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, (volume_type, props))| VolumeTarget {
+            uuid: uuid(i as u8 + 1),
+            node_uuid: Uuid::nil(),
+            volume_type: volume_type.into(),
+            volume_id: format!("vol-{i}"),
+            boot_index: None,
+            properties: props.as_object().unwrap().clone(),
+            extra: Default::default(),
+        })
+        .collect()
+}
+
+fn assignment(generation: u64, mask: u8) -> Desired {
+    let targets = pool()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| DesiredTarget {
+            uuid: t.uuid,
+            volume_id: t.volume_id.clone(),
+            volume_type: t.volume_type.clone(),
+            spec: parse(&t),
+        })
+        .collect();
+    Desired::Known(Assignment { generation, targets })
+}
+
+/// What the backend would return for a successful attach of `spec`.
+fn attachment_for(spec: &TargetSpec) -> Attachment {
+    let handle = match &spec.backend {
+        BackendSpec::Iscsi(iscsi) => Handle::Iscsi {
+            paths: iscsi
+                .paths
+                .iter()
+                .map(|p| IscsiPathHandle {
+                    portal: p.portal.to_string(),
+                    iqn: p.iqn.clone(),
+                    lun: p.lun,
+                    kernel_name: "sdx".into(),
+                    session_created: true,
+                    device_created: true,
+                })
+                .collect(),
+        },
+        BackendSpec::Rbd(rbd) => Handle::Rbd(RbdHandle {
+            device_id: 0,
+            pool: rbd.pool.clone(),
+            namespace: None,
+            image: rbd.image.clone(),
+            mapped_by_agent: true,
+        }),
+    };
+    Attachment {
+        device: BlockDevice {
+            kernel_name: "sdx".into(),
+            device_path: "/dev/x".into(),
+            size_bytes: 1,
+            wwn: None,
+        },
+        paths: vec!["/dev/x".into()],
+        handle,
+        mount: None,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Success,
+    Failure,
+    Blocked,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A successful answer from the conductor assigning the targets in the mask.
+    Answer(u8),
+    /// The conductor could not be reached or answered with an error: nothing changes.
+    ConductorError,
+    /// One in-flight operation finishes.
+    Complete(usize, Outcome),
+    Advance(u64),
+    /// The agent restarts: running operations finish, state is rebuilt from the record.
+    Restart,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..64).prop_map(Step::Answer),
+        Just(Step::ConductorError),
+        (0usize..8, prop_oneof![Just(Outcome::Success), Just(Outcome::Failure), Just(Outcome::Blocked)])
+            .prop_map(|(i, o)| Step::Complete(i, o)),
+        (0u64..5_000).prop_map(Step::Advance),
+        Just(Step::Restart),
+    ]
+}
+
+struct Model {
+    desired: Desired,
+    volumes: BTreeMap<Uuid, Volume>,
+    now: Millis,
+    generation: u64,
+}
+
+const RETRY: Millis = 1_000;
+
+impl Model {
+    fn new() -> Self {
+        Self {
+            desired: Desired::Unknown,
+            volumes: BTreeMap::new(),
+            now: 0,
+            generation: 0,
+        }
+    }
+
+    fn specs(&self) -> BTreeMap<Uuid, TargetSpec> {
+        match &self.desired {
+            Desired::Known(a) => a
+                .targets
+                .iter()
+                .filter_map(|t| t.spec.clone().ok().map(|s| (t.uuid, s)))
+                .collect(),
+            Desired::Unknown => BTreeMap::new(),
+        }
+    }
+
+    /// Runs reconcile, checks the invariants on its plan, and applies it as the agent does.
+    fn reconcile_and_apply(&mut self) -> usize {
+        let plan = reconcile(&self.desired, &self.volumes, self.now);
+        let t = SystemTime::UNIX_EPOCH;
+        let specs = self.specs();
+        for action in &plan.actions {
+            match action {
+                Action::Attach(uuid) => {
+                    let d = self.desired.target(*uuid).expect("attach of an undesired target");
+                    let spec = specs.get(uuid).expect("attach of an invalid target");
+                    let v = self
+                        .volumes
+                        .entry(*uuid)
+                        .or_insert_with(|| Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t));
+                    v.start_attach(spec.login_keys(), t).expect("attach allowed");
+                }
+                Action::Detach(uuid) => {
+                    let Desired::Known(a) = &self.desired else {
+                        panic!("detach without a successful answer")
+                    };
+                    assert!(a.targets.iter().all(|x| x.uuid != *uuid), "detach of a target still assigned");
+                    let v = self.volumes.get_mut(uuid).expect("detach of an unknown volume");
+                    assert!(v.is_owned(), "detach of a volume the agent does not own");
+                    v.start_detach(t).expect("detach allowed");
+                }
+                Action::Forget(uuid) => {
+                    let v = self.volumes.remove(uuid).expect("forget of an unknown volume");
+                    assert!(!v.is_owned(), "forgot a volume that is still attached");
+                }
+                Action::Reject(uuid, error) => {
+                    let d = self.desired.target(*uuid).unwrap();
+                    let v = self
+                        .volumes
+                        .entry(*uuid)
+                        .or_insert_with(|| Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t));
+                    v.reject(error.clone(), t).expect("reject allowed");
+                }
+                Action::Keep(uuid) => self.volumes.get_mut(uuid).unwrap().reassigned(t).expect("keep allowed"),
+            }
+        }
+        // Never two operations in flight on one (portal, iqn).
+        let mut keys = BTreeSet::new();
+        for v in self.volumes.values().filter(|v| v.in_flight()) {
+            for k in &v.login_keys {
+                assert!(keys.insert(k.clone()), "two operations in flight on {k}");
+            }
+        }
+        plan.actions.len()
+    }
+
+    fn in_flight(&self) -> Vec<Uuid> {
+        self.volumes.values().filter(|v| v.in_flight()).map(|v| v.target_uuid).collect()
+    }
+
+    fn complete(&mut self, uuid: Uuid, outcome: &Outcome) {
+        let t = SystemTime::UNIX_EPOCH;
+        let specs = self.specs();
+        let retry_at = self.now + RETRY;
+        let v = self.volumes.get_mut(&uuid).unwrap();
+        match (&v.phase, outcome) {
+            (Phase::Attaching, Outcome::Success | Outcome::Blocked) => {
+                // The spec may have left the assignment meanwhile; the agent kept the old one.
+                let spec = specs.get(&uuid).cloned().unwrap_or_else(|| {
+                    parse(pool().iter().find(|p| p.uuid == uuid).unwrap()).unwrap()
+                });
+                v.attach_succeeded(attachment_for(&spec), t).unwrap();
+            }
+            (Phase::Attaching, Outcome::Failure) => v.attach_failed(err(), None, retry_at, t).unwrap(),
+            (Phase::Detaching, Outcome::Success) => {
+                v.detach_succeeded().unwrap();
+                self.volumes.remove(&uuid);
+            }
+            (Phase::Detaching, Outcome::Blocked) => v.detach_blocked(err(), retry_at, t).unwrap(),
+            (Phase::Detaching, Outcome::Failure) => v.detach_failed(err(), retry_at, t).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn step(&mut self, step: &Step) {
+        match step {
+            Step::Answer(mask) => {
+                self.generation += 1;
+                self.desired = assignment(self.generation, *mask);
+            }
+            Step::ConductorError => {}
+            Step::Complete(i, outcome) => {
+                let in_flight = self.in_flight();
+                if !in_flight.is_empty() {
+                    self.complete(in_flight[i % in_flight.len()], outcome);
+                }
+            }
+            Step::Advance(ms) => self.now += ms,
+            Step::Restart => {
+                for uuid in self.in_flight() {
+                    self.complete(uuid, &Outcome::Success);
+                }
+                let t = SystemTime::UNIX_EPOCH;
+                self.volumes = std::mem::take(&mut self.volumes)
+                    .into_iter()
+                    .filter_map(|(uuid, v)| v.attachment.map(|a| (uuid, Volume::recovered(uuid, v.volume_id, a, t))))
+                    .collect();
+                self.desired = Desired::Unknown;
+            }
+        }
+        self.reconcile_and_apply();
+    }
+}
+
+fn err() -> ErrorReport {
+    ErrorReport {
+        kind: "portal_unreachable".into(),
+        message: "m".into(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Over random assignments, conductor errors, completions, time and restarts: nothing is
+    /// detached without a successful answer that dropped it, no login races, and once faults
+    /// stop every assigned volume ends attached or failed with a reason.
+    #[test]
+    fn invariants_hold_over_random_histories(steps in proptest::collection::vec(step(), 1..60), last in 0u8..64) {
+        let mut m = Model::new();
+        for s in &steps {
+            m.step(s);
+        }
+        m.step(&Step::Answer(last));
+        // Faults stop: every operation succeeds, retries fall due.
+        for _ in 0..200 {
+            for uuid in m.in_flight() {
+                m.complete(uuid, &Outcome::Success);
+            }
+            m.now += 10 * RETRY;
+            let actions = m.reconcile_and_apply();
+            if actions == 0 && m.in_flight().is_empty() {
+                break;
+            }
+        }
+        let Desired::Known(a) = &m.desired else { unreachable!() };
+        for t in &a.targets {
+            let v = m.volumes.get(&t.uuid).expect("every assigned target is tracked");
+            match &t.spec {
+                Ok(_) => prop_assert_eq!(v.state(), crate::protocol::VolumeState::Attached),
+                Err(e) => {
+                    prop_assert_eq!(v.state(), crate::protocol::VolumeState::Failed);
+                    prop_assert_eq!(&v.error().unwrap().kind, e.kind());
+                }
+            }
+        }
+        prop_assert_eq!(m.volumes.len(), a.targets.len(), "unassigned volumes are gone");
+    }
+}
+
+#[test]
+fn unknown_desired_never_acts() {
+    let mut volumes = BTreeMap::new();
+    let spec = parse(&pool()[0]).unwrap();
+    volumes.insert(
+        uuid(1),
+        Volume::recovered(uuid(1), "v".into(), attachment_for(&spec), SystemTime::UNIX_EPOCH),
+    );
+    assert_eq!(reconcile(&Desired::Unknown, &volumes, 0), Plan::default());
+}
+
+#[test]
+fn luns_of_one_target_attach_one_at_a_time_and_other_targets_in_parallel() {
+    let desired = assignment(1, 0b000111);
+    let plan = reconcile(&desired, &BTreeMap::new(), 0);
+    // vol-0 and vol-1 share a session: only the first starts; vol-2 is another target.
+    assert_eq!(plan.actions, vec![Action::Attach(uuid(1)), Action::Attach(uuid(3))]);
+}
+
+#[test]
+fn failed_volume_waits_for_its_retry_without_blocking_others() {
+    let desired = assignment(1, 0b001001);
+    let mut volumes = BTreeMap::new();
+    let mut failed = Volume::new(uuid(1), "vol-0".into(), "iscsi".into(), SystemTime::UNIX_EPOCH);
+    failed.start_attach(vec![], SystemTime::UNIX_EPOCH).unwrap();
+    failed.attach_failed(err(), None, 5_000, SystemTime::UNIX_EPOCH).unwrap();
+    volumes.insert(uuid(1), failed);
+    let plan = reconcile(&desired, &volumes, 1_000);
+    assert_eq!(plan.actions, vec![Action::Attach(uuid(4))]);
+    assert_eq!(plan.next_wake, Some(5_000));
+    let later = reconcile(&desired, &volumes, 5_000);
+    assert!(later.actions.contains(&Action::Attach(uuid(1))));
+}
+
+#[test]
+fn invalid_target_is_rejected_once_with_its_kind() {
+    let desired = assignment(1, 0b010000);
+    let plan = reconcile(&desired, &BTreeMap::new(), 0);
+    let [Action::Reject(id, report)] = plan.actions.as_slice() else {
+        panic!("{plan:?}")
+    };
+    assert_eq!((*id, report.kind.as_str()), (uuid(5), "invalid_iqn"));
+    let mut volumes = BTreeMap::new();
+    let mut v = Volume::new(uuid(5), "vol-4".into(), "iscsi".into(), SystemTime::UNIX_EPOCH);
+    v.reject(report.clone(), SystemTime::UNIX_EPOCH).unwrap();
+    volumes.insert(uuid(5), v);
+    assert!(reconcile(&desired, &volumes, 0).actions.is_empty());
+}
