@@ -34,7 +34,8 @@ struct SimDevice {
     path: String,
     mounts: Vec<PathBuf>,
     holders: Vec<String>,
-    filesystem: Option<String>,
+    /// The array-side volume behind the device: its data outlives logins and maps.
+    backing: String,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ struct SimState {
     sessions: Vec<SimSession>,
     devices: BTreeMap<String, SimDevice>,
     mappings: Vec<(Mapping, String)>,
+    /// Filesystem signatures on the array's volumes, by backing name.
+    filesystems: BTreeMap<String, String>,
     logins_in_flight: BTreeMap<SessionKey, u32>,
     next_sid: u32,
     next_disk: u32,
@@ -223,7 +226,7 @@ fn add_lun(s: &mut SimState, sid: u32, lun: u16) -> String {
             path,
             mounts: Vec::new(),
             holders: Vec::new(),
-            filesystem: None,
+            backing: format!("iscsi:{}:{lun}", session.key.iqn),
         },
     );
     name
@@ -427,17 +430,18 @@ impl BlockHost for Arc<SimKernel> {
         let s = self.state();
         Ok(s.devices
             .values()
-            .any(|d| d.path == device_path && d.filesystem.is_some()))
+            .any(|d| d.path == device_path && s.filesystems.contains_key(&d.backing)))
     }
 
     fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError> {
         let mut s = self.state();
-        let dev = s
+        let backing = s
             .devices
-            .values_mut()
+            .values()
             .find(|d| d.path == device_path)
+            .map(|d| d.backing.clone())
             .ok_or_else(|| HostError::new("mkfs_failed", format!("{device_path} does not exist")))?;
-        dev.filesystem = Some(fstype.to_string());
+        s.filesystems.insert(backing, fstype.to_string());
         s.stats.mkfs += 1;
         Ok(())
     }
@@ -505,7 +509,7 @@ impl RbdHost for Arc<SimKernel> {
                 path,
                 mounts: Vec::new(),
                 holders: Vec::new(),
-                filesystem: None,
+                backing: format!("rbd:{}", spec.spec_name()),
             },
         );
         s.mappings.push((

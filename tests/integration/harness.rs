@@ -1,0 +1,293 @@
+//! A real conductor and a real agent on loopback, with the simulated kernel as the host.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use tether::agent::{self, Host, Settings};
+use tether::backend::simulated::SimKernel;
+use tether::config::ConductorConfig;
+use tether::protocol::{NodeStatus, VolumeReport, VolumeState};
+
+pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+/// Every log line any test in this binary produced, for the secret-leak checks.
+pub fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn all_logs() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+pub struct Conductor {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config: ConductorConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Conductor {
+    pub async fn start(dir: &Path, validate_targets: bool) -> Self {
+        Self::start_at(dir, "127.0.0.1:0".parse().unwrap(), validate_targets).await
+    }
+
+    pub async fn start_at(dir: &Path, addr: SocketAddr, validate_targets: bool) -> Self {
+        logs();
+        let config = ConductorConfig {
+            listen: addr.to_string(),
+            database: dir.join("conductor.db"),
+            admin_token_file: dir.join("admin.token"),
+            heartbeat_interval_s: 1,
+            max_wait_s: 60,
+            validate_targets,
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task_config = config.clone();
+        let task = tokio::spawn(async move {
+            tether::conductor::serve(&task_config, ADMIN, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            addr,
+            dir: dir.to_path_buf(),
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        *self = Self::start_at(&self.dir.clone(), self.addr, self.config.validate_targets).await;
+    }
+}
+
+/// A minimal operator client, so that tests read like what an operator does.
+#[derive(Clone)]
+pub struct Operator {
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+impl Operator {
+    pub fn new(url: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+        }
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(ADMIN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("conductor reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn create_node(&self, name: &str, mac: &str) -> Uuid {
+        let (status, body) = self
+            .request(reqwest::Method::POST, "/v1/nodes", Some(json!({"name": name, "addresses": [mac]})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["uuid"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn assign(&self, node: Uuid, volume_type: &str, volume_id: &str, properties: Value, extra: Value) -> Uuid {
+        let (status, body) = self
+            .request(
+                reqwest::Method::POST,
+                "/v1/volume/targets",
+                Some(json!({"node_uuid": node, "volume_type": volume_type, "volume_id": volume_id,
+                            "properties": properties, "extra": extra})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["uuid"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn unassign(&self, target: Uuid) {
+        let (status, body) = self
+            .request(reqwest::Method::DELETE, &format!("/v1/volume/targets/{target}"), None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+    }
+
+    pub async fn status(&self, node: Uuid) -> NodeStatus {
+        let (status, body) = self
+            .request(reqwest::Method::GET, &format!("/v1/nodes/{node}/volume/status"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Waits until the node's report satisfies `check`, or fails saying what it last saw.
+    pub async fn wait_report(&self, node: Uuid, what: &str, check: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.status(node).await;
+            if check(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("expected {what}; the last report was {:#?}", status.report);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, node: Uuid, target: Uuid, state: VolumeState) -> VolumeReport {
+        let status = self
+            .wait_report(node, &format!("target {target} {state}"), |s| {
+                volume(s, target).is_some_and(|v| v.state == state)
+            })
+            .await;
+        volume(&status, target).unwrap().clone()
+    }
+
+    pub async fn wait_gone(&self, node: Uuid, target: Uuid) {
+        self.wait_report(node, &format!("target {target} gone from the report"), |s| {
+            s.report.is_some() && volume(s, target).is_none()
+        })
+        .await;
+    }
+}
+
+pub fn volume(status: &NodeStatus, target: Uuid) -> Option<&VolumeReport> {
+    status.report.as_ref()?.volumes.iter().find(|v| v.target_uuid == target)
+}
+
+/// A node: a host root with one NIC, a state directory and a simulated kernel.
+pub struct Node {
+    pub root: TempDir,
+    pub kernel: Arc<SimKernel>,
+    pub conductor_url: String,
+    agent: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Node {
+    pub fn new(mac: &str, conductor_url: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let nic = root.path().join("host/sys/class/net/eth0");
+        std::fs::create_dir_all(&nic).unwrap();
+        std::fs::write(nic.join("address"), format!("{mac}\n")).unwrap();
+        std::fs::write(nic.join("type"), "1\n").unwrap();
+        let iscsi = root.path().join("host/etc/iscsi");
+        std::fs::create_dir_all(&iscsi).unwrap();
+        std::fs::write(iscsi.join("initiatorname.iscsi"), "InitiatorName=iqn.1993-08.org.debian:01:node\n").unwrap();
+        Self {
+            root,
+            kernel: Arc::new(SimKernel::new(Duration::from_millis(20))),
+            conductor_url: conductor_url.to_string(),
+            agent: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            conductor_url: self.conductor_url.clone(),
+            node_uuid: None,
+            token: None,
+            state_dir: self.state_dir(),
+            host_root: self.root.path().join("host"),
+            heartbeat_interval: None,
+            poll_wait: Duration::from_secs(30),
+            device_timeout: Duration::from_secs(2),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(2),
+        }
+    }
+
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let host = Host::simulated(self.kernel.clone());
+        let settings = self.settings();
+        let task = tokio::spawn(agent::run(settings, host, async {
+            let _ = stopped.await;
+        }));
+        self.agent = Some((stop, task));
+    }
+
+    /// Stops the agent the way SIGTERM does.
+    pub async fn stop_agent(&mut self) {
+        if let Some((stop, task)) = self.agent.take() {
+            let _ = stop.send(());
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn iscsi_props(portal: &str, iqn: &str, lun: u32) -> Value {
+    json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun})
+}
+
+/// Every file under `dir`, read as text.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    out
+}

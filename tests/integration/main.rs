@@ -1,0 +1,9 @@
+//! Integration tests: the real conductor and the real agent over loopback HTTP, with the host
+//! side replaced by the in-process simulated kernel.
+
+mod harness;
+
+mod auth;
+mod lifecycle;
+mod protocol_doc;
+mod secrets;

@@ -1,0 +1,96 @@
+//! CHAP passwords, cephx keys and tokens never show up where they should not.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+
+use crate::harness::{ADMIN, Conductor, Node, Operator, all_logs, files_under};
+use tether::protocol::VolumeState;
+
+const CHAP_PASSWORD: &str = "chap-SECRET-7f3a91";
+const MUTUAL_PASSWORD: &str = "mutual-SECRET-19c2";
+const WRONG_PASSWORD: &str = "wrong-SECRET-5512ab";
+const CEPHX_KEY: &str = "AQBcephxSECRETkey0123456789==";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path(), true).await;
+    let op = Operator::new(&conductor.url());
+    let node_uuid = op.create_node("n1", "52:54:00:00:02:01").await;
+    let mut node = Node::new("52:54:00:00:02:01", &conductor.url());
+    let iqn = "iqn.2003-01.org.linux-iscsi.array:chap";
+    let iqn_wrong = "iqn.2003-01.org.linux-iscsi.array:wrong";
+    node.kernel.require_chap(iqn, "initiator", CHAP_PASSWORD);
+    node.kernel.require_chap(iqn_wrong, "initiator", "the-right-one-xyz");
+    node.kernel.require_rbd_key("cinder", CEPHX_KEY);
+    node.start_agent();
+
+    let chap = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "chap",
+            json!({"target_portal": "192.0.2.10:3260", "target_iqn": iqn, "target_lun": 0,
+                   "auth_method": "CHAP", "auth_username": "initiator", "auth_password": CHAP_PASSWORD,
+                   "auth_username_in": "target", "auth_password_in": MUTUAL_PASSWORD}),
+            json!({}),
+        )
+        .await;
+    let wrong = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "wrong",
+            json!({"target_portal": "192.0.2.10:3260", "target_iqn": iqn_wrong, "target_lun": 0,
+                   "auth_method": "CHAP", "auth_username": "initiator", "auth_password": WRONG_PASSWORD}),
+            json!({}),
+        )
+        .await;
+    let rbd = op
+        .assign(
+            node_uuid,
+            "rbd",
+            "ceph",
+            json!({"name": "volumes/v1", "hosts": ["192.0.2.30"], "ports": ["6789"],
+                   "auth_username": "cinder", "auth_key": CEPHX_KEY}),
+            json!({}),
+        )
+        .await;
+    op.wait_state(node_uuid, chap, VolumeState::Attached).await;
+    op.wait_state(node_uuid, rbd, VolumeState::Attached).await;
+    let failed = op.wait_state(node_uuid, wrong, VolumeState::Failed).await;
+    assert_eq!(failed.error.as_ref().unwrap().kind, "auth_failed");
+    node.stop_agent().await;
+
+    let agent_token = std::fs::read_to_string(node.state_dir().join("token")).unwrap().trim().to_string();
+    let secrets = [CHAP_PASSWORD, MUTUAL_PASSWORD, WRONG_PASSWORD, CEPHX_KEY, agent_token.as_str(), ADMIN];
+
+    let mut places: Vec<(String, String)> = vec![("logs".into(), all_logs())];
+    for path in ["/v1/volume/targets", &format!("/v1/volume/targets/{chap}"), &format!("/v1/volume/targets/{rbd}"),
+                 &format!("/v1/nodes/{node_uuid}/volume/status"), "/v1/nodes"] {
+        let (status, body) = op.request(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200);
+        places.push((format!("operator read {path}"), body.to_string()));
+    }
+    let (_, listed) = op.request(reqwest::Method::GET, "/v1/volume/targets", None).await;
+    let listed_chap = listed["targets"].as_array().unwrap().iter().find(|t| t["volume_id"] == "chap").unwrap();
+    assert_eq!(listed_chap["properties"]["auth_password"], "******", "secrets are masked, not dropped");
+    assert_eq!(listed_chap["properties"]["auth_password_in"], "******");
+    for (path, text) in files_under(&node.state_dir()) {
+        let is_token_file = path.ends_with("token");
+        places.push((path.display().to_string(), if is_token_file { String::new() } else { text }));
+    }
+    for (place, text) in &places {
+        for secret in &secrets {
+            assert!(!text.contains(secret), "a secret appeared in {place}");
+        }
+    }
+
+    // What does hold secrets is private to root.
+    for path in [node.state_dir().join("token"), node.state_dir().join("volumes.json"), dir.path().join("conductor.db")] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+    }
+    assert_eq!(std::fs::metadata(node.state_dir()).unwrap().permissions().mode() & 0o777, 0o700);
+}
