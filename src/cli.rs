@@ -12,7 +12,11 @@ use tether::backend::simulated::SimKernel;
 use tether::config::{BackendKind, Config, default_fragments};
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines")]
+#[command(
+    name = "tether",
+    version,
+    about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines"
+)]
 pub struct Cli {
     /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d still apply.
     #[arg(long, short, global = true, env = "TETHER_CONFIG")]
@@ -72,7 +76,11 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     };
     let fragments = default_fragments(etc, Path::new("/usr/lib/tether"));
     let main = etc.join("tether.toml");
-    files.extend(fragments.into_iter().filter(|f| explicit.is_none() || *f != main));
+    files.extend(
+        fragments
+            .into_iter()
+            .filter(|f| explicit.is_none() || *f != main),
+    );
     Ok(Config::load(&files)?)
 }
 
@@ -103,7 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(database) = database {
                 config.database = database;
             }
-            let token = tether::conductor::admin_token(&config, std::env::var("TETHER_ADMIN_TOKEN").ok())?;
+            let token =
+                tether::conductor::admin_token(&config, std::env::var("TETHER_ADMIN_TOKEN").ok())?;
             runtime()?.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&config.listen)
                     .await

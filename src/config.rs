@@ -166,14 +166,18 @@ impl Config {
             toml::from_str::<Config>(&text).map_err(|e| parse_error(path, e))?;
             merge(&mut merged, fragment);
         }
-        let config: Config = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: PathBuf::from("(merged configuration)"),
-                message: e.to_string(),
-            })?;
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: PathBuf::from("(merged configuration)"),
+                    message: e.to_string(),
+                })?;
         config.validate().map_err(|message| ConfigError::Invalid {
-            path: files.last().cloned().unwrap_or_else(|| PathBuf::from("(defaults)")),
+            path: files
+                .last()
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("(defaults)")),
             message,
         })?;
         Ok(config)
@@ -188,7 +192,9 @@ impl Config {
             ));
         }
         if a.poll_wait_s == 0 || a.device_timeout_s == 0 || a.retry_initial_s == 0 {
-            return Err("agent.poll_wait_s, device_timeout_s and retry_initial_s must be at least 1".into());
+            return Err(
+                "agent.poll_wait_s, device_timeout_s and retry_initial_s must be at least 1".into(),
+            );
         }
         if a.retry_max_s < a.retry_initial_s {
             return Err("agent.retry_max_s must be at least agent.retry_initial_s".into());
@@ -202,7 +208,12 @@ impl Config {
         self.conductor
             .listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("conductor.listen {:?} is not an address:port", self.conductor.listen))?;
+            .map_err(|_| {
+                format!(
+                    "conductor.listen {:?} is not an address:port",
+                    self.conductor.listen
+                )
+            })?;
         Ok(())
     }
 }
@@ -217,7 +228,9 @@ fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (key, value) in from {
         match (into.get_mut(&key), value) {
-            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => merge(existing, incoming),
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+                merge(existing, incoming)
+            }
             (_, value) => {
                 into.insert(key, value);
             }
@@ -243,7 +256,11 @@ mod tests {
     #[test]
     fn later_fragments_override_earlier_ones_key_by_key() {
         let dir = tempfile::tempdir().unwrap();
-        let a = write(dir.path(), "a.toml", "[agent]\nconductor_url = \"http://a:1\"\npoll_wait_s = 5\n");
+        let a = write(
+            dir.path(),
+            "a.toml",
+            "[agent]\nconductor_url = \"http://a:1\"\npoll_wait_s = 5\n",
+        );
         let b = write(dir.path(), "b.toml", "[agent]\npoll_wait_s = 9\n");
         let c = Config::load(&[a, b]).unwrap();
         assert_eq!(c.agent.conductor_url, "http://a:1");
@@ -253,7 +270,11 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = write(dir.path(), "bad.toml", "[agent]\npoll_wait_s = 5\nconductor_uri = \"x\"\n");
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            "[agent]\npoll_wait_s = 5\nconductor_uri = \"x\"\n",
+        );
         let err = Config::load(&[bad]).unwrap_err().to_string();
         assert!(err.contains("conductor_uri"), "{err}");
         assert!(err.contains("line 3"), "{err}");
@@ -264,8 +285,17 @@ mod tests {
     fn wrong_type_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t = write(dir.path(), "t.toml", "[conductor]\nmax_wait_s = \"long\"\n");
-        assert!(Config::load(&[t]).unwrap_err().to_string().contains("line 2"));
-        let v = write(dir.path(), "v.toml", "[agent]\nconductor_url = \"ftp://x\"\n");
+        assert!(
+            Config::load(&[t])
+                .unwrap_err()
+                .to_string()
+                .contains("line 2")
+        );
+        let v = write(
+            dir.path(),
+            "v.toml",
+            "[agent]\nconductor_url = \"ftp://x\"\n",
+        );
         assert_eq!(Config::load(&[v]).unwrap_err().kind(), "config_invalid");
     }
 

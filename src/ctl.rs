@@ -1,6 +1,6 @@
 //! `tether ctl`: the operator's client for the conductor's API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use tether::config::DEFAULT_LISTEN;
 use tether::protocol::{
-    ConnectorCreate, ConnectorList, ErrorBody, NodeCreate, NodeList, NodeStatus, TargetCreate, TargetList,
-    VolumeConnector, VolumeTarget,
+    ConnectorCreate, ConnectorList, ErrorBody, NodeCreate, NodeList, NodeStatus, TargetCreate,
+    TargetList, VolumeConnector, VolumeTarget,
 };
 
 #[derive(Args)]
@@ -176,7 +176,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call<T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -193,10 +198,18 @@ impl Api {
             if status == reqwest::StatusCode::NO_CONTENT {
                 return Ok(serde_json::from_value(Value::Null)?);
             }
-            return Ok(response.json().await.context("reading the conductor's answer")?);
+            return response
+                .json()
+                .await
+                .context("reading the conductor's answer");
         }
         match response.json::<ErrorBody>().await {
-            Ok(body) => bail!("{} ({}): {}", body.error.kind, status.as_u16(), body.error.message),
+            Ok(body) => bail!(
+                "{} ({}): {}",
+                body.error.kind,
+                status.as_u16(),
+                body.error.message
+            ),
             Err(_) => bail!("the conductor answered {status}"),
         }
     }
@@ -205,21 +218,30 @@ impl Api {
         self.call(reqwest::Method::GET, path, None::<&()>).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.call::<()>(reqwest::Method::DELETE, path, None::<&()>).await
+        self.call::<()>(reqwest::Method::DELETE, path, None::<&()>)
+            .await
     }
 
     async fn node_uuid(&self, ident: &str) -> anyhow::Result<Uuid> {
-        Ok(self.get::<tether::protocol::Node>(&format!("/v1/nodes/{ident}")).await?.uuid)
+        Ok(self
+            .get::<tether::protocol::Node>(&format!("/v1/nodes/{ident}"))
+            .await?
+            .uuid)
     }
 }
 
-fn read_secret(path: &PathBuf) -> anyhow::Result<String> {
-    tether::agent::record::read_token(path).with_context(|| format!("reading the secret file {}", path.display()))
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    tether::agent::record::read_token(path)
+        .with_context(|| format!("reading the secret file {}", path.display()))
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -228,7 +250,10 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let token = match std::env::var("TETHER_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+    let token = match std::env::var("TETHER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
         Some(token) => token,
         None => tether::agent::record::read_token(&args.token_file).with_context(|| {
             format!(
@@ -267,7 +292,10 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
             uuid,
             agent_token_file,
         } => {
-            let agent_token = agent_token_file.as_ref().map(read_secret).transpose()?;
+            let agent_token = agent_token_file
+                .as_ref()
+                .map(|p| read_secret(p))
+                .transpose()?;
             let node: tether::protocol::Node = api
                 .post(
                     "/v1/nodes",
@@ -286,7 +314,10 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&list);
             }
-            println!("{:<36}  {:<20}  {:<19}  ADDRESSES", "UUID", "NAME", "LAST SEEN");
+            println!(
+                "{:<36}  {:<20}  {:<19}  ADDRESSES",
+                "UUID", "NAME", "LAST SEEN"
+            );
             for n in list.nodes {
                 println!(
                     "{:<36}  {:<20}  {:<19}  {}",
@@ -308,7 +339,8 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
         }
         NodeCommand::ResetToken { node } => {
             let uuid = api.node_uuid(&node).await?;
-            api.post::<()>(&format!("/v1/nodes/{uuid}/reset_token"), &json!({})).await?;
+            api.post::<()>(&format!("/v1/nodes/{uuid}/reset_token"), &json!({}))
+                .await?;
             println!("the token of node {uuid} is reset; its next lookup receives a new one");
         }
     }
@@ -333,7 +365,10 @@ async fn connector(api: &Api, cmd: ConnectorCommand) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            println!("created connector {} ({} {})", c.uuid, c.connector_type, c.connector_id);
+            println!(
+                "created connector {} ({} {})",
+                c.uuid, c.connector_type, c.connector_id
+            );
         }
         ConnectorCommand::List { node } => {
             let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
@@ -351,8 +386,11 @@ async fn connector(api: &Api, cmd: ConnectorCommand) -> anyhow::Result<()> {
 fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreate> {
     let mut props: Map<String, Value> = match &a.properties_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            match serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))? {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            match serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+            {
                 Value::Object(map) => map,
                 _ => bail!("{} must hold a JSON object", path.display()),
             }
@@ -372,7 +410,10 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
         set("target_lun", json!(l));
     }
     if let Some(user) = &a.chap_user {
-        let file = a.chap_password_file.as_ref().context("--chap-user needs --chap-password-file")?;
+        let file = a
+            .chap_password_file
+            .as_ref()
+            .context("--chap-user needs --chap-password-file")?;
         set("auth_method", json!("CHAP"));
         set("auth_username", json!(user));
         set("auth_password", json!(read_secret(file)?));
@@ -436,7 +477,10 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
             let node_uuid = api.node_uuid(&args.node).await?;
             let request = target_request(node_uuid, &args)?;
             let t: VolumeTarget = api.post("/v1/volume/targets", &request).await?;
-            println!("assigned {} volume {} to node {} as target {}", t.volume_type, t.volume_id, t.node_uuid, t.uuid);
+            println!(
+                "assigned {} volume {} to node {} as target {}",
+                t.volume_type, t.volume_id, t.node_uuid, t.uuid
+            );
         }
         TargetCommand::List { node, json } => {
             let query = node.map(|n| format!("?node={n}")).unwrap_or_default();
@@ -446,7 +490,10 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
             }
             println!("{:<36}  {:<36}  {:<6}  VOLUME", "TARGET", "NODE", "TYPE");
             for t in list.targets {
-                println!("{:<36}  {:<36}  {:<6}  {}", t.uuid, t.node_uuid, t.volume_type, t.volume_id);
+                println!(
+                    "{:<36}  {:<36}  {:<6}  {}",
+                    t.uuid, t.node_uuid, t.volume_type, t.volume_id
+                );
             }
         }
         TargetCommand::Show { uuid } => {
@@ -476,7 +523,10 @@ fn print_node_status(status: &NodeStatus) {
     println!(
         "agent {}  applied generation {}",
         report.agent_version,
-        report.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+        report
+            .generation
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "-".into())
     );
     crate::status::print_volumes(report);
 }

@@ -5,9 +5,9 @@
 //! - [`backend`]: host backends (iSCSI, RBD, mounts) behind traits, plus a simulated kernel.
 //! - [`conductor`]: the reference conductor (HTTP API over SQLite).
 
-pub mod protocol;
+pub mod agent;
+pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
-pub mod agent;
-pub mod backend;
+pub mod protocol;

@@ -7,13 +7,17 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::protocol::{ErrorBody, Heartbeat, HeartbeatAccepted, LookupResponse, Secret, TargetsResponse};
+use crate::protocol::{
+    ErrorBody, Heartbeat, HeartbeatAccepted, LookupResponse, Secret, TargetsResponse,
+};
 
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot reach the conductor at {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("the conductor refused the agent token (401); reset it with `tether ctl node reset-token` or provision the right one")]
+    #[error(
+        "the conductor refused the agent token (401); reset it with `tether ctl node reset-token` or provision the right one"
+    )]
     Unauthorized,
     #[error("the conductor knows no node with these addresses (404: {0})")]
     UnknownNode(String),
@@ -62,7 +66,11 @@ impl Client {
         &self.base
     }
 
-    pub async fn lookup(&self, macs: &[String], node: Option<Uuid>) -> Result<LookupResponse, ClientError> {
+    pub async fn lookup(
+        &self,
+        macs: &[String],
+        node: Option<Uuid>,
+    ) -> Result<LookupResponse, ClientError> {
         let mut query = vec![("addresses", macs.join(","))];
         if let Some(node) = node {
             query.push(("node_uuid", node.to_string()));
@@ -98,7 +106,12 @@ impl Client {
         self.send(request).await
     }
 
-    pub async fn heartbeat(&self, node: Uuid, token: &Secret, report: &Heartbeat) -> Result<HeartbeatAccepted, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        node: Uuid,
+        token: &Secret,
+        report: &Heartbeat,
+    ) -> Result<HeartbeatAccepted, ClientError> {
         let request = self
             .http
             .post(format!("{}/v1/heartbeat/{node}", self.base))
@@ -108,7 +121,10 @@ impl Client {
         self.send(request).await
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             reason: error_chain(&e),

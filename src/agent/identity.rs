@@ -34,10 +34,15 @@ pub fn collect(root: &Path) -> Identity {
     }
     macs.sort();
     macs.dedup();
-    let ips = if root == Path::new("/") { local_ips() } else { Vec::new() };
+    let ips = if root == Path::new("/") {
+        local_ips()
+    } else {
+        Vec::new()
+    };
     Identity {
         macs,
-        system_uuid: read_trimmed(&root.join("sys/class/dmi/id/product_uuid")).map(|u| u.to_ascii_lowercase()),
+        system_uuid: read_trimmed(&root.join("sys/class/dmi/id/product_uuid"))
+            .map(|u| u.to_ascii_lowercase()),
         initiator_iqn: read_initiator_name(&root.join("etc/iscsi/initiatorname.iscsi")),
         ips,
     }
@@ -73,14 +78,17 @@ fn read_trimmed(path: &Path) -> Option<String> {
 }
 
 pub fn read_initiator_name(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok()?.lines().find_map(|line| {
-        let line = line.trim();
-        (!line.starts_with('#'))
-            .then(|| line.strip_prefix("InitiatorName="))
-            .flatten()
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    })
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let line = line.trim();
+            (!line.starts_with('#'))
+                .then(|| line.strip_prefix("InitiatorName="))
+                .flatten()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        })
 }
 
 fn local_ips() -> Vec<String> {
@@ -113,10 +121,22 @@ mod tests {
     fn reads_identity_from_a_root() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        for (name, mac, kind) in [("eth0", "52:54:00:AB:CD:EF", "1"), ("lo", "00:00:00:00:00:00", "772"), ("ib0", "80:00:00:48", "32")] {
+        for (name, mac, kind) in [
+            ("eth0", "52:54:00:AB:CD:EF", "1"),
+            ("lo", "00:00:00:00:00:00", "772"),
+            ("ib0", "80:00:00:48", "32"),
+        ] {
             std::fs::create_dir_all(r.join("sys/class/net").join(name)).unwrap();
-            std::fs::write(r.join("sys/class/net").join(name).join("address"), format!("{mac}\n")).unwrap();
-            std::fs::write(r.join("sys/class/net").join(name).join("type"), format!("{kind}\n")).unwrap();
+            std::fs::write(
+                r.join("sys/class/net").join(name).join("address"),
+                format!("{mac}\n"),
+            )
+            .unwrap();
+            std::fs::write(
+                r.join("sys/class/net").join(name).join("type"),
+                format!("{kind}\n"),
+            )
+            .unwrap();
         }
         std::fs::create_dir_all(r.join("sys/class/dmi/id")).unwrap();
         std::fs::write(r.join("sys/class/dmi/id/product_uuid"), "4C4C4544-0000\n").unwrap();
@@ -129,8 +149,15 @@ mod tests {
         let id = collect(r);
         assert_eq!(id.macs, vec!["52:54:00:ab:cd:ef"]);
         assert_eq!(id.system_uuid.as_deref(), Some("4c4c4544-0000"));
-        assert_eq!(id.initiator_iqn.as_deref(), Some("iqn.1993-08.org.debian:01:abc"));
-        let types: Vec<_> = id.connectors().into_iter().map(|c| c.connector_type).collect();
+        assert_eq!(
+            id.initiator_iqn.as_deref(),
+            Some("iqn.1993-08.org.debian:01:abc")
+        );
+        let types: Vec<_> = id
+            .connectors()
+            .into_iter()
+            .map(|c| c.connector_type)
+            .collect();
         assert_eq!(types, vec!["iqn", "mac"]);
     }
 

@@ -22,10 +22,13 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::backend::{
-    self, Attachment, BlockHost, DetachOutcome, Handle, HostError, Ownership, SessionKey, VolumeBackend,
+    self, Attachment, BlockHost, DetachOutcome, Handle, HostError, Ownership, SessionKey,
+    VolumeBackend,
 };
 use crate::protocol::target::{self, TargetSpec};
-use crate::protocol::{ErrorReport, ForeignAttachment, Heartbeat, MASK, Secret, VolumeReport, VolumeTarget, timestamp};
+use crate::protocol::{
+    ErrorReport, ForeignAttachment, Heartbeat, MASK, Secret, VolumeReport, VolumeTarget, timestamp,
+};
 use client::{Client, ClientError};
 use reconcile::{Action, Assignment, Desired, DesiredTarget, reconcile};
 use record::{LocalStatus, OwnedVolume, Record, StateDir};
@@ -53,7 +56,8 @@ impl Settings {
         let token = match (&c.token, &c.token_file) {
             (Some(t), _) => Some(Secret::new(t.clone())),
             (None, Some(path)) => Some(Secret::new(
-                record::read_token(path).with_context(|| format!("reading agent.token_file {}", path.display()))?,
+                record::read_token(path)
+                    .with_context(|| format!("reading agent.token_file {}", path.display()))?,
             )),
             (None, None) => None,
         };
@@ -84,14 +88,24 @@ impl Host {
     /// The whole host simulated in memory.
     pub fn simulated(kernel: Arc<backend::simulated::SimKernel>) -> Self {
         Self {
-            iscsi: Arc::new(backend::iscsi::IscsiBackend::new(kernel.clone(), kernel.clone())),
-            rbd: Arc::new(backend::rbd::RbdBackend::new(kernel.clone(), kernel.clone())),
+            iscsi: Arc::new(backend::iscsi::IscsiBackend::new(
+                kernel.clone(),
+                kernel.clone(),
+            )),
+            rbd: Arc::new(backend::rbd::RbdBackend::new(
+                kernel.clone(),
+                kernel.clone(),
+            )),
             block: Arc::new(kernel),
         }
     }
 
     fn backend(&self, volume_type: &str) -> &Arc<dyn VolumeBackend> {
-        if volume_type == "rbd" { &self.rbd } else { &self.iscsi }
+        if volume_type == "rbd" {
+            &self.rbd
+        } else {
+            &self.iscsi
+        }
     }
 
     fn foreign(&self, owned: &[&Attachment]) -> Vec<ForeignAttachment> {
@@ -99,7 +113,9 @@ impl Host {
         for backend in [&self.iscsi, &self.rbd] {
             match backend.foreign(owned) {
                 Ok(found) => all.extend(found),
-                Err(e) => tracing::warn!(kind = e.kind, error = %e, "cannot list attachments on the host"),
+                Err(e) => {
+                    tracing::warn!(kind = e.kind, error = %e, "cannot list attachments on the host")
+                }
             }
         }
         all
@@ -121,7 +137,7 @@ impl Clock {
 
 enum Event {
     Assignment(TargetsAnswer),
-    Done(Uuid, OpResult),
+    Done(Uuid, Box<OpResult>),
     Foreign(Vec<ForeignAttachment>),
 }
 
@@ -130,17 +146,30 @@ struct TargetsAnswer {
     targets: Vec<VolumeTarget>,
 }
 
+/// An attach that failed, with what stayed attached despite it (a device that did not mount).
+struct AttachFailure {
+    error: HostError,
+    leftover: Option<Box<Attachment>>,
+}
+
 enum OpResult {
-    Attached(Result<Attachment, (HostError, Option<Attachment>)>),
+    Attached(Result<Attachment, AttachFailure>),
     Detached(Result<DetachOutcome, HostError>),
 }
 
 /// Runs the agent until `shutdown` resolves. Stopping never detaches anything.
-pub async fn run(settings: Settings, host: Host, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    host: Host,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let state = StateDir::new(&settings.state_dir);
-    state
-        .create()
-        .with_context(|| format!("creating the state directory {}", settings.state_dir.display()))?;
+    state.create().with_context(|| {
+        format!(
+            "creating the state directory {}",
+            settings.state_dir.display()
+        )
+    })?;
     let identity = identity::collect(&settings.host_root);
     tracing::info!(macs = ?identity.macs, iqn = ?identity.initiator_iqn, "identified the node");
     let client = Client::new(&settings.conductor_url)?;
@@ -175,8 +204,18 @@ pub async fn run(settings: Settings, host: Host, shutdown: impl Future<Output = 
 
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let (report_tx, report_rx) = watch::channel(agent.report());
-    let poller = tokio::spawn(poll_targets(client.clone(), node.clone(), settings.poll_wait, events_tx.clone()));
-    let heartbeats = tokio::spawn(send_heartbeats(client.clone(), node.clone(), settings.heartbeat_interval, report_rx));
+    let poller = tokio::spawn(poll_targets(
+        client.clone(),
+        node.clone(),
+        settings.poll_wait,
+        events_tx.clone(),
+    ));
+    let heartbeats = tokio::spawn(send_heartbeats(
+        client.clone(),
+        node.clone(),
+        settings.heartbeat_interval,
+        report_rx,
+    ));
     agent.refresh_foreign(&events_tx);
 
     let mut next_wake: Option<Millis> = None;
@@ -191,7 +230,7 @@ pub async fn run(settings: Settings, host: Host, shutdown: impl Future<Output = 
             event = events.recv() => match event {
                 Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
                 Some(Event::Done(uuid, result)) => {
-                    agent.finish(uuid, result, clock.now());
+                    agent.finish(uuid, *result, clock.now());
                     agent.refresh_foreign(&events_tx);
                 }
                 Some(Event::Foreign(found)) => agent.foreign = found,
@@ -220,14 +259,17 @@ pub async fn run(settings: Settings, host: Host, shutdown: impl Future<Output = 
     let drain = tokio::time::timeout(Duration::from_secs(30), async {
         while agent.in_flight > 0 {
             match events.recv().await {
-                Some(Event::Done(uuid, result)) => agent.finish(uuid, result, clock.now()),
+                Some(Event::Done(uuid, result)) => agent.finish(uuid, *result, clock.now()),
                 Some(_) => {}
                 None => break,
             }
         }
     });
     if drain.await.is_err() {
-        tracing::warn!(in_flight = agent.in_flight, "stopping with host operations still running");
+        tracing::warn!(
+            in_flight = agent.in_flight,
+            "stopping with host operations still running"
+        );
     }
     agent.persist();
     let report = agent.report();
@@ -245,7 +287,12 @@ struct NodeLogin {
 }
 
 /// Looks the node up, with jittered exponential backoff, until it is found.
-async fn lookup(client: &Client, settings: &Settings, macs: &[String], state: &StateDir) -> NodeLogin {
+async fn lookup(
+    client: &Client,
+    settings: &Settings,
+    macs: &[String],
+    state: &StateDir,
+) -> NodeLogin {
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(60))
@@ -255,7 +302,8 @@ async fn lookup(client: &Client, settings: &Settings, macs: &[String], state: &S
     loop {
         match client.lookup(macs, settings.node_uuid).await {
             Ok(found) => {
-                let issued = (found.config.agent_token != MASK).then(|| found.config.agent_token.clone());
+                let issued =
+                    (found.config.agent_token != MASK).then(|| found.config.agent_token.clone());
                 if let Some(token) = &issued
                     && let Err(e) = state.save_token(token)
                 {
@@ -290,7 +338,12 @@ async fn lookup(client: &Client, settings: &Settings, macs: &[String], state: &S
 
 /// Long-polls the node's targets. Only successful answers are passed on: an unreachable
 /// or failing conductor leaves the last answer in force.
-async fn poll_targets(client: Client, node: NodeLogin, wait: Duration, events: mpsc::Sender<Event>) {
+async fn poll_targets(
+    client: Client,
+    node: NodeLogin,
+    wait: Duration,
+    events: mpsc::Sender<Event>,
+) {
     let mut since = None;
     let mut failures = 0u32;
     loop {
@@ -310,8 +363,17 @@ async fn poll_targets(client: Client, node: NodeLogin, wait: Duration, events: m
             }
             Err(e) => {
                 failures += 1;
-                let delay = retry_delay(failures, Duration::from_millis(500), Duration::from_secs(30), jitter());
-                log_client_error(&e, "polling targets failed; keeping the last assignment", delay);
+                let delay = retry_delay(
+                    failures,
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                    jitter(),
+                );
+                log_client_error(
+                    &e,
+                    "polling targets failed; keeping the last assignment",
+                    delay,
+                );
                 tokio::time::sleep(delay).await;
             }
         }
@@ -327,7 +389,12 @@ fn jitter() -> f64 {
 }
 
 /// Sends the report when it changes (coalesced) and on a jittered interval.
-async fn send_heartbeats(client: Client, node: NodeLogin, fixed: Option<Duration>, mut reports: watch::Receiver<Heartbeat>) {
+async fn send_heartbeats(
+    client: Client,
+    node: NodeLogin,
+    fixed: Option<Duration>,
+    mut reports: watch::Receiver<Heartbeat>,
+) {
     let mut interval = fixed.unwrap_or(Duration::from_secs(30));
     let mut failures = 0u32;
     loop {
@@ -413,7 +480,11 @@ impl Agent {
                 spec,
             });
         }
-        tracing::info!(generation = answer.generation, targets = targets.len(), "assignment received");
+        tracing::info!(
+            generation = answer.generation,
+            targets = targets.len(),
+            "assignment received"
+        );
         self.conductor_note = format!("assignment generation {}", answer.generation);
         self.desired = Desired::Known(Assignment {
             generation: answer.generation,
@@ -447,12 +518,21 @@ impl Agent {
         let now = SystemTime::now();
         match action {
             Action::Attach(uuid) => {
-                let Some(spec) = self.specs.get(&uuid).cloned() else { return };
-                let desired = self.desired.target(uuid).expect("reconcile attaches desired targets");
-                let volume = self
-                    .volumes
-                    .entry(uuid)
-                    .or_insert_with(|| Volume::new(uuid, desired.volume_id.clone(), desired.volume_type.clone(), now));
+                let Some(spec) = self.specs.get(&uuid).cloned() else {
+                    return;
+                };
+                let desired = self
+                    .desired
+                    .target(uuid)
+                    .expect("reconcile attaches desired targets");
+                let volume = self.volumes.entry(uuid).or_insert_with(|| {
+                    Volume::new(
+                        uuid,
+                        desired.volume_id.clone(),
+                        desired.volume_type.clone(),
+                        now,
+                    )
+                });
                 if let Err(e) = volume.start_attach(spec.login_keys(), now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible attach");
                     return;
@@ -461,29 +541,44 @@ impl Agent {
                 let ownership = self.ownership_for(uuid);
                 let host = self.host.clone();
                 let timeout = self.settings.device_timeout;
-                self.spawn(uuid, events, move || OpResult::Attached(attach(&host, &spec, &ownership, timeout)));
+                self.spawn(uuid, events, move || {
+                    OpResult::Attached(attach(&host, &spec, &ownership, timeout))
+                });
             }
             Action::Detach(uuid) => {
                 let ownership = self.ownership_for(uuid);
-                let Some(volume) = self.volumes.get_mut(&uuid) else { return };
-                let Some(attachment) = volume.attachment.clone() else { return };
+                let Some(volume) = self.volumes.get_mut(&uuid) else {
+                    return;
+                };
+                let Some(attachment) = volume.attachment.clone() else {
+                    return;
+                };
                 if let Err(e) = volume.start_detach(now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible detach");
                     return;
                 }
                 tracing::info!(target_uuid = %uuid, volume_id = %volume.volume_id, state = "detaching", "detaching: the conductor no longer assigns it");
                 let host = self.host.clone();
-                self.spawn(uuid, events, move || OpResult::Detached(detach(&host, &attachment, &ownership)));
+                self.spawn(uuid, events, move || {
+                    OpResult::Detached(detach(&host, &attachment, &ownership))
+                });
             }
             Action::Forget(uuid) => {
                 self.volumes.remove(&uuid);
             }
             Action::Reject(uuid, error) => {
-                let desired = self.desired.target(uuid).expect("reconcile rejects desired targets");
-                let volume = self
-                    .volumes
-                    .entry(uuid)
-                    .or_insert_with(|| Volume::new(uuid, desired.volume_id.clone(), desired.volume_type.clone(), now));
+                let desired = self
+                    .desired
+                    .target(uuid)
+                    .expect("reconcile rejects desired targets");
+                let volume = self.volumes.entry(uuid).or_insert_with(|| {
+                    Volume::new(
+                        uuid,
+                        desired.volume_id.clone(),
+                        desired.volume_type.clone(),
+                        now,
+                    )
+                });
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = %error.kind, error = %error.message, state = "failed", "target rejected");
                 if let Err(e) = volume.reject(error, now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible reject");
@@ -498,17 +593,26 @@ impl Agent {
         }
     }
 
-    fn spawn(&mut self, uuid: Uuid, events: &mpsc::Sender<Event>, op: impl FnOnce() -> OpResult + Send + 'static) {
+    fn spawn(
+        &mut self,
+        uuid: Uuid,
+        events: &mpsc::Sender<Event>,
+        op: impl FnOnce() -> OpResult + Send + 'static,
+    ) {
         self.in_flight += 1;
         let events = events.clone();
         tokio::task::spawn_blocking(move || {
             let result = op();
-            let _ = events.blocking_send(Event::Done(uuid, result));
+            let _ = events.blocking_send(Event::Done(uuid, Box::new(result)));
         });
     }
 
     fn refresh_foreign(&self, events: &mpsc::Sender<Event>) {
-        let owned: Vec<Attachment> = self.volumes.values().filter_map(|v| v.attachment.clone()).collect();
+        let owned: Vec<Attachment> = self
+            .volumes
+            .values()
+            .filter_map(|v| v.attachment.clone())
+            .collect();
         let host = self.host.clone();
         let events = events.clone();
         tokio::task::spawn_blocking(move || {
@@ -518,14 +622,21 @@ impl Agent {
     }
 
     fn retry_at(&self, failures: u32, now: Millis) -> Millis {
-        let delay = retry_delay(failures + 1, self.settings.retry_initial, self.settings.retry_max, jitter());
+        let delay = retry_delay(
+            failures + 1,
+            self.settings.retry_initial,
+            self.settings.retry_max,
+            jitter(),
+        );
         now + delay.as_millis() as Millis
     }
 
     fn finish(&mut self, uuid: Uuid, result: OpResult, now_ms: Millis) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let now = SystemTime::now();
-        let Some(volume) = self.volumes.get(&uuid) else { return };
+        let Some(volume) = self.volumes.get(&uuid) else {
+            return;
+        };
         let retry_at = self.retry_at(volume.failures, now_ms);
         let volume = self.volumes.get_mut(&uuid).expect("checked above");
         let outcome = match result {
@@ -534,10 +645,10 @@ impl Agent {
                     mountpoint = ?attachment.mount.as_ref().map(|m| &m.path), state = "attached", "attached");
                 volume.attach_succeeded(attachment, now)
             }
-            OpResult::Attached(Err((error, leftover))) => {
+            OpResult::Attached(Err(AttachFailure { error, leftover })) => {
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = error.kind, error = %error.message,
                     retry_in_ms = retry_at.saturating_sub(now_ms), state = "failed", "attach failed");
-                volume.attach_failed(report(&error), leftover, retry_at, now)
+                volume.attach_failed(report(&error), leftover.map(|a| *a), retry_at, now)
             }
             OpResult::Detached(Ok(DetachOutcome::Detached { sessions_kept })) => {
                 tracing::info!(target_uuid = %uuid, volume_id = %volume.volume_id, "detached");
@@ -551,7 +662,9 @@ impl Agent {
                     "not detaching: the device is in use");
                 let reason = ErrorReport {
                     kind: "device_in_use".into(),
-                    message: format!("the device is in use ({holder}); stop using it and the agent detaches it"),
+                    message: format!(
+                        "the device is in use ({holder}); stop using it and the agent detaches it"
+                    ),
                 };
                 volume.detach_blocked(reason, retry_at, now)
             }
@@ -568,13 +681,16 @@ impl Agent {
     /// A detached volume created sessions that others still use: one of them owns them now.
     fn hand_over_sessions(&mut self, sessions: Vec<SessionKey>) {
         for key in sessions {
-            let heir = self.volumes.values_mut().find_map(|v| match &mut v.attachment {
-                Some(Attachment {
-                    handle: Handle::Iscsi { paths },
-                    ..
-                }) => paths.iter_mut().find(|p| p.session_key() == key),
-                _ => None,
-            });
+            let heir = self
+                .volumes
+                .values_mut()
+                .find_map(|v| match &mut v.attachment {
+                    Some(Attachment {
+                        handle: Handle::Iscsi { paths },
+                        ..
+                    }) => paths.iter_mut().find(|p| p.session_key() == key),
+                    _ => None,
+                });
             if let Some(path) = heir {
                 path.session_created = true;
             }
@@ -659,23 +775,48 @@ fn report(e: &HostError) -> ErrorReport {
     }
 }
 
-fn attach(host: &Host, spec: &TargetSpec, ownership: &Ownership, timeout: Duration) -> Result<Attachment, (HostError, Option<Attachment>)> {
+fn attach(
+    host: &Host,
+    spec: &TargetSpec,
+    ownership: &Ownership,
+    timeout: Duration,
+) -> Result<Attachment, AttachFailure> {
     let backend = host.backend(spec.volume_type());
-    let mut attachment = backend.attach(spec, ownership, timeout).map_err(|e| (e, None))?;
+    let mut attachment =
+        backend
+            .attach(spec, ownership, timeout)
+            .map_err(|error| AttachFailure {
+                error,
+                leftover: None,
+            })?;
     if let Some(mount) = &spec.mount {
-        match backend::ensure_mounted(host.block.as_ref(), &attachment.device, mount, spec.read_only) {
+        match backend::ensure_mounted(
+            host.block.as_ref(),
+            &attachment.device,
+            mount,
+            spec.read_only,
+        ) {
             Ok(record) => attachment.mount = Some(record),
             // The device stays attached and owned; the mount is retried with the volume.
-            Err(e) => return Err((e, Some(attachment))),
+            Err(error) => {
+                return Err(AttachFailure {
+                    error,
+                    leftover: Some(Box::new(attachment)),
+                });
+            }
         }
     }
     Ok(attachment)
 }
 
-fn detach(host: &Host, attachment: &Attachment, ownership: &Ownership) -> Result<DetachOutcome, HostError> {
+fn detach(
+    host: &Host,
+    attachment: &Attachment,
+    ownership: &Ownership,
+) -> Result<DetachOutcome, HostError> {
     if let Some(holder) = backend::release(host.block.as_ref(), attachment)? {
         return Ok(DetachOutcome::Blocked { holder });
     }
-    host.backend(attachment.volume_type()).detach(attachment, ownership)
+    host.backend(attachment.volume_type())
+        .detach(attachment, ownership)
 }
-

@@ -103,7 +103,8 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
             Ok(spec) => spec,
             Err(e) => {
                 let report = error_report(e);
-                let needs_reject = volume.is_none_or(|v| !v.is_owned() && !v.in_flight() && v.error() != Some(&report));
+                let needs_reject = volume
+                    .is_none_or(|v| !v.is_owned() && !v.in_flight() && v.error() != Some(&report));
                 if needs_reject {
                     plan.actions.push(Action::Reject(target.uuid, report));
                 }
@@ -125,7 +126,13 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
                     false
                 }
             },
-            Some(Phase::DetachBlocked { .. } | Phase::Failed { during: Operation::Detach, .. }) => {
+            Some(
+                Phase::DetachBlocked { .. }
+                | Phase::Failed {
+                    during: Operation::Detach,
+                    ..
+                },
+            ) => {
                 plan.actions.push(Action::Keep(target.uuid));
                 false
             }

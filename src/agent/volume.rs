@@ -33,7 +33,10 @@ pub enum Phase {
     Attaching,
     Attached,
     Detaching,
-    DetachBlocked { reason: ErrorReport, retry_at: Millis },
+    DetachBlocked {
+        reason: ErrorReport,
+        retry_at: Millis,
+    },
     /// `retry_at` is `None` for failures no retry can fix (an invalid target).
     Failed {
         error: ErrorReport,
@@ -88,7 +91,12 @@ impl Volume {
     }
 
     /// A volume found attached on the host at start-up, from the ownership record.
-    pub fn recovered(target_uuid: Uuid, volume_id: String, attachment: Attachment, now: SystemTime) -> Self {
+    pub fn recovered(
+        target_uuid: Uuid,
+        volume_id: String,
+        attachment: Attachment,
+        now: SystemTime,
+    ) -> Self {
         Self {
             volume_type: attachment.volume_type().to_string(),
             login_keys: attachment.login_keys(),
@@ -102,7 +110,9 @@ impl Volume {
         match &self.phase {
             Phase::Pending => VolumeState::Pending,
             Phase::Attaching => VolumeState::Attaching,
-            Phase::Attached if self.attachment.as_ref().is_some_and(|a| a.mount.is_some()) => VolumeState::Mounted,
+            Phase::Attached if self.attachment.as_ref().is_some_and(|a| a.mount.is_some()) => {
+                VolumeState::Mounted
+            }
             Phase::Attached => VolumeState::Attached,
             Phase::Detaching => VolumeState::Detaching,
             Phase::DetachBlocked { .. } => VolumeState::DetachBlocked,
@@ -150,9 +160,17 @@ impl Volume {
         }
     }
 
-    pub fn start_attach(&mut self, login_keys: Vec<String>, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub fn start_attach(
+        &mut self,
+        login_keys: Vec<String>,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
         match self.phase {
-            Phase::Pending | Phase::Failed { during: Operation::Attach, .. } => {
+            Phase::Pending
+            | Phase::Failed {
+                during: Operation::Attach,
+                ..
+            } => {
                 self.login_keys = login_keys;
                 self.enter(Phase::Attaching, now);
                 Ok(())
@@ -161,7 +179,11 @@ impl Volume {
         }
     }
 
-    pub fn attach_succeeded(&mut self, attachment: Attachment, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub fn attach_succeeded(
+        &mut self,
+        attachment: Attachment,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
         if self.phase != Phase::Attaching {
             return Err(self.invalid("finish attach"));
         }
@@ -233,7 +255,12 @@ impl Volume {
         Ok(())
     }
 
-    pub fn detach_blocked(&mut self, reason: ErrorReport, retry_at: Millis, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub fn detach_blocked(
+        &mut self,
+        reason: ErrorReport,
+        retry_at: Millis,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
         if self.phase != Phase::Detaching {
             return Err(self.invalid("block detach"));
         }
@@ -241,7 +268,12 @@ impl Volume {
         Ok(())
     }
 
-    pub fn detach_failed(&mut self, error: ErrorReport, retry_at: Millis, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub fn detach_failed(
+        &mut self,
+        error: ErrorReport,
+        retry_at: Millis,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
         if self.phase != Phase::Detaching {
             return Err(self.invalid("fail detach"));
         }
@@ -260,7 +292,11 @@ impl Volume {
     /// Assigned again while a detach was blocked or failed: it stays, as it was.
     pub fn reassigned(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
         match self.phase {
-            Phase::DetachBlocked { .. } | Phase::Failed { during: Operation::Detach, .. } if self.is_owned() => {
+            Phase::DetachBlocked { .. }
+            | Phase::Failed {
+                during: Operation::Detach,
+                ..
+            } if self.is_owned() => {
                 self.failures = 0;
                 self.enter(Phase::Attached, now);
                 Ok(())

@@ -161,8 +161,17 @@ pub enum DetachOutcome {
 
 /// One volume type's attach and detach.
 pub trait VolumeBackend: Send + Sync {
-    fn attach(&self, spec: &TargetSpec, ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError>;
-    fn detach(&self, attachment: &Attachment, ownership: &Ownership) -> Result<DetachOutcome, HostError>;
+    fn attach(
+        &self,
+        spec: &TargetSpec,
+        ownership: &Ownership,
+        timeout: Duration,
+    ) -> Result<Attachment, HostError>;
+    fn detach(
+        &self,
+        attachment: &Attachment,
+        ownership: &Ownership,
+    ) -> Result<DetachOutcome, HostError>;
     /// Whether the attachment is still on the host (after a restart, say).
     fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError>;
     /// Attachments of this type on the host that none of `owned` accounts for.
@@ -172,8 +181,14 @@ pub trait VolumeBackend: Send + Sync {
 /// What a backend waits for after login or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceMatch {
-    IscsiLun { portal: String, iqn: String, lun: u16 },
-    Rbd { device_id: u32 },
+    IscsiLun {
+        portal: String,
+        iqn: String,
+        lun: u16,
+    },
+    Rbd {
+        device_id: u32,
+    },
 }
 
 impl std::fmt::Display for DeviceMatch {
@@ -188,7 +203,11 @@ impl std::fmt::Display for DeviceMatch {
 /// Block devices, udev and mounts: shared by every backend and by the mount step.
 pub trait BlockHost: Send + Sync {
     /// Waits until udev has announced the device and its stable link exists.
-    fn wait_for_device(&self, what: &DeviceMatch, timeout: Duration) -> Result<BlockDevice, HostError>;
+    fn wait_for_device(
+        &self,
+        what: &DeviceMatch,
+        timeout: Duration,
+    ) -> Result<BlockDevice, HostError>;
     /// Kernel names under /sys/block/<dev>/holders (device-mapper, md, …).
     fn holders(&self, kernel_name: &str) -> Result<Vec<String>, HostError>;
     /// Where the device is mounted, from /proc/self/mountinfo.
@@ -228,7 +247,10 @@ pub fn ensure_mounted(
         if read_only {
             return Err(HostError::new(
                 "no_filesystem",
-                format!("{} holds no filesystem and is read-only, so it cannot be formatted", device.device_path),
+                format!(
+                    "{} holds no filesystem and is read-only, so it cannot be formatted",
+                    device.device_path
+                ),
             ));
         }
         block.mkfs(&device.device_path, &spec.fstype)?;
@@ -242,20 +264,29 @@ pub fn ensure_mounted(
 
 /// Unmounts what the agent mounted, then refuses if anything else still holds the device.
 /// Returns the holder when the device is in use.
-pub fn release(block: &dyn BlockHost, attachment: &Attachment) -> Result<Option<String>, HostError> {
+pub fn release(
+    block: &dyn BlockHost,
+    attachment: &Attachment,
+) -> Result<Option<String>, HostError> {
     let kernel = &attachment.device.kernel_name;
     if let Some(mount) = attachment.mount.as_ref().filter(|m| m.by_agent)
         && block.mounts_of(kernel)?.contains(&mount.path)
     {
         if let Err(e) = block.unmount(&mount.path) {
-            return Ok(Some(format!("{} could not be unmounted: {}", mount.path.display(), e.message)));
+            return Ok(Some(format!(
+                "{} could not be unmounted: {}",
+                mount.path.display(),
+                e.message
+            )));
         }
     }
     if let Some(path) = block.mounts_of(kernel)?.first() {
         return Ok(Some(format!("mounted at {}", path.display())));
     }
     if let Some(holder) = block.holders(kernel)?.first() {
-        return Ok(Some(format!("held by {holder} (/sys/block/{kernel}/holders)")));
+        return Ok(Some(format!(
+            "held by {holder} (/sys/block/{kernel}/holders)"
+        )));
     }
     Ok(None)
 }

@@ -107,7 +107,9 @@ impl SimKernel {
     }
 
     pub fn require_chap(&self, iqn: &str, user: &str, password: &str) {
-        self.state().chap.insert(iqn.into(), (user.into(), password.into()));
+        self.state()
+            .chap
+            .insert(iqn.into(), (user.into(), password.into()));
     }
 
     /// Makes SendTargets discovery at `portal` offer `iqn`.
@@ -211,7 +213,11 @@ fn new_session(s: &mut SimState, key: SessionKey) -> u32 {
 fn add_lun(s: &mut SimState, sid: u32, lun: u16) -> String {
     let name = disk_name(s.next_disk);
     s.next_disk += 1;
-    let session = s.sessions.iter_mut().find(|x| x.sid == sid).expect("session exists");
+    let session = s
+        .sessions
+        .iter_mut()
+        .find(|x| x.sid == sid)
+        .expect("session exists");
     session.luns.insert(lun, name.clone());
     let path = format!(
         "/dev/disk/by-path/ip-{}-iscsi-{}-lun-{lun}",
@@ -273,7 +279,11 @@ impl IscsiHost for Arc<SimKernel> {
             .collect())
     }
 
-    fn discover(&self, portal: &Portal, _chap: Option<&Chap>) -> Result<Vec<(String, String)>, HostError> {
+    fn discover(
+        &self,
+        portal: &Portal,
+        _chap: Option<&Chap>,
+    ) -> Result<Vec<(String, String)>, HostError> {
         let s = self.state();
         if s.unreachable.contains(&portal.to_string()) {
             return Err(unreachable(&portal.to_string()));
@@ -326,7 +336,9 @@ impl IscsiHost for Arc<SimKernel> {
         {
             return Err(HostError::new(
                 "auth_failed",
-                format!("the target {iqn} at {portal} refused the CHAP credentials; check auth_username and auth_password"),
+                format!(
+                    "the target {iqn} at {portal} refused the CHAP credentials; check auth_username and auth_password"
+                ),
             ));
         }
         if s.sessions.iter().any(|x| x.key == key) {
@@ -340,7 +352,11 @@ impl IscsiHost for Arc<SimKernel> {
 
     fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
         let mut s = self.state();
-        let Some(pos) = s.sessions.iter().position(|x| x.key.portal == portal && x.key.iqn == iqn) else {
+        let Some(pos) = s
+            .sessions
+            .iter()
+            .position(|x| x.key.portal == portal && x.key.iqn == iqn)
+        else {
             return Ok(());
         };
         let session = s.sessions.remove(pos);
@@ -367,7 +383,10 @@ impl IscsiHost for Arc<SimKernel> {
             .find(|x| x.sid == session.sid)
             .map(|x| x.luns.contains_key(&lun));
         match exists {
-            None => Err(HostError::new("session_gone", format!("session {} ended during the scan", session.sid))),
+            None => Err(HostError::new(
+                "session_gone",
+                format!("session {} ended during the scan", session.sid),
+            )),
             Some(true) => Ok(()),
             Some(false) => {
                 add_lun(&mut s, session.sid, lun);
@@ -390,12 +409,18 @@ impl IscsiHost for Arc<SimKernel> {
 fn unreachable(portal: &str) -> HostError {
     HostError::new(
         "portal_unreachable",
-        format!("cannot connect to the portal {portal}; check the address, the network and the target's listener"),
+        format!(
+            "cannot connect to the portal {portal}; check the address, the network and the target's listener"
+        ),
     )
 }
 
 impl BlockHost for Arc<SimKernel> {
-    fn wait_for_device(&self, what: &DeviceMatch, timeout: Duration) -> Result<BlockDevice, HostError> {
+    fn wait_for_device(
+        &self,
+        what: &DeviceMatch,
+        timeout: Duration,
+    ) -> Result<BlockDevice, HostError> {
         let s = self.state();
         let (s, _) = self
             .changed
@@ -404,7 +429,10 @@ impl BlockHost for Arc<SimKernel> {
         find_device(&s, what).ok_or_else(|| {
             HostError::new(
                 "device_timeout",
-                format!("no block device for {what} appeared within {}s", timeout.as_secs()),
+                format!(
+                    "no block device for {what} appeared within {}s",
+                    timeout.as_secs()
+                ),
             )
         })
     }
@@ -440,25 +468,37 @@ impl BlockHost for Arc<SimKernel> {
             .values()
             .find(|d| d.path == device_path)
             .map(|d| d.backing.clone())
-            .ok_or_else(|| HostError::new("mkfs_failed", format!("{device_path} does not exist")))?;
+            .ok_or_else(|| {
+                HostError::new("mkfs_failed", format!("{device_path} does not exist"))
+            })?;
         s.filesystems.insert(backing, fstype.to_string());
         s.stats.mkfs += 1;
         Ok(())
     }
 
-    fn mount(&self, device_path: &str, spec: &MountSpec, _read_only: bool) -> Result<(), HostError> {
+    fn mount(
+        &self,
+        device_path: &str,
+        spec: &MountSpec,
+        _read_only: bool,
+    ) -> Result<(), HostError> {
         let mut s = self.state();
         if s.devices.values().any(|d| d.mounts.contains(&spec.path)) {
             return Err(HostError::new(
                 "mount_failed",
-                format!("{} is already a mount point of another device", spec.path.display()),
+                format!(
+                    "{} is already a mount point of another device",
+                    spec.path.display()
+                ),
             ));
         }
         let dev = s
             .devices
             .values_mut()
             .find(|d| d.path == device_path)
-            .ok_or_else(|| HostError::new("mount_failed", format!("{device_path} does not exist")))?;
+            .ok_or_else(|| {
+                HostError::new("mount_failed", format!("{device_path} does not exist"))
+            })?;
         dev.mounts.push(spec.path.clone());
         Ok(())
     }
@@ -474,7 +514,12 @@ impl BlockHost for Arc<SimKernel> {
 
 impl RbdHost for Arc<SimKernel> {
     fn mappings(&self) -> Result<Vec<Mapping>, HostError> {
-        Ok(self.state().mappings.iter().map(|(m, _)| m.clone()).collect())
+        Ok(self
+            .state()
+            .mappings
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect())
     }
 
     fn map(&self, spec: &RbdSpec, _read_only: bool) -> Result<u32, HostError> {
@@ -494,7 +539,10 @@ impl RbdHost for Arc<SimKernel> {
         {
             return Err(HostError::new(
                 "auth_failed",
-                format!("the Ceph cluster refused the key of client.{}; check the key stored for this target", spec.user),
+                format!(
+                    "the Ceph cluster refused the key of client.{}; check the key stored for this target",
+                    spec.user
+                ),
             ));
         }
         let device_id = s.next_rbd;
@@ -528,11 +576,18 @@ impl RbdHost for Arc<SimKernel> {
 
     fn unmap(&self, device_id: u32) -> Result<(), HostError> {
         let mut s = self.state();
-        let Some(pos) = s.mappings.iter().position(|(m, _)| m.device_id == device_id) else {
+        let Some(pos) = s
+            .mappings
+            .iter()
+            .position(|(m, _)| m.device_id == device_id)
+        else {
             return Ok(());
         };
         let kernel = s.mappings[pos].1.clone();
-        if s.devices.get(&kernel).is_some_and(|d| !d.mounts.is_empty() || !d.holders.is_empty()) {
+        if s.devices
+            .get(&kernel)
+            .is_some_and(|d| !d.mounts.is_empty() || !d.holders.is_empty())
+        {
             return Err(HostError::new(
                 "device_busy",
                 format!("/dev/{kernel} is busy (EBUSY): something still has it open"),

@@ -34,20 +34,36 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/nodes/{node}/reset_token", post(reset_token))
         .route("/v1/nodes/{node}/volume/targets", get(node_targets))
         .route("/v1/nodes/{node}/volume/status", get(node_status))
-        .route("/v1/volume/connectors", get(list_connectors).post(create_connector))
-        .route("/v1/volume/connectors/{uuid}", axum::routing::delete(delete_connector))
+        .route(
+            "/v1/volume/connectors",
+            get(list_connectors).post(create_connector),
+        )
+        .route(
+            "/v1/volume/connectors/{uuid}",
+            axum::routing::delete(delete_connector),
+        )
         .route("/v1/volume/targets", get(list_targets).post(create_target))
-        .route("/v1/volume/targets/{uuid}", get(show_target).delete(delete_target))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint in protocol v1") })
+        .route(
+            "/v1/volume/targets/{uuid}",
+            get(show_target).delete(delete_target),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint in protocol v1",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(name_the_version))
         .with_state(conductor)
 }
 
 async fn name_the_version(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(protocol::VERSION_HEADER, HeaderValue::from_static(protocol::VERSION));
+    response.headers_mut().insert(
+        protocol::VERSION_HEADER,
+        HeaderValue::from_static(protocol::VERSION),
+    );
     response
 }
 
@@ -106,7 +122,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(what) => Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            StoreError::NotFound(what) => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             StoreError::Invalid { kind, message } => Self::bad_request(kind, message),
             other => {
@@ -171,7 +191,8 @@ fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
 }
 
 fn parse_uuid_param(value: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(value).map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))
+    Uuid::parse_str(value)
+        .map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))
 }
 
 // ---- agent endpoints ----
@@ -188,7 +209,10 @@ struct LookupQuery {
     node_uuid: Option<Uuid>,
 }
 
-async fn lookup(State(c): Shared, query: Result<Query<LookupQuery>, QueryRejection>) -> ApiResult<Json<LookupResponse>> {
+async fn lookup(
+    State(c): Shared,
+    query: Result<Query<LookupQuery>, QueryRejection>,
+) -> ApiResult<Json<LookupResponse>> {
     let Query(q) = query?;
     let addresses: Vec<String> = q
         .addresses
@@ -258,7 +282,10 @@ async fn node_targets(
         }
         (generation, targets) = c.store.node_targets(node)?;
     }
-    Ok(Json(TargetsResponse { generation, targets }))
+    Ok(Json(TargetsResponse {
+        generation,
+        targets,
+    }))
 }
 
 async fn heartbeat(
@@ -301,19 +328,31 @@ async fn create_node(
     Ok((StatusCode::CREATED, Json(c.store.create_node(&req)?)))
 }
 
-async fn show_node(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<Json<protocol::Node>> {
+async fn show_node(
+    State(c): Shared,
+    Path(ident): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<protocol::Node>> {
     require_admin(&c, &headers)?;
     Ok(Json(c.store.find_node(&ident)?))
 }
 
-async fn delete_node(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_node(
+    State(c): Shared,
+    Path(ident): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     require_admin(&c, &headers)?;
     let uuid = node_uuid(&c, &ident)?;
     c.store.delete_node(uuid)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn reset_token(State(c): Shared, Path(ident): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn reset_token(
+    State(c): Shared,
+    Path(ident): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     require_admin(&c, &headers)?;
     let uuid = node_uuid(&c, &ident)?;
     c.store.reset_token(uuid)?;
@@ -360,7 +399,11 @@ async fn create_connector(
     Ok((StatusCode::CREATED, Json(c.store.create_connector(&req)?)))
 }
 
-async fn delete_connector(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_connector(
+    State(c): Shared,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     require_admin(&c, &headers)?;
     c.store.delete_connector(parse_uuid_param(&uuid)?)?;
     Ok(StatusCode::NO_CONTENT)
@@ -386,11 +429,20 @@ async fn list_targets(
     require_admin(&c, &headers)?;
     let Query(q) = query?;
     let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
-    let targets = c.store.list_targets(node)?.into_iter().map(masked).collect();
+    let targets = c
+        .store
+        .list_targets(node)?
+        .into_iter()
+        .map(masked)
+        .collect();
     Ok(Json(TargetList { targets }))
 }
 
-async fn show_target(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<Json<VolumeTarget>> {
+async fn show_target(
+    State(c): Shared,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<VolumeTarget>> {
     require_admin(&c, &headers)?;
     Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
 }
@@ -416,7 +468,8 @@ async fn create_target(
             properties: req.properties.clone(),
             extra: req.extra.clone(),
         };
-        protocol::target::parse(&candidate).map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
+        protocol::target::parse(&candidate)
+            .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     }
     let (target, generation) = c.store.create_target(&req)?;
     c.generations.publish(target.node_uuid, generation);
@@ -424,7 +477,11 @@ async fn create_target(
     Ok((StatusCode::CREATED, Json(masked(target))))
 }
 
-async fn delete_target(State(c): Shared, Path(uuid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_target(
+    State(c): Shared,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     require_admin(&c, &headers)?;
     let uuid = parse_uuid_param(&uuid)?;
     let (node, generation) = c.store.delete_target(uuid)?;

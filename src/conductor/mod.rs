@@ -39,7 +39,10 @@ struct Generations {
 impl Generations {
     fn subscribe(&self, node: Uuid) -> watch::Receiver<u64> {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        senders.entry(node).or_insert_with(|| watch::channel(0).0).subscribe()
+        senders
+            .entry(node)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     fn publish(&self, node: Uuid, generation: u64) {
@@ -58,7 +61,12 @@ impl Generations {
 }
 
 impl Conductor {
-    pub fn new(store: Store, config: &ConductorConfig, admin_token: &str, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: Store,
+        config: &ConductorConfig,
+        admin_token: &str,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             store,
             admin_token_hash: store::hash_token(admin_token),
@@ -81,7 +89,10 @@ pub fn admin_token(config: &ConductorConfig, from_env: Option<String>) -> anyhow
         Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading the admin token file {}", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the admin token file {}", path.display()));
+        }
     }
     let token = store::new_token();
     crate::fsutil::write_private(path, format!("{token}\n").as_bytes())

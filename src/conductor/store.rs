@@ -225,9 +225,10 @@ impl Store {
     }
 
     pub fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM nodes WHERE uuid = ?1", params![uuid.to_string()])?;
+        let n = self.conn().execute(
+            "DELETE FROM nodes WHERE uuid = ?1",
+            params![uuid.to_string()],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("node {uuid}")));
         }
@@ -236,7 +237,11 @@ impl Store {
 
     /// Finds the node by any of its MAC addresses (and uuid, when given). Issues the token the
     /// first time: it is returned in clear exactly once and stored only as a hash.
-    pub fn lookup(&self, addresses: &[String], node_uuid: Option<Uuid>) -> Result<Option<LookupResult>, StoreError> {
+    pub fn lookup(
+        &self,
+        addresses: &[String],
+        node_uuid: Option<Uuid>,
+    ) -> Result<Option<LookupResult>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut found: Option<String> = None;
@@ -299,7 +304,9 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(matches!(stored, Some(Some(hash)) if constant_time_eq(hash.as_bytes(), hash_token(token).as_bytes())))
+        Ok(
+            matches!(stored, Some(Some(hash)) if constant_time_eq(hash.as_bytes(), hash_token(token).as_bytes())),
+        )
     }
 
     /// Forgets the issued token so that the node's next lookup issues a new one.
@@ -356,7 +363,12 @@ impl Store {
              WHERE ?1 IS NULL OR node_uuid = ?1 ORDER BY node_uuid, type, connector_id",
         )?;
         let rows = stmt.query_map(params![node.map(|u| u.to_string())], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
         })?;
         rows.map(|row| {
             let (uuid, node_uuid, connector_type, connector_id) = row?;
@@ -371,9 +383,10 @@ impl Store {
     }
 
     pub fn delete_connector(&self, uuid: Uuid) -> Result<(), StoreError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM connectors WHERE uuid = ?1", params![uuid.to_string()])?;
+        let n = self.conn().execute(
+            "DELETE FROM connectors WHERE uuid = ?1",
+            params![uuid.to_string()],
+        )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("connector {uuid}")));
         }
@@ -437,7 +450,8 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        let node = parse_uuid(&node.ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?)?;
+        let node =
+            parse_uuid(&node.ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?)?;
         let generation = bump_generation(&tx, node)?;
         tx.commit()?;
         Ok((node, generation))
@@ -496,7 +510,9 @@ impl Store {
             )
             .optional()?;
         let report = match &row {
-            Some((body, _)) => Some(serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            Some((body, _)) => {
+                Some(serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
             None => None,
         };
         Ok(NodeStatus {
@@ -520,21 +536,27 @@ fn restrict_permissions(path: &Path) {
 fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 255
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && Uuid::parse_str(name).is_err();
     if ok {
         Ok(())
     } else {
         Err(StoreError::Invalid {
             kind: "invalid_name",
-            message: format!("node name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-', and not a UUID"),
+            message: format!(
+                "node name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-', and not a UUID"
+            ),
         })
     }
 }
 
 fn conflict(e: rusqlite::Error, message: String) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(code, _) if code.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(code, _)
+            if code.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::Conflict(message)
         }
         other => StoreError::Db(other),
@@ -579,8 +601,11 @@ fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreError> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let (name, created_at, token_issued) = row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
-    let mut stmt = conn.prepare_cached("SELECT address FROM node_addresses WHERE node_uuid = ?1 ORDER BY address")?;
+    let (name, created_at, token_issued) =
+        row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT address FROM node_addresses WHERE node_uuid = ?1 ORDER BY address",
+    )?;
     let addresses = stmt
         .query_map(params![uuid], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -601,7 +626,11 @@ fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreError> {
     })
 }
 
-fn query_targets(conn: &Connection, filter: &str, arg: &str) -> Result<Vec<VolumeTarget>, StoreError> {
+fn query_targets(
+    conn: &Connection,
+    filter: &str,
+    arg: &str,
+) -> Result<Vec<VolumeTarget>, StoreError> {
     let sql = format!(
         "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra FROM targets {filter}
          ORDER BY boot_index IS NULL, boot_index, created_at, uuid"
@@ -636,7 +665,9 @@ fn query_targets(conn: &Connection, filter: &str, arg: &str) -> Result<Vec<Volum
 fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str(s) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(StoreError::Corrupt("a stored target's properties are not a JSON object".into())),
+        _ => Err(StoreError::Corrupt(
+            "a stored target's properties are not a JSON object".into(),
+        )),
     }
 }
 
@@ -660,11 +691,17 @@ mod tests {
     fn token_is_issued_once_and_stored_hashed() {
         let store = Store::open_in_memory().unwrap();
         let n = node(&store, "n1", "AA-BB-CC-DD-EE-01");
-        let first = store.lookup(&["aa:bb:cc:dd:ee:01".into()], None).unwrap().unwrap();
+        let first = store
+            .lookup(&["aa:bb:cc:dd:ee:01".into()], None)
+            .unwrap()
+            .unwrap();
         let token = first.new_token.expect("first lookup issues a token");
         assert!(store.agent_token_matches(n.uuid, &token).unwrap());
         assert!(!store.agent_token_matches(n.uuid, "wrong").unwrap());
-        let second = store.lookup(&["aa:bb:cc:dd:ee:01".into()], None).unwrap().unwrap();
+        let second = store
+            .lookup(&["aa:bb:cc:dd:ee:01".into()], None)
+            .unwrap()
+            .unwrap();
         assert!(second.new_token.is_none());
         let stored: String = store
             .conn()
@@ -703,7 +740,10 @@ mod tests {
         let (gen_read, targets) = store.node_targets(n.uuid).unwrap();
         assert_eq!((gen_read, targets.len()), (1, 1));
         assert_eq!(store.delete_target(t.uuid).unwrap(), (n.uuid, 2));
-        assert!(matches!(store.delete_target(t.uuid), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.delete_target(t.uuid),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]

@@ -138,18 +138,29 @@ pub enum TargetError {
         "volume_type {0:?} is not supported; use \"iscsi\" or \"rbd\" (fix the target at the conductor)"
     )]
     UnknownVolumeType(String),
-    #[error("property {0:?} is missing; the target's connection info is incomplete (recreate the target with it)")]
+    #[error(
+        "property {0:?} is missing; the target's connection info is incomplete (recreate the target with it)"
+    )]
     MissingProperty(&'static str),
     #[error("property {key:?} is invalid: {reason} (fix the target at the conductor)")]
     InvalidProperty { key: &'static str, reason: String },
-    #[error("{value:?} is not a valid iSCSI name: {reason} (expected iqn.YYYY-MM.domain[:name], eui.<16 hex> or naa.<16 or 32 hex>)")]
+    #[error(
+        "{value:?} is not a valid iSCSI name: {reason} (expected iqn.YYYY-MM.domain[:name], eui.<16 hex> or naa.<16 or 32 hex>)"
+    )]
     InvalidIqn { value: String, reason: &'static str },
-    #[error("{value:?} is not a valid portal: {reason} (write it as host:port, for example 192.0.2.10:3260)")]
+    #[error(
+        "{value:?} is not a valid portal: {reason} (write it as host:port, for example 192.0.2.10:3260)"
+    )]
     InvalidPortal { value: String, reason: &'static str },
     #[error("LUN {value} is out of range; LUNs go from 0 to {MAX_LUN}")]
     InvalidLun { value: String },
-    #[error("property {key:?} contains characters that are not allowed ({reason}); nothing was run")]
-    UnsafeValue { key: &'static str, reason: &'static str },
+    #[error(
+        "property {key:?} contains characters that are not allowed ({reason}); nothing was run"
+    )]
+    UnsafeValue {
+        key: &'static str,
+        reason: &'static str,
+    },
     #[error("extra.mount is invalid: {0} (fix the target's extra.mount at the conductor)")]
     InvalidMount(String),
 }
@@ -230,7 +241,11 @@ fn parse_iscsi(props: &Map<String, Value>) -> Result<IscsiSpec, TargetError> {
         vec![IscsiPath {
             portal: parse_portal(req_str(props, "target_portal")?)?,
             iqn: parse_iqn(req_str(props, "target_iqn")?)?,
-            lun: parse_lun(props.get("target_lun").ok_or(TargetError::MissingProperty("target_lun"))?)?,
+            lun: parse_lun(
+                props
+                    .get("target_lun")
+                    .ok_or(TargetError::MissingProperty("target_lun"))?,
+            )?,
         }]
     };
     let chap = parse_chap(props, "auth_method", "auth_username", "auth_password", true)?;
@@ -344,7 +359,9 @@ pub fn parse_iqn(value: &str) -> Result<String, TargetError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
     {
-        return Err(invalid("only letters, digits, '-', '.' and ':' are allowed"));
+        return Err(invalid(
+            "only letters, digits, '-', '.' and ':' are allowed",
+        ));
     }
     let lower = value.to_ascii_lowercase();
     if let Some(rest) = lower.strip_prefix("iqn.") {
@@ -359,7 +376,9 @@ pub fn parse_iqn(value: &str) -> Result<String, TargetError> {
         }
         let authority = rest[8..].split(':').next().unwrap_or_default();
         if authority.is_empty() || authority.starts_with('.') || authority.ends_with('.') {
-            return Err(invalid("the naming authority (reversed domain) is empty or malformed"));
+            return Err(invalid(
+                "the naming authority (reversed domain) is empty or malformed",
+            ));
         }
         Ok(lower)
     } else if let Some(hex) = lower.strip_prefix("eui.") {
@@ -385,7 +404,9 @@ pub fn parse_portal(value: &str) -> Result<Portal, TargetError> {
         reason,
     };
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| invalid("unclosed '['"))?;
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| invalid("unclosed '['"))?;
         host.parse::<Ipv6Addr>()
             .map_err(|_| invalid("the bracketed host is not an IPv6 address"))?;
         let port = after
@@ -393,7 +414,9 @@ pub fn parse_portal(value: &str) -> Result<Portal, TargetError> {
             .ok_or_else(|| invalid("it has no port"))?;
         (host.to_string(), port)
     } else {
-        let (host, port) = value.rsplit_once(':').ok_or_else(|| invalid("it has no port"))?;
+        let (host, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("it has no port"))?;
         if host.contains(':') {
             return Err(invalid("IPv6 hosts must be written in brackets"));
         }
@@ -404,7 +427,9 @@ pub fn parse_portal(value: &str) -> Result<Portal, TargetError> {
                 .split('.')
                 .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         if !is_ipv4 && !is_name {
-            return Err(invalid("the host is neither an IPv4 address nor a DNS name"));
+            return Err(invalid(
+                "the host is neither an IPv4 address nor a DNS name",
+            ));
         }
         (host.to_string(), port)
     };
@@ -436,7 +461,10 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         _ => {
             return Err(TargetError::InvalidProperty {
                 key: "name",
-                reason: format!("{:?} is not pool/image or pool/namespace/image", printable(name)),
+                reason: format!(
+                    "{:?} is not pool/image or pool/namespace/image",
+                    printable(name)
+                ),
             });
         }
     };
@@ -475,15 +503,24 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         ))
         .map_err(|_| TargetError::InvalidProperty {
             key: "hosts",
-            reason: format!("{:?}:{:?} is not a monitor address", printable(host), printable(port)),
+            reason: format!(
+                "{:?}:{:?} is not a monitor address",
+                printable(host),
+                printable(port)
+            ),
         })?;
         monitors.push(Monitor {
             host: portal.host,
             port: portal.port,
         });
     }
-    let cluster = opt_str(props, "cluster_name")?.unwrap_or("ceph").to_string();
-    if !cluster.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+    let cluster = opt_str(props, "cluster_name")?
+        .unwrap_or("ceph")
+        .to_string();
+    if !cluster
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
         return Err(TargetError::UnsafeValue {
             key: "cluster_name",
             reason: "only letters, digits, _ and - are allowed",
@@ -563,7 +600,11 @@ fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
         .get("fstype")
         .and_then(Value::as_str)
         .ok_or_else(|| TargetError::InvalidMount("fstype is missing".into()))?;
-    if fstype.is_empty() || !fstype.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if fstype.is_empty()
+        || !fstype
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return Err(TargetError::InvalidMount(format!(
             "fstype {:?} is not a filesystem name",
             printable(fstype)
@@ -571,7 +612,10 @@ fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
     }
     let options = match obj.get("options") {
         None | Some(Value::Null) => None,
-        Some(Value::String(o)) if o.chars().all(|c| c.is_ascii_alphanumeric() || "=,_.:/-".contains(c)) => {
+        Some(Value::String(o))
+            if o.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "=,_.:/-".contains(c)) =>
+        {
             Some(o.clone())
         }
         Some(_) => {
@@ -583,7 +627,11 @@ fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
     let mkfs = match obj.get("mkfs") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(TargetError::InvalidMount("mkfs must be true or false".into())),
+        Some(_) => {
+            return Err(TargetError::InvalidMount(
+                "mkfs must be true or false".into(),
+            ));
+        }
     };
     Ok(MountSpec {
         path: normalized,
@@ -599,7 +647,10 @@ fn req_str<'a>(props: &'a Map<String, Value>, key: &'static str) -> Result<&'a s
     opt_str(props, key)?.ok_or(TargetError::MissingProperty(key))
 }
 
-fn opt_str<'a>(props: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a str>, TargetError> {
+fn opt_str<'a>(
+    props: &'a Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<&'a str>, TargetError> {
     match props.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -621,10 +672,12 @@ fn str_list(props: &Map<String, Value>, key: &'static str) -> Result<Vec<String>
         })?;
     list.iter()
         .map(|v| {
-            v.as_str().map(str::to_string).ok_or_else(|| TargetError::InvalidProperty {
-                key,
-                reason: "must be a list of strings".into(),
-            })
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| TargetError::InvalidProperty {
+                    key,
+                    reason: "must be a list of strings".into(),
+                })
         })
         .collect()
 }
@@ -634,7 +687,10 @@ fn port_list(props: &Map<String, Value>, key: &'static str) -> Result<Vec<String
         key,
         reason: "must be a list of port numbers".into(),
     };
-    let list = props.get(key).and_then(Value::as_array).ok_or_else(invalid)?;
+    let list = props
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(invalid)?;
     list.iter()
         .map(|v| match v {
             Value::String(s) => Ok(s.clone()),

@@ -126,8 +126,16 @@ impl Operator {
         }
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(ADMIN);
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -139,19 +147,32 @@ impl Operator {
 
     pub async fn create_node(&self, name: &str, mac: &str) -> Uuid {
         let (status, body) = self
-            .request(reqwest::Method::POST, "/v1/nodes", Some(json!({"name": name, "addresses": [mac]})))
+            .request(
+                reqwest::Method::POST,
+                "/v1/nodes",
+                Some(json!({"name": name, "addresses": [mac]})),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body["uuid"].as_str().unwrap().parse().unwrap()
     }
 
-    pub async fn assign(&self, node: Uuid, volume_type: &str, volume_id: &str, properties: Value, extra: Value) -> Uuid {
+    pub async fn assign(
+        &self,
+        node: Uuid,
+        volume_type: &str,
+        volume_id: &str,
+        properties: Value,
+        extra: Value,
+    ) -> Uuid {
         let (status, body) = self
             .request(
                 reqwest::Method::POST,
                 "/v1/volume/targets",
-                Some(json!({"node_uuid": node, "volume_type": volume_type, "volume_id": volume_id,
-                            "properties": properties, "extra": extra})),
+                Some(
+                    json!({"node_uuid": node, "volume_type": volume_type, "volume_id": volume_id,
+                            "properties": properties, "extra": extra}),
+                ),
             )
             .await;
         assert_eq!(status, 201, "{body}");
@@ -160,21 +181,34 @@ impl Operator {
 
     pub async fn unassign(&self, target: Uuid) {
         let (status, body) = self
-            .request(reqwest::Method::DELETE, &format!("/v1/volume/targets/{target}"), None)
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/v1/volume/targets/{target}"),
+                None,
+            )
             .await;
         assert_eq!(status, 204, "{body}");
     }
 
     pub async fn status(&self, node: Uuid) -> NodeStatus {
         let (status, body) = self
-            .request(reqwest::Method::GET, &format!("/v1/nodes/{node}/volume/status"), None)
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/nodes/{node}/volume/status"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         serde_json::from_value(body).unwrap()
     }
 
     /// Waits until the node's report satisfies `check`, or fails saying what it last saw.
-    pub async fn wait_report(&self, node: Uuid, what: &str, check: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+    pub async fn wait_report(
+        &self,
+        node: Uuid,
+        what: &str,
+        check: impl Fn(&NodeStatus) -> bool,
+    ) -> NodeStatus {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let status = self.status(node).await;
@@ -198,15 +232,22 @@ impl Operator {
     }
 
     pub async fn wait_gone(&self, node: Uuid, target: Uuid) {
-        self.wait_report(node, &format!("target {target} gone from the report"), |s| {
-            s.report.is_some() && volume(s, target).is_none()
-        })
+        self.wait_report(
+            node,
+            &format!("target {target} gone from the report"),
+            |s| s.report.is_some() && volume(s, target).is_none(),
+        )
         .await;
     }
 }
 
 pub fn volume(status: &NodeStatus, target: Uuid) -> Option<&VolumeReport> {
-    status.report.as_ref()?.volumes.iter().find(|v| v.target_uuid == target)
+    status
+        .report
+        .as_ref()?
+        .volumes
+        .iter()
+        .find(|v| v.target_uuid == target)
 }
 
 /// A node: a host root with one NIC, a state directory and a simulated kernel.
@@ -226,7 +267,11 @@ impl Node {
         std::fs::write(nic.join("type"), "1\n").unwrap();
         let iscsi = root.path().join("host/etc/iscsi");
         std::fs::create_dir_all(&iscsi).unwrap();
-        std::fs::write(iscsi.join("initiatorname.iscsi"), "InitiatorName=iqn.1993-08.org.debian:01:node\n").unwrap();
+        std::fs::write(
+            iscsi.join("initiatorname.iscsi"),
+            "InitiatorName=iqn.1993-08.org.debian:01:node\n",
+        )
+        .unwrap();
         Self {
             root,
             kernel: Arc::new(SimKernel::new(Duration::from_millis(20))),

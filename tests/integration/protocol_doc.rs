@@ -4,7 +4,8 @@ use serde::de::DeserializeOwned;
 use tether::protocol::*;
 
 fn examples() -> Vec<(String, String)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
     let mut out = Vec::new();
     let mut current: Option<(String, String)> = None;
     for line in doc.lines() {
@@ -24,16 +25,30 @@ fn examples() -> Vec<(String, String)> {
 }
 
 fn check<T: DeserializeOwned>(name: &str, body: &str) -> T {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("the {name} example in docs/protocol.md does not parse: {e}"))
+    serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the {name} example in docs/protocol.md does not parse: {e}"))
 }
 
 #[test]
 fn every_example_parses_as_its_type() {
     let examples = examples();
     let names: Vec<&str> = examples.iter().map(|(n, _)| n.as_str()).collect();
-    for expected in ["ErrorBody", "LookupResponse", "TargetsResponse", "Heartbeat", "NodeCreate", "Node",
-                     "ConnectorCreate", "TargetCreate", "VolumeTarget", "NodeStatus"] {
-        assert!(names.contains(&expected), "docs/protocol.md has no {expected} example");
+    for expected in [
+        "ErrorBody",
+        "LookupResponse",
+        "TargetsResponse",
+        "Heartbeat",
+        "NodeCreate",
+        "Node",
+        "ConnectorCreate",
+        "TargetCreate",
+        "VolumeTarget",
+        "NodeStatus",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "docs/protocol.md has no {expected} example"
+        );
     }
     for (name, body) in &examples {
         match name.as_str() {
@@ -64,7 +79,10 @@ fn every_example_parses_as_its_type() {
             }
             "VolumeTarget" => {
                 let t: VolumeTarget = check(name, body);
-                assert_eq!(t.properties["auth_key"], MASK, "operators read secrets masked");
+                assert_eq!(
+                    t.properties["auth_key"], MASK,
+                    "operators read secrets masked"
+                );
             }
             "NodeStatus" => drop(check::<NodeStatus>(name, body)),
             other => panic!("docs/protocol.md names an unknown type {other}"),
@@ -74,8 +92,12 @@ fn every_example_parses_as_its_type() {
 
 #[test]
 fn heartbeat_refuses_unknown_fields_and_responses_tolerate_them() {
-    let strict = serde_json::from_str::<Heartbeat>(r#"{"agent_version": "1", "generation": 1, "colour": "red"}"#);
+    let strict = serde_json::from_str::<Heartbeat>(
+        r#"{"agent_version": "1", "generation": 1, "colour": "red"}"#,
+    );
     assert!(strict.is_err());
-    let tolerant = serde_json::from_str::<TargetsResponse>(r#"{"generation": 1, "targets": [], "future": true}"#);
+    let tolerant = serde_json::from_str::<TargetsResponse>(
+        r#"{"generation": 1, "targets": [], "future": true}"#,
+    );
     assert!(tolerant.is_ok());
 }

@@ -22,7 +22,8 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
     let iqn = "iqn.2003-01.org.linux-iscsi.array:chap";
     let iqn_wrong = "iqn.2003-01.org.linux-iscsi.array:wrong";
     node.kernel.require_chap(iqn, "initiator", CHAP_PASSWORD);
-    node.kernel.require_chap(iqn_wrong, "initiator", "the-right-one-xyz");
+    node.kernel
+        .require_chap(iqn_wrong, "initiator", "the-right-one-xyz");
     node.kernel.require_rbd_key("cinder", CEPHX_KEY);
     node.start_agent();
 
@@ -63,23 +64,51 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
     assert_eq!(failed.error.as_ref().unwrap().kind, "auth_failed");
     node.stop_agent().await;
 
-    let agent_token = std::fs::read_to_string(node.state_dir().join("token")).unwrap().trim().to_string();
-    let secrets = [CHAP_PASSWORD, MUTUAL_PASSWORD, WRONG_PASSWORD, CEPHX_KEY, agent_token.as_str(), ADMIN];
+    let agent_token = std::fs::read_to_string(node.state_dir().join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let secrets = [
+        CHAP_PASSWORD,
+        MUTUAL_PASSWORD,
+        WRONG_PASSWORD,
+        CEPHX_KEY,
+        agent_token.as_str(),
+        ADMIN,
+    ];
 
     let mut places: Vec<(String, String)> = vec![("logs".into(), all_logs())];
-    for path in ["/v1/volume/targets", &format!("/v1/volume/targets/{chap}"), &format!("/v1/volume/targets/{rbd}"),
-                 &format!("/v1/nodes/{node_uuid}/volume/status"), "/v1/nodes"] {
+    for path in [
+        "/v1/volume/targets",
+        &format!("/v1/volume/targets/{chap}"),
+        &format!("/v1/volume/targets/{rbd}"),
+        &format!("/v1/nodes/{node_uuid}/volume/status"),
+        "/v1/nodes",
+    ] {
         let (status, body) = op.request(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200);
         places.push((format!("operator read {path}"), body.to_string()));
     }
-    let (_, listed) = op.request(reqwest::Method::GET, "/v1/volume/targets", None).await;
-    let listed_chap = listed["targets"].as_array().unwrap().iter().find(|t| t["volume_id"] == "chap").unwrap();
-    assert_eq!(listed_chap["properties"]["auth_password"], "******", "secrets are masked, not dropped");
+    let (_, listed) = op
+        .request(reqwest::Method::GET, "/v1/volume/targets", None)
+        .await;
+    let listed_chap = listed["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["volume_id"] == "chap")
+        .unwrap();
+    assert_eq!(
+        listed_chap["properties"]["auth_password"], "******",
+        "secrets are masked, not dropped"
+    );
     assert_eq!(listed_chap["properties"]["auth_password_in"], "******");
     for (path, text) in files_under(&node.state_dir()) {
         let is_token_file = path.ends_with("token");
-        places.push((path.display().to_string(), if is_token_file { String::new() } else { text }));
+        places.push((
+            path.display().to_string(),
+            if is_token_file { String::new() } else { text },
+        ));
     }
     for (place, text) in &places {
         for secret in &secrets {
@@ -88,9 +117,20 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
     }
 
     // What does hold secrets is private to root.
-    for path in [node.state_dir().join("token"), node.state_dir().join("volumes.json"), dir.path().join("conductor.db")] {
+    for path in [
+        node.state_dir().join("token"),
+        node.state_dir().join("volumes.json"),
+        dir.path().join("conductor.db"),
+    ] {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }
-    assert_eq!(std::fs::metadata(node.state_dir()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(node.state_dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
 }

@@ -25,7 +25,10 @@ fn pool() -> Vec<VolumeTarget> {
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 0)),
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 1)),
         ("iscsi", iscsi("192.0.2.1:3260", IQN_Y, 0)),
-        ("rbd", json!({"name": "rbd/img", "hosts": ["192.0.2.9"], "auth_enabled": false})),
+        (
+            "rbd",
+            json!({"name": "rbd/img", "hosts": ["192.0.2.9"], "auth_enabled": false}),
+        ),
         ("iscsi", iscsi("192.0.2.1:3260", "iqn.bad", 0)),
         (
             "iscsi",
@@ -59,7 +62,10 @@ fn assignment(generation: u64, mask: u8) -> Desired {
             spec: parse(&t),
         })
         .collect();
-    Desired::Known(Assignment { generation, targets })
+    Desired::Known(Assignment {
+        generation,
+        targets,
+    })
 }
 
 /// What the backend would return for a successful attach of `spec`.
@@ -124,7 +130,14 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0u8..64).prop_map(Step::Answer),
         Just(Step::ConductorError),
-        (0usize..8, prop_oneof![Just(Outcome::Success), Just(Outcome::Failure), Just(Outcome::Blocked)])
+        (
+            0usize..8,
+            prop_oneof![
+                Just(Outcome::Success),
+                Just(Outcome::Failure),
+                Just(Outcome::Blocked)
+            ]
+        )
             .prop_map(|(i, o)| Step::Complete(i, o)),
         (0u64..5_000).prop_map(Step::Advance),
         Just(Step::Restart),
@@ -169,36 +182,52 @@ impl Model {
         for action in &plan.actions {
             match action {
                 Action::Attach(uuid) => {
-                    let d = self.desired.target(*uuid).expect("attach of an undesired target");
+                    let d = self
+                        .desired
+                        .target(*uuid)
+                        .expect("attach of an undesired target");
                     let spec = specs.get(uuid).expect("attach of an invalid target");
-                    let v = self
-                        .volumes
-                        .entry(*uuid)
-                        .or_insert_with(|| Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t));
-                    v.start_attach(spec.login_keys(), t).expect("attach allowed");
+                    let v = self.volumes.entry(*uuid).or_insert_with(|| {
+                        Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t)
+                    });
+                    v.start_attach(spec.login_keys(), t)
+                        .expect("attach allowed");
                 }
                 Action::Detach(uuid) => {
                     let Desired::Known(a) = &self.desired else {
                         panic!("detach without a successful answer")
                     };
-                    assert!(a.targets.iter().all(|x| x.uuid != *uuid), "detach of a target still assigned");
-                    let v = self.volumes.get_mut(uuid).expect("detach of an unknown volume");
+                    assert!(
+                        a.targets.iter().all(|x| x.uuid != *uuid),
+                        "detach of a target still assigned"
+                    );
+                    let v = self
+                        .volumes
+                        .get_mut(uuid)
+                        .expect("detach of an unknown volume");
                     assert!(v.is_owned(), "detach of a volume the agent does not own");
                     v.start_detach(t).expect("detach allowed");
                 }
                 Action::Forget(uuid) => {
-                    let v = self.volumes.remove(uuid).expect("forget of an unknown volume");
+                    let v = self
+                        .volumes
+                        .remove(uuid)
+                        .expect("forget of an unknown volume");
                     assert!(!v.is_owned(), "forgot a volume that is still attached");
                 }
                 Action::Reject(uuid, error) => {
                     let d = self.desired.target(*uuid).unwrap();
-                    let v = self
-                        .volumes
-                        .entry(*uuid)
-                        .or_insert_with(|| Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t));
+                    let v = self.volumes.entry(*uuid).or_insert_with(|| {
+                        Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t)
+                    });
                     v.reject(error.clone(), t).expect("reject allowed");
                 }
-                Action::Keep(uuid) => self.volumes.get_mut(uuid).unwrap().reassigned(t).expect("keep allowed"),
+                Action::Keep(uuid) => self
+                    .volumes
+                    .get_mut(uuid)
+                    .unwrap()
+                    .reassigned(t)
+                    .expect("keep allowed"),
             }
         }
         // Never two operations in flight on one (portal, iqn).
@@ -212,7 +241,11 @@ impl Model {
     }
 
     fn in_flight(&self) -> Vec<Uuid> {
-        self.volumes.values().filter(|v| v.in_flight()).map(|v| v.target_uuid).collect()
+        self.volumes
+            .values()
+            .filter(|v| v.in_flight())
+            .map(|v| v.target_uuid)
+            .collect()
     }
 
     fn complete(&mut self, uuid: Uuid, outcome: &Outcome) {
@@ -228,7 +261,9 @@ impl Model {
                 });
                 v.attach_succeeded(attachment_for(&spec), t).unwrap();
             }
-            (Phase::Attaching, Outcome::Failure) => v.attach_failed(err(), None, retry_at, t).unwrap(),
+            (Phase::Attaching, Outcome::Failure) => {
+                v.attach_failed(err(), None, retry_at, t).unwrap()
+            }
             (Phase::Detaching, Outcome::Success) => {
                 v.detach_succeeded().unwrap();
                 self.volumes.remove(&uuid);
@@ -260,7 +295,10 @@ impl Model {
                 let t = SystemTime::UNIX_EPOCH;
                 self.volumes = std::mem::take(&mut self.volumes)
                     .into_iter()
-                    .filter_map(|(uuid, v)| v.attachment.map(|a| (uuid, Volume::recovered(uuid, v.volume_id, a, t))))
+                    .filter_map(|(uuid, v)| {
+                        v.attachment
+                            .map(|a| (uuid, Volume::recovered(uuid, v.volume_id, a, t)))
+                    })
                     .collect();
                 self.desired = Desired::Unknown;
             }
@@ -321,7 +359,12 @@ fn unknown_desired_never_acts() {
     let spec = parse(&pool()[0]).unwrap();
     volumes.insert(
         uuid(1),
-        Volume::recovered(uuid(1), "v".into(), attachment_for(&spec), SystemTime::UNIX_EPOCH),
+        Volume::recovered(
+            uuid(1),
+            "v".into(),
+            attachment_for(&spec),
+            SystemTime::UNIX_EPOCH,
+        ),
     );
     assert_eq!(reconcile(&Desired::Unknown, &volumes, 0), Plan::default());
 }
@@ -331,16 +374,26 @@ fn luns_of_one_target_attach_one_at_a_time_and_other_targets_in_parallel() {
     let desired = assignment(1, 0b000111);
     let plan = reconcile(&desired, &BTreeMap::new(), 0);
     // vol-0 and vol-1 share a session: only the first starts; vol-2 is another target.
-    assert_eq!(plan.actions, vec![Action::Attach(uuid(1)), Action::Attach(uuid(3))]);
+    assert_eq!(
+        plan.actions,
+        vec![Action::Attach(uuid(1)), Action::Attach(uuid(3))]
+    );
 }
 
 #[test]
 fn failed_volume_waits_for_its_retry_without_blocking_others() {
     let desired = assignment(1, 0b001001);
     let mut volumes = BTreeMap::new();
-    let mut failed = Volume::new(uuid(1), "vol-0".into(), "iscsi".into(), SystemTime::UNIX_EPOCH);
+    let mut failed = Volume::new(
+        uuid(1),
+        "vol-0".into(),
+        "iscsi".into(),
+        SystemTime::UNIX_EPOCH,
+    );
     failed.start_attach(vec![], SystemTime::UNIX_EPOCH).unwrap();
-    failed.attach_failed(err(), None, 5_000, SystemTime::UNIX_EPOCH).unwrap();
+    failed
+        .attach_failed(err(), None, 5_000, SystemTime::UNIX_EPOCH)
+        .unwrap();
     volumes.insert(uuid(1), failed);
     let plan = reconcile(&desired, &volumes, 1_000);
     assert_eq!(plan.actions, vec![Action::Attach(uuid(4))]);
@@ -358,7 +411,12 @@ fn invalid_target_is_rejected_once_with_its_kind() {
     };
     assert_eq!((*id, report.kind.as_str()), (uuid(5), "invalid_iqn"));
     let mut volumes = BTreeMap::new();
-    let mut v = Volume::new(uuid(5), "vol-4".into(), "iscsi".into(), SystemTime::UNIX_EPOCH);
+    let mut v = Volume::new(
+        uuid(5),
+        "vol-4".into(),
+        "iscsi".into(),
+        SystemTime::UNIX_EPOCH,
+    );
     v.reject(report.clone(), SystemTime::UNIX_EPOCH).unwrap();
     volumes.insert(uuid(5), v);
     assert!(reconcile(&desired, &volumes, 0).actions.is_empty());

@@ -60,24 +60,45 @@ fn all_states() -> Vec<(&'static str, Volume)> {
                 true,
             ),
         ),
-        ("failed_attach", with(failed(Operation::Attach, Some(5)), false)),
-        ("failed_attach_owned", with(failed(Operation::Attach, Some(5)), true)),
-        ("failed_invalid", with(failed(Operation::Attach, None), false)),
-        ("failed_detach", with(failed(Operation::Detach, Some(5)), true)),
+        (
+            "failed_attach",
+            with(failed(Operation::Attach, Some(5)), false),
+        ),
+        (
+            "failed_attach_owned",
+            with(failed(Operation::Attach, Some(5)), true),
+        ),
+        (
+            "failed_invalid",
+            with(failed(Operation::Attach, None), false),
+        ),
+        (
+            "failed_detach",
+            with(failed(Operation::Detach, Some(5)), true),
+        ),
     ]
 }
 
-type Event = (&'static str, fn(&mut Volume) -> Result<(), InvalidTransition>);
+type Event = (
+    &'static str,
+    fn(&mut Volume) -> Result<(), InvalidTransition>,
+);
 
 fn all_events() -> Vec<Event> {
     vec![
         ("start_attach", |v| v.start_attach(vec![], t0())),
-        ("attach_succeeded", |v| v.attach_succeeded(attachment(), t0())),
-        ("attach_failed", |v| v.attach_failed(err("e"), None, 9, t0())),
+        ("attach_succeeded", |v| {
+            v.attach_succeeded(attachment(), t0())
+        }),
+        ("attach_failed", |v| {
+            v.attach_failed(err("e"), None, 9, t0())
+        }),
         ("reject", |v| v.reject(err("invalid_iqn"), t0())),
         ("start_detach", |v| v.start_detach(t0())),
         ("detach_succeeded", |v| v.detach_succeeded()),
-        ("detach_blocked", |v| v.detach_blocked(err("device_in_use"), 9, t0())),
+        ("detach_blocked", |v| {
+            v.detach_blocked(err("device_in_use"), 9, t0())
+        }),
         ("detach_failed", |v| v.detach_failed(err("e"), 9, t0())),
         ("reassigned", |v| v.reassigned(t0())),
     ]
@@ -113,7 +134,10 @@ fn transition_table_is_exactly_as_designed() {
             let expected = allowed.contains(&(state_name, event_name));
             assert_eq!(result.is_ok(), expected, "{event_name} from {state_name}");
             if result.is_err() {
-                assert_eq!(v, state, "a refused {event_name} from {state_name} changed the volume");
+                assert_eq!(
+                    v, state,
+                    "a refused {event_name} from {state_name} changed the volume"
+                );
             }
         }
     }
@@ -148,7 +172,8 @@ fn failures_count_up_and_reset_on_success() {
     let mut v = Volume::new(Uuid::nil(), "v".into(), "rbd".into(), t0());
     for n in 1..=3 {
         v.start_attach(vec![], t0()).unwrap();
-        v.attach_failed(err("portal_unreachable"), None, 0, t0()).unwrap();
+        v.attach_failed(err("portal_unreachable"), None, 0, t0())
+            .unwrap();
         assert_eq!(v.failures, n);
     }
     v.start_attach(vec![], t0()).unwrap();
@@ -175,5 +200,9 @@ fn retry_delay_doubles_caps_and_jitters() {
     assert_eq!(retry_delay(5, s(2), s(300), 1.0), s(32));
     assert_eq!(retry_delay(30, s(2), s(300), 1.0), s(300));
     assert_eq!(retry_delay(1, s(2), s(300), 0.5), s(1));
-    assert_eq!(retry_delay(1, s(2), s(300), 0.0), s(1), "jitter is clamped to at least half");
+    assert_eq!(
+        retry_delay(1, s(2), s(300), 0.0),
+        s(1),
+        "jitter is clamped to at least half"
+    );
 }

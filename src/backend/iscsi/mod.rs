@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, IscsiPathHandle,
-    Ownership, SessionKey, VolumeBackend,
+    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError,
+    IscsiPathHandle, Ownership, SessionKey, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{BackendSpec, Chap, IscsiPath, IscsiSpec, Portal, TargetSpec};
@@ -34,7 +34,10 @@ impl Session {
     }
 
     pub fn lun_device(&self, lun: u16) -> Option<&str> {
-        self.luns.iter().find(|(l, _)| *l == lun).map(|(_, k)| k.as_str())
+        self.luns
+            .iter()
+            .find(|(l, _)| *l == lun)
+            .map(|(_, k)| k.as_str())
     }
 }
 
@@ -42,7 +45,11 @@ impl Session {
 pub trait IscsiHost: Send + Sync {
     fn sessions(&self) -> Result<Vec<Session>, HostError>;
     /// SendTargets discovery against `portal`; returns the targets it offers.
-    fn discover(&self, portal: &Portal, chap: Option<&Chap>) -> Result<Vec<(String, String)>, HostError>;
+    fn discover(
+        &self,
+        portal: &Portal,
+        chap: Option<&Chap>,
+    ) -> Result<Vec<(String, String)>, HostError>;
     /// Creates (or updates) the node record with `node.startup = manual` and the CHAP settings.
     fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError>;
     /// Logs in; "session exists" is success.
@@ -87,11 +94,16 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             Some(session) => session,
             None => {
                 if spec.discovery {
-                    let offered = self.host.discover(&path.portal, spec.discovery_chap.as_ref())?;
+                    let offered = self
+                        .host
+                        .discover(&path.portal, spec.discovery_chap.as_ref())?;
                     if !offered.iter().any(|(_, iqn)| *iqn == path.iqn) {
                         return Err(HostError::new(
                             "target_not_found",
-                            format!("discovery at {portal} does not offer {}; check the target's ACLs and IQN", path.iqn),
+                            format!(
+                                "discovery at {portal} does not offer {}; check the target's ACLs and IQN",
+                                path.iqn
+                            ),
                         ));
                     }
                 }
@@ -104,7 +116,10 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
                 self.find_session(&portal, &path.iqn)?.ok_or_else(|| {
                     HostError::new(
                         "login_failed",
-                        format!("iscsiadm logged in to {} at {portal} but no session shows in sysfs", path.iqn),
+                        format!(
+                            "iscsiadm logged in to {} at {portal} but no session shows in sysfs",
+                            path.iqn
+                        ),
                     )
                 })?
             }
@@ -126,7 +141,10 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             iqn: path.iqn.clone(),
             lun: path.lun,
         };
-        let device = self.block.wait_for_device(&what, timeout).map_err(cleanup)?;
+        let device = self
+            .block
+            .wait_for_device(&what, timeout)
+            .map_err(cleanup)?;
         let handle = IscsiPathHandle {
             portal,
             iqn: path.iqn.clone(),
@@ -140,22 +158,35 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
 }
 
 impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
-    fn attach(&self, spec: &TargetSpec, ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError> {
+    fn attach(
+        &self,
+        spec: &TargetSpec,
+        ownership: &Ownership,
+        timeout: Duration,
+    ) -> Result<Attachment, HostError> {
         let BackendSpec::Iscsi(iscsi) = &spec.backend else {
-            return Err(HostError::new("internal", "an RBD target reached the iSCSI backend"));
+            return Err(HostError::new(
+                "internal",
+                "an RBD target reached the iSCSI backend",
+            ));
         };
         // Every path logs in at once; the caller guarantees no other login to these sessions.
-        let results: Vec<Result<(IscsiPathHandle, BlockDevice), HostError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = iscsi
-                .paths
-                .iter()
-                .map(|path| scope.spawn(move || self.attach_path(iscsi, path, timeout)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err(HostError::new("internal", "a login worker panicked"))))
-                .collect()
-        });
+        let results: Vec<Result<(IscsiPathHandle, BlockDevice), HostError>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = iscsi
+                    .paths
+                    .iter()
+                    .map(|path| scope.spawn(move || self.attach_path(iscsi, path, timeout)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(HostError::new("internal", "a login worker panicked"))
+                        })
+                    })
+                    .collect()
+            });
         let mut handles = Vec::new();
         let mut devices = Vec::new();
         let mut first_error = None;
@@ -196,14 +227,23 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         })
     }
 
-    fn detach(&self, attachment: &Attachment, ownership: &Ownership) -> Result<DetachOutcome, HostError> {
+    fn detach(
+        &self,
+        attachment: &Attachment,
+        ownership: &Ownership,
+    ) -> Result<DetachOutcome, HostError> {
         let Handle::Iscsi { paths } = &attachment.handle else {
-            return Err(HostError::new("internal", "an RBD attachment reached the iSCSI backend"));
+            return Err(HostError::new(
+                "internal",
+                "an RBD attachment reached the iSCSI backend",
+            ));
         };
         let sessions = self.host.sessions()?;
         let mut sessions_kept = Vec::new();
         for path in paths {
-            let session = sessions.iter().find(|s| s.portal == path.portal && s.iqn == path.iqn);
+            let session = sessions
+                .iter()
+                .find(|s| s.portal == path.portal && s.iqn == path.iqn);
             if let Some(session) = session
                 && path.device_created
                 && session.lun_device(path.lun) == Some(path.kernel_name.as_str())
@@ -224,7 +264,10 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
             }
             if session.is_some() {
                 // LUNs still on the session belong to someone: logging out would yank them.
-                let remaining = self.find_session(&path.portal, &path.iqn)?.map(|s| s.luns).unwrap_or_default();
+                let remaining = self
+                    .find_session(&path.portal, &path.iqn)?
+                    .map(|s| s.luns)
+                    .unwrap_or_default();
                 if let Some((lun, dev)) = remaining.first() {
                     tracing::warn!(session = %key, lun, device = %dev, "not logging out: another LUN of the session is still present");
                     continue;
@@ -242,9 +285,11 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         };
         let sessions = self.host.sessions()?;
         Ok(paths.iter().all(|p| {
-            sessions
-                .iter()
-                .any(|s| s.portal == p.portal && s.iqn == p.iqn && s.lun_device(p.lun) == Some(p.kernel_name.as_str()))
+            sessions.iter().any(|s| {
+                s.portal == p.portal
+                    && s.iqn == p.iqn
+                    && s.lun_device(p.lun) == Some(p.kernel_name.as_str())
+            })
         }))
     }
 
@@ -252,7 +297,12 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         let ours: Vec<SessionKey> = owned
             .iter()
             .filter_map(|a| match &a.handle {
-                Handle::Iscsi { paths } => Some(paths.iter().filter(|p| p.session_created).map(IscsiPathHandle::session_key)),
+                Handle::Iscsi { paths } => Some(
+                    paths
+                        .iter()
+                        .filter(|p| p.session_created)
+                        .map(IscsiPathHandle::session_key),
+                ),
                 Handle::Rbd(_) => None,
             })
             .flatten()
@@ -264,7 +314,13 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
             .filter(|s| !ours.contains(&s.key()))
             .map(|s| ForeignAttachment {
                 volume_type: "iscsi".into(),
-                description: format!("session {} to {} at {} ({} LUNs)", s.sid, s.iqn, s.portal, s.luns.len()),
+                description: format!(
+                    "session {} to {} at {} ({} LUNs)",
+                    s.sid,
+                    s.iqn,
+                    s.portal,
+                    s.luns.len()
+                ),
                 device_path: None,
             })
             .collect())

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, Ownership, RbdHandle, VolumeBackend,
+    Attachment, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, Ownership, RbdHandle,
+    VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{BackendSpec, RbdSpec, TargetSpec};
@@ -44,9 +45,17 @@ impl<H: RbdHost, B: BlockHost> RbdBackend<H, B> {
 }
 
 impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
-    fn attach(&self, spec: &TargetSpec, _ownership: &Ownership, timeout: Duration) -> Result<Attachment, HostError> {
+    fn attach(
+        &self,
+        spec: &TargetSpec,
+        _ownership: &Ownership,
+        timeout: Duration,
+    ) -> Result<Attachment, HostError> {
         let BackendSpec::Rbd(rbd) = &spec.backend else {
-            return Err(HostError::new("internal", "an iSCSI target reached the RBD backend"));
+            return Err(HostError::new(
+                "internal",
+                "an iSCSI target reached the RBD backend",
+            ));
         };
         let existing = self
             .host
@@ -57,7 +66,10 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
             Some(m) => (m.device_id, false),
             None => (self.host.map(rbd, spec.read_only)?, true),
         };
-        let device = match self.block.wait_for_device(&DeviceMatch::Rbd { device_id }, timeout) {
+        let device = match self
+            .block
+            .wait_for_device(&DeviceMatch::Rbd { device_id }, timeout)
+        {
             Ok(device) => device,
             Err(e) => {
                 if mapped_by_agent {
@@ -80,20 +92,28 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         })
     }
 
-    fn detach(&self, attachment: &Attachment, _ownership: &Ownership) -> Result<DetachOutcome, HostError> {
+    fn detach(
+        &self,
+        attachment: &Attachment,
+        _ownership: &Ownership,
+    ) -> Result<DetachOutcome, HostError> {
         let Handle::Rbd(handle) = &attachment.handle else {
-            return Err(HostError::new("internal", "an iSCSI attachment reached the RBD backend"));
+            return Err(HostError::new(
+                "internal",
+                "an iSCSI attachment reached the RBD backend",
+            ));
         };
-        let still_mapped = self
-            .host
-            .mappings()?
-            .iter()
-            .any(|m| m.device_id == handle.device_id && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image));
+        let still_mapped = self.host.mappings()?.iter().any(|m| {
+            m.device_id == handle.device_id
+                && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)
+        });
         if handle.mapped_by_agent && still_mapped {
             self.block.flush(&attachment.device.kernel_name)?;
             match self.host.unmap(handle.device_id) {
                 Ok(()) => {}
-                Err(e) if e.kind == "device_busy" => return Ok(DetachOutcome::Blocked { holder: e.message }),
+                Err(e) if e.kind == "device_busy" => {
+                    return Ok(DetachOutcome::Blocked { holder: e.message });
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -106,11 +126,10 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         let Handle::Rbd(handle) = &attachment.handle else {
             return Ok(false);
         };
-        Ok(self
-            .host
-            .mappings()?
-            .iter()
-            .any(|m| m.device_id == handle.device_id && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)))
+        Ok(self.host.mappings()?.iter().any(|m| {
+            m.device_id == handle.device_id
+                && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)
+        }))
     }
 
     fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
@@ -132,7 +151,10 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
                     "mapping rbd{} of {}/{}{}",
                     m.device_id,
                     m.pool,
-                    m.namespace.as_ref().map(|n| format!("{n}/")).unwrap_or_default(),
+                    m.namespace
+                        .as_ref()
+                        .map(|n| format!("{n}/"))
+                        .unwrap_or_default(),
                     m.image
                 ),
                 device_path: Some(format!("/dev/rbd{}", m.device_id)),

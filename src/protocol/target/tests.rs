@@ -31,7 +31,9 @@ fn single_path_iscsi_with_chap_parses() {
         "auth_username_in": "tgt", "auth_password_in": "m0tual",
     }))
     .unwrap();
-    let BackendSpec::Iscsi(iscsi) = &spec.backend else { panic!() };
+    let BackendSpec::Iscsi(iscsi) = &spec.backend else {
+        panic!()
+    };
     assert_eq!(iscsi.paths.len(), 1);
     assert_eq!(iscsi.paths[0].portal.to_string(), "192.0.2.10:3260");
     assert_eq!(iscsi.paths[0].lun, 3);
@@ -48,10 +50,16 @@ fn multipath_lists_parse_and_must_match_in_length() {
         "target_iqns": [IQN, IQN], "target_luns": [0, 0],
     }))
     .unwrap();
-    let BackendSpec::Iscsi(iscsi) = &spec.backend else { panic!() };
+    let BackendSpec::Iscsi(iscsi) = &spec.backend else {
+        panic!()
+    };
     assert_eq!(iscsi.paths[1].portal.to_string(), "[2001:db8::1]:3260");
     assert_eq!(
-        kind(iscsi_lists(json!(["192.0.2.10:3260"]), json!([IQN, IQN]), json!([0]))),
+        kind(iscsi_lists(
+            json!(["192.0.2.10:3260"]),
+            json!([IQN, IQN]),
+            json!([0])
+        )),
         "invalid_property"
     );
 }
@@ -67,18 +75,55 @@ fn malformed_targets_fail_with_stable_kinds() {
     };
     assert_eq!(kind(base("192.0.2.10", IQN, json!(0))), "invalid_portal");
     assert_eq!(kind(base("192.0.2.10:0", IQN, json!(0))), "invalid_portal");
-    assert_eq!(kind(base("192.0.2.10:99999", IQN, json!(0))), "invalid_portal");
-    assert_eq!(kind(base("2001:db8::1:3260", IQN, json!(0))), "invalid_portal");
-    assert_eq!(kind(base("host;rm -rf /:3260", IQN, json!(0))), "invalid_portal");
-    assert_eq!(kind(base("192.0.2.10:3260", "iqn.bad", json!(0))), "invalid_iqn");
-    assert_eq!(kind(base("192.0.2.10:3260", "iqn.2003-01.org.x:$(reboot)", json!(0))), "invalid_iqn");
-    assert_eq!(kind(base("192.0.2.10:3260", "iqn.2003-01.org.x;ls", json!(0))), "invalid_iqn");
-    assert_eq!(kind(base("192.0.2.10:3260", "eui.123", json!(0))), "invalid_iqn");
-    assert_eq!(kind(base("192.0.2.10:3260", IQN, json!(16384))), "invalid_lun");
+    assert_eq!(
+        kind(base("192.0.2.10:99999", IQN, json!(0))),
+        "invalid_portal"
+    );
+    assert_eq!(
+        kind(base("2001:db8::1:3260", IQN, json!(0))),
+        "invalid_portal"
+    );
+    assert_eq!(
+        kind(base("host;rm -rf /:3260", IQN, json!(0))),
+        "invalid_portal"
+    );
+    assert_eq!(
+        kind(base("192.0.2.10:3260", "iqn.bad", json!(0))),
+        "invalid_iqn"
+    );
+    assert_eq!(
+        kind(base(
+            "192.0.2.10:3260",
+            "iqn.2003-01.org.x:$(reboot)",
+            json!(0)
+        )),
+        "invalid_iqn"
+    );
+    assert_eq!(
+        kind(base("192.0.2.10:3260", "iqn.2003-01.org.x;ls", json!(0))),
+        "invalid_iqn"
+    );
+    assert_eq!(
+        kind(base("192.0.2.10:3260", "eui.123", json!(0))),
+        "invalid_iqn"
+    );
+    assert_eq!(
+        kind(base("192.0.2.10:3260", IQN, json!(16384))),
+        "invalid_lun"
+    );
     assert_eq!(kind(base("192.0.2.10:3260", IQN, json!(-1))), "invalid_lun");
-    assert_eq!(kind(base("192.0.2.10:3260", IQN, json!("0"))), "invalid_lun");
-    assert_eq!(kind(iscsi(json!({"target_iqn": IQN, "target_lun": 0}))), "missing_property");
-    assert_eq!(kind(parse(&target("nvme", json!({}), json!({})))), "unknown_volume_type");
+    assert_eq!(
+        kind(base("192.0.2.10:3260", IQN, json!("0"))),
+        "invalid_lun"
+    );
+    assert_eq!(
+        kind(iscsi(json!({"target_iqn": IQN, "target_lun": 0}))),
+        "missing_property"
+    );
+    assert_eq!(
+        kind(parse(&target("nvme", json!({}), json!({})))),
+        "unknown_volume_type"
+    );
     assert_eq!(
         kind(iscsi(json!({
             "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0,
@@ -87,7 +132,14 @@ fn malformed_targets_fail_with_stable_kinds() {
         "unsafe_value"
     );
     assert!(base("192.0.2.10:3260", "eui.02004567A425678D", json!(0)).is_ok());
-    assert!(base("storage.example.com:3260", "naa.52004567BA64678D", json!(16383)).is_ok());
+    assert!(
+        base(
+            "storage.example.com:3260",
+            "naa.52004567BA64678D",
+            json!(16383)
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -111,15 +163,25 @@ fn rbd_target_parses_with_namespace_and_key() {
         json!({}),
     ))
     .unwrap();
-    let BackendSpec::Rbd(rbd) = &spec.backend else { panic!() };
+    let BackendSpec::Rbd(rbd) = &spec.backend else {
+        panic!()
+    };
     assert_eq!(rbd.spec_name(), "volumes/ns1/volume-1");
     assert_eq!(rbd.monitors.len(), 2);
     assert_eq!(rbd.monitors[1].port, 3300);
     assert_eq!(rbd.key.as_ref().unwrap().expose(), "AQBkey==");
     assert_eq!(rbd.cluster, "ceph");
-    let no_key = parse(&target("rbd", json!({"name": "p/i", "hosts": ["h"]}), json!({})));
+    let no_key = parse(&target(
+        "rbd",
+        json!({"name": "p/i", "hosts": ["h"]}),
+        json!({}),
+    ));
     assert_eq!(kind(no_key), "missing_property");
-    let bad_name = parse(&target("rbd", json!({"name": "p/i;x", "hosts": ["h"], "auth_enabled": false}), json!({})));
+    let bad_name = parse(&target(
+        "rbd",
+        json!({"name": "p/i;x", "hosts": ["h"], "auth_enabled": false}),
+        json!({}),
+    ));
     assert_eq!(kind(bad_name), "unsafe_value");
 }
 
@@ -152,8 +214,10 @@ fn mount_spec_is_validated() {
 
 #[test]
 fn access_mode_ro_is_read_only() {
-    let spec = iscsi(json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN,
-                            "target_lun": 0, "access_mode": "ro"}))
+    let spec = iscsi(
+        json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN,
+                            "target_lun": 0, "access_mode": "ro"}),
+    )
     .unwrap();
     assert!(spec.read_only);
 }
