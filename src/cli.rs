@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use tether::agent::{self, Host};
@@ -145,9 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::warn!("using the simulated kernel: nothing is attached for real");
                     Host::simulated(Arc::new(SimKernel::default()))
                 }
-                BackendKind::System => bail!(
-                    "the system backend (open-iscsi, rbd, udev) is not built into this version yet; run with --simulated or backend = \"simulated\""
-                ),
+                BackendKind::System => Host::system(&config.host_root)?,
             };
             let settings = agent::Settings::from_config(&config)?;
             runtime()?.block_on(agent::run(settings, host, shutdown_signal()))?;

@@ -100,6 +100,27 @@ impl Host {
         }
     }
 
+    /// The host's open-iscsi, udev and mount tools under `root` (`/` on a real node).
+    pub fn system(root: &std::path::Path) -> Result<Self, HostError> {
+        let block = Arc::new(backend::block::SystemBlock::new(root)?);
+        let missing = backend::cmd::missing(root, &["blkid", "blockdev", "mount", "umount"]);
+        if !missing.is_empty() {
+            tracing::warn!(tools = ?missing, "tools for mounts and detach are missing; volumes that need them will fail");
+        }
+        let iscsi: Arc<dyn VolumeBackend> = match backend::iscsi::iscsiadm::SystemIscsi::new(root) {
+            Ok(host) => Arc::new(backend::iscsi::IscsiBackend::new(host, block.clone())),
+            Err(e) => {
+                tracing::warn!(kind = e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
+                Arc::new(backend::Unavailable(e))
+            }
+        };
+        let rbd = Arc::new(backend::Unavailable(HostError::new(
+            "rbd_unsupported",
+            "this agent cannot map RBD images yet; attach the volume over iSCSI",
+        )));
+        Ok(Self { iscsi, rbd, block })
+    }
+
     fn backend(&self, volume_type: &str) -> &Arc<dyn VolumeBackend> {
         if volume_type == "rbd" {
             &self.rbd

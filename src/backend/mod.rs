@@ -4,6 +4,8 @@
 //! ([`iscsi::IscsiHost`], [`rbd::RbdHost`], [`BlockHost`]) so that the same logic runs on the
 //! real kernel and on the [`simulated`] one used by tests, demos and benchmarks.
 
+pub mod block;
+pub mod cmd;
 pub mod iscsi;
 pub mod rbd;
 pub mod simulated;
@@ -218,6 +220,56 @@ pub trait BlockHost: Send + Sync {
     fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError>;
     fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError>;
     fn unmount(&self, path: &Path) -> Result<(), HostError>;
+}
+
+impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
+    fn wait_for_device(
+        &self,
+        what: &DeviceMatch,
+        timeout: Duration,
+    ) -> Result<BlockDevice, HostError> {
+        (**self).wait_for_device(what, timeout)
+    }
+    fn holders(&self, kernel_name: &str) -> Result<Vec<String>, HostError> {
+        (**self).holders(kernel_name)
+    }
+    fn mounts_of(&self, kernel_name: &str) -> Result<Vec<PathBuf>, HostError> {
+        (**self).mounts_of(kernel_name)
+    }
+    fn flush(&self, kernel_name: &str) -> Result<(), HostError> {
+        (**self).flush(kernel_name)
+    }
+    fn has_signature(&self, device_path: &str) -> Result<bool, HostError> {
+        (**self).has_signature(device_path)
+    }
+    fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError> {
+        (**self).mkfs(device_path, fstype)
+    }
+    fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError> {
+        (**self).mount(device_path, spec, read_only)
+    }
+    fn unmount(&self, path: &Path) -> Result<(), HostError> {
+        (**self).unmount(path)
+    }
+}
+
+/// A volume type this node cannot serve (its tools are missing): every volume of that type
+/// fails with the reason, and nothing recorded is ever taken for gone.
+pub struct Unavailable(pub HostError);
+
+impl VolumeBackend for Unavailable {
+    fn attach(&self, _: &TargetSpec, _: &Ownership, _: Duration) -> Result<Attachment, HostError> {
+        Err(self.0.clone())
+    }
+    fn detach(&self, _: &Attachment, _: &Ownership) -> Result<DetachOutcome, HostError> {
+        Err(self.0.clone())
+    }
+    fn is_present(&self, _: &Attachment) -> Result<bool, HostError> {
+        Err(self.0.clone())
+    }
+    fn foreign(&self, _: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Mounts the device as `spec` asks, formatting it only when asked and when it holds nothing.

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::backend::iscsi::{IscsiHost, Session};
@@ -264,7 +264,7 @@ fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
     s.devices.get(&name).map(|d| block_device(&name, d))
 }
 
-impl IscsiHost for Arc<SimKernel> {
+impl IscsiHost for SimKernel {
     fn sessions(&self) -> Result<Vec<Session>, HostError> {
         Ok(self
             .state()
@@ -274,6 +274,7 @@ impl IscsiHost for Arc<SimKernel> {
                 sid: x.sid,
                 portal: x.key.portal.clone(),
                 iqn: x.key.iqn.clone(),
+                host_no: x.sid,
                 luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
             })
             .collect())
@@ -415,7 +416,7 @@ fn unreachable(portal: &str) -> HostError {
     )
 }
 
-impl BlockHost for Arc<SimKernel> {
+impl BlockHost for SimKernel {
     fn wait_for_device(
         &self,
         what: &DeviceMatch,
@@ -512,7 +513,7 @@ impl BlockHost for Arc<SimKernel> {
     }
 }
 
-impl RbdHost for Arc<SimKernel> {
+impl RbdHost for SimKernel {
     fn mappings(&self) -> Result<Vec<Mapping>, HostError> {
         Ok(self
             .state()

@@ -5,6 +5,9 @@
 //! only the LUN wanted is scanned; a session is logged out only if the agent logged it in and no
 //! other owned LUN uses it; sessions the agent did not create are never touched.
 
+pub mod iscsiadm;
+pub mod sysfs;
+
 use std::time::Duration;
 
 use crate::backend::{
@@ -21,6 +24,8 @@ pub struct Session {
     pub sid: u32,
     pub portal: String,
     pub iqn: String,
+    /// H in /sys/class/scsi_host/hostH: each iSCSI session has a SCSI host of its own.
+    pub host_no: u32,
     /// LUNs the kernel has for this session, with their block device's kernel name.
     pub luns: Vec<(u16, String)>,
 }
@@ -62,6 +67,37 @@ pub trait IscsiHost: Send + Sync {
     fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError>;
     /// Deletes the SCSI device behind a block device (`/sys/block/<dev>/device/delete`).
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError>;
+}
+
+impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
+    fn sessions(&self) -> Result<Vec<Session>, HostError> {
+        (**self).sessions()
+    }
+    fn discover(
+        &self,
+        portal: &Portal,
+        chap: Option<&Chap>,
+    ) -> Result<Vec<(String, String)>, HostError> {
+        (**self).discover(portal, chap)
+    }
+    fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
+        (**self).create_record(path, chap)
+    }
+    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        (**self).login(portal, iqn)
+    }
+    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        (**self).logout(portal, iqn)
+    }
+    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        (**self).delete_record(portal, iqn)
+    }
+    fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError> {
+        (**self).scan_lun(session, lun)
+    }
+    fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        (**self).delete_device(kernel_name)
+    }
 }
 
 pub struct IscsiBackend<H, B> {

@@ -33,6 +33,18 @@ pub trait RbdHost: Send + Sync {
     fn unmap(&self, device_id: u32) -> Result<(), HostError>;
 }
 
+impl<T: RbdHost + ?Sized> RbdHost for std::sync::Arc<T> {
+    fn mappings(&self) -> Result<Vec<Mapping>, HostError> {
+        (**self).mappings()
+    }
+    fn map(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
+        (**self).map(spec, read_only)
+    }
+    fn unmap(&self, device_id: u32) -> Result<(), HostError> {
+        (**self).unmap(device_id)
+    }
+}
+
 pub struct RbdBackend<H, B> {
     pub host: H,
     pub block: B,

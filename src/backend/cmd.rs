@@ -1,0 +1,88 @@
+//! Every external program tether runs: resolved from fixed directories (never `$PATH`), run
+//! without a shell, with stdout and stderr captured for errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::HostError;
+
+/// Where the tools are looked for, in order.
+const DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The last line of stderr (or stdout), which is where the tools put the reason.
+    pub fn reason(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines
+            .iter()
+            .rev()
+            .take(2)
+            .rev()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
+
+/// Finds `name` in the fixed directories under `root`.
+pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
+    DIRS.iter()
+        .map(|dir| root.join(dir.trim_start_matches('/')).join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            HostError::new(
+                "tool_missing",
+                format!(
+                    "{name} is not installed (looked in {}); install its package",
+                    DIRS.join(", ")
+                ),
+            )
+        })
+}
+
+/// Runs `program` with `args`. Arguments must never hold secrets: other users can read them.
+pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| {
+            HostError::new(
+                "command_failed",
+                format!("cannot run {}: {e}", program.display()),
+            )
+        })?;
+    let out = Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    tracing::debug!(program = %program.display(), ?args, code = out.code, "ran");
+    Ok(out)
+}
+
+/// The tools a node needs for iSCSI and mounts that are missing, for a warning at start.
+pub fn missing(root: &Path, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| resolve(root, n).is_err())
+        .map(|n| n.to_string())
+        .collect()
+}

@@ -1,0 +1,422 @@
+//! The real [`IscsiHost`]: open-iscsi's `iscsiadm` for records and logins, sysfs for the rest.
+//!
+//! CHAP secrets never go on iscsiadm's command line (other users can read it in /proc): the
+//! record is created and its non-secret settings made with iscsiadm, then the secrets are
+//! written into the record file itself (mode 0600, root only), which iscsid reads at login.
+
+use std::path::{Path, PathBuf};
+
+use super::{IscsiHost, Session, sysfs};
+use crate::backend::HostError;
+use crate::backend::cmd::{self, Output};
+use crate::protocol::target::{Chap, IscsiPath, Portal};
+
+// open-iscsi's exit codes (include/iscsi_err.h).
+const ERR_TRANS: i32 = 4;
+const ERR_LOGIN: i32 = 5;
+const ERR_TRANS_TIMEOUT: i32 = 8;
+const ERR_PDU_TIMEOUT: i32 = 11;
+const ERR_SESS_EXISTS: i32 = 15;
+const ERR_ISCSID_COMM: i32 = 18;
+const ERR_FATAL_LOGIN: i32 = 19;
+const ERR_ISCSID_NOTCONN: i32 = 20;
+const ERR_NO_OBJS_FOUND: i32 = 21;
+const ERR_LOGIN_AUTH_FAILED: i32 = 24;
+
+pub struct SystemIscsi {
+    root: PathBuf,
+    iscsiadm: PathBuf,
+    /// Where open-iscsi keeps node records (`/etc/iscsi/nodes` on Debian).
+    nodes_dir: PathBuf,
+}
+
+impl SystemIscsi {
+    pub fn new(root: &Path) -> Result<Self, HostError> {
+        Ok(Self {
+            root: root.to_path_buf(),
+            iscsiadm: cmd::resolve(root, "iscsiadm")?,
+            nodes_dir: root.join("etc/iscsi/nodes"),
+        })
+    }
+
+    fn node_args<'a>(portal: &'a str, iqn: &'a str) -> Vec<&'a str> {
+        vec!["-m", "node", "-T", iqn, "-p", portal]
+    }
+
+    fn iscsiadm(&self, args: &[&str]) -> Result<Output, HostError> {
+        cmd::run(&self.iscsiadm, args)
+    }
+
+    fn update(&self, portal: &str, iqn: &str, name: &str, value: &str) -> Result<(), HostError> {
+        let mut args = Self::node_args(portal, iqn);
+        args.extend(["-o", "update", "-n", name, "-v", value]);
+        let out = self.iscsiadm(&args)?;
+        if out.code != 0 {
+            return Err(classify(
+                &out,
+                &format!("setting {name} on the record of {iqn} at {portal}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The record files of (portal, iqn): `nodes/<iqn>/<addr>,<port>,<tpgt>/<iface>` or, in
+    /// the old layout, `nodes/<iqn>/<addr>,<port>,<tpgt>` itself.
+    fn record_files(&self, portal: &str, iqn: &str) -> Vec<PathBuf> {
+        let prefix = format!("{},", record_portal(portal));
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(self.nodes_dir.join(iqn))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(
+                    std::fs::read_dir(&path)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// Writes secrets into the record files, replacing any earlier value of those keys.
+    fn write_secrets(
+        &self,
+        portal: &str,
+        iqn: &str,
+        secrets: &[(&str, &str)],
+    ) -> Result<(), HostError> {
+        let files = self.record_files(portal, iqn);
+        if files.is_empty() {
+            return Err(HostError::new(
+                "record_failed",
+                format!(
+                    "iscsiadm created no record file for {iqn} at {portal} under {}",
+                    self.nodes_dir.display()
+                ),
+            ));
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                HostError::new(
+                    "record_failed",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            let updated = set_record_values(&text, secrets);
+            crate::fsutil::write_private(&file, updated.as_bytes()).map_err(|e| {
+                HostError::new(
+                    "record_failed",
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `127.0.0.1:3260` -> `127.0.0.1,3260`, `[fd00::1]:3260` -> `fd00::1,3260`, as record names are.
+fn record_portal(portal: &str) -> String {
+    match portal.rsplit_once(':') {
+        Some((host, port)) => format!(
+            "{},{port}",
+            host.trim_start_matches('[').trim_end_matches(']')
+        ),
+        None => portal.to_string(),
+    }
+}
+
+/// Sets `key = value` lines in an open-iscsi record, appending keys it lacks.
+pub fn set_record_values(text: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut done = vec![false; values.len()];
+    for line in text.lines() {
+        let key = line.split_once('=').map(|(k, _)| k.trim());
+        match values.iter().position(|(k, _)| Some(*k) == key) {
+            Some(i) => {
+                out.push_str(&format!("{} = {}\n", values[i].0, values[i].1));
+                done[i] = true;
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let mut trailer = String::new();
+    for (i, (k, v)) in values.iter().enumerate() {
+        if !done[i] {
+            trailer.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    // Keep the "# END RECORD" marker last, as iscsiadm writes it.
+    match out.rfind("# END RECORD") {
+        Some(at) if !trailer.is_empty() => {
+            out.insert_str(at, &trailer);
+            out
+        }
+        _ => out + &trailer,
+    }
+}
+
+/// Turns iscsiadm's exit code and message into a stable kind and a sentence.
+pub fn classify(out: &Output, doing: &str) -> HostError {
+    let reason = out.reason();
+    let (kind, advice) = match out.code {
+        ERR_LOGIN_AUTH_FAILED => (
+            "auth_failed",
+            "check auth_username and auth_password, and the target's CHAP settings",
+        ),
+        ERR_TRANS | ERR_TRANS_TIMEOUT | ERR_PDU_TIMEOUT => (
+            "portal_unreachable",
+            "check the portal address, the routes to it and that the target listens there",
+        ),
+        ERR_ISCSID_COMM | ERR_ISCSID_NOTCONN => (
+            "iscsid_not_running",
+            "start iscsid (systemctl start iscsid)",
+        ),
+        ERR_LOGIN | ERR_FATAL_LOGIN => (
+            "login_refused",
+            "the target refused the login: check the IQN and that its ACL allows this node's initiator name",
+        ),
+        ERR_NO_OBJS_FOUND => ("no_record", "the node record is missing"),
+        _ => ("iscsiadm_failed", "see the message for details"),
+    };
+    HostError::new(
+        kind,
+        format!(
+            "{doing} failed (iscsiadm exit {}: {reason}); {advice}",
+            out.code
+        ),
+    )
+}
+
+impl IscsiHost for SystemIscsi {
+    fn sessions(&self) -> Result<Vec<Session>, HostError> {
+        sysfs::read_sessions(&self.root.join("sys"))
+    }
+
+    fn discover(
+        &self,
+        portal: &Portal,
+        chap: Option<&Chap>,
+    ) -> Result<Vec<(String, String)>, HostError> {
+        let portal = portal.to_string();
+        if chap.is_some() {
+            return Err(HostError::new(
+                "unsupported",
+                "discovery with CHAP is not supported yet; log in without discovery (drop the discovery property)",
+            ));
+        }
+        // Non-persistent: discovery must not create records (with whatever startup mode the
+        // distribution defaults to) for every target the portal offers.
+        let out = self.iscsiadm(&[
+            "-m",
+            "discovery",
+            "-t",
+            "sendtargets",
+            "-p",
+            &portal,
+            "-o",
+            "nonpersistent",
+        ])?;
+        if out.code != 0 {
+            return Err(classify(
+                &out,
+                &format!("SendTargets discovery at {portal}"),
+            ));
+        }
+        Ok(parse_discovery(&out.stdout))
+    }
+
+    fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
+        let portal = path.portal.to_string();
+        let iqn = path.iqn.as_str();
+        let mut args = Self::node_args(&portal, iqn);
+        args.extend(["-o", "new"]);
+        let out = self.iscsiadm(&args)?;
+        if out.code != 0 {
+            return Err(classify(
+                &out,
+                &format!("creating the node record of {iqn} at {portal}"),
+            ));
+        }
+        // The agent, not iscsid, decides what is logged in, and only the LUN wanted is scanned.
+        self.update(&portal, iqn, "node.startup", "manual")?;
+        self.update(&portal, iqn, "node.conn[0].startup", "manual")?;
+        self.update(&portal, iqn, "node.session.scan", "manual")?;
+        match chap {
+            None => self.update(&portal, iqn, "node.session.auth.authmethod", "None")?,
+            Some(chap) => {
+                self.update(&portal, iqn, "node.session.auth.authmethod", "CHAP")?;
+                self.update(&portal, iqn, "node.session.auth.username", &chap.username)?;
+                let mut secrets = vec![("node.session.auth.password", chap.password.expose())];
+                if let Some((user_in, password_in)) = &chap.mutual {
+                    self.update(&portal, iqn, "node.session.auth.username_in", user_in)?;
+                    secrets.push(("node.session.auth.password_in", password_in.expose()));
+                }
+                self.write_secrets(&portal, iqn, &secrets)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        let mut args = Self::node_args(portal, iqn);
+        args.push("--login");
+        let out = self.iscsiadm(&args)?;
+        match out.code {
+            0 | ERR_SESS_EXISTS => Ok(()),
+            _ => Err(classify(&out, &format!("login to {iqn} at {portal}"))),
+        }
+    }
+
+    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        let mut args = Self::node_args(portal, iqn);
+        args.push("--logout");
+        let out = self.iscsiadm(&args)?;
+        match out.code {
+            0 | ERR_NO_OBJS_FOUND => Ok(()),
+            _ => Err(classify(&out, &format!("logout from {iqn} at {portal}"))),
+        }
+    }
+
+    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+        let mut args = Self::node_args(portal, iqn);
+        args.extend(["-o", "delete"]);
+        let out = self.iscsiadm(&args)?;
+        match out.code {
+            0 | ERR_NO_OBJS_FOUND => Ok(()),
+            _ => Err(classify(
+                &out,
+                &format!("deleting the node record of {iqn} at {portal}"),
+            )),
+        }
+    }
+
+    fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError> {
+        // Wildcard channel and target: the session's host has exactly one target.
+        let scan = self
+            .root
+            .join(format!("sys/class/scsi_host/host{}/scan", session.host_no));
+        std::fs::write(&scan, format!("- - {lun}")).map_err(|e| {
+            HostError::new(
+                "scan_failed",
+                format!("cannot scan LUN {lun} through {}: {e}", scan.display()),
+            )
+        })
+    }
+
+    fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        let delete = self
+            .root
+            .join(format!("sys/block/{kernel_name}/device/delete"));
+        match std::fs::write(&delete, "1") {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::new(
+                "delete_failed",
+                format!("cannot delete the SCSI device of {kernel_name}: {e}"),
+            )),
+        }
+    }
+}
+
+/// `127.0.0.1:3260,1 iqn.…` lines -> (portal, iqn).
+pub fn parse_discovery(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (portal_tpgt, iqn) = line.trim().split_once(' ')?;
+            let portal = portal_tpgt.rsplit_once(',').map_or(portal_tpgt, |(p, _)| p);
+            Some((portal.to_string(), iqn.trim().to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Output {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/iscsi/");
+        let read =
+            |ext: &str| std::fs::read_to_string(format!("{dir}{name}.{ext}")).unwrap_or_default();
+        Output {
+            code: read("exit").trim().parse().unwrap(),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+        }
+    }
+
+    #[test]
+    fn captured_failures_get_stable_kinds() {
+        let kind = |name| classify(&fixture(name), "x").kind;
+        assert_eq!(kind("iscsiadm-login-wrong-chap"), "auth_failed");
+        assert_eq!(kind("iscsiadm-login-dead-portal"), "portal_unreachable");
+        assert_eq!(kind("iscsiadm-node-record-unknown"), "no_record");
+        let message = classify(&fixture("iscsiadm-login-wrong-chap"), "login to t").message;
+        assert!(message.contains("authorization failure"), "{message}");
+    }
+
+    #[test]
+    fn exits_that_mean_done_already_are_known() {
+        assert_eq!(fixture("iscsiadm-login-again").code, ERR_SESS_EXISTS);
+        assert_eq!(
+            fixture("iscsiadm-logout-no-session").code,
+            ERR_NO_OBJS_FOUND
+        );
+        assert_eq!(
+            fixture("iscsiadm-node-delete-unknown").code,
+            ERR_NO_OBJS_FOUND
+        );
+    }
+
+    #[test]
+    fn discovery_output_parses() {
+        let found = parse_discovery(&fixture("iscsiadm-discovery-sendtargets").stdout);
+        assert!(!found.is_empty());
+        assert!(
+            found
+                .iter()
+                .all(|(portal, iqn)| portal == "127.0.0.1:3260" && iqn.starts_with("iqn."))
+        );
+        assert_eq!(
+            parse_discovery("[fd00::1]:3260,1 iqn.x:y\n"),
+            vec![("[fd00::1]:3260".into(), "iqn.x:y".into())]
+        );
+    }
+
+    #[test]
+    fn secrets_replace_record_lines_and_stay_before_the_end_marker() {
+        let record = "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = old\n# END RECORD\n";
+        let out = set_record_values(
+            record,
+            &[
+                ("node.session.auth.password", "new"),
+                ("node.session.auth.password_in", "in"),
+            ],
+        );
+        assert_eq!(
+            out,
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = new\nnode.session.auth.password_in = in\n# END RECORD\n"
+        );
+    }
+
+    #[test]
+    fn record_portals_are_named_as_open_iscsi_names_them() {
+        assert_eq!(record_portal("127.0.0.1:3260"), "127.0.0.1,3260");
+        assert_eq!(record_portal("[fd00::1]:3260"), "fd00::1,3260");
+    }
+}
