@@ -40,6 +40,19 @@ enum CtlCommand {
     /// Assign and unassign volume targets.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Wait until the node's agent reports a volume in a state; print its report as JSON.
+    /// Exits 1 if the state is not reached in time.
+    Wait {
+        /// Node name or uuid.
+        node: String,
+        /// Target uuid or volume id.
+        volume: String,
+        /// attached, mounted, failed, detach_blocked… or `gone` (no longer reported).
+        #[arg(long)]
+        state: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// The node's volumes as its agent last reported them.
     Status {
         /// Node name or uuid.
@@ -271,6 +284,12 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Node(cmd) => node(&api, cmd).await?,
         CtlCommand::Connector(cmd) => connector(&api, cmd).await?,
         CtlCommand::Target(cmd) => target(&api, cmd).await?,
+        CtlCommand::Wait {
+            node,
+            volume,
+            state,
+            timeout,
+        } => return wait(&api, &node, &volume, &state, timeout).await,
         CtlCommand::Status { node, json } => {
             let uuid = api.node_uuid(&node).await?;
             let status: NodeStatus = api.get(&format!("/v1/nodes/{uuid}/volume/status")).await?;
@@ -506,6 +525,44 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls the node's last report: a client-side convenience for scripts and deploy tooling.
+async fn wait(
+    api: &Api,
+    node: &str,
+    volume: &str,
+    state: &str,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
+    let uuid = api.node_uuid(node).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let status: NodeStatus = api.get(&format!("/v1/nodes/{uuid}/volume/status")).await?;
+        let found = status.report.as_ref().and_then(|r| {
+            r.volumes
+                .iter()
+                .find(|v| v.target_uuid.to_string() == volume || v.volume_id == volume)
+        });
+        match found {
+            Some(v) if v.state.as_str() == state => {
+                print_json(v)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            None if state == "gone" && status.report.is_some() => return Ok(ExitCode::SUCCESS),
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "volume {volume} of node {node} did not reach {state} within {timeout}s; last seen: {}",
+                found
+                    .map(|v| serde_json::to_string(v).unwrap_or_default())
+                    .unwrap_or_else(|| "not reported".into())
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn print_node_status(status: &NodeStatus) {

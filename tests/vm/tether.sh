@@ -1,0 +1,143 @@
+# shellcheck shell=bash
+# Guest-side helpers for scenarios that run the real tether conductor and agent
+# (built on the host, on the share as $TETHER). Sourced after lib.sh.
+
+export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef
+export TETHER_URL=http://127.0.0.1:6387
+NODE_UUID=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
+TETHER_STATE=/var/lib/tether
+CONDUCTOR_DB=/var/lib/tether-conductor/tether.db
+CONDUCTOR_PID="" AGENT_PID=""
+
+[[ -n $TETHER ]] || { fail "tether binary on the share" "a binary (scripts/vm-test --bin …)" "none"; exit 1; }
+
+ctl() { "$TETHER" ctl "$@"; }
+
+tether_start_conductor() {
+    mkdir -p "$(dirname "$CONDUCTOR_DB")"
+    "$TETHER" conductor --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
+    CONDUCTOR_PID=$!
+    local i
+    for ((i = 0; i < 300; i++)); do
+        ctl node list >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "conductor starts" "an answer on $TETHER_URL" "none in 30 s; see conductor.log"
+    return 1
+}
+
+tether_stop_conductor() {
+    [[ -n $CONDUCTOR_PID ]] || return 0
+    kill -TERM "$CONDUCTOR_PID" 2>/dev/null || true
+    wait "$CONDUCTOR_PID" 2>/dev/null || true
+    CONDUCTOR_PID=""
+}
+
+# The guest has no NIC, so the agent finds its node by uuid.
+tether_enroll() {
+    ctl node create vm-guest --mac 52:54:00:00:00:01 --uuid "$NODE_UUID" >/dev/null
+}
+
+tether_start_agent() {
+    mkdir -p /etc/tether
+    cat >/etc/tether/tether.toml <<EOF
+[agent]
+conductor_url = "$TETHER_URL"
+node_uuid = "$NODE_UUID"
+state_dir = "$TETHER_STATE"
+device_timeout_s = 30
+retry_initial_s = 1
+retry_max_s = 4
+EOF
+    TETHER_LOG=tether=debug "$TETHER" agent >>"$RESULT_DIR/agent.log" 2>&1 &
+    AGENT_PID=$!
+}
+
+tether_stop_agent() {
+    [[ -n $AGENT_PID ]] || return 0
+    kill -TERM "$AGENT_PID" 2>/dev/null || true
+    wait "$AGENT_PID" 2>/dev/null || true
+    AGENT_PID=""
+}
+
+# tether_up : a fresh conductor with the guest enrolled, and the agent running.
+tether_up() {
+    rm -rf "$TETHER_STATE" "$(dirname "$CONDUCTOR_DB")"
+    tether_start_conductor
+    tether_enroll
+    tether_start_agent
+}
+
+tether_down() {
+    tether_stop_agent
+    tether_stop_conductor
+}
+
+# assign VOLUME_ID OPTIONS... : assigns a volume to the guest; prints the target uuid.
+assign() {
+    local volume=$1
+    shift
+    ctl target create vm-guest --volume-id "$volume" "$@" | awk '{print $NF}'
+}
+
+unassign() { ctl target delete "$1" >/dev/null; }
+
+# wait_volume VOLUME STATE [TIMEOUT] : records a check; leaves the volume's report in $REPORT.
+REPORT=""
+wait_volume() {
+    local volume=$1 state=$2 t=${3:-60} rc=0
+    REPORT=$(ctl wait vm-guest "$volume" --state "$state" --timeout "$t" 2>"$WORK/wait.err") || rc=$?
+    if ((rc == 0)); then
+        pass "$volume reported $state"
+    else
+        fail "$volume reported $state" "state $state within ${t}s" "$(cat "$WORK/wait.err")"
+        return 1
+    fi
+}
+
+# field KEY : a string field of $REPORT (null prints nothing).
+field() { sed -n "s/^  \"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" <<<"$REPORT"; }
+
+# sessions_to IQN : how many sessions sysfs has to IQN.
+sessions_to() {
+    local n=0 f
+    for f in /sys/class/iscsi_session/session*/targetname; do
+        [[ -e $f && $(cat "$f") == "$1" ]] && n=$((n + 1))
+    done
+    echo "$n"
+}
+
+# session_ids IQN : the session numbers of IQN's sessions.
+session_ids() {
+    local f
+    for f in /sys/class/iscsi_session/session*/targetname; do
+        [[ -e $f && $(cat "$f") == "$1" ]] && basename "$(dirname "$f")"
+    done | tr '\n' ' '
+}
+
+has_record() { iscsiadm -m node -T "$1" -p "$2" >/dev/null 2>&1 && echo yes || echo no; }
+
+# roundtrip DEVICE BACKING : writes random data through DEVICE and checks it in LIO's backing file.
+roundtrip() {
+    local dev=$1 backing=$2 want
+    dd if=/dev/urandom of="$WORK/data" bs=1M count=2 status=none
+    dd if="$WORK/data" of="$dev" bs=1M oflag=direct conv=fsync status=none
+    want=$(sha256sum <"$WORK/data" | cut -d' ' -f1)
+    expect_eq "data written through $dev reads back" "$want" \
+        "$(dd if="$dev" bs=1M count=2 iflag=direct status=none | sha256sum | cut -d' ' -f1)"
+    expect_eq "data reached the target's backing file" "$want" \
+        "$(head -c 2097152 "$backing" | sha256sum | cut -d' ' -f1)"
+}
+
+# no_secret_leak SECRET... : none of the secrets is in the agent's or conductor's log, the
+# agent's state files, the report, or a world-readable open-iscsi file.
+no_secret_leak() {
+    local s where
+    for s in "$@"; do
+        where=$(grep -rlF -- "$s" "$RESULT_DIR"/agent.log "$RESULT_DIR"/conductor.log "$TETHER_STATE" 2>/dev/null || true)
+        expect_eq "secret not in logs or state files" "" "$where"
+        expect_eq "secret not in the report" "" "$(ctl status vm-guest --json | grep -F -- "$s" || true)"
+        where=$(find /etc/iscsi -type f -perm /o+r -exec grep -lF -- "$s" {} + 2>/dev/null || true)
+        expect_eq "secret in no world-readable open-iscsi file" "" "$where"
+    done
+}
