@@ -4,7 +4,9 @@
 //! - nothing is detached unless a successful answer from the conductor no longer lists it
 //!   ([`Desired::Unknown`] never detaches);
 //! - only volumes the agent attached are detached (foreign attachments never become volumes);
-//! - at most one operation is in flight per (portal, iqn), so logins never race;
+//! - a detach never runs beside another operation on the same (portal, iqn), so a logout
+//!   cannot pull a session from under an attach; attaches of LUNs that share a session run
+//!   together (the backend lets only one of them log in);
 //! - failed volumes wait for their retry time without holding up the others.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,9 +90,15 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
         return Plan::default();
     };
     let mut plan = Plan::default();
+    // Sessions with any operation in flight, and those with a detach in flight.
     let mut busy: BTreeSet<String> = volumes
         .values()
         .filter(|v| v.in_flight())
+        .flat_map(|v| v.login_keys.iter().cloned())
+        .collect();
+    let detaching: BTreeSet<String> = volumes
+        .values()
+        .filter(|v| v.phase == Phase::Detaching)
         .flat_map(|v| v.login_keys.iter().cloned())
         .collect();
     let wake_at = |at: Millis, plan: &mut Plan| {
@@ -140,7 +148,7 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
         };
         if due {
             let keys = spec.login_keys();
-            if keys.iter().all(|k| !busy.contains(k)) {
+            if keys.iter().all(|k| !detaching.contains(k)) {
                 busy.extend(keys);
                 plan.actions.push(Action::Attach(target.uuid));
             }

@@ -298,6 +298,8 @@ async fn heartbeat(
     require_agent(&c, node, &headers)?;
     let Json(report) = body?;
     c.store.store_report(node, &report)?;
+    tracing::debug!(node = %node, generation = ?report.generation, volumes = report.volumes.len(),
+        states = ?report.volumes.iter().map(|v| v.state.as_str()).collect::<Vec<_>>(), "report received");
     Ok((
         StatusCode::ACCEPTED,
         Json(HeartbeatAccepted {

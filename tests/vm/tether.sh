@@ -13,6 +13,9 @@ CONDUCTOR_PID="" AGENT_PID=""
 
 ctl() { "$TETHER" ctl "$@"; }
 
+# Stop what this scenario started, however it ends.
+trap tether_down EXIT
+
 tether_start_conductor() {
     mkdir -p "$(dirname "$CONDUCTOR_DB")"
     "$TETHER" conductor --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
@@ -62,6 +65,8 @@ tether_stop_agent() {
 
 # tether_up : a fresh conductor with the guest enrolled, and the agent running.
 tether_up() {
+    # Whatever an earlier scenario left running goes first.
+    pkill -TERM -x tether 2>/dev/null && sleep 1
     rm -rf "$TETHER_STATE" "$(dirname "$CONDUCTOR_DB")"
     tether_start_conductor
     tether_enroll

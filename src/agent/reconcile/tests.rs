@@ -1,4 +1,3 @@
-use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use proptest::prelude::*;
@@ -230,12 +229,23 @@ impl Model {
                     .expect("keep allowed"),
             }
         }
-        // Never two operations in flight on one (portal, iqn).
-        let mut keys = BTreeSet::new();
+        // A detach in flight on a session is alone on it.
+        let mut ops: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
         for v in self.volumes.values().filter(|v| v.in_flight()) {
             for k in &v.login_keys {
-                assert!(keys.insert(k.clone()), "two operations in flight on {k}");
+                let entry = ops.entry(k.as_str()).or_default();
+                if v.phase == Phase::Detaching {
+                    entry.1 += 1;
+                } else {
+                    entry.0 += 1;
+                }
             }
+        }
+        for (key, (attaches, detaches)) in ops {
+            assert!(
+                detaches == 0 || (detaches == 1 && attaches == 0),
+                "a detach beside {attaches} attaches and {detaches} detaches on {key}"
+            );
         }
         plan.actions.len()
     }
@@ -370,13 +380,34 @@ fn unknown_desired_never_acts() {
 }
 
 #[test]
-fn luns_of_one_target_attach_one_at_a_time_and_other_targets_in_parallel() {
+fn luns_sharing_a_session_attach_together() {
     let desired = assignment(1, 0b000111);
     let plan = reconcile(&desired, &BTreeMap::new(), 0);
-    // vol-0 and vol-1 share a session: only the first starts; vol-2 is another target.
     assert_eq!(
         plan.actions,
-        vec![Action::Attach(uuid(1)), Action::Attach(uuid(3))]
+        vec![
+            Action::Attach(uuid(1)),
+            Action::Attach(uuid(2)),
+            Action::Attach(uuid(3))
+        ]
+    );
+}
+
+#[test]
+fn an_attach_waits_for_a_detach_on_its_session() {
+    let desired = assignment(2, 0b000010);
+    let spec0 = parse(&pool()[0]).unwrap();
+    let mut detaching = Volume::recovered(
+        uuid(1),
+        "vol-0".into(),
+        attachment_for(&spec0),
+        SystemTime::UNIX_EPOCH,
+    );
+    detaching.start_detach(SystemTime::UNIX_EPOCH).unwrap();
+    let volumes = BTreeMap::from([(uuid(1), detaching)]);
+    assert!(
+        reconcile(&desired, &volumes, 0).actions.is_empty(),
+        "vol-1 must wait for the logout"
     );
 }
 

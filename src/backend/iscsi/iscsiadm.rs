@@ -256,6 +256,10 @@ impl IscsiHost for SystemIscsi {
         self.update(&portal, iqn, "node.startup", "manual")?;
         self.update(&portal, iqn, "node.conn[0].startup", "manual")?;
         self.update(&portal, iqn, "node.session.scan", "manual")?;
+        // A dead portal fails in about 30 s instead of open-iscsi's two minutes; the agent
+        // retries the volume with backoff anyway.
+        self.update(&portal, iqn, "node.conn[0].timeo.login_timeout", "10")?;
+        self.update(&portal, iqn, "node.session.initial_login_retry_max", "2")?;
         match chap {
             None => self.update(&portal, iqn, "node.session.auth.authmethod", "None")?,
             Some(chap) => {

@@ -8,6 +8,8 @@
 pub mod iscsiadm;
 pub mod sysfs;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
@@ -103,11 +105,24 @@ impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
 pub struct IscsiBackend<H, B> {
     pub host: H,
     pub block: B,
+    /// One login per (portal, iqn) at a time: parallel logins to one target make duplicate
+    /// sessions. Held only while a session is looked up and established, not while the device
+    /// is awaited, so LUNs of one target attach together.
+    session_locks: Mutex<HashMap<SessionKey, Arc<Mutex<()>>>>,
 }
 
 impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     pub fn new(host: H, block: B) -> Self {
-        Self { host, block }
+        Self {
+            host,
+            block,
+            session_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn session_lock(&self, key: &SessionKey) -> Arc<Mutex<()>> {
+        let mut locks = self.session_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key.clone()).or_default().clone()
     }
 
     fn find_session(&self, portal: &str, iqn: &str) -> Result<Option<Session>, HostError> {
@@ -118,53 +133,89 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .find(|s| s.portal == portal && s.iqn == iqn))
     }
 
+    /// Finds the session to (portal, iqn) or logs in. Returns it and whether this call made it.
+    fn establish(
+        &self,
+        spec: &IscsiSpec,
+        path: &IscsiPath,
+        portal: &str,
+    ) -> Result<(Session, bool), HostError> {
+        if let Some(session) = self.find_session(portal, &path.iqn)? {
+            return Ok((session, false));
+        }
+        if spec.discovery {
+            let offered = self
+                .host
+                .discover(&path.portal, spec.discovery_chap.as_ref())?;
+            if !offered.iter().any(|(_, iqn)| *iqn == path.iqn) {
+                return Err(HostError::new(
+                    "target_not_found",
+                    format!(
+                        "discovery at {portal} does not offer {}; check the target's ACLs and IQN",
+                        path.iqn
+                    ),
+                ));
+            }
+        }
+        self.host.create_record(path, spec.chap.as_ref())?;
+        let started = std::time::Instant::now();
+        if let Err(e) = self.host.login(portal, &path.iqn) {
+            let _ = self.host.delete_record(portal, &path.iqn);
+            return Err(e);
+        }
+        tracing::debug!(portal, iqn = %path.iqn, elapsed_ms = started.elapsed().as_millis() as u64, "logged in");
+        let session = self.find_session(portal, &path.iqn)?.ok_or_else(|| {
+            HostError::new(
+                "login_failed",
+                format!(
+                    "iscsiadm logged in to {} at {portal} but no session shows in sysfs",
+                    path.iqn
+                ),
+            )
+        })?;
+        Ok((session, true))
+    }
+
+    /// Undoes a session this attempt created, unless another LUN came to use it meanwhile.
+    fn abandon(&self, portal: &str, iqn: &str, lun: u16) {
+        match self.find_session(portal, iqn) {
+            Ok(Some(session)) if session.luns.iter().all(|(l, _)| *l == lun) => {
+                let _ = self.host.logout(portal, iqn);
+                let _ = self.host.delete_record(portal, iqn);
+            }
+            Ok(None) => {
+                let _ = self.host.delete_record(portal, iqn);
+            }
+            _ => {}
+        }
+    }
+
     fn attach_path(
         &self,
         spec: &IscsiSpec,
         path: &IscsiPath,
         timeout: Duration,
     ) -> Result<(IscsiPathHandle, BlockDevice), HostError> {
+        // Sessions show the portal's address in sysfs: name it the same way from the start.
+        let resolved = IscsiPath {
+            portal: resolve_portal(&path.portal)?,
+            ..path.clone()
+        };
+        let path = &resolved;
         let portal = path.portal.to_string();
-        let mut session_created = false;
-        let session = match self.find_session(&portal, &path.iqn)? {
-            Some(session) => session,
-            None => {
-                if spec.discovery {
-                    let offered = self
-                        .host
-                        .discover(&path.portal, spec.discovery_chap.as_ref())?;
-                    if !offered.iter().any(|(_, iqn)| *iqn == path.iqn) {
-                        return Err(HostError::new(
-                            "target_not_found",
-                            format!(
-                                "discovery at {portal} does not offer {}; check the target's ACLs and IQN",
-                                path.iqn
-                            ),
-                        ));
-                    }
-                }
-                self.host.create_record(path, spec.chap.as_ref())?;
-                if let Err(e) = self.host.login(&portal, &path.iqn) {
-                    let _ = self.host.delete_record(&portal, &path.iqn);
-                    return Err(e);
-                }
-                session_created = true;
-                self.find_session(&portal, &path.iqn)?.ok_or_else(|| {
-                    HostError::new(
-                        "login_failed",
-                        format!(
-                            "iscsiadm logged in to {} at {portal} but no session shows in sysfs",
-                            path.iqn
-                        ),
-                    )
-                })?
-            }
+        let key = SessionKey {
+            portal: portal.clone(),
+            iqn: path.iqn.clone(),
+        };
+        let lock = self.session_lock(&key);
+        let (session, session_created) = {
+            let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.establish(spec, path, &portal)?
         };
         let cleanup = |e: HostError| {
-            // Never leave a session behind that only this attempt created.
             if session_created {
-                let _ = self.host.logout(&portal, &path.iqn);
-                let _ = self.host.delete_record(&portal, &path.iqn);
+                let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.abandon(&portal, &path.iqn, path.lun);
             }
             e
         };
@@ -181,6 +232,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .block
             .wait_for_device(&what, timeout)
             .map_err(cleanup)?;
+        tracing::debug!(portal = %portal, iqn = %path.iqn, lun = path.lun, device = %device.kernel_name, "device ready");
         let handle = IscsiPathHandle {
             portal,
             iqn: path.iqn.clone(),
@@ -191,6 +243,31 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         };
         Ok((handle, device))
     }
+}
+
+/// A portal given by DNS name, resolved to the address open-iscsi will connect to.
+fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    if portal.host.parse::<IpAddr>().is_ok() {
+        return Ok(portal.clone());
+    }
+    let addr = (portal.host.as_str(), portal.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            HostError::new(
+                "portal_unreachable",
+                format!(
+                    "cannot resolve the portal's host name {:?}; check DNS or give an address",
+                    portal.host
+                ),
+            )
+        })?;
+    Ok(Portal {
+        host: addr.ip().to_string(),
+        port: portal.port,
+    })
 }
 
 impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
