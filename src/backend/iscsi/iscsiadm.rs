@@ -60,8 +60,8 @@ impl SystemIscsi {
         Ok(())
     }
 
-    /// The record files of (portal, iqn): `nodes/<iqn>/<addr>,<port>,<tpgt>/<iface>` or, in
-    /// the old layout, `nodes/<iqn>/<addr>,<port>,<tpgt>` itself.
+    /// The record files of (portal, iqn): `nodes/<iqn>/<addr>,<port>[,<tpgt>]`, a file (as
+    /// Debian's open-iscsi 2.1 writes it) or a directory of one file per iface.
     fn record_files(&self, portal: &str, iqn: &str) -> Vec<PathBuf> {
         let prefix = format!("{},", record_portal(portal));
         let mut files = Vec::new();
