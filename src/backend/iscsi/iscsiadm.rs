@@ -63,7 +63,8 @@ impl SystemIscsi {
     /// The record files of (portal, iqn): `nodes/<iqn>/<addr>,<port>[,<tpgt>]`, a file (as
     /// Debian's open-iscsi 2.1 writes it) or a directory of one file per iface.
     fn record_files(&self, portal: &str, iqn: &str) -> Vec<PathBuf> {
-        let prefix = format!("{},", record_portal(portal));
+        let exact = record_portal(portal);
+        let prefix = format!("{exact},");
         let mut files = Vec::new();
         for entry in std::fs::read_dir(self.nodes_dir.join(iqn))
             .into_iter()
@@ -71,7 +72,7 @@ impl SystemIscsi {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(&prefix) {
+            if name != exact && !name.starts_with(&prefix) {
                 continue;
             }
             let path = entry.path();
@@ -422,5 +423,44 @@ mod tests {
     fn record_portals_are_named_as_open_iscsi_names_them() {
         assert_eq!(record_portal("127.0.0.1:3260"), "127.0.0.1,3260");
         assert_eq!(record_portal("[fd00::1]:3260"), "fd00::1,3260");
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_land_in_the_record_file_open_iscsi_wrote() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("usr/sbin")).unwrap();
+        std::fs::write(root.path().join("usr/sbin/iscsiadm"), "").unwrap();
+        let dir = root
+            .path()
+            .join("etc/iscsi/nodes/iqn.2003-01.test.tether:chap");
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = dir.join("127.0.0.1,3260");
+        std::fs::write(
+            &record,
+            "# BEGIN RECORD 2.1.8\nnode.session.auth.password = <empty>\n# END RECORD\n",
+        )
+        .unwrap();
+        let host = SystemIscsi::new(root.path()).unwrap();
+        host.write_secrets(
+            "127.0.0.1:3260",
+            "iqn.2003-01.test.tether:chap",
+            &[("node.session.auth.password", "s3cret")],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        assert!(
+            text.contains("node.session.auth.password = s3cret\n"),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&record).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }
