@@ -18,7 +18,7 @@ trap tether_down EXIT
 
 tether_start_conductor() {
     mkdir -p "$(dirname "$CONDUCTOR_DB")"
-    "$TETHER" conductor --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
+    TETHER_LOG=tether=debug "$TETHER" conductor --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
     CONDUCTOR_PID=$!
     local i
     for ((i = 0; i < 300; i++)); do

@@ -1,8 +1,9 @@
 //! The real [`IscsiHost`]: open-iscsi's `iscsiadm` for records and logins, sysfs for the rest.
 //!
-//! CHAP secrets never go on iscsiadm's command line (other users can read it in /proc): the
-//! record is created and its non-secret settings made with iscsiadm, then the secrets are
-//! written into the record file itself (mode 0600, root only), which iscsid reads at login.
+//! The record is created with `iscsiadm -o new`; its settings, CHAP secrets included, are then
+//! written into the record file itself (mode 0600, root only), which iscsid reads at login. So
+//! no secret goes on a command line (other users can read those in /proc), and one process
+//! start replaces one per setting.
 
 use std::path::{Path, PathBuf};
 
@@ -47,19 +48,6 @@ impl SystemIscsi {
         cmd::run(&self.iscsiadm, args)
     }
 
-    fn update(&self, portal: &str, iqn: &str, name: &str, value: &str) -> Result<(), HostError> {
-        let mut args = Self::node_args(portal, iqn);
-        args.extend(["-o", "update", "-n", name, "-v", value]);
-        let out = self.iscsiadm(&args)?;
-        if out.code != 0 {
-            return Err(classify(
-                &out,
-                &format!("setting {name} on the record of {iqn} at {portal}"),
-            ));
-        }
-        Ok(())
-    }
-
     /// The record files of (portal, iqn): `nodes/<iqn>/<addr>,<port>[,<tpgt>]`, a file (as
     /// Debian's open-iscsi 2.1 writes it) or a directory of one file per iface.
     fn record_files(&self, portal: &str, iqn: &str) -> Vec<PathBuf> {
@@ -91,8 +79,8 @@ impl SystemIscsi {
         files
     }
 
-    /// Writes secrets into the record files, replacing any earlier value of those keys.
-    fn write_secrets(
+    /// Sets keys in the record files (mode 0600), replacing any earlier value of those keys.
+    fn write_record(
         &self,
         portal: &str,
         iqn: &str,
@@ -253,28 +241,31 @@ impl IscsiHost for SystemIscsi {
                 &format!("creating the node record of {iqn} at {portal}"),
             ));
         }
-        // The agent, not iscsid, decides what is logged in, and only the LUN wanted is scanned.
-        self.update(&portal, iqn, "node.startup", "manual")?;
-        self.update(&portal, iqn, "node.conn[0].startup", "manual")?;
-        self.update(&portal, iqn, "node.session.scan", "manual")?;
-        // A dead portal fails in about 30 s instead of open-iscsi's two minutes; the agent
-        // retries the volume with backoff anyway.
-        self.update(&portal, iqn, "node.conn[0].timeo.login_timeout", "10")?;
-        self.update(&portal, iqn, "node.session.initial_login_retry_max", "2")?;
+        let mut settings = vec![
+            // The agent, not iscsid, decides what is logged in, and only the LUN wanted is scanned.
+            ("node.startup", "manual"),
+            ("node.conn[0].startup", "manual"),
+            ("node.session.scan", "manual"),
+            // A dead portal fails in about 30 s instead of open-iscsi's two minutes; the agent
+            // retries the volume with backoff anyway.
+            ("node.conn[0].timeo.login_timeout", "10"),
+            ("node.session.initial_login_retry_max", "2"),
+        ];
         match chap {
-            None => self.update(&portal, iqn, "node.session.auth.authmethod", "None")?,
+            None => settings.push(("node.session.auth.authmethod", "None")),
             Some(chap) => {
-                self.update(&portal, iqn, "node.session.auth.authmethod", "CHAP")?;
-                self.update(&portal, iqn, "node.session.auth.username", &chap.username)?;
-                let mut secrets = vec![("node.session.auth.password", chap.password.expose())];
+                settings.push(("node.session.auth.authmethod", "CHAP"));
+                settings.push(("node.session.auth.username", &chap.username));
+                settings.push(("node.session.auth.password", chap.password.expose()));
                 if let Some((user_in, password_in)) = &chap.mutual {
-                    self.update(&portal, iqn, "node.session.auth.username_in", user_in)?;
-                    secrets.push(("node.session.auth.password_in", password_in.expose()));
+                    settings.push(("node.session.auth.username_in", user_in));
+                    settings.push(("node.session.auth.password_in", password_in.expose()));
                 }
-                self.write_secrets(&portal, iqn, &secrets)?;
             }
         }
-        Ok(())
+        // Written into the record file in one go: one iscsiadm run per setting would cost a
+        // process start each, and would put the passwords on a command line.
+        self.write_record(&portal, iqn, &settings)
     }
 
     fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
@@ -446,7 +437,7 @@ mod record_tests {
         )
         .unwrap();
         let host = SystemIscsi::new(root.path()).unwrap();
-        host.write_secrets(
+        host.write_record(
             "127.0.0.1:3260",
             "iqn.2003-01.test.tether:chap",
             &[("node.session.auth.password", "s3cret")],

@@ -152,7 +152,7 @@ hostdir=$(dirname "$sessdev")
 } 2>"$WORK/sysfs.err" | LC_ALL=C sort -u | LC_ALL=C sort -s -t' ' -k2,2 >"$WORK/sysfs.tree"
 {
     echo "# sysfs of one iSCSI session with 2 LUNs (open-iscsi + iscsi_tcp, LIO target on 127.0.0.1:3260),"
-    echo "# captured by tests/vm/scenarios/01-capture-fixtures.sh; kernel $(uname -r)."
+    echo "# captured by tests/vm/capture/capture-fixtures.sh; kernel $(uname -r)."
     echo "# session$sid: class $sess, device $sessdev; disks: ${disks[*]} (LUN 0, LUN 1)"
     echo "# Lines: 'd DIR', 'l LINK -> TARGET' (readlink), 'r LINK => PATH' (readlink -f),"
     printf '%s\n' "# 'f FILE = VALUE' (first 2 KiB; newline shown as \\n, trailing spaces kept),"
