@@ -114,10 +114,10 @@ impl Host {
                 Arc::new(backend::Unavailable(e))
             }
         };
-        let rbd = Arc::new(backend::Unavailable(HostError::new(
-            "rbd_unsupported",
-            "this agent cannot map RBD images yet; attach the volume over iSCSI",
-        )));
+        let rbd = Arc::new(backend::rbd::RbdBackend::new(
+            backend::rbd::system::SystemRbd::new(root, &root.join("run/tether")),
+            block.clone(),
+        ));
         Ok(Self { iscsi, rbd, block })
     }
 

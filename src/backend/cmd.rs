@@ -78,6 +78,56 @@ pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
     Ok(out)
 }
 
+/// [`run`], killed after `timeout`: for tools that may wait on the network without bound.
+pub fn run_with_timeout(
+    program: &Path,
+    args: &[&str],
+    timeout: std::time::Duration,
+) -> Result<Output, HostError> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .spawn()
+        .map_err(|e| {
+            HostError::new(
+                "command_failed",
+                format!("cannot run {}: {e}", program.display()),
+            )
+        })?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv();
+            return Err(HostError::new(
+                "timeout",
+                format!(
+                    "{} did not finish within {}s and was stopped",
+                    program.display(),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    let output = output
+        .map_err(|e| HostError::new("command_failed", format!("{}: {e}", program.display())))?;
+    let out = Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    tracing::debug!(program = %program.display(), ?args, code = out.code, "ran");
+    Ok(out)
+}
+
 /// The tools a node needs for iSCSI and mounts that are missing, for a warning at start.
 pub fn missing(root: &Path, names: &[&str]) -> Vec<String> {
     names

@@ -1,5 +1,7 @@
 //! Ceph RBD volumes: kernel map and unmap, never of a mapping the agent did not make.
 
+pub mod system;
+
 use std::time::Duration;
 
 use crate::backend::{

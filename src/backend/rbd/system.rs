@@ -1,0 +1,392 @@
+//! The real [`RbdHost`]: the kernel's rbd bus in sysfs, mapped with the `rbd` CLI when it is
+//! installed, or by writing to `/sys/bus/rbd/add_single_major` where it is not (ramdisks).
+//!
+//! The cephx key never goes on a command line: the CLI reads it from a file of mode 0600 in a
+//! directory of mode 0700, removed right after the map; the sysfs write carries it straight to
+//! the kernel through a file only root can write.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Mapping, RbdHost};
+use crate::backend::HostError;
+use crate::backend::cmd::{self, Output};
+use crate::protocol::target::RbdSpec;
+
+/// How long the kernel client waits for the monitors before giving up (its own default is 60 s).
+const MOUNT_TIMEOUT_S: u64 = 20;
+
+pub struct SystemRbd {
+    root: PathBuf,
+    rbd: Option<PathBuf>,
+    /// Where key files live for the instant of a map (`/run/tether`, a tmpfs).
+    runtime_dir: PathBuf,
+}
+
+impl SystemRbd {
+    pub fn new(root: &Path, runtime_dir: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            rbd: cmd::resolve(root, "rbd").ok(),
+            runtime_dir: runtime_dir.to_path_buf(),
+        }
+    }
+
+    fn bus(&self) -> PathBuf {
+        self.root.join("sys/bus/rbd")
+    }
+
+    fn monitors(spec: &RbdSpec) -> String {
+        spec.monitors
+            .iter()
+            .map(|m| {
+                if m.host.contains(':') {
+                    format!("[{}]:{}", m.host, m.port)
+                } else {
+                    format!("{}:{}", m.host, m.port)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn map_with_cli(&self, rbd: &Path, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
+        let key_file = match &spec.key {
+            Some(key) => Some(KeyFile::write(&self.runtime_dir, key.expose())?),
+            None => None,
+        };
+        let monitors = Self::monitors(spec);
+        let options = format!("mount_timeout={MOUNT_TIMEOUT_S}");
+        let name = spec.spec_name();
+        let mut args = vec![
+            "device",
+            "map",
+            "--conf",
+            "/dev/null",
+            "--cluster",
+            &spec.cluster,
+            "--id",
+            &spec.user,
+            "-m",
+            &monitors,
+            "-o",
+            &options,
+        ];
+        let key_path = key_file
+            .as_ref()
+            .map(|k| k.path.to_string_lossy().into_owned());
+        if let Some(path) = &key_path {
+            args.extend(["--keyfile", path.as_str()]);
+        }
+        if read_only {
+            args.push("--read-only");
+        }
+        args.push(&name);
+        let out = cmd::run_with_timeout(rbd, &args, Duration::from_secs(MOUNT_TIMEOUT_S + 15))
+            .map_err(|e| unreachable_on_timeout(e, spec))?;
+        drop(key_file);
+        if out.code != 0 {
+            return Err(classify_map(&out, spec));
+        }
+        let device = out.stdout.trim();
+        device
+            .strip_prefix("/dev/rbd")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                HostError::new(
+                    "map_failed",
+                    format!("rbd map printed {device:?}, not /dev/rbdN"),
+                )
+            })
+    }
+
+    fn map_with_sysfs(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
+        let before: Vec<u32> = self.mappings()?.iter().map(|m| m.device_id).collect();
+        let mut options = vec![
+            format!("name={}", spec.user),
+            format!("mount_timeout={MOUNT_TIMEOUT_S}"),
+        ];
+        if let Some(key) = &spec.key {
+            options.push(format!("secret={}", key.expose()));
+        }
+        if let Some(ns) = &spec.namespace {
+            options.push(format!("_pool_ns={ns}"));
+        }
+        if read_only {
+            options.push("read_only".into());
+        }
+        let line = format!(
+            "{} {} {} {} -",
+            Self::monitors(spec),
+            options.join(","),
+            spec.pool,
+            spec.image
+        );
+        let add = self.bus().join("add_single_major");
+        // The write blocks until the kernel has mapped the image or given up.
+        std::fs::write(&add, line).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(0);
+            let (kind, advice) = map_errno(errno);
+            HostError::new(
+                kind,
+                format!("mapping {} failed ({e}); {advice}", spec.spec_name()),
+            )
+        })?;
+        self.mappings()?
+            .into_iter()
+            .find(|m| {
+                !before.contains(&m.device_id) && m.pool == spec.pool && m.image == spec.image
+            })
+            .map(|m| m.device_id)
+            .ok_or_else(|| {
+                HostError::new(
+                    "map_failed",
+                    format!(
+                        "the kernel mapped {} but no new device shows in sysfs",
+                        spec.spec_name()
+                    ),
+                )
+            })
+    }
+}
+
+/// A key file that exists only while it is needed.
+struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    fn write(dir: &Path, key: &str) -> Result<Self, HostError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                HostError::new("key_file", format!("cannot create {}: {e}", dir.display()))
+            })?;
+        let path = dir.join(format!(
+            "rbd-key-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        crate::fsutil::write_private(&path, key.as_bytes()).map_err(|e| {
+            HostError::new(
+                "key_file",
+                format!("cannot write a key file in {}: {e}", dir.display()),
+            )
+        })?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn unreachable_on_timeout(e: HostError, spec: &RbdSpec) -> HostError {
+    if e.kind == "timeout" {
+        HostError::new(
+            "cluster_unreachable",
+            format!(
+                "no Ceph monitor of {} answered in time; check hosts, ports and the network",
+                spec.spec_name()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// errno from the kernel's rbd driver -> kind and advice.
+fn map_errno(errno: i32) -> (&'static str, &'static str) {
+    match errno {
+        1 | 13 => (
+            "auth_failed",
+            "check auth_username and the cephx key stored for this target",
+        ),
+        2 => ("image_not_found", "check the pool and image name"),
+        110 => (
+            "cluster_unreachable",
+            "no Ceph monitor answered: check hosts, ports and the network",
+        ),
+        16 => ("device_busy", "something still has the device open"),
+        _ => (
+            "map_failed",
+            "see the kernel log (dmesg) for the rbd and libceph messages",
+        ),
+    }
+}
+
+/// Turns `rbd device map`'s failure into a kind, from the errno it prints: `(13) Permission denied`.
+pub fn classify_map(out: &Output, spec: &RbdSpec) -> HostError {
+    let reason = out.reason();
+    let errno = reason
+        .split('(')
+        .skip(1)
+        .filter_map(|s| s.split(')').next()?.parse::<i32>().ok())
+        .last()
+        .unwrap_or(0);
+    let (kind, advice) = map_errno(errno);
+    HostError::new(
+        kind,
+        format!(
+            "mapping {} failed (rbd exit {}: {reason}); {advice}",
+            spec.spec_name(),
+            out.code
+        ),
+    )
+}
+
+impl RbdHost for SystemRbd {
+    fn mappings(&self) -> Result<Vec<Mapping>, HostError> {
+        let devices = self.bus().join("devices");
+        let mut mappings = Vec::new();
+        for entry in std::fs::read_dir(&devices).into_iter().flatten().flatten() {
+            let Ok(device_id) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let dir = entry.path();
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(name))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            let (Some(pool), Some(image)) = (read("pool"), read("name")) else {
+                continue;
+            };
+            mappings.push(Mapping {
+                device_id,
+                pool,
+                namespace: read("pool_ns"),
+                image,
+            });
+        }
+        mappings.sort_by_key(|m| m.device_id);
+        Ok(mappings)
+    }
+
+    fn map(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
+        match &self.rbd {
+            Some(rbd) => self.map_with_cli(rbd, spec, read_only),
+            None => self.map_with_sysfs(spec, read_only),
+        }
+    }
+
+    fn unmap(&self, device_id: u32) -> Result<(), HostError> {
+        let remove = self.bus().join("remove_single_major");
+        match std::fs::write(&remove, device_id.to_string()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(2) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(16) => Err(HostError::new(
+                "device_busy",
+                format!("/dev/rbd{device_id} is busy (EBUSY): something still has it open"),
+            )),
+            Err(e) => Err(HostError::new(
+                "unmap_failed",
+                format!("cannot unmap /dev/rbd{device_id}: {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::target::Monitor;
+
+    fn spec() -> RbdSpec {
+        RbdSpec {
+            pool: "volumes".into(),
+            namespace: None,
+            image: "v1".into(),
+            monitors: vec![
+                Monitor {
+                    host: "192.0.2.1".into(),
+                    port: 6789,
+                },
+                Monitor {
+                    host: "2001:db8::1".into(),
+                    port: 3300,
+                },
+            ],
+            cluster: "ceph".into(),
+            user: "cinder".into(),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn monitors_are_listed_together() {
+        assert_eq!(
+            SystemRbd::monitors(&spec()),
+            "192.0.2.1:6789,[2001:db8::1]:3300"
+        );
+    }
+
+    #[test]
+    fn map_errors_get_kinds_from_the_errno() {
+        let out = |stderr: &str| Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        let kind = |s| classify_map(&out(s), &spec()).kind;
+        assert_eq!(
+            kind("rbd: sysfs write failed\\nrbd: map failed: (13) Permission denied"),
+            "auth_failed"
+        );
+        assert_eq!(
+            kind("rbd: map failed: (110) Connection timed out"),
+            "cluster_unreachable"
+        );
+        assert_eq!(
+            kind("rbd: map failed: (2) No such file or directory"),
+            "image_not_found"
+        );
+        assert_eq!(kind("rbd: something else"), "map_failed");
+    }
+
+    #[test]
+    fn mappings_are_read_from_the_rbd_bus() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("sys/bus/rbd/devices/3");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("pool"), "volumes\n").unwrap();
+        std::fs::write(dev.join("name"), "v1\n").unwrap();
+        std::fs::write(dev.join("pool_ns"), "\n").unwrap();
+        let host = SystemRbd::new(root.path(), &root.path().join("run"));
+        assert_eq!(
+            host.mappings().unwrap(),
+            vec![Mapping {
+                device_id: 3,
+                pool: "volumes".into(),
+                namespace: None,
+                image: "v1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn key_files_are_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run/tether");
+        let path = {
+            let key = KeyFile::write(&run, "AQBkey==").unwrap();
+            assert_eq!(
+                std::fs::metadata(&key.path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+            key.path.clone()
+        };
+        assert!(!path.exists());
+    }
+}
