@@ -148,7 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BackendKind::System => Host::system(&config.host_root)?,
             };
             let settings = agent::Settings::from_config(&config)?;
-            runtime()?.block_on(agent::run(settings, host, shutdown_signal()))?;
+            agent_runtime()?.block_on(agent::run(settings, host, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -158,6 +158,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The agent's work is a few requests and timers: one thread runs them, and host commands run
+/// on the blocking pool, whose idle threads go away after a few seconds.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(5))
         .build()
         .context("starting the async runtime")
 }

@@ -132,6 +132,7 @@ enum TargetCommand {
 struct TargetArgs {
     /// Node name or uuid.
     node: String,
+    /// The volume's id (Cinder's volume id), unique per node.
     #[arg(long)]
     volume_id: String,
     /// iscsi or rbd; inferred from the other options when absent.
@@ -140,19 +141,25 @@ struct TargetArgs {
     /// JSON object of connection properties (Cinder's connection_info data).
     #[arg(long)]
     properties_file: Option<PathBuf>,
+    /// iSCSI portal, host:port.
     #[arg(long)]
     portal: Option<String>,
+    /// iSCSI target name.
     #[arg(long)]
     iqn: Option<String>,
+    /// iSCSI LUN.
     #[arg(long)]
     lun: Option<u32>,
+    /// CHAP user name (the initiator's).
     #[arg(long)]
     chap_user: Option<String>,
     /// File holding the CHAP password (kept off the command line, which others can read).
     #[arg(long)]
     chap_password_file: Option<PathBuf>,
+    /// Mutual CHAP: the user name the target answers with.
     #[arg(long)]
     mutual_chap_user: Option<String>,
+    /// File holding the mutual CHAP password.
     #[arg(long)]
     mutual_chap_password_file: Option<PathBuf>,
     /// RBD image as pool/image or pool/namespace/image.
@@ -161,20 +168,25 @@ struct TargetArgs {
     /// Ceph monitor host:port (repeat for more).
     #[arg(long = "mon")]
     monitors: Vec<String>,
+    /// cephx user, without "client." (Cinder's auth_username).
     #[arg(long)]
     ceph_user: Option<String>,
     /// File holding the cephx key.
     #[arg(long)]
     ceph_key_file: Option<PathBuf>,
+    /// Attach read-only (access_mode "ro").
     #[arg(long)]
     read_only: bool,
+    /// Order among the node's volumes (Ironic's boot_index).
     #[arg(long)]
     boot_index: Option<u32>,
     /// Mount the device here on the node.
     #[arg(long)]
     mount: Option<PathBuf>,
+    /// Filesystem type for --mount.
     #[arg(long, default_value = "ext4")]
     fstype: String,
+    /// Mount options for --mount, comma-separated.
     #[arg(long)]
     mount_options: Option<String>,
     /// Format the device when it holds no filesystem (never when it does).

@@ -1,0 +1,339 @@
+//! Load generator for `scripts/bench-conductor`: N simulated agents against one conductor on
+//! loopback, each with its own node, token and 4 targets, each holding a long-poll open and
+//! heartbeating on a jittered interval; meanwhile an operator changes one node's targets every
+//! 100 ms. Measures heartbeat latency, assignment propagation and failures, and samples the
+//! conductor's RSS and CPU from /proc. Bounded in time; talks to loopback only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Conductor base URL; must be a loopback address.
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    admin_token: String,
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Seconds of measurement once every agent is polling.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    #[arg(long, default_value_t = 10)]
+    heartbeat_interval_s: u64,
+    /// The conductor's pid, for RSS and CPU.
+    #[arg(long)]
+    conductor_pid: Option<u32>,
+    /// Accepted and ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Default)]
+struct Stats {
+    heartbeat_us: Mutex<Vec<u64>>,
+    propagation_us: Mutex<Vec<u64>>,
+    failures: AtomicU64,
+    requests: AtomicU64,
+    /// node -> when the operator sent a change of its targets
+    pending: Mutex<HashMap<Uuid, Instant>>,
+}
+
+struct Agent {
+    node: Uuid,
+    token: String,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn proc_sample(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let cpu_ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Some((rss_kib, cpu_ns))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let host = reqwest::Url::parse(&args.url)?;
+    let loopback = matches!(host.host_str(), Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]");
+    anyhow::ensure!(
+        loopback,
+        "the load generator only targets loopback addresses"
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let stats = Arc::new(Stats::default());
+
+    // Enroll the fleet: nodes with provisioned tokens, 4 targets each.
+    let setup = Instant::now();
+    let limit = Arc::new(Semaphore::new(32));
+    let mut enrolls = Vec::new();
+    for i in 0..args.agents {
+        let (http, url, admin, limit) = (
+            http.clone(),
+            args.url.clone(),
+            args.admin_token.clone(),
+            limit.clone(),
+        );
+        enrolls.push(tokio::spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            let token = format!("{:032x}", rand::random::<u128>());
+            let mac = format!(
+                "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+                (i >> 24) & 0xff,
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff
+            );
+            let node: serde_json::Value = http
+                .post(format!("{url}/v1/nodes"))
+                .bearer_auth(&admin)
+                .json(
+                    &json!({"name": format!("load-{i}"), "addresses": [mac], "agent_token": token}),
+                )
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let node: Uuid = node["uuid"].as_str().unwrap_or_default().parse()?;
+            for lun in 0..4 {
+                http.post(format!("{url}/v1/volume/targets"))
+                    .bearer_auth(&admin)
+                    .json(&target(node, &format!("vol-{lun}"), lun))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            anyhow::Ok(Agent { node, token })
+        }));
+    }
+    let mut agents = Vec::new();
+    for e in enrolls {
+        agents.push(e.await??);
+    }
+    let agents = Arc::new(agents);
+    eprintln!(
+        "enrolled {} nodes with 4 targets each in {:.1}s",
+        args.agents,
+        setup.elapsed().as_secs_f64()
+    );
+
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    // Agents start over 5 s, as a fleet coming up would.
+    let stagger = Duration::from_millis(5000 / args.agents.max(1) as u64);
+    for (i, agent) in agents.iter().enumerate() {
+        let (http, url, stats, measuring) = (
+            http.clone(),
+            args.url.clone(),
+            stats.clone(),
+            measuring.clone(),
+        );
+        let (node, token) = (agent.node, agent.token.clone());
+        let interval = Duration::from_secs(args.heartbeat_interval_s);
+        let start_in = stagger * i as u32;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(start_in).await;
+            let poller = {
+                let (http, url, stats, token, measuring) = (http.clone(), url.clone(), stats.clone(), token.clone(), measuring.clone());
+                tokio::spawn(async move {
+                    let mut since: Option<u64> = None;
+                    loop {
+                        let mut req = http
+                            .get(format!("{url}/v1/nodes/{node}/volume/targets"))
+                            .bearer_auth(&token)
+                            .query(&[("detail", "true")]);
+                        if let Some(g) = since {
+                            req = req.query(&[("since", g.to_string()), ("wait", "55".to_string())]);
+                        }
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                        match req.send().await.and_then(|r| r.error_for_status()) {
+                            Ok(resp) => {
+                                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                                let generation = body["generation"].as_u64().unwrap_or(0);
+                                let arrived = Instant::now();
+                                if since.is_some_and(|g| g != generation)
+                                    && let Some(sent) = stats.pending.lock().unwrap().remove(&node)
+                                    && measuring.load(Ordering::Relaxed)
+                                {
+                                    stats.propagation_us.lock().unwrap().push((arrived - sent).as_micros() as u64);
+                                }
+                                since = Some(generation);
+                            }
+                            Err(_) => {
+                                stats.failures.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                })
+            };
+            let report = json!({"agent_version": "load", "generation": 1, "connectors": [],
+                "volumes": (0..4).map(|lun| json!({"target_uuid": Uuid::new_v4(), "volume_id": format!("vol-{lun}"),
+                    "volume_type": "iscsi", "state": "attached", "device_path": format!("/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:t-lun-{lun}"),
+                    "paths": [], "size_bytes": 1073741824u64, "since": "2026-11-26T00:00:00Z"})).collect::<Vec<_>>(),
+                "foreign": []});
+            loop {
+                let started = Instant::now();
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                let result = http
+                    .post(format!("{url}/v1/heartbeat/{node}"))
+                    .bearer_auth(&token)
+                    .json(&report)
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status());
+                match result {
+                    Ok(_) if measuring.load(Ordering::Relaxed) => {
+                        stats.heartbeat_us.lock().unwrap().push(started.elapsed().as_micros() as u64)
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let jitter = rand::random_range(0.8..=1.0);
+                tokio::time::sleep(interval.mul_f64(jitter)).await;
+                if poller.is_finished() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    // Warm up: every agent started, and one full heartbeat interval.
+    tokio::time::sleep(Duration::from_secs(5) + Duration::from_secs(args.heartbeat_interval_s))
+        .await;
+    let before = args.conductor_pid.and_then(proc_sample);
+    let started = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    let mut max_rss = before.map(|b| b.0).unwrap_or(0);
+
+    // The operator: every 100 ms one node's targets change (create, then delete next time).
+    let mut created: HashMap<Uuid, String> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut changes = 0u64;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        ticker.tick().await;
+        let agent = &agents[rand::random_range(0..agents.len())];
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .pending
+            .lock()
+            .unwrap()
+            .insert(agent.node, Instant::now());
+        let result = match created.remove(&agent.node) {
+            Some(target) => http
+                .delete(format!("{}/v1/volume/targets/{target}", args.url))
+                .bearer_auth(&args.admin_token)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map(|_| ()),
+            None => match http
+                .post(format!("{}/v1/volume/targets", args.url))
+                .bearer_auth(&args.admin_token)
+                .json(&target(agent.node, &format!("extra-{changes}"), 10))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+            {
+                Ok(resp) => {
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    if let Some(uuid) = body["uuid"].as_str() {
+                        created.insert(agent.node, uuid.to_string());
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(()) => changes += 1,
+            Err(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some((rss, _)) = args.conductor_pid.and_then(proc_sample) {
+            max_rss = max_rss.max(rss);
+        }
+    }
+    let elapsed = started.elapsed();
+    measuring.store(false, Ordering::Relaxed);
+    let after = args.conductor_pid.and_then(proc_sample);
+    for t in &tasks {
+        t.abort();
+    }
+
+    let mut hb = stats.heartbeat_us.lock().unwrap().clone();
+    hb.sort_unstable();
+    let mut prop = stats.propagation_us.lock().unwrap().clone();
+    prop.sort_unstable();
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "{:.1}",
+            100.0 * (a.1 - b.1) as f64 / elapsed.as_nanos() as f64
+        ),
+        _ => "n/a".into(),
+    };
+    println!("agents: {}", args.agents);
+    println!("measured_s: {:.0}", elapsed.as_secs_f64());
+    println!("heartbeats: {}", hb.len());
+    println!("heartbeat_ms_p50: {:.2}", percentile(&hb, 0.50));
+    println!("heartbeat_ms_p99: {:.2}", percentile(&hb, 0.99));
+    println!(
+        "heartbeat_ms_max: {:.2}",
+        hb.last().map(|v| *v as f64 / 1000.0).unwrap_or(f64::NAN)
+    );
+    println!("assignment_changes: {changes}");
+    println!("propagations_seen: {}", prop.len());
+    println!("propagation_ms_p50: {:.2}", percentile(&prop, 0.50));
+    println!("propagation_ms_p99: {:.2}", percentile(&prop, 0.99));
+    println!("requests: {}", stats.requests.load(Ordering::Relaxed));
+    println!(
+        "failed_requests: {}",
+        stats.failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "conductor_rss_max_mib: {:.1}",
+        max_rss.max(after.map(|a| a.0).unwrap_or(0)) as f64 / 1024.0
+    );
+    println!("conductor_cpu_percent_of_one_core: {cpu}");
+    std::process::exit(0);
+}
+
+fn target(node: Uuid, volume_id: &str, lun: u32) -> serde_json::Value {
+    json!({"node_uuid": node, "volume_type": "iscsi", "volume_id": volume_id,
+           "properties": {"target_portal": "192.0.2.10:3260",
+                          "target_iqn": format!("iqn.2003-01.org.example:{node}"), "target_lun": lun,
+                          "auth_method": "CHAP", "auth_username": "load", "auth_password": "load-secret-1234"}})
+}
