@@ -41,6 +41,8 @@ struct Stats {
     heartbeat_us: Mutex<Vec<u64>>,
     propagation_us: Mutex<Vec<u64>>,
     failures: AtomicU64,
+    /// The first few failures, to say what went wrong.
+    errors: Mutex<Vec<String>>,
     requests: AtomicU64,
     /// node -> when the operator sent a change of its targets
     pending: Mutex<HashMap<Uuid, Instant>>,
@@ -49,6 +51,16 @@ struct Stats {
 struct Agent {
     node: Uuid,
     token: String,
+}
+
+impl Stats {
+    fn fail(&self, what: &str, e: &(dyn std::error::Error + 'static)) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 5 {
+            errors.push(format!("{what}: {}", tether::agent::client::error_chain(e)));
+        }
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -87,6 +99,11 @@ async fn main() -> anyhow::Result<()> {
         "the load generator only targets loopback addresses"
     );
     let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    // Long-polls hold a connection each; heartbeats share a few from a pool of their own.
+    let polls = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -150,8 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     // Agents start over 5 s, as a fleet coming up would.
-    let stagger = Duration::from_millis(5000 / args.agents.max(1) as u64);
+    let stagger = Duration::from_micros(5_000_000 / args.agents.max(1) as u64);
     for (i, agent) in agents.iter().enumerate() {
+        let polls = polls.clone();
         let (http, url, stats, measuring) = (
             http.clone(),
             args.url.clone(),
@@ -164,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(start_in).await;
             let poller = {
-                let (http, url, stats, token, measuring) = (http.clone(), url.clone(), stats.clone(), token.clone(), measuring.clone());
+                let (http, url, stats, token, measuring) = (polls.clone(), url.clone(), stats.clone(), token.clone(), measuring.clone());
                 tokio::spawn(async move {
                     let mut since: Option<u64> = None;
                     loop {
@@ -189,8 +207,8 @@ async fn main() -> anyhow::Result<()> {
                                 }
                                 since = Some(generation);
                             }
-                            Err(_) => {
-                                stats.failures.fetch_add(1, Ordering::Relaxed);
+                            Err(e) => {
+                                stats.fail("long-poll", &e);
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
@@ -212,14 +230,17 @@ async fn main() -> anyhow::Result<()> {
                     .send()
                     .await
                     .and_then(|r| r.error_for_status());
+                // Reading the body to its end lets the connection go back to the pool.
+                let result = match result {
+                    Ok(resp) => resp.bytes().await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
                 match result {
                     Ok(_) if measuring.load(Ordering::Relaxed) => {
                         stats.heartbeat_us.lock().unwrap().push(started.elapsed().as_micros() as u64)
                     }
                     Ok(_) => {}
-                    Err(_) => {
-                        stats.failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(e) => stats.fail("heartbeat", &e),
                 }
                 let jitter = rand::random_range(0.8..=1.0);
                 tokio::time::sleep(interval.mul_f64(jitter)).await;
@@ -279,9 +300,7 @@ async fn main() -> anyhow::Result<()> {
         };
         match result {
             Ok(()) => changes += 1,
-            Err(_) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => stats.fail("operator", &e),
         }
         if let Some((rss, _)) = args.conductor_pid.and_then(proc_sample) {
             max_rss = max_rss.max(rss);
@@ -323,6 +342,9 @@ async fn main() -> anyhow::Result<()> {
         "failed_requests: {}",
         stats.failures.load(Ordering::Relaxed)
     );
+    for e in stats.errors.lock().unwrap().iter() {
+        eprintln!("failure: {e}");
+    }
     println!(
         "conductor_rss_max_mib: {:.1}",
         max_rss.max(after.map(|a| a.0).unwrap_or(0)) as f64 / 1024.0

@@ -269,19 +269,21 @@ async fn node_targets(
     require_agent(&c, node, &headers)?;
     // Subscribe before reading, so a change between the two still wakes this request.
     let mut changes = c.generations.subscribe(node);
-    let (mut generation, mut targets) = c.store.node_targets(node)?;
     if let (Some(since), Some(wait)) = (q.since, q.wait)
-        && since == generation
         && wait > 0
+        && c.store.generation(node)? == since
     {
+        // Only the generation is read before the wait: a fleet of waiting agents holds no
+        // copies of their targets.
         let wait = std::time::Duration::from_secs(wait).min(c.max_wait);
         let mut shutdown = c.shutdown.clone();
         tokio::select! {
             _ = tokio::time::timeout(wait, changes.wait_for(|g| *g > since)) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
-        (generation, targets) = c.store.node_targets(node)?;
     }
+    drop(changes);
+    let (generation, targets) = c.store.node_targets(node)?;
     Ok(Json(TargetsResponse {
         generation,
         targets,
