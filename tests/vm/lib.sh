@@ -345,9 +345,21 @@ iscsi_cleanup() {
     fi
 }
 
+# rbd_cleanup : remove every kernel RBD mapping (unmounting first).
+rbd_cleanup() {
+    local d
+    for d in /sys/bus/rbd/devices/*; do
+        [[ -e $d ]] || continue
+        umount -q "/dev/rbd${d##*/}" 2>/dev/null || true
+        udevadm settle --timeout=10 || true
+        echo "${d##*/} force" >/sys/bus/rbd/remove_single_major 2>/dev/null || true
+    done
+}
+
 # vm_cleanup : tear down everything a scenario may have set up.
 vm_cleanup() {
     local rc=0
+    rbd_cleanup
     iscsi_cleanup || rc=1
     lio_clear || rc=1
     return $rc

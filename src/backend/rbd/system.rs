@@ -57,12 +57,17 @@ impl SystemRbd {
         };
         let monitors = Self::monitors(spec);
         let options = format!("mount_timeout={MOUNT_TIMEOUT_S}");
+        let client_timeout = MOUNT_TIMEOUT_S.to_string();
         let name = spec.spec_name();
+        // No ceph.conf on the node: everything the map needs is on the command line, and
+        // the CLI's own wait for the monitors (300 s by default) is bounded like the kernel's.
         let mut args = vec![
             "device",
             "map",
             "--conf",
             "/dev/null",
+            "--client_mount_timeout",
+            &client_timeout,
             "--cluster",
             &spec.cluster,
             "--id",
@@ -220,15 +225,24 @@ fn map_errno(errno: i32) -> (&'static str, &'static str) {
     }
 }
 
-/// Turns `rbd device map`'s failure into a kind, from the errno it prints: `(13) Permission denied`.
+/// Turns `rbd device map`'s failure into a kind. The CLI exits with the errno (13 for a refused
+/// key, 110 for monitors that do not answer) and often prints it too: `(13) Permission denied`.
 pub fn classify_map(out: &Output, spec: &RbdSpec) -> HostError {
     let reason = out.reason();
-    let errno = reason
+    let printed = reason
         .split('(')
         .skip(1)
         .filter_map(|s| s.split(')').next()?.parse::<i32>().ok())
         .last()
         .unwrap_or(0);
+    // Exit 1 is the CLI's generic failure, not EPERM.
+    let errno = if printed != 0 {
+        printed
+    } else if out.code > 1 {
+        out.code
+    } else {
+        0
+    };
     let (kind, advice) = map_errno(errno);
     HostError::new(
         kind,
@@ -348,6 +362,12 @@ mod tests {
             "image_not_found"
         );
         assert_eq!(kind("rbd: something else"), "map_failed");
+        let refused = Output {
+            code: 13,
+            stdout: String::new(),
+            stderr: "rbd: couldn't connect to the cluster!\n".into(),
+        };
+        assert_eq!(classify_map(&refused, &spec()).kind, "auth_failed");
     }
 
     #[test]
