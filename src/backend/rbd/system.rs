@@ -25,6 +25,16 @@ pub struct SystemRbd {
 
 impl SystemRbd {
     pub fn new(root: &Path, runtime_dir: &Path) -> Self {
+        // A map cut short (the agent killed mid-map) can leave its key file: remove it now.
+        for entry in std::fs::read_dir(runtime_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with("rbd-key-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Self {
             root: root.to_path_buf(),
             rbd: cmd::resolve(root, "rbd").ok(),
@@ -378,7 +388,14 @@ mod tests {
         std::fs::write(dev.join("pool"), "volumes\n").unwrap();
         std::fs::write(dev.join("name"), "v1\n").unwrap();
         std::fs::write(dev.join("pool_ns"), "\n").unwrap();
-        let host = SystemRbd::new(root.path(), &root.path().join("run"));
+        let run = root.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("rbd-key-1-2"), "left behind").unwrap();
+        let host = SystemRbd::new(root.path(), &run);
+        assert!(
+            !run.join("rbd-key-1-2").exists(),
+            "stale key files are removed at start"
+        );
         assert_eq!(
             host.mappings().unwrap(),
             vec![Mapping {

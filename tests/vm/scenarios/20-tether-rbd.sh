@@ -25,7 +25,7 @@ mappings() { find /sys/bus/rbd/devices -mindepth 1 -maxdepth 1 2>/dev/null | wc 
 
 rbd_a=$(assign vol-a --rbd-name volumes/vol-a --mon "$CEPH_MON" --ceph-user tether-node --ceph-key-file "$WORK/key")
 assign vol-iscsi --portal "$PORTAL" --iqn "$IQN" --lun 0 >/dev/null
-assign vol-wrong --rbd-name volumes/vol-b --mon "$CEPH_MON" --ceph-user tether-node --ceph-key-file "$WORK/wrong.key" >/dev/null
+wrong=$(assign vol-wrong --rbd-name volumes/vol-b --mon "$CEPH_MON" --ceph-user tether-node --ceph-key-file "$WORK/wrong.key")
 wait_volume vol-a attached 120
 expect_eq "reported device path" /dev/rbd/volumes/vol-a "$(field device_path)"
 expect_match "reported size" '"size_bytes": 67108864' "$REPORT"
@@ -60,7 +60,35 @@ wait_volume vol-a gone 60
 expect_eq "unmapped after the unmount" 0 "$(mappings)"
 expect_eq "device gone" no "$([[ -e /dev/rbd/volumes/vol-a ]] && echo yes || echo no)"
 
-# The key: in no log, report, state file, world-readable file, or key file left behind.
+# An unreachable cluster: a clear failure after the bounded wait, then retries; no hang.
+t0=$(now_ms)
+far=$(assign vol-far --rbd-name volumes/vol-b --mon 127.0.0.1:6799 --ceph-user tether-node --ceph-key-file "$WORK/key")
+wait_volume vol-far failed 90
+expect_match "an unreachable monitor fails as cluster_unreachable" '"kind": "cluster_unreachable"' "$REPORT"
+note unreachable_cluster_failed_after_ms $(($(now_ms) - t0))
+unassign "$far"
+wait_volume vol-far gone 60
+
+# Without the rbd CLI (as in a ramdisk) the agent maps through /sys/bus/rbd/add_single_major.
+tether_stop_agent
+mount --bind /dev/null /usr/bin/rbd
+tether_start_agent
+b=$(assign vol-b --rbd-name volumes/vol-b --mon "$CEPH_MON" --ceph-user tether-node --ceph-key-file "$WORK/key")
+wait_volume vol-b attached 60
+expect_eq "mapped through sysfs: reported device" /dev/rbd/volumes/vol-b "$(field device_path)"
+expect_eq "the mapping's config_info (which holds the key) is root-only" 400 \
+    "$(stat -c %a /sys/bus/rbd/devices/*/config_info | head -n1)"
+unassign "$b"
+wait_volume vol-b gone 60
+expect_eq "unmapped through sysfs" 0 "$(mappings)"
+tether_stop_agent
+umount /usr/bin/rbd
+tether_start_agent
+
+# The key: in no log, report, state file, world-readable file, or key file left behind (a key
+# file lives only while a map runs: stop the failing volume's retries first).
+unassign "$wrong"
+wait_volume vol-wrong gone 60
 no_secret_leak "$key"
 where=$(grep -rlF -- "$key" /run /tmp /var/lib/tether /etc 2>/dev/null | grep -v "^$WORK/key$" | grep -v "^/var/lib/tether-ceph/" || true)
 expect_eq "no file outside the test's own keeps the key" "" "$where"
