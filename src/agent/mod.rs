@@ -542,18 +542,7 @@ impl Agent {
                 let Some(spec) = self.specs.get(&uuid).cloned() else {
                     return;
                 };
-                let desired = self
-                    .desired
-                    .target(uuid)
-                    .expect("reconcile attaches desired targets");
-                let volume = self.volumes.entry(uuid).or_insert_with(|| {
-                    Volume::new(
-                        uuid,
-                        desired.volume_id.clone(),
-                        desired.volume_type.clone(),
-                        now,
-                    )
-                });
+                let volume = self.track(uuid, now);
                 if let Err(e) = volume.start_attach(spec.login_keys(), now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible attach");
                     return;
@@ -588,18 +577,7 @@ impl Agent {
                 self.volumes.remove(&uuid);
             }
             Action::Reject(uuid, error) => {
-                let desired = self
-                    .desired
-                    .target(uuid)
-                    .expect("reconcile rejects desired targets");
-                let volume = self.volumes.entry(uuid).or_insert_with(|| {
-                    Volume::new(
-                        uuid,
-                        desired.volume_id.clone(),
-                        desired.volume_type.clone(),
-                        now,
-                    )
-                });
+                let volume = self.track(uuid, now);
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = %error.kind, error = %error.message, state = "failed", "target rejected");
                 if let Err(e) = volume.reject(error, now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible reject");
@@ -612,6 +590,20 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The volume of a desired target, tracked from now on if it is new.
+    fn track(&mut self, uuid: Uuid, now: SystemTime) -> &mut Volume {
+        let desired = self.desired.target(uuid);
+        self.volumes.entry(uuid).or_insert_with(|| {
+            let desired = desired.expect("reconcile acts only on desired targets when it adds one");
+            Volume::new(
+                uuid,
+                desired.volume_id.clone(),
+                desired.volume_type.clone(),
+                now,
+            )
+        })
     }
 
     fn spawn(

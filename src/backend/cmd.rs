@@ -40,6 +40,16 @@ impl Output {
     }
 }
 
+fn captured(program: &Path, args: &[&str], output: std::process::Output) -> Output {
+    let out = Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    tracing::debug!(program = %program.display(), ?args, code = out.code, "ran");
+    out
+}
+
 /// Finds `name` in the fixed directories under `root`.
 pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
     DIRS.iter()
@@ -69,13 +79,7 @@ pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
                 format!("cannot run {}: {e}", program.display()),
             )
         })?;
-    let out = Output {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    tracing::debug!(program = %program.display(), ?args, code = out.code, "ran");
-    Ok(out)
+    Ok(captured(program, args, output))
 }
 
 /// [`run`], killed after `timeout`: for tools that may wait on the network without bound.
@@ -119,13 +123,7 @@ pub fn run_with_timeout(
     };
     let output = output
         .map_err(|e| HostError::new("command_failed", format!("{}: {e}", program.display())))?;
-    let out = Output {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    tracing::debug!(program = %program.display(), ?args, code = out.code, "ran");
-    Ok(out)
+    Ok(captured(program, args, output))
 }
 
 /// The tools a node needs for iSCSI and mounts that are missing, for a warning at start.

@@ -336,3 +336,29 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
     }
     out
 }
+
+/// A conductor with one enrolled node, and that node (its agent not started yet).
+pub struct World {
+    pub dir: TempDir,
+    pub conductor: Conductor,
+    pub op: Operator,
+    pub node_uuid: Uuid,
+    pub node: Node,
+}
+
+impl World {
+    pub async fn start(mac: &str, validate_targets: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conductor = Conductor::start(dir.path(), validate_targets).await;
+        let op = Operator::new(&conductor.url());
+        let node_uuid = op.create_node("n1", mac).await;
+        let node = Node::new(mac, &conductor.url());
+        Self {
+            dir,
+            conductor,
+            op,
+            node_uuid,
+            node,
+        }
+    }
+}

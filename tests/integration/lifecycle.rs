@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Conductor, Node, Operator, iscsi_props};
+use crate::harness::{World, iscsi_props};
 use tether::protocol::VolumeState;
 
 const PORTAL: &str = "192.0.2.10:3260";
@@ -13,11 +13,13 @@ const IQN_B: &str = "iqn.2003-01.org.linux-iscsi.array:b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assign_reports_the_device_and_unassign_detaches_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:01").await;
-    let mut node = Node::new("52:54:00:00:00:01", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:01", true).await;
     node.start_agent();
 
     let target = op
@@ -61,11 +63,13 @@ async fn assign_reports_the_device_and_unassign_detaches_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_assignment_reaches_a_waiting_agent_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:02").await;
-    let mut node = Node::new("52:54:00:00:00:02", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:02", true).await;
     node.start_agent();
     // The agent is now parked in a 30 s long-poll with the empty assignment.
     op.wait_report(node_uuid, "a first report", |s| {
@@ -94,11 +98,13 @@ async fn a_new_assignment_reaches_a_waiting_agent_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conductor_restart_keeps_state_and_outage_detaches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:03").await;
-    let mut node = Node::new("52:54:00:00:00:03", &conductor.url());
+    let World {
+        dir: _dir,
+        mut conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:03", true).await;
     node.start_agent();
     let t1 = op
         .assign(
@@ -147,11 +153,13 @@ async fn conductor_restart_keeps_state_and_outage_detaches_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_attaches_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:04").await;
-    let mut node = Node::new("52:54:00:00:00:04", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:04", true).await;
     node.start_agent();
     let t1 = op
         .assign(
@@ -206,12 +214,14 @@ async fn agent_restart_attaches_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_targets_fail_alone_with_stable_kinds() {
-    let dir = tempfile::tempdir().unwrap();
     // As a conductor that mirrors another source would: targets are stored as they come.
-    let conductor = Conductor::start(dir.path(), false).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:05").await;
-    let mut node = Node::new("52:54:00:00:00:05", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:05", false).await;
     let cases = [
         (
             "iscsi",
@@ -283,10 +293,13 @@ async fn malformed_targets_fail_alone_with_stable_kinds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validating_conductor_refuses_malformed_targets_and_masked_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:06").await;
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        ..
+    } = World::start("52:54:00:00:00:06", true).await;
     let post = |props: serde_json::Value| {
         let op = op.clone();
         async move {
@@ -333,11 +346,13 @@ async fn validating_conductor_refuses_malformed_targets_and_masked_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn luns_of_one_target_log_in_once_and_targets_attach_in_parallel() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:07").await;
-    let mut node = Node::new("52:54:00:00:00:07", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:07", true).await;
     node.start_agent();
     let mut targets = Vec::new();
     for lun in 0..4 {
@@ -390,11 +405,13 @@ async fn luns_of_one_target_log_in_once_and_targets_attach_in_parallel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_sessions_are_reported_and_never_touched() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:08").await;
-    let mut node = Node::new("52:54:00:00:00:08", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:08", true).await;
     node.kernel.login_by_hand(PORTAL, IQN_B, &[0]);
     node.start_agent();
     let t = op
@@ -428,11 +445,13 @@ async fn foreign_sessions_are_reported_and_never_touched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_in_use_is_detach_blocked_until_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:09").await;
-    let mut node = Node::new("52:54:00:00:00:09", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:09", true).await;
     node.start_agent();
     let t = op
         .assign(
@@ -461,11 +480,13 @@ async fn a_volume_in_use_is_detach_blocked_until_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_formats_once_and_survives_reassignment() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:0a").await;
-    let mut node = Node::new("52:54:00:00:00:0a", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:0a", true).await;
     node.start_agent();
     let mount = json!({"mount": {"path": "/srv/data", "fstype": "ext4", "mkfs": true}});
     let t = op
@@ -503,11 +524,13 @@ async fn mount_formats_once_and_survives_reassignment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_portal_fails_one_volume_and_retries() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:00:0b").await;
-    let mut node = Node::new("52:54:00:00:00:0b", &conductor.url());
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:0b", true).await;
     node.kernel.set_unreachable("192.0.2.99:3260", true);
     node.start_agent();
     let bad = op

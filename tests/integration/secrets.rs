@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::json;
 
-use crate::harness::{ADMIN, Conductor, Node, Operator, all_logs, files_under};
+use crate::harness::{ADMIN, World, all_logs, files_under};
 use tether::protocol::VolumeState;
 
 const CHAP_PASSWORD: &str = "chap-SECRET-7f3a91";
@@ -14,11 +14,13 @@ const CEPHX_KEY: &str = "AQBcephxSECRETkey0123456789==";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let conductor = Conductor::start(dir.path(), true).await;
-    let op = Operator::new(&conductor.url());
-    let node_uuid = op.create_node("n1", "52:54:00:00:02:01").await;
-    let mut node = Node::new("52:54:00:00:02:01", &conductor.url());
+    let World {
+        dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:02:01", true).await;
     let iqn = "iqn.2003-01.org.linux-iscsi.array:chap";
     let iqn_wrong = "iqn.2003-01.org.linux-iscsi.array:wrong";
     node.kernel.require_chap(iqn, "initiator", CHAP_PASSWORD);
