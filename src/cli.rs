@@ -148,7 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BackendKind::System => Host::system(&config.host_root)?,
             };
             let settings = agent::Settings::from_config(&config)?;
-            agent_runtime()?.block_on(agent::run(settings, host, shutdown_signal()))?;
+            agent_runtime()?
+                .block_on(async { agent::run(settings, host, shutdown_signal()).await })?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -172,12 +173,17 @@ fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// SIGTERM or SIGINT. Stopping the agent never detaches volumes.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. Stopping the agent never detaches volumes. The handlers are installed
+/// at once, not when the future is first polled, so a signal right after start-up is not lost.
+/// Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

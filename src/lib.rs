@@ -10,4 +10,5 @@ pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
+pub mod notify;
 pub mod protocol;

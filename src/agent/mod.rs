@@ -25,6 +25,7 @@ use crate::backend::{
     self, Attachment, BlockHost, DetachOutcome, Handle, HostError, Ownership, SessionKey,
     VolumeBackend,
 };
+use crate::notify;
 use crate::protocol::target::{self, TargetSpec};
 use crate::protocol::{
     ErrorReport, ForeignAttachment, Heartbeat, MASK, Secret, VolumeReport, VolumeTarget, timestamp,
@@ -213,11 +214,20 @@ pub async fn run(
     agent.publish_status(None);
 
     tokio::pin!(shutdown);
-    let node = tokio::select! {
-        found = lookup(&client, &settings, &identity.macs, &agent.state) => found,
-        _ = &mut shutdown => {
-            tracing::info!("stopped before the conductor answered; nothing was detached");
-            return Ok(());
+    let mut watchdog = notify::Watchdog::from_env();
+    notify::status("looking the node up at the conductor");
+    let node = {
+        let looking_up = lookup(&client, &settings, &identity.macs, &agent.state);
+        tokio::pin!(looking_up);
+        loop {
+            tokio::select! {
+                found = &mut looking_up => break found,
+                _ = watchdog.tick() => notify::watchdog(),
+                _ = &mut shutdown => {
+                    tracing::info!("stopped before the conductor answered; nothing was detached");
+                    return Ok(());
+                }
+            }
         }
     };
     agent.node = Some(node.clone());
@@ -240,6 +250,7 @@ pub async fn run(
     agent.refresh_foreign(&events_tx);
 
     let mut next_wake: Option<Millis> = None;
+    let mut ready = false;
     loop {
         let wake = async {
             match next_wake {
@@ -258,6 +269,8 @@ pub async fn run(
                 None => break,
             },
             _ = wake => {}
+            // Pinged from this loop, so a hung loop is restarted by systemd.
+            _ = watchdog.tick() => notify::watchdog(),
             _ = &mut shutdown => break,
         }
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
@@ -273,8 +286,15 @@ pub async fn run(
             changed
         });
         agent.publish_status(Some(&report));
+        if !ready && agent.desired.generation().is_some() {
+            // Ready once the first assignment has been reconciled: units ordered after the
+            // agent start with their volumes on the way.
+            ready = true;
+            notify::ready(&format!("{} volumes", agent.volumes.len()));
+        }
     }
 
+    notify::stopping();
     poller.abort();
     // Let operations already running finish so that what they attach is recorded as ours.
     let drain = tokio::time::timeout(Duration::from_secs(30), async {

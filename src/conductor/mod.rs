@@ -113,9 +113,11 @@ pub async fn serve(
     let conductor = Arc::new(Conductor::new(store, config, admin_token, stop_rx));
     let app = router(conductor);
     tracing::info!(listen = %listener.local_addr()?, database = %config.database.display(), "conductor serving protocol v1");
+    crate::notify::ready("serving protocol v1");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
+            crate::notify::stopping();
             // Long-polls end now instead of holding the shutdown for their full wait.
             let _ = stop_tx.send(true);
             tracing::info!("conductor shutting down");
