@@ -21,6 +21,9 @@ assign vol-fine --portal "$PORTAL" --iqn "$IQN_OK" --lun 0 >/dev/null
 wait_volume vol-fine attached 60
 wait_volume vol-locked failed 60
 expect_match "failed with an authentication kind" '"kind": "auth_failed"' "$REPORT"
+# The failed volume is retried every few seconds; stop the agent (which lets a running attempt
+# finish) so that the look below does not race a retry.
+tether_stop_agent
 expect_eq "no session left by the failed login" 0 "$(sessions_to "$IQN_CHAP")"
 expect_eq "no record left by the failed login" no "$(has_record "$IQN_CHAP" "$PORTAL")"
 no_secret_leak wrong-secret-9999
