@@ -56,6 +56,7 @@ struct SimState {
     sessions: Vec<SimSession>,
     devices: BTreeMap<String, SimDevice>,
     mappings: Vec<(Mapping, String)>,
+    maps_time_out_late: bool,
     /// Filesystem signatures on the array's volumes, by backing name.
     filesystems: BTreeMap<String, String>,
     logins_in_flight: BTreeMap<SessionKey, u32>,
@@ -127,6 +128,11 @@ impl SimKernel {
         } else {
             s.unreachable.remove(portal);
         }
+    }
+
+    /// Makes the next maps time out after the kernel has mapped the image anyway.
+    pub fn time_out_maps_after_mapping(&self, on: bool) {
+        self.state().maps_time_out_late = on;
     }
 
     pub fn require_rbd_key(&self, user: &str, key: &str) {
@@ -572,6 +578,12 @@ impl RbdHost for SimKernel {
         ));
         s.stats.maps += 1;
         self.changed.notify_all();
+        if s.maps_time_out_late {
+            return Err(HostError::new(
+                "cluster_unreachable",
+                "the map did not finish in time (simulated)",
+            ));
+        }
         Ok(device_id)
     }
 

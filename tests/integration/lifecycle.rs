@@ -558,3 +558,29 @@ async fn an_unreachable_portal_fails_one_volume_and_retries() {
     op.wait_state(node_uuid, bad, VolumeState::Attached).await;
     node.stop_agent().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_that_times_out_leaves_no_mapping_behind() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:0c", true).await;
+    node.kernel.time_out_maps_after_mapping(true);
+    node.start_agent();
+    let rbd = json!({"name": "volumes/late", "hosts": ["192.0.2.20"], "auth_enabled": false});
+    let t = op.assign(node_uuid, "rbd", "late", rbd, json!({})).await;
+    let failed = op.wait_state(node_uuid, t, VolumeState::Failed).await;
+    assert_eq!(failed.error.unwrap().kind, "cluster_unreachable");
+    assert_eq!(
+        node.kernel.mapping_count(),
+        0,
+        "the late mapping was undone"
+    );
+    node.kernel.time_out_maps_after_mapping(false);
+    op.wait_state(node_uuid, t, VolumeState::Attached).await;
+    assert_eq!(node.kernel.mapping_count(), 1);
+    node.stop_agent().await;
+}

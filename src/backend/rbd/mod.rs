@@ -71,14 +71,36 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
                 "an iSCSI target reached the RBD backend",
             ));
         };
-        let existing = self
-            .host
-            .mappings()?
-            .into_iter()
+        let before = self.host.mappings()?;
+        let existing = before
+            .iter()
             .find(|m| m.is(&rbd.pool, rbd.namespace.as_deref(), &rbd.image));
         let (device_id, mapped_by_agent) = match existing {
             Some(m) => (m.device_id, false),
-            None => (self.host.map(rbd, spec.read_only)?, true),
+            None => match self.host.map(rbd, spec.read_only) {
+                Ok(id) => (id, true),
+                Err(e) => {
+                    // A map that gave up (timed out, killed) may still have mapped the image:
+                    // undo it now, or it would later look like someone else's mapping.
+                    let leftovers =
+                        self.host
+                            .mappings()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|m| {
+                                m.is(&rbd.pool, rbd.namespace.as_deref(), &rbd.image)
+                                    && !before.iter().any(|b| b.device_id == m.device_id)
+                            });
+                    for m in leftovers {
+                        tracing::warn!(
+                            device = m.device_id,
+                            "unmapping what a failed map left behind"
+                        );
+                        let _ = self.host.unmap(m.device_id);
+                    }
+                    return Err(e);
+                }
+            },
         };
         let device = match self
             .block
