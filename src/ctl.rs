@@ -265,7 +265,7 @@ impl Api {
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<String> {
-    tether::agent::record::read_token(path)
+    tether::fsutil::read_trimmed(path)
         .with_context(|| format!("reading the secret file {}", path.display()))
 }
 
@@ -280,7 +280,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .filter(|t| !t.is_empty())
     {
         Some(token) => token,
-        None => tether::agent::record::read_token(&args.token_file).with_context(|| {
+        None => tether::fsutil::read_trimmed(&args.token_file).with_context(|| {
             format!(
                 "no admin token: set TETHER_ADMIN_TOKEN or give --token-file (tried {})",
                 args.token_file.display()

@@ -41,3 +41,12 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_atomic(path, data, 0o600)
 }
+
+/// A small text file's value, trimmed; `None` when the file is missing, empty, or holds
+/// sysfs's `(null)` for an unset attribute.
+pub fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "(null)")
+}

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::fsutil::read_trimmed;
 use crate::protocol::Connector;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,13 +69,6 @@ impl Identity {
         }
         out
     }
-}
-
-fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 pub fn read_initiator_name(path: &Path) -> Option<String> {

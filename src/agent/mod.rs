@@ -57,7 +57,7 @@ impl Settings {
         let token = match (&c.token, &c.token_file) {
             (Some(t), _) => Some(Secret::new(t.clone())),
             (None, Some(path)) => Some(Secret::new(
-                record::read_token(path)
+                crate::fsutil::read_trimmed(path)
                     .with_context(|| format!("reading agent.token_file {}", path.display()))?,
             )),
             (None, None) => None,

@@ -5,7 +5,7 @@
 //! attached, so a crash never leaves an attachment that the agent would not recognise.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -95,7 +95,7 @@ impl StateDir {
     }
 
     pub fn load_token(&self) -> Option<String> {
-        read_token(&self.file(TOKEN_FILE))
+        crate::fsutil::read_trimmed(&self.file(TOKEN_FILE))
     }
 
     pub fn save_token(&self, token: &str) -> std::io::Result<()> {
@@ -112,11 +112,4 @@ impl StateDir {
         let text = std::fs::read_to_string(self.file(STATUS_FILE))?;
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
-}
-
-pub fn read_token(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::cmd;
 use super::iscsi::sysfs::read_sessions;
 use super::{BlockDevice, BlockHost, DeviceMatch, HostError};
+use crate::fsutil::read_trimmed;
 use crate::protocol::target::MountSpec;
 use udev::DeviceEvents;
 
@@ -58,11 +59,13 @@ impl SystemBlock {
             }
             DeviceMatch::Rbd { device_id } => {
                 let dir = self.sys(&format!("bus/rbd/devices/{device_id}"));
-                let (Some(pool), Some(image)) = (read(&dir.join("pool")), read(&dir.join("name")))
-                else {
+                let (Some(pool), Some(image)) = (
+                    read_trimmed(&dir.join("pool")),
+                    read_trimmed(&dir.join("name")),
+                ) else {
                     return Ok(None);
                 };
-                let link = match read(&dir.join("pool_ns")) {
+                let link = match read_trimmed(&dir.join("pool_ns")) {
                     Some(ns) => format!("/dev/rbd/{pool}/{ns}/{image}"),
                     None => format!("/dev/rbd/{pool}/{image}"),
                 };
@@ -74,11 +77,11 @@ impl SystemBlock {
         if !linked {
             return Ok(None);
         }
-        let sectors: u64 = read(&self.sys(&format!("block/{kernel}/size")))
+        let sectors: u64 = read_trimmed(&self.sys(&format!("block/{kernel}/size")))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         Ok(Some(BlockDevice {
-            wwn: read(&self.sys(&format!("block/{kernel}/device/wwid"))),
+            wwn: read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid"))),
             kernel_name: kernel,
             device_path: link,
             size_bytes: sectors * 512,
@@ -102,15 +105,8 @@ impl SystemBlock {
     }
 
     fn tool(&self, name: &str) -> Result<PathBuf, HostError> {
-        cmd::resolve(Path::new("/"), name)
+        cmd::resolve(&self.root, name)
     }
-}
-
-fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty() && s != "(null)")
 }
 
 impl BlockHost for SystemBlock {
@@ -174,7 +170,7 @@ impl BlockHost for SystemBlock {
             } else {
                 self.sys(&format!("block/{kernel_name}/{name}/dev"))
             };
-            if let Some(number) = read(&dev) {
+            if let Some(number) = read_trimmed(&dev) {
                 numbers.push(number);
             }
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::Session;
 use crate::backend::HostError;
+use crate::fsutil::read_trimmed;
 
 pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
     let class = sys.join("class/iscsi_session");
@@ -38,12 +39,14 @@ pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
 
 fn read_session(sys: &Path, sid: u32) -> Result<Option<Session>, HostError> {
     let dir = sys.join(format!("class/iscsi_session/session{sid}"));
-    let Some(iqn) = read(&dir.join("targetname")) else {
+    let Some(iqn) = read_trimmed(&dir.join("targetname")) else {
         return Ok(None);
     };
     let conn = sys.join(format!("class/iscsi_connection/connection{sid}:0"));
-    let address = read(&conn.join("persistent_address")).or_else(|| read(&conn.join("address")));
-    let port = read(&conn.join("persistent_port")).or_else(|| read(&conn.join("port")));
+    let address = read_trimmed(&conn.join("persistent_address"))
+        .or_else(|| read_trimmed(&conn.join("address")));
+    let port =
+        read_trimmed(&conn.join("persistent_port")).or_else(|| read_trimmed(&conn.join("port")));
     let (Some(address), Some(port)) = (address, port) else {
         return Ok(None);
     };
@@ -114,13 +117,6 @@ fn read_dir_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty() && s != "(null)")
 }
 
 fn sysfs_error(path: &Path, e: std::io::Error) -> HostError {

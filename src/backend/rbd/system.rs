@@ -273,12 +273,7 @@ impl RbdHost for SystemRbd {
                 continue;
             };
             let dir = entry.path();
-            let read = |name: &str| {
-                std::fs::read_to_string(dir.join(name))
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-            };
+            let read = |name: &str| crate::fsutil::read_trimmed(&dir.join(name));
             let (Some(pool), Some(image)) = (read("pool"), read("name")) else {
                 continue;
             };
