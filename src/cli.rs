@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use tether::agent::{self, Host};
 use tether::backend::simulated::SimKernel;
@@ -68,6 +68,17 @@ pub enum Command {
     CheckConfig,
 }
 
+/// `tether generate man|completions DIR`, run by scripts/build-deb. It is attached to the
+/// parser at run time, not declared in [`Command`], so that the man pages and completions made
+/// from [`Cli`] do not offer it (clap_complete lists hidden commands too).
+#[derive(Subcommand)]
+pub enum Generated {
+    /// One man page per command: tether.1, tether-agent.1, tether-ctl-node-create.1, ...
+    Man { dir: PathBuf },
+    /// Completions for bash (tether.bash), zsh (_tether) and fish (tether.fish).
+    Completions { dir: PathBuf },
+}
+
 fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     let etc = Path::new("/etc/tether");
     let mut files = match explicit {
@@ -82,6 +93,27 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
             .filter(|f| explicit.is_none() || *f != main),
     );
     Ok(Config::load(&files)?)
+}
+
+pub enum Invocation {
+    Run(Cli),
+    Generate(Generated),
+}
+
+/// Parses the process arguments; exits with clap's message and code on a usage error.
+pub fn parse() -> Invocation {
+    let generate = Generated::augment_subcommands(
+        clap::Command::new("generate")
+            .about("Write man pages or shell completions (for packaging)")
+            .hide(true)
+            .subcommand_required(true),
+    );
+    let matches = Cli::command().subcommand(generate).get_matches();
+    let parsed = match matches.subcommand() {
+        Some(("generate", sub)) => Generated::from_arg_matches(sub).map(Invocation::Generate),
+        _ => Cli::from_arg_matches(&matches).map(Invocation::Run),
+    };
+    parsed.unwrap_or_else(|e| e.exit())
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -153,6 +185,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+pub fn generate(what: Generated) -> anyhow::Result<()> {
+    let (Generated::Man { dir } | Generated::Completions { dir }) = &what;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man { dir } => clap_mangen::generate_to(cmd, &dir)
+            .with_context(|| format!("writing man pages to {}", dir.display()))?,
+        Generated::Completions { dir } => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd, "tether", &dir)
+                    .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

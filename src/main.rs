@@ -6,12 +6,15 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
-    match cli::run(cli) {
+    let result = match cli::parse() {
+        cli::Invocation::Generate(what) => cli::generate(what).map(|()| ExitCode::SUCCESS),
+        cli::Invocation::Run(cli) => {
+            init_logging(cli.verbose);
+            cli::run(cli)
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             // `-> cause` lines, the way zincati prints error chains.
