@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use tether::agent::{self, Host};
 use tether::backend::simulated::SimKernel;
-use tether::config::{BackendKind, Config, default_fragments};
+use tether::config::{AgentConfig, BackendKind, Config, cmdline, default_fragments};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,10 @@ pub struct Cli {
     /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d still apply.
     #[arg(long, short, global = true, env = "TETHER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Kernel command line whose tether.* keys apply over the configuration files (agent,
+    /// status, check-config) [default: /proc/cmdline].
+    #[arg(long, global = true, env = "TETHER_CMDLINE", value_name = "FILE")]
+    pub cmdline: Option<PathBuf>,
     /// More log output (-v debug, -vv trace). TETHER_LOG overrides it with a tracing filter.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -79,7 +83,21 @@ pub enum Generated {
     Completions { dir: PathBuf },
 }
 
-fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
+/// The `tether.*` keys of the kernel command line: `--cmdline`/TETHER_CMDLINE, or /proc/cmdline
+/// when it exists.
+fn read_cmdline(path: Option<&Path>) -> anyhow::Result<cmdline::CmdlineSettings> {
+    Ok(match path {
+        Some(path) => cmdline::read(path, true)?,
+        None => cmdline::read(Path::new(cmdline::DEFAULT_PATH), false)?,
+    })
+}
+
+/// Files, then the kernel command line over them. The conductor passes no command line: its
+/// settings are not there, and a bad `tether.*` word meant for an agent must not stop it.
+fn load_config(
+    explicit: Option<&Path>,
+    from_cmdline: &cmdline::CmdlineSettings,
+) -> anyhow::Result<Config> {
     let etc = Path::new("/etc/tether");
     let mut files = match explicit {
         Some(path) => vec![path.to_path_buf()],
@@ -92,7 +110,33 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
             .into_iter()
             .filter(|f| explicit.is_none() || *f != main),
     );
-    Ok(Config::load(&files)?)
+    Ok(Config::load_with_cmdline(&files, from_cmdline)?)
+}
+
+/// The agent's flags, which win over the files and the kernel command line.
+struct AgentFlags {
+    conductor_url: Option<String>,
+    state_dir: Option<PathBuf>,
+    host_root: Option<PathBuf>,
+    simulated: bool,
+}
+
+impl AgentFlags {
+    fn apply(self, mut config: AgentConfig) -> AgentConfig {
+        if let Some(url) = self.conductor_url {
+            config.conductor_url = url;
+        }
+        if let Some(dir) = self.state_dir {
+            config.state_dir = dir;
+        }
+        if let Some(root) = self.host_root {
+            config.host_root = root;
+        }
+        if self.simulated {
+            config.backend = BackendKind::Simulated;
+        }
+        config
+    }
 }
 
 pub enum Invocation {
@@ -119,24 +163,42 @@ pub fn parse() -> Invocation {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => {
-            let config = load_config(cli.config.as_deref())?;
-            let mut shown = config.clone();
+            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+            let mut shown = load_config(cli.config.as_deref(), &from_cmdline)?;
             if shown.agent.token.is_some() {
                 shown.agent.token = Some(tether::protocol::MASK.into());
             }
-            println!("configuration is valid:\n{shown:#?}");
+            println!("configuration is valid");
+            if !from_cmdline.is_empty() {
+                let path = cli
+                    .cmdline
+                    .as_deref()
+                    .unwrap_or(Path::new(cmdline::DEFAULT_PATH));
+                println!(
+                    "from the kernel command line ({}): {}",
+                    path.display(),
+                    from_cmdline.keys().join(", ")
+                );
+            }
+            println!("{shown:#?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { state_dir, json } => {
             let dir = match state_dir {
                 Some(dir) => dir,
-                None => load_config(cli.config.as_deref())?.agent.state_dir,
+                None => {
+                    let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+                    load_config(cli.config.as_deref(), &from_cmdline)?
+                        .agent
+                        .state_dir
+                }
             };
             crate::status::show(&dir, json)
         }
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Conductor { listen, database } => {
-            let mut config = load_config(cli.config.as_deref())?.conductor;
+            let no_cmdline = cmdline::CmdlineSettings::default();
+            let mut config = load_config(cli.config.as_deref(), &no_cmdline)?.conductor;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -159,19 +221,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             host_root,
         } => {
-            let mut config = load_config(cli.config.as_deref())?.agent;
-            if let Some(url) = conductor_url {
-                config.conductor_url = url;
-            }
-            if let Some(dir) = state_dir {
-                config.state_dir = dir;
-            }
-            if let Some(root) = host_root {
-                config.host_root = root;
-            }
-            if simulated {
-                config.backend = BackendKind::Simulated;
-            }
+            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+            let flags = AgentFlags {
+                conductor_url,
+                state_dir,
+                host_root,
+                simulated,
+            };
+            let config = flags.apply(load_config(cli.config.as_deref(), &from_cmdline)?.agent);
             let host = match config.backend {
                 BackendKind::Simulated => {
                     tracing::warn!("using the simulated kernel: nothing is attached for real");
@@ -235,5 +292,52 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_kernel_command_line_which_wins_over_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("tether.toml");
+        std::fs::write(
+            &toml,
+            "[agent]\nconductor_url = \"http://file:1\"\nstate_dir = \"/file\"\n\
+             host_root = \"/file-root\"\ndevice_timeout_s = 5\n",
+        )
+        .unwrap();
+        let cmdline_file = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline_file,
+            "ro tether.conductor=http://cmdline:2 tether.state_dir=/cmdline tether.device_timeout_s=9\n",
+        )
+        .unwrap();
+        let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();
+        let loaded = load_config(Some(&toml), &from_cmdline).unwrap().agent;
+        let flags = AgentFlags {
+            conductor_url: Some("http://flag:3".into()),
+            state_dir: None,
+            host_root: None,
+            simulated: false,
+        };
+        let agent = flags.apply(loaded);
+        assert_eq!(agent.conductor_url, "http://flag:3");
+        assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
+        assert_eq!(agent.device_timeout_s, 9);
+        assert_eq!(agent.host_root, PathBuf::from("/file-root"));
+        assert_eq!(agent.backend, BackendKind::System);
+
+        // An explicit command line must exist; the default one may be absent.
+        let missing = dir.path().join("absent");
+        assert!(read_cmdline(Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn the_cmdline_flag_is_global() {
+        let cli = Cli::try_parse_from(["tether", "status", "--cmdline", "/x"]).unwrap();
+        assert_eq!(cli.cmdline, Some(PathBuf::from("/x")));
     }
 }

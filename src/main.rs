@@ -17,8 +17,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // `-> cause` lines, the way zincati prints error chains.
-            eprintln!("error: {e}");
+            // `-> cause` lines, the way zincati prints error chains. Configuration errors carry
+            // their stable kind, for whoever greps the journal of a node that did not start.
+            match e.downcast_ref::<tether::config::ConfigError>() {
+                Some(config) => eprintln!("error: {e} [{}]", config.kind()),
+                None => eprintln!("error: {e}"),
+            }
             for cause in e.chain().skip(1) {
                 eprintln!("  -> {cause}");
             }
