@@ -11,11 +11,27 @@ use tether::agent::{self, Host};
 use tether::backend::simulated::SimKernel;
 use tether::config::{AgentConfig, BackendKind, Config, cmdline, default_fragments};
 
+/// Also the EXTRA section of the man page.
+const AFTER_LONG_HELP: &str = "\
+Configuration, later winning key by key: /usr/lib/tether/config.d/*.toml, /etc/tether/tether.toml \
+(or --config), /etc/tether/config.d/*.toml; then the kernel command line's tether.* keys (for \
+agent, status and check-config); then the command's flags.
+
+Kernel command line keys: tether.conductor=URL, tether.node=UUID, tether.token_file=PATH, \
+tether.token=TOKEN (any user can read /proc/cmdline: prefer tether.token_file), \
+tether.state_dir=PATH, tether.device_timeout_s=SECONDS.
+
+Environment: TETHER_CONFIG, TETHER_CMDLINE, TETHER_LOG (a tracing filter), TETHER_ADMIN_TOKEN \
+(conductor, ctl), TETHER_URL (ctl).
+
+See /usr/share/doc/tether/operations.md.";
+
 #[derive(Parser)]
 #[command(
     name = "tether",
     version,
-    about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines"
+    about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d still apply.
@@ -333,6 +349,13 @@ mod tests {
         // An explicit command line must exist; the default one may be absent.
         let missing = dir.path().join("absent");
         assert!(read_cmdline(Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn the_man_page_lists_every_kernel_command_line_key() {
+        for (key, _, _) in cmdline::KEYS {
+            assert!(AFTER_LONG_HELP.contains(&format!("tether.{key}=")), "{key}");
+        }
     }
 
     #[test]
