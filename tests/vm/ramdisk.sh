@@ -1,0 +1,149 @@
+# shellcheck shell=bash disable=SC2034 # the variables are for the scenarios
+# Helpers for the target side of the ramdisk scenarios (tests/vm/ramdisk/*.sh, run by
+# scripts/vm/run-ramdisk). This guest has a NIC on a link to the node guest, which the host
+# boots from the initramfs built here once `boot_node` asks for it. Sourced after lib.sh.
+
+LINK_MAC=52:54:00:00:09:01
+LINK_IP=10.0.9.1
+NODE_MAC=52:54:00:00:09:02
+NODE_IP=10.0.9.2
+NODE_INITIATOR=iqn.2024-01.test.tether:ramdisk-node
+RD_NODE_UUID=3c1d6f0e-9a2b-4c5d-8e7f-0a1b2c3d4e5f
+RD=$SHARE/ramdisk
+INITRAMFS=$RD/initramfs.img
+NODE_T0=""
+mkdir -p "$RD"
+
+# link_up : address $LINK_IP/24 on the NIC with $LINK_MAC (udev may have renamed it).
+link_up() {
+    local dev="" i
+    modprobe virtio_net
+    udevadm settle --timeout=30 || true
+    for ((i = 0; i < 100; i++)); do
+        dev=$(ip -o link | awk -v mac="$LINK_MAC" 'index($0, mac) { sub(/:$/, "", $2); print $2; exit }')
+        [[ -n $dev ]] && break
+        sleep 0.1
+    done
+    if [[ -z $dev ]]; then
+        fail "the NIC on the link" "an interface with MAC $LINK_MAC" "$(ip -o link)"
+        return 1
+    fi
+    ip addr add "$LINK_IP/24" dev "$dev"
+    ip link set "$dev" up
+    log "link: $dev $LINK_IP/24"
+}
+
+# build_initramfs : dracut with the tether module (from the share) into $INITRAMFS: systemd,
+# systemd-networkd for ip=, no compression (the kernel unpacks it faster under TCG). The
+# file list goes to $RESULT_DIR/initramfs.list.
+build_initramfs() {
+    local t0 rc=0
+    rm -rf /usr/lib/dracut/modules.d/95tether
+    cp -a "$SHARE/dracut/95tether" /usr/lib/dracut/modules.d/95tether
+    t0=$(now_ms)
+    dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode --no-compress \
+        --kver "$(uname -r)" --modules "systemd systemd-initrd dracut-systemd base udev-rules tether" \
+        --add-drivers "virtio_pci virtio_net" "$INITRAMFS" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
+    note dracut_build_ms $(($(now_ms) - t0))
+    if ((rc != 0)); then
+        fail "dracut builds the initramfs" "exit 0" "exit $rc: $(tail -n 20 "$RESULT_DIR/dracut.log")"
+        return 1
+    fi
+    note initramfs_mib $(($(stat -c %s "$INITRAMFS") / 1048576))
+    lsinitrd "$INITRAMFS" >"$RESULT_DIR/initramfs.list" 2>&1
+    pass "dracut builds the initramfs"
+}
+
+# initramfs_has DESC ERE / initramfs_lacks DESC ERE : a path in the initramfs matches ERE (or none).
+initramfs_has() {
+    local got
+    got=$(grep -E -- "$2" "$RESULT_DIR/initramfs.list" | head -n 3 || true)
+    if [[ -n $got ]]; then pass "initramfs has $1"; else fail "initramfs has $1" "a path matching /$2/" "none (see initramfs.list)"; fi
+}
+initramfs_lacks() {
+    local got
+    got=$(grep -E -- "$2" "$RESULT_DIR/initramfs.list" | head -n 3 || true)
+    expect_eq "initramfs: $1" "" "$got"
+}
+
+# conductor_on_link : the conductor (tether.sh's database and admin token) on every address.
+conductor_on_link() {
+    local i
+    rm -rf "$(dirname "$CONDUCTOR_DB")"
+    mkdir -p "$(dirname "$CONDUCTOR_DB")"
+    "$TETHER" conductor --listen 0.0.0.0:6387 --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
+    CONDUCTOR_PID=$!
+    for ((i = 0; i < 300; i++)); do
+        ctl node list >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "conductor starts" "an answer on $TETHER_URL" "none in 30 s; see conductor.log"
+    return 1
+}
+
+# boot_node OPTION... : have the host boot the node from $INITRAMFS with these kernel command
+# line options; returns once its qemu started.
+boot_node() {
+    local i
+    printf '%s\n' "$*" >"$RD/cmdline"
+    rm -f "$RD/booting" "$RD/node-exited"
+    : >"$RD/ready"
+    for ((i = 0; i < 300; i++)); do
+        if [[ -f $RD/booting ]]; then
+            NODE_T0=$(now_ms)
+            log "node booting: $*"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "the host boots the node" "$RD/booting within 30 s" "nothing: is this run through scripts/vm/run-ramdisk?"
+    return 1
+}
+
+# node_console_tail : the last lines of the node's console.
+node_console_tail() {
+    printf 'node console (node-console.log in the results directory), last lines:\n%s' \
+        "$(tail -n 25 "$RD/console.log" 2>/dev/null | cut -c1-200)"
+}
+
+# wait_node_volume NODE VOLUME STATE TIMEOUT_S : the conductor has the node's report of VOLUME
+# in STATE; leaves it in $REPORT and notes the time since the node's qemu started.
+wait_node_volume() {
+    local node=$1 volume=$2 state=$3 t=$4 deadline
+    deadline=$(($(now_ms) + t * 1000))
+    while (($(now_ms) < deadline)); do
+        if REPORT=$(ctl wait "$node" "$volume" --state "$state" --timeout 5 2>"$WORK/wait.err"); then
+            note "node_boot_to_${state}_report_ms" $(($(now_ms) - NODE_T0))
+            pass "$volume reported $state by the node"
+            return 0
+        fi
+        if [[ -f $RD/node-exited ]]; then
+            fail "$volume reported $state by the node" "state $state within ${t}s" \
+                "the node's qemu exited ($(cat "$RD/node-exited")) first; $(node_console_tail)"
+            return 1
+        fi
+    done
+    fail "$volume reported $state by the node" "state $state within ${t}s" \
+        "$(cat "$WORK/wait.err"); status: $(ctl status "$node" 2>&1 || true); $(node_console_tail)"
+    return 1
+}
+
+# node_timings : times the node's console shows (seconds since its kernel started).
+node_timings() {
+    local t
+    t=$(sed -n 's/^\[ *\([0-9.]*\)\] sd .*Attached SCSI disk.*/\1/p' "$RD/console.log" | head -n1)
+    [[ -n $t ]] && note node_kernel_to_disk_s "$t"
+    t=$(sed -n 's/^\[ *\([0-9.]*\)\] .*tether\[[0-9]*\]:.* mounted.*/\1/p' "$RD/console.log" | head -n1)
+    [[ -n $t ]] && note node_kernel_to_mounted_s "$t"
+    return 0
+}
+
+# node_done : let the host stop the node.
+node_done() {
+    local i
+    : >"$RD/done"
+    for ((i = 0; i < 100; i++)); do
+        [[ -f $RD/done ]] || return 0
+        sleep 0.1
+    done
+}

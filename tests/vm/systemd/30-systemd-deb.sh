@@ -1,0 +1,167 @@
+# shellcheck shell=bash disable=SC2154
+# systemd as PID 1 and the Debian package, over three boots of one guest:
+#  1. `dpkg -i` on the clean image gives an enabled, not yet started agent unit; LIO is set up
+#     and saved (Debian's rtslib-fb-targetctl.service restores it at boot); the packaged
+#     conductor unit is enabled and started; the node is enrolled and a volume assigned; the
+#     agent attaches it and data is written through it. Reboot.
+#  2. The agent attached the volume at boot: active, notified ready, report at the conductor,
+#     data back. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
+#     Reboot.
+#  3. The volume is back through the agent's own login (node.startup=manual, session created
+#     after the agent started), not through iscsid's automatic login.
+# vm-timeout: 240
+# vm-boots: 3
+source "$SHARE/vm/systemd.sh"
+PORTAL=127.0.0.1:3260
+IQN=iqn.2003-01.test.tether:boot
+VOLUME=vol-boot
+DEV=$(by_path "$PORTAL" "$IQN" 0)
+DATA=/var/tmp/vm-boot-data
+UNIT=tether-agent.service
+# The package's binary, not the share's: the suite runs without --bin.
+TETHER=/usr/bin/tether
+
+# data_back WHEN : the 1 MiB written in boot 1 reads back through the device.
+data_back() {
+    expect_eq "$1: data written before the reboot reads back" "$(sha256sum <"$DATA" | cut -d' ' -f1)" \
+        "$(dd if="$DEV" bs=1M count=1 iflag=direct status=none | sha256sum | cut -d' ' -f1 || true)"
+}
+
+# agent_up_at_boot : the agent started at boot, is notified ready and got the volume attached.
+agent_up_at_boot() {
+    local started ready attached
+    expect_eq "agent unit active after boot" active "$(unit_prop $UNIT ActiveState)"
+    expect_eq "agent unit running" running "$(unit_prop $UNIT SubState)"
+    # Type=notify: active only once READY=1 arrived; the status line comes with it.
+    expect_eq "agent unit is Type=notify" notify "$(unit_prop $UNIT Type)"
+    expect_eq "agent's status line (sent with READY)" "1 volumes" "$(unit_prop $UNIT StatusText)"
+    wait_volume "$VOLUME" attached 60
+    expect_eq "reported device path is the by-path link" "$DEV" "$(field device_path)"
+    expect_true "by-path device present" test -b "$DEV"
+    expect_eq "one session to the target" 1 "$(sessions_to "$IQN")"
+    data_back "boot $VM_BOOT"
+    started=$(unit_prop $UNIT ExecMainStartTimestampMonotonic)
+    ready=$(unit_prop $UNIT ActiveEnterTimestampMonotonic)
+    attached=$(journal_first_us $UNIT '(^|INFO )attached( |$)')
+    note "boot${VM_BOOT}_agent_started_ms" $((started / 1000))
+    note "boot${VM_BOOT}_agent_ready_ms" $((ready / 1000))
+    note "boot${VM_BOOT}_volume_attached_ms" $((${attached:-0} / 1000))
+    # The session is the agent's own: at its start the volume was gone from the host (no
+    # automatic login before it), and the kernel created the session after the agent started.
+    expect_match "agent found no session at start" 'no longer on the host' \
+        "$(journalctl -b -u $UNIT --no-pager -g 'no longer on the host' 2>&1 || true)"
+    local session_us
+    session_us=$(journal_first_us -k 'iSCSI Initiator over TCP/IP')
+    if [[ -n $session_us ]] && ((session_us > started)); then
+        pass "session created after the agent started"
+    else
+        fail "session created after the agent started" "kernel's iSCSI host created after ${started} us" \
+            "${session_us:-no 'iSCSI Initiator over TCP/IP' kernel message} us"
+    fi
+    expect_eq "iscsid's automatic login logged in nothing" "" \
+        "$(journalctl -b -u open-iscsi.service -u iscsid.service --no-pager -g 'Logging in to|Login to \\[' 2>/dev/null || true)"
+    expect_line "node record has node.startup = manual" "node.startup = manual" \
+        "$(iscsiadm -m node -T "$IQN" -p "$PORTAL" 2>&1 || true)"
+}
+
+boot1() {
+    expect_eq "systemd is PID 1" systemd "$(cat /proc/1/comm)"
+    expect_rc "dpkg -i of the package" 0 dpkg -i "$SHARE/deb/tether.deb"
+    ((LAST_RC == 0)) || exit 1
+    source "$SHARE/vm/tether.sh"
+    expect_eq "agent unit enabled by the package" enabled "$(systemctl is-enabled $UNIT 2>&1 || true)"
+    expect_eq "agent unit not started by the package" inactive "$(systemctl is-active $UNIT 2>&1 || true)"
+    expect_eq "systemd-analyze verify of both units" "" \
+        "$(systemd-analyze verify $UNIT tether-conductor.service 2>&1 || true)"
+    expect_eq "LIO restore unit enabled" enabled "$(systemctl is-enabled rtslib-fb-targetctl.service 2>&1 || true)"
+
+    # The target, saved for rtslib-fb-targetctl.service to restore at boot.
+    lio_target "$IQN"
+    lio_lun "$IQN" boot0 64M
+    lio_acl "$IQN" "$GUEST_INITIATOR"
+    lio_cmd "saveconfig"
+    LIO_OK_OUTPUT='^(Configuration saved to|Last [0-9]+ configs saved)' lio_apply
+    expect_true "LIO configuration saved" test -s /etc/rtslib-fb-target/saveconfig.json
+    # Here the target shares the node with its initiator. Cleared at shutdown, it would leave
+    # the kernel's final cache flush of the iSCSI disk waiting out the 120 s replacement
+    # timeout on every reboot; a real target outlives its initiators' reboots.
+    mkdir -p /etc/systemd/system/rtslib-fb-targetctl.service.d
+    printf '[Service]\nExecStop=\n' >/etc/systemd/system/rtslib-fb-targetctl.service.d/50-vm-test.conf
+
+    # The conductor from the package's unit, with the test's admin token provisioned.
+    install -d -m 0755 /etc/tether/config.d
+    (umask 077 && printf '%s\n' "$TETHER_ADMIN_TOKEN" >/etc/tether/admin.token)
+    cat >/etc/tether/config.d/50-vm-test.toml <<EOF
+[agent]
+node_uuid = "$NODE_UUID"
+device_timeout_s = 30
+retry_initial_s = 1
+retry_max_s = 4
+
+[conductor]
+admin_token_file = "/etc/tether/admin.token"
+EOF
+    expect_rc "tether check-config" 0 "$TETHER" check-config
+    expect_rc "systemctl enable --now tether-conductor" 0 systemctl enable --now tether-conductor.service
+    expect_eq "conductor active (READY)" active "$(unit_prop tether-conductor.service ActiveState)"
+    tether_enroll
+    assign "$VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 0 >/dev/null
+
+    # The test's target and conductor run on this node, so the agent starts after them; the
+    # watchdog is shortened so that the hung-agent check takes seconds.
+    mkdir -p /etc/systemd/system/$UNIT.d
+    cat >/etc/systemd/system/$UNIT.d/50-vm-test.conf <<EOF
+[Unit]
+After=rtslib-fb-targetctl.service tether-conductor.service
+[Service]
+WatchdogSec=10s
+EOF
+    systemctl daemon-reload
+    expect_rc "systemctl start tether-agent" 0 systemctl start $UNIT
+    wait_volume "$VOLUME" attached 60
+    expect_eq "reported device path is the by-path link" "$DEV" "$(field device_path)"
+    dd if=/dev/urandom of="$DATA" bs=1M count=1 status=none
+    dd if="$DATA" of="$DEV" bs=1M oflag=direct conv=fsync status=none
+    data_back "boot 1"
+    vm_reboot
+}
+
+boot2() {
+    source "$SHARE/vm/tether.sh"
+    agent_up_at_boot
+
+    # Hung agent: the watchdog (10 s here) kills it and Restart= starts a new one, which
+    # adopts the volume from its ownership record.
+    expect_eq "watchdog armed" 10s "$(unit_prop $UNIT WatchdogUSec)"
+    local pid restarts sessions t0
+    pid=$(unit_prop $UNIT MainPID)
+    restarts=$(unit_prop $UNIT NRestarts)
+    sessions=$(session_ids "$IQN")
+    t0=$(now_ms)
+    kill -STOP "$pid"
+    if wait_unit_restarted $UNIT "$pid" 45; then
+        note watchdog_stop_to_restarted_ms $(($(now_ms) - t0))
+    fi
+    expect_eq "NRestarts went up by one" $((restarts + 1)) "$(unit_prop $UNIT NRestarts)"
+    expect_ne "new main process" "$pid" "$(unit_prop $UNIT MainPID)"
+    expect_match "systemd saw the watchdog timeout" 'Watchdog timeout' \
+        "$(journalctl -b -u $UNIT --no-pager -g 'Watchdog timeout' 2>&1 || true)"
+    expect_match "the new agent adopted the volume" 'still attached from before' \
+        "$(journalctl -b -u $UNIT --no-pager -g 'still attached from before' 2>&1 || true)"
+    wait_volume "$VOLUME" attached 30
+    expect_eq "same session after the restart (no second login)" "$sessions" "$(session_ids "$IQN")"
+    expect_true "by-path device still present" test -b "$DEV"
+    vm_reboot
+}
+
+boot3() {
+    source "$SHARE/vm/tether.sh"
+    expect_eq "agent unit still enabled" enabled "$(systemctl is-enabled $UNIT 2>&1 || true)"
+    agent_up_at_boot
+    expect_match "ownership record lists the volume" "\"volume_id\": *\"$VOLUME\"" \
+        "$(cat /var/lib/tether/volumes.json 2>&1 || true)"
+    expect_match "journald has the agent's structured fields" "\"VOLUME_ID\":\"$VOLUME\"" \
+        "$(journalctl -b -u $UNIT -o json --no-pager 2>&1 | grep -m1 "\"VOLUME_ID\":\"$VOLUME\"" || true)"
+}
+
+"boot$VM_BOOT"
