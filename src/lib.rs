@@ -10,5 +10,6 @@ pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
+pub mod journal;
 pub mod notify;
 pub mod protocol;
