@@ -134,7 +134,7 @@ node_timings() {
     local t
     t=$(sed -n 's/^\[ *\([0-9.]*\)\] sd .*Attached SCSI disk.*/\1/p' "$RD/console.log" | head -n1)
     [[ -n $t ]] && note node_kernel_to_disk_s "$t"
-    t=$(sed -n 's/^\[ *\([0-9.]*\)\] tether\[[0-9]*\]: *INFO attached .*/\1/p' "$RD/console.log" | head -n1)
+    t=$(sed -n 's/^\[ *\([0-9.]*\)\] tether\[[0-9]*\]: *\(INFO \)\{0,1\}attached .*/\1/p' "$RD/console.log" | head -n1)
     [[ -n $t ]] && note node_kernel_to_attached_s "$t"
     return 0
 }
