@@ -80,7 +80,7 @@ install() {
         $SYSTEMCTL -q --root "$initdir" add-wants initrd.target tether-agent.service
     else
         # No systemd: iscsid and the agent start from the hook run when an interface is up.
-        inst_multiple setsid pgrep
+        inst_multiple setsid pgrep tee
         inst_hook initqueue/online 90 "$moddir/tether-start.sh"
     fi
 }

@@ -9,6 +9,10 @@ NODE_MAC=52:54:00:00:09:02
 NODE_IP=10.0.9.2
 NODE_INITIATOR=iqn.2024-01.test.tether:ramdisk-node
 RD_NODE_UUID=3c1d6f0e-9a2b-4c5d-8e7f-0a1b2c3d4e5f
+RD_IQN=iqn.2003-01.test.tether:ramdisk
+RD_PORTAL=$LINK_IP:3260
+RD_VOLUME=vol-ramdisk
+RD_NODE=ramdisk-node
 RD=$SHARE/ramdisk
 INITRAMFS=$RD/initramfs.img
 NODE_T0=""
@@ -28,21 +32,31 @@ link_up() {
         fail "the NIC on the link" "an interface with MAC $LINK_MAC" "$(ip -o link)"
         return 1
     fi
-    ip addr add "$LINK_IP/24" dev "$dev"
+    ip addr replace "$LINK_IP/24" dev "$dev"
     ip link set "$dev" up
     log "link: $dev $LINK_IP/24"
 }
 
-# build_initramfs : dracut with the tether module (from the share) into $INITRAMFS: systemd,
-# systemd-networkd for ip=, no compression (the kernel unpacks it faster under TCG). The
-# file list goes to $RESULT_DIR/initramfs.list.
+# ramdisk_prepare : the link up, the package installed (the module takes the binary and the
+# unit from it), tether.sh loaded for the package's binary.
+ramdisk_prepare() {
+    link_up
+    expect_rc "dpkg -i of the package" 0 dpkg -i "$SHARE/deb/tether.deb"
+    ((LAST_RC == 0)) || return 1
+    TETHER=/usr/bin/tether
+    source "$SHARE/vm/tether.sh"
+}
+
+# build_initramfs MODULES : dracut with these modules and the tether module (from the share)
+# into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG). The file list goes
+# to $RESULT_DIR/initramfs.list.
 build_initramfs() {
     local t0 rc=0
     rm -rf /usr/lib/dracut/modules.d/95tether
     cp -a "$SHARE/dracut/95tether" /usr/lib/dracut/modules.d/95tether
     t0=$(now_ms)
     dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode --no-compress \
-        --kver "$(uname -r)" --modules "systemd systemd-initrd dracut-systemd base udev-rules tether" \
+        --kver "$(uname -r)" --modules "$1 tether" \
         --add-drivers "virtio_pci virtio_net" "$INITRAMFS" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
     note dracut_build_ms $(($(now_ms) - t0))
     if ((rc != 0)); then
@@ -80,6 +94,40 @@ conductor_on_link() {
     done
     fail "conductor starts" "an answer on $TETHER_URL" "none in 30 s; see conductor.log"
     return 1
+}
+
+# ramdisk_serve : LIO serves a 64M LUN of $RD_IQN on the link to $NODE_INITIATOR only; the
+# conductor runs; the node is enrolled and $RD_VOLUME assigned, to be formatted and mounted.
+ramdisk_serve() {
+    lio_target "$RD_IQN" "$LINK_IP" 3260
+    lio_lun "$RD_IQN" rd0 64M
+    lio_acl "$RD_IQN" "$NODE_INITIATOR"
+    lio_apply
+    conductor_on_link
+    ctl node create "$RD_NODE" --mac "$NODE_MAC" --uuid "$RD_NODE_UUID" >/dev/null
+    ctl target create "$RD_NODE" --volume-id "$RD_VOLUME" --portal "$RD_PORTAL" --iqn "$RD_IQN" --lun 0 \
+        --mount /mnt/data --fstype ext4 --mkfs >/dev/null
+}
+
+# ramdisk_node_options : the kernel options every node boot gets: static address on the
+# link, the agent's settings, the initiator name.
+ramdisk_node_options() {
+    printf '%s' "ip=$NODE_IP::$LINK_IP:255.255.255.0:$RD_NODE:eth0:off net.ifnames=0" \
+        " rd.iscsi.initiator=$NODE_INITIATOR tether.conductor=http://$LINK_IP:6387 tether.node=$RD_NODE_UUID"
+}
+
+# ramdisk_checks : once the node reported $RD_VOLUME mounted: what the conductor and the
+# target see.
+ramdisk_checks() {
+    expect_eq "reported device path is the by-path link on the link's portal" \
+        "$(by_path "$RD_PORTAL" "$RD_IQN" 0)" "$(field device_path)"
+    expect_match "reported mount point" '"mountpoint": "/mnt/data"' "$REPORT"
+    expect_eq "the node's mkfs.ext4 formatted the LUN" ext4 \
+        "$(blkid -p -o value -s TYPE "$LIO_BACKING_DIR/rd0.img" 2>&1 || true)"
+    expect_match "LIO session from the node's initiator name, over the link" "$NODE_IP" \
+        "$(cat "$CONFIGFS_ISCSI/$RD_IQN/tpgt_1/acls/$NODE_INITIATOR/info" 2>&1 || true)"
+    expect_match "the node reported its initiator name" "$NODE_INITIATOR" \
+        "$(ctl status "$RD_NODE" --json 2>&1 || true)"
 }
 
 # boot_node OPTION... : have the host boot the node from $INITRAMFS with these kernel command
