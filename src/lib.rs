@@ -10,6 +10,5 @@ pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
-pub mod journal;
 pub mod notify;
 pub mod protocol;

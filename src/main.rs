@@ -4,7 +4,6 @@ mod cli;
 mod ctl;
 mod status;
 
-use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -40,18 +39,6 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let under_journald = tether::journal::stderr_is_journal();
-    if under_journald
-        && let Ok(journal) =
-            tether::journal::JournalLayer::connect(Path::new(tether::journal::SOCKET), "tether")
-    {
-        use tracing_subscriber::prelude::*;
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(journal)
-            .init();
-        return;
-    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
