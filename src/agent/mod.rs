@@ -109,7 +109,12 @@ impl Host {
             tracing::warn!(tools = ?missing, "tools for mounts and detach are missing; volumes that need them will fail");
         }
         let iscsi: Arc<dyn VolumeBackend> = match backend::iscsi::iscsiadm::SystemIscsi::new(root) {
-            Ok(host) => Arc::new(backend::iscsi::IscsiBackend::new(host, block.clone())),
+            Ok(host) => Arc::new(
+                backend::iscsi::IscsiBackend::new(host, block.clone()).with_multipath(
+                    backend::iscsi::multipath::SystemMultipath::new(root)
+                        .map(|m| Box::new(m) as Box<dyn backend::iscsi::multipath::MultipathHost>),
+                ),
+            ),
             Err(e) => {
                 tracing::warn!(kind = e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
                 Arc::new(backend::Unavailable(e))
@@ -537,7 +542,7 @@ impl Agent {
         let mut ownership = Ownership::default();
         for (other, volume) in &self.volumes {
             let Some(Attachment {
-                handle: Handle::Iscsi { paths },
+                handle: Handle::Iscsi { paths, .. },
                 ..
             }) = &volume.attachment
             else {
@@ -719,7 +724,7 @@ impl Agent {
                 .values_mut()
                 .find_map(|v| match &mut v.attachment {
                     Some(Attachment {
-                        handle: Handle::Iscsi { paths },
+                        handle: Handle::Iscsi { paths, .. },
                         ..
                     }) => paths.iter_mut().find(|p| p.session_key() == key),
                     _ => None,
