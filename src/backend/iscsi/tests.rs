@@ -89,12 +89,12 @@ fn without_multipathd_every_path_is_reported_and_the_first_is_the_device() {
     assert_eq!(kernel.session_count("127.0.0.2:3260", IQN), 1);
 }
 
-#[test]
-fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
+/// Attaches the two-path volume with multipathd running but no map ever appearing.
+fn attach_without_a_map(wwid_is_new: bool) -> (Arc<SimKernel>, Arc<Tools>, HostError) {
     let kernel = Arc::new(SimKernel::new(Duration::ZERO));
     let tools = Arc::new(Tools {
         running: true,
-        wwid_is_new: true,
+        wwid_is_new,
         ..Tools::default()
     });
     let error = backend(&kernel, &tools)
@@ -104,6 +104,12 @@ fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
             Duration::from_millis(50),
         )
         .unwrap_err();
+    (kernel, tools, error)
+}
+
+#[test]
+fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
+    let (kernel, tools, error) = attach_without_a_map(true);
     assert_eq!(error.kind, "multipath_failed");
     assert!(error.message.contains("/etc/multipath.conf"), "{error}");
     // Asked for the map over both paths, then took back the WWID it registered.
@@ -119,25 +125,10 @@ fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
 
 #[test]
 fn a_wwid_known_before_is_left_registered() {
-    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
-    let tools = Arc::new(Tools {
-        running: true,
-        wwid_is_new: false,
-        ..Tools::default()
-    });
-    let error = backend(&kernel, &tools)
-        .attach(
-            &two_paths(),
-            &Ownership::default(),
-            Duration::from_millis(50),
-        )
-        .unwrap_err();
+    let (_, tools, error) = attach_without_a_map(false);
     assert_eq!(error.kind, "multipath_failed");
-    assert!(
-        !tools.calls().iter().any(|c| c.starts_with("forget")),
-        "{:?}",
-        tools.calls()
-    );
+    let calls = tools.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("forget")), "{calls:?}");
 }
 
 #[test]
