@@ -303,3 +303,78 @@ mod tests {
         assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }
+
+/// `cargo test --release --lib scrape_at_fleet_scale -- --ignored --nocapture` prints what a
+/// scrape of 10,000 nodes costs (docs/operations.md quotes it).
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use crate::protocol::{Heartbeat, NodeCreate, VolumeReport};
+
+    #[test]
+    #[ignore = "seconds in a debug build; a measurement, run it with --release"]
+    fn scrape_at_fleet_scale() {
+        const NODES: u32 = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        for i in 0..NODES {
+            let node = store
+                .create_node(&NodeCreate {
+                    name: format!("n{i}"),
+                    uuid: None,
+                    addresses: vec![format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 255)],
+                    agent_token: None,
+                })
+                .unwrap();
+            let volume = |j: u32, state| VolumeReport {
+                target_uuid: uuid::Uuid::new_v4(),
+                volume_id: format!("v{j}"),
+                volume_type: "iscsi".into(),
+                state,
+                device_path: Some(format!(
+                    "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.linux-iscsi.array:n{i}-lun-{j}"
+                )),
+                paths: vec![format!("/dev/sd{j}")],
+                size_bytes: Some(1 << 30),
+                wwn: Some("naa.6001405abcdef0123".into()),
+                mountpoint: None,
+                error: None,
+                since: "2026-01-01T00:00:00Z".into(),
+            };
+            let report = Heartbeat {
+                agent_version: "0.1.0".into(),
+                generation: Some(1),
+                connectors: Vec::new(),
+                volumes: vec![
+                    volume(0, VolumeState::Attached),
+                    volume(1, VolumeState::Attached),
+                    volume(2, VolumeState::Mounted),
+                    volume(3, VolumeState::Failed),
+                ],
+                foreign: Vec::new(),
+            };
+            store.store_report(node.uuid, &report).unwrap();
+        }
+        let metrics = ConductorMetrics::new(store.clone());
+        for _ in 0..3 {
+            let started = Instant::now();
+            store.metrics_snapshot().unwrap();
+            let locked = started.elapsed();
+            let started = Instant::now();
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, metrics.registry()).unwrap();
+            eprintln!(
+                "store read {locked:?}, whole scrape {:?}, {} bytes",
+                started.elapsed(),
+                text.len()
+            );
+            let ages = text
+                .lines()
+                .filter(|l| l.starts_with("tether_conductor_node_last_seen_age_seconds{"))
+                .count();
+            assert_eq!(ages, NODES as usize);
+            assert!(text.contains("\ntether_conductor_volumes{state=\"attached\"} 20000\n"));
+            assert!(text.contains("\ntether_conductor_volumes{state=\"failed\"} 10000\n"));
+        }
+    }
+}

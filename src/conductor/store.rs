@@ -1,5 +1,6 @@
 //! SQLite store of nodes, connectors, targets and the last report of every node.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -81,6 +82,7 @@ UPDATE reports SET volume_states = COALESCE((
         GROUP BY 1
     )
 ), '{}');
+CREATE INDEX reports_summary ON reports(node_uuid, received_at, volume_states);
 "#,
 ];
 
@@ -535,31 +537,39 @@ impl Store {
         Ok(())
     }
 
-    /// What the metrics endpoint shows, read under one lock in a few aggregate queries.
+    /// What the metrics endpoint shows. The lock is held for two scans of small columns; the
+    /// per-report summaries are added up after it is released.
     pub fn metrics_snapshot(&self) -> Result<MetricsSnapshot, StoreError> {
-        let conn = self.conn();
-        let nodes: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
-        let mut stmt = conn.prepare_cached("SELECT node_uuid, received_at FROM reports")?;
-        let last_seen = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT s.key, SUM(s.value) FROM reports, json_each(reports.volume_states) AS s
-             GROUP BY s.key",
-        )?;
-        let volume_states = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
-            .collect::<Result<_, _>>()?;
-        let mut stmt =
-            conn.prepare_cached("SELECT volume_type, COUNT(*) FROM targets GROUP BY volume_type")?;
-        let targets_by_type = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
-            .collect::<Result<_, _>>()?;
+        let (nodes, reports, targets_by_type) = {
+            let conn = self.conn();
+            let nodes: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
+            let mut stmt =
+                conn.prepare_cached("SELECT node_uuid, received_at, volume_states FROM reports")?;
+            let reports: Vec<(String, i64, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT volume_type, COUNT(*) FROM targets GROUP BY volume_type")?;
+            let targets_by_type: Vec<(String, u64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect::<Result<_, _>>()?;
+            (nodes, reports, targets_by_type)
+        };
+        let mut states: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_seen = Vec::with_capacity(reports.len());
+        for (node, received_at, summary) in reports {
+            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
+                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
+            for (state, n) in summary {
+                *states.entry(state).or_default() += n;
+            }
+            last_seen.push((node, received_at));
+        }
         Ok(MetricsSnapshot {
             now: now_secs(),
             nodes: nodes.max(0) as u64,
             last_seen,
-            volume_states,
+            volume_states: states.into_iter().collect(),
             targets_by_type,
         })
     }
