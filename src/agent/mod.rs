@@ -224,6 +224,8 @@ pub async fn run(
     };
     agent.persist();
     agent.publish_status(None);
+    // Volumes recovered from the record show while the conductor is looked up.
+    metrics.set_volumes(agent.volumes.values().map(Volume::state));
 
     tokio::pin!(shutdown);
     let mut watchdog = notify::Watchdog::from_env();

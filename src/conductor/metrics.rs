@@ -188,7 +188,7 @@ fn encode_snapshot(
     encoder
         .encode_descriptor(
             "tether_conductor_nodes",
-            "Enrolled nodes",
+            "Enrolled nodes.",
             None,
             MetricType::Gauge,
         )?
@@ -196,7 +196,7 @@ fn encode_snapshot(
     encoder
         .encode_descriptor(
             "tether_conductor_nodes_never_seen",
-            "Enrolled nodes that never sent a heartbeat",
+            "Enrolled nodes that never sent a heartbeat.",
             None,
             MetricType::Gauge,
         )?
@@ -204,7 +204,7 @@ fn encode_snapshot(
     let seconds = Unit::Seconds;
     let mut ages = encoder.encode_descriptor(
         "tether_conductor_node_last_seen_age",
-        "Seconds since the node's last heartbeat, for every node that sent one",
+        "Seconds since the node's last heartbeat, for every node that sent one.",
         Some(&seconds),
         MetricType::Gauge,
     )?;
@@ -215,7 +215,7 @@ fn encode_snapshot(
     }
     let mut volumes = encoder.encode_descriptor(
         "tether_conductor_volumes",
-        "Volumes by state, summed over every node's latest report",
+        "Volumes by state, summed over every node's latest report.",
         None,
         MetricType::Gauge,
     )?;
@@ -231,7 +231,7 @@ fn encode_snapshot(
     }
     let mut targets = encoder.encode_descriptor(
         "tether_conductor_targets",
-        "Volume targets assigned to nodes, by volume type",
+        "Volume targets assigned to nodes, by volume type.",
         None,
         MetricType::Gauge,
     )?;
