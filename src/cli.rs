@@ -5,22 +5,42 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use tether::agent::{self, Host};
 use tether::backend::simulated::SimKernel;
-use tether::config::{BackendKind, Config, default_fragments};
+use tether::config::{AgentConfig, BackendKind, Config, cmdline, default_fragments};
+
+/// Also the EXTRA section of the man page.
+const AFTER_LONG_HELP: &str = "\
+Configuration, later winning key by key: /usr/lib/tether/config.d/*.toml, /etc/tether/tether.toml \
+(or --config), /etc/tether/config.d/*.toml; then the kernel command line's tether.* keys (for \
+agent, status and check-config); then the command's flags.
+
+Kernel command line keys: tether.conductor=URL, tether.node=UUID, tether.token_file=PATH, \
+tether.token=TOKEN (any user can read /proc/cmdline: prefer tether.token_file), \
+tether.state_dir=PATH, tether.device_timeout_s=SECONDS.
+
+Environment: TETHER_CONFIG, TETHER_CMDLINE, TETHER_LOG (a tracing filter), TETHER_ADMIN_TOKEN \
+(conductor, ctl), TETHER_URL (ctl).
+
+See /usr/share/doc/tether/operations.md.";
 
 #[derive(Parser)]
 #[command(
     name = "tether",
     version,
-    about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines"
+    about = "Remote block volumes (iSCSI, Ceph RBD) for bare-metal machines",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d still apply.
     #[arg(long, short, global = true, env = "TETHER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Kernel command line whose tether.* keys apply over the configuration files (agent,
+    /// status, check-config) [default: /proc/cmdline].
+    #[arg(long, global = true, env = "TETHER_CMDLINE", value_name = "FILE")]
+    pub cmdline: Option<PathBuf>,
     /// More log output (-v debug, -vv trace). TETHER_LOG overrides it with a tracing filter.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -68,7 +88,32 @@ pub enum Command {
     CheckConfig,
 }
 
-fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
+/// `tether generate man|completions DIR`, run by scripts/build-deb. It is attached to the
+/// parser at run time, not declared in [`Command`], so that the man pages and completions made
+/// from [`Cli`] do not offer it (clap_complete lists hidden commands too).
+#[derive(Subcommand)]
+pub enum Generated {
+    /// One man page per command: tether.1, tether-agent.1, tether-ctl-node-create.1, ...
+    Man { dir: PathBuf },
+    /// Completions for bash (tether.bash), zsh (_tether) and fish (tether.fish).
+    Completions { dir: PathBuf },
+}
+
+/// The `tether.*` keys of the kernel command line: `--cmdline`/TETHER_CMDLINE, or /proc/cmdline
+/// when it exists.
+fn read_cmdline(path: Option<&Path>) -> anyhow::Result<cmdline::CmdlineSettings> {
+    Ok(match path {
+        Some(path) => cmdline::read(path, true)?,
+        None => cmdline::read(Path::new(cmdline::DEFAULT_PATH), false)?,
+    })
+}
+
+/// Files, then the kernel command line over them. The conductor passes no command line: its
+/// settings are not there, and a bad `tether.*` word meant for an agent must not stop it.
+fn load_config(
+    explicit: Option<&Path>,
+    from_cmdline: &cmdline::CmdlineSettings,
+) -> anyhow::Result<Config> {
     let etc = Path::new("/etc/tether");
     let mut files = match explicit {
         Some(path) => vec![path.to_path_buf()],
@@ -81,30 +126,95 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
             .into_iter()
             .filter(|f| explicit.is_none() || *f != main),
     );
-    Ok(Config::load(&files)?)
+    Ok(Config::load_with_cmdline(&files, from_cmdline)?)
+}
+
+/// The agent's flags, which win over the files and the kernel command line.
+struct AgentFlags {
+    conductor_url: Option<String>,
+    state_dir: Option<PathBuf>,
+    host_root: Option<PathBuf>,
+    simulated: bool,
+}
+
+impl AgentFlags {
+    fn apply(self, mut config: AgentConfig) -> AgentConfig {
+        if let Some(url) = self.conductor_url {
+            config.conductor_url = url;
+        }
+        if let Some(dir) = self.state_dir {
+            config.state_dir = dir;
+        }
+        if let Some(root) = self.host_root {
+            config.host_root = root;
+        }
+        if self.simulated {
+            config.backend = BackendKind::Simulated;
+        }
+        config
+    }
+}
+
+pub enum Invocation {
+    Run(Cli),
+    Generate(Generated),
+}
+
+/// Parses the process arguments; exits with clap's message and code on a usage error.
+pub fn parse() -> Invocation {
+    let generate = Generated::augment_subcommands(
+        clap::Command::new("generate")
+            .about("Write man pages or shell completions (for packaging)")
+            .hide(true)
+            .subcommand_required(true),
+    );
+    let matches = Cli::command().subcommand(generate).get_matches();
+    let parsed = match matches.subcommand() {
+        Some(("generate", sub)) => Generated::from_arg_matches(sub).map(Invocation::Generate),
+        _ => Cli::from_arg_matches(&matches).map(Invocation::Run),
+    };
+    parsed.unwrap_or_else(|e| e.exit())
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => {
-            let config = load_config(cli.config.as_deref())?;
-            let mut shown = config.clone();
+            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+            let mut shown = load_config(cli.config.as_deref(), &from_cmdline)?;
             if shown.agent.token.is_some() {
                 shown.agent.token = Some(tether::protocol::MASK.into());
             }
-            println!("configuration is valid:\n{shown:#?}");
+            println!("configuration is valid");
+            if !from_cmdline.is_empty() {
+                let path = cli
+                    .cmdline
+                    .as_deref()
+                    .unwrap_or(Path::new(cmdline::DEFAULT_PATH));
+                println!(
+                    "from the kernel command line ({}): {}",
+                    path.display(),
+                    from_cmdline.keys().join(", ")
+                );
+            }
+            println!("{shown:#?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { state_dir, json } => {
             let dir = match state_dir {
                 Some(dir) => dir,
-                None => load_config(cli.config.as_deref())?.agent.state_dir,
+                None => {
+                    let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+                    load_config(cli.config.as_deref(), &from_cmdline)?
+                        .agent
+                        .state_dir
+                }
             };
             crate::status::show(&dir, json)
         }
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Conductor { listen, database } => {
-            let mut config = load_config(cli.config.as_deref())?.conductor;
+            let no_cmdline = cmdline::CmdlineSettings::default();
+            let mut config = load_config(cli.config.as_deref(), &no_cmdline)?.conductor;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -127,19 +237,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             host_root,
         } => {
-            let mut config = load_config(cli.config.as_deref())?.agent;
-            if let Some(url) = conductor_url {
-                config.conductor_url = url;
-            }
-            if let Some(dir) = state_dir {
-                config.state_dir = dir;
-            }
-            if let Some(root) = host_root {
-                config.host_root = root;
-            }
-            if simulated {
-                config.backend = BackendKind::Simulated;
-            }
+            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
+            let flags = AgentFlags {
+                conductor_url,
+                state_dir,
+                host_root,
+                simulated,
+            };
+            let config = flags.apply(load_config(cli.config.as_deref(), &from_cmdline)?.agent);
             let host = match config.backend {
                 BackendKind::Simulated => {
                     tracing::warn!("using the simulated kernel: nothing is attached for real");
@@ -153,6 +258,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+pub fn generate(what: Generated) -> anyhow::Result<()> {
+    let (Generated::Man { dir } | Generated::Completions { dir }) = &what;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man { dir } => clap_mangen::generate_to(cmd, &dir)
+            .with_context(|| format!("writing man pages to {}", dir.display()))?,
+        Generated::Completions { dir } => {
+            use clap_complete::Shell;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd, "tether", &dir)
+                    .with_context(|| format!("writing {shell} completions to {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -185,5 +308,59 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_kernel_command_line_which_wins_over_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("tether.toml");
+        std::fs::write(
+            &toml,
+            "[agent]\nconductor_url = \"http://file:1\"\nstate_dir = \"/file\"\n\
+             host_root = \"/file-root\"\ndevice_timeout_s = 5\n",
+        )
+        .unwrap();
+        let cmdline_file = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline_file,
+            "ro tether.conductor=http://cmdline:2 tether.state_dir=/cmdline tether.device_timeout_s=9\n",
+        )
+        .unwrap();
+        let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();
+        let loaded = load_config(Some(&toml), &from_cmdline).unwrap().agent;
+        let flags = AgentFlags {
+            conductor_url: Some("http://flag:3".into()),
+            state_dir: None,
+            host_root: None,
+            simulated: false,
+        };
+        let agent = flags.apply(loaded);
+        assert_eq!(agent.conductor_url, "http://flag:3");
+        assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
+        assert_eq!(agent.device_timeout_s, 9);
+        assert_eq!(agent.host_root, PathBuf::from("/file-root"));
+        assert_eq!(agent.backend, BackendKind::System);
+
+        // An explicit command line must exist; the default one may be absent.
+        let missing = dir.path().join("absent");
+        assert!(read_cmdline(Some(&missing)).is_err());
+    }
+
+    #[test]
+    fn the_man_page_lists_every_kernel_command_line_key() {
+        for (key, _, _) in cmdline::KEYS {
+            assert!(AFTER_LONG_HELP.contains(&format!("tether.{key}=")), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_cmdline_flag_is_global() {
+        let cli = Cli::try_parse_from(["tether", "status", "--cmdline", "/x"]).unwrap();
+        assert_eq!(cli.cmdline, Some(PathBuf::from("/x")));
     }
 }

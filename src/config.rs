@@ -3,7 +3,10 @@
 //! Fragments are read in order, later keys winning: `/usr/lib/tether/config.d/*.toml`,
 //! `/etc/tether/tether.toml`, `/etc/tether/config.d/*.toml` (each directory sorted by name).
 //! Every fragment is checked on its own first, so an unknown key or a bad value is reported with
-//! the file and line it is on.
+//! the file and line it is on. The kernel command line's `tether.*` keys ([`cmdline`]) apply
+//! over the fragments, and the command's own flags over both.
+
+pub mod cmdline;
 
 use std::path::{Path, PathBuf};
 
@@ -124,6 +127,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// An unknown `tether.*` key or a bad value on the kernel command line. Never holds a token.
+    #[error("{path}: {key}: {reason}")]
+    Cmdline {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -132,6 +142,7 @@ impl ConfigError {
             Self::Read { .. } => "config_unreadable",
             Self::Parse { .. } => "config_invalid",
             Self::Invalid { .. } => "config_invalid",
+            Self::Cmdline { .. } => "cmdline_invalid",
         }
     }
 }
@@ -162,6 +173,14 @@ fn sorted_toml(dir: &Path) -> Vec<PathBuf> {
 impl Config {
     /// Reads and merges the fragments. Each is validated alone so errors point at their line.
     pub fn load(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        Self::load_with_cmdline(files, &cmdline::CmdlineSettings::default())
+    }
+
+    /// The fragments, then the kernel command line's settings over them.
+    pub fn load_with_cmdline(
+        files: &[PathBuf],
+        cmdline: &cmdline::CmdlineSettings,
+    ) -> Result<Self, ConfigError> {
         let mut merged = toml::Table::new();
         for path in files {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -172,13 +191,14 @@ impl Config {
             toml::from_str::<Config>(&text).map_err(|e| parse_error(path, e))?;
             merge(&mut merged, fragment);
         }
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(merged)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: PathBuf::from("(merged configuration)"),
                     message: e.to_string(),
                 })?;
+        cmdline.apply(&mut config.agent);
         config.validate().map_err(|message| ConfigError::Invalid {
             path: files
                 .last()

@@ -64,6 +64,7 @@ enum CtlCommand {
 
 #[derive(Subcommand)]
 enum NodeCommand {
+    /// Enroll a node under a name, with the MAC addresses its agent is found by.
     Create {
         name: String,
         /// A MAC address the agent looks the node up by (repeat for more).
@@ -75,24 +76,22 @@ enum NodeCommand {
         #[arg(long)]
         agent_token_file: Option<PathBuf>,
     },
+    /// List the nodes, with when each was last seen.
     List {
         #[arg(long)]
         json: bool,
     },
-    Show {
-        node: String,
-    },
-    Delete {
-        node: String,
-    },
+    /// Print one node as JSON.
+    Show { node: String },
+    /// Remove a node.
+    Delete { node: String },
     /// Forget the issued agent token; the node's next lookup receives a new one.
-    ResetToken {
-        node: String,
-    },
+    ResetToken { node: String },
 }
 
 #[derive(Subcommand)]
 enum ConnectorCommand {
+    /// Add an initiator identity (--type iqn|mac|ip|wwpn… --id VALUE) to a node.
     Create {
         node: String,
         #[arg(long = "type")]
@@ -100,13 +99,13 @@ enum ConnectorCommand {
         #[arg(long)]
         id: String,
     },
+    /// List connectors as JSON, of one node or of all.
     List {
         #[arg(long)]
         node: Option<String>,
     },
-    Delete {
-        uuid: Uuid,
-    },
+    /// Remove a connector.
+    Delete { uuid: Uuid },
 }
 
 #[derive(Subcommand)]
@@ -114,18 +113,17 @@ enum TargetCommand {
     /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD, or
     /// --type with --properties-file for anything Cinder produced.
     Create(Box<TargetArgs>),
+    /// List the assigned targets, of one node or of all.
     List {
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    Show {
-        uuid: Uuid,
-    },
-    Delete {
-        uuid: Uuid,
-    },
+    /// Print one target as JSON (secrets masked).
+    Show { uuid: Uuid },
+    /// Unassign a volume; the agent detaches it once nothing uses it.
+    Delete { uuid: Uuid },
 }
 
 #[derive(Args)]

@@ -6,16 +6,23 @@ mod status;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
-    match cli::run(cli) {
+    let result = match cli::parse() {
+        cli::Invocation::Generate(what) => cli::generate(what).map(|()| ExitCode::SUCCESS),
+        cli::Invocation::Run(cli) => {
+            init_logging(cli.verbose);
+            cli::run(cli)
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            // `-> cause` lines, the way zincati prints error chains.
-            eprintln!("error: {e}");
+            // `-> cause` lines, the way zincati prints error chains. Configuration errors carry
+            // their stable kind, for whoever greps the journal of a node that did not start.
+            match e.downcast_ref::<tether::config::ConfigError>() {
+                Some(config) => eprintln!("error: {e} [{}]", config.kind()),
+                None => eprintln!("error: {e}"),
+            }
             for cause in e.chain().skip(1) {
                 eprintln!("  -> {cause}");
             }
