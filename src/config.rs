@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// Root under which host paths (/sys, /etc/iscsi, /dev) are resolved.
     pub host_root: PathBuf,
     pub backend: BackendKind,
+    /// Serve Prometheus metrics on this loopback address; off when unset.
+    pub metrics_listen: Option<crate::metrics::LoopbackAddr>,
     /// Overrides the interval the conductor asks for.
     pub heartbeat_interval_s: Option<u64>,
     /// How long one long-poll of the targets waits at the conductor.
@@ -69,6 +71,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::from("/var/lib/tether"),
             host_root: PathBuf::from("/"),
             backend: BackendKind::System,
+            metrics_listen: None,
             heartbeat_interval_s: None,
             poll_wait_s: 55,
             device_timeout_s: 60,
@@ -94,6 +97,8 @@ pub struct ConductorConfig {
     /// Refuse targets whose properties the agent would reject. Turn off only when the
     /// conductor mirrors targets from another source that must be stored as they are.
     pub validate_targets: bool,
+    /// File holding a token that `GET /metrics` then requires; unset, metrics need none.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl Default for ConductorConfig {
@@ -105,6 +110,7 @@ impl Default for ConductorConfig {
             heartbeat_interval_s: 30,
             max_wait_s: 120,
             validate_targets: true,
+            metrics_token_file: None,
         }
     }
 }
@@ -317,6 +323,32 @@ mod tests {
             "[agent]\nconductor_url = \"ftp://x\"\n",
         );
         assert_eq!(Config::load(&[v]).unwrap_err().kind(), "config_invalid");
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback_and_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(
+            dir.path(),
+            "ok.toml",
+            "[agent]\nmetrics_listen = \"[::1]:9587\"\n",
+        );
+        let c = Config::load(&[ok]).unwrap();
+        assert_eq!(
+            c.agent.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("[::1]:9587")
+        );
+        let bad = write(
+            dir.path(),
+            "bad.toml",
+            "[agent]\npoll_wait_s = 5\nmetrics_listen = \"0.0.0.0:9587\"\n",
+        );
+        let err = Config::load(&[bad]).unwrap_err();
+        assert_eq!(err.kind(), "config_invalid");
+        let err = err.to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("not a loopback address"), "{err}");
     }
 
     #[test]

@@ -12,11 +12,29 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    write_atomic_via(path, data, mode, dir)
+}
+
+/// [`write_atomic`] with the temporary file in `tmp_dir` (same file system), for directories
+/// whose every entry another program reads, as iscsiadm does its node records.
+pub fn write_atomic_via(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    tmp_dir: &Path,
+) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per write: threads may write files of one name in different directories.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = tmp_dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

@@ -31,14 +31,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, or straight to journald with every field as a journal field (so that
+/// `journalctl -o json` has VOLUME_ID, TARGET_UUID, STATE…) when systemd connected stderr to the
+/// journal. `TETHER_LOG_FORMAT=text` keeps plain text on stderr regardless.
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let text_wanted = std::env::var("TETHER_LOG_FORMAT").is_ok_and(|f| f == "text");
+    if under_journald && !text_wanted {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_field_prefix(None);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald)
+                .init();
+            return;
+        }
+    }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -46,7 +62,7 @@ fn init_logging(verbose: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if under_journald {
         builder.without_time().init();
     } else {
         builder.init();

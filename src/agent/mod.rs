@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod metrics;
 pub mod reconcile;
 pub mod record;
 pub mod volume;
@@ -31,6 +32,7 @@ use crate::protocol::{
     ErrorReport, ForeignAttachment, Heartbeat, MASK, Secret, VolumeReport, VolumeTarget, timestamp,
 };
 use client::{Client, ClientError};
+use metrics::{AgentMetrics, DetachResult};
 use reconcile::{Action, Assignment, Desired, DesiredTarget, reconcile};
 use record::{LocalStatus, OwnedVolume, Record, StateDir};
 use volume::{Millis, Volume, retry_delay};
@@ -50,6 +52,8 @@ pub struct Settings {
     pub device_timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Where to serve metrics; none when unset.
+    pub metrics_listen: Option<crate::metrics::LoopbackAddr>,
 }
 
 impl Settings {
@@ -73,6 +77,7 @@ impl Settings {
             device_timeout: Duration::from_secs(c.device_timeout_s),
             retry_initial: Duration::from_secs(c.retry_initial_s),
             retry_max: Duration::from_secs(c.retry_max_s),
+            metrics_listen: c.metrics_listen,
         })
     }
 }
@@ -109,7 +114,12 @@ impl Host {
             tracing::warn!(tools = ?missing, "tools for mounts and detach are missing; volumes that need them will fail");
         }
         let iscsi: Arc<dyn VolumeBackend> = match backend::iscsi::iscsiadm::SystemIscsi::new(root) {
-            Ok(host) => Arc::new(backend::iscsi::IscsiBackend::new(host, block.clone())),
+            Ok(host) => Arc::new(
+                backend::iscsi::IscsiBackend::new(host, block.clone()).with_multipath(
+                    backend::iscsi::multipath::SystemMultipath::new(root)
+                        .map(|m| Box::new(m) as Box<dyn backend::iscsi::multipath::MultipathHost>),
+                ),
+            ),
             Err(e) => {
                 tracing::warn!(kind = e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
                 Arc::new(backend::Unavailable(e))
@@ -159,7 +169,8 @@ impl Clock {
 
 enum Event {
     Assignment(TargetsAnswer),
-    Done(Uuid, Box<OpResult>),
+    /// A host operation finished, with how long it took.
+    Done(Uuid, Box<OpResult>, Duration),
     Foreign(Vec<ForeignAttachment>),
 }
 
@@ -196,6 +207,11 @@ pub async fn run(
     tracing::info!(macs = ?identity.macs, iqn = ?identity.initiator_iqn, "identified the node");
     let client = Client::new(&settings.conductor_url)?;
     let clock = Clock(Instant::now());
+    let metrics = Arc::new(AgentMetrics::new());
+    let metrics_server = match settings.metrics_listen {
+        Some(addr) => metrics::start(addr, metrics.clone()).await,
+        None => None,
+    };
 
     let mut agent = Agent {
         volumes: recover(&host, state.load_record()).await,
@@ -209,9 +225,12 @@ pub async fn run(
         in_flight: 0,
         conductor_note: "not contacted yet".into(),
         node: None,
+        metrics: metrics.clone(),
     };
     agent.persist();
     agent.publish_status(None);
+    // Volumes recovered from the record show while the conductor is looked up.
+    metrics.set_volumes(agent.volumes.values().map(Volume::state));
 
     tokio::pin!(shutdown);
     let mut watchdog = notify::Watchdog::from_env();
@@ -246,6 +265,7 @@ pub async fn run(
         node.clone(),
         settings.heartbeat_interval,
         report_rx,
+        metrics.clone(),
     ));
     agent.refresh_foreign(&events_tx);
 
@@ -261,8 +281,8 @@ pub async fn run(
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
-                Some(Event::Done(uuid, result)) => {
-                    agent.finish(uuid, *result, clock.now());
+                Some(Event::Done(uuid, result, took)) => {
+                    agent.finish(uuid, *result, took, clock.now());
                     agent.refresh_foreign(&events_tx);
                 }
                 Some(Event::Foreign(found)) => agent.foreign = found,
@@ -279,6 +299,7 @@ pub async fn run(
             agent.start(action, &events_tx);
         }
         agent.persist();
+        metrics.set_volumes(agent.volumes.values().map(Volume::state));
         let report = agent.report();
         report_tx.send_if_modified(|current| {
             let changed = *current != report;
@@ -300,7 +321,9 @@ pub async fn run(
     let drain = tokio::time::timeout(Duration::from_secs(30), async {
         while agent.in_flight > 0 {
             match events.recv().await {
-                Some(Event::Done(uuid, result)) => agent.finish(uuid, *result, clock.now()),
+                Some(Event::Done(uuid, result, took)) => {
+                    agent.finish(uuid, *result, took, clock.now())
+                }
                 Some(_) => {}
                 None => break,
             }
@@ -316,6 +339,9 @@ pub async fn run(
     let report = agent.report();
     agent.publish_status(Some(&report));
     heartbeats.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     tracing::info!("agent stopped; volumes stay attached");
     Ok(())
 }
@@ -435,12 +461,15 @@ async fn send_heartbeats(
     node: NodeLogin,
     fixed: Option<Duration>,
     mut reports: watch::Receiver<Heartbeat>,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut interval = fixed.unwrap_or(Duration::from_secs(30));
     let mut failures = 0u32;
     loop {
         let report = reports.borrow_and_update().clone();
-        let delay = match client.heartbeat(node.uuid, &node.token, &report).await {
+        let sent = client.heartbeat(node.uuid, &node.token, &report).await;
+        metrics.heartbeat(sent.is_ok());
+        let delay = match sent {
             Ok(accepted) => {
                 failures = 0;
                 if fixed.is_none() {
@@ -503,6 +532,7 @@ struct Agent {
     in_flight: usize,
     conductor_note: String,
     node: Option<NodeLogin>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
@@ -537,7 +567,7 @@ impl Agent {
         let mut ownership = Ownership::default();
         for (other, volume) in &self.volumes {
             let Some(Attachment {
-                handle: Handle::Iscsi { paths },
+                handle: Handle::Iscsi { paths, .. },
                 ..
             }) = &volume.attachment
             else {
@@ -597,8 +627,10 @@ impl Agent {
                 self.volumes.remove(&uuid);
             }
             Action::Reject(uuid, error) => {
+                let metrics = self.metrics.clone();
                 let volume = self.track(uuid, now);
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = %error.kind, error = %error.message, state = "failed", "target rejected");
+                metrics.rejected(&volume.volume_type, &error.kind);
                 if let Err(e) = volume.reject(error, now) {
                     tracing::error!(error = %e, "reconcile asked for an impossible reject");
                 }
@@ -635,8 +667,10 @@ impl Agent {
         self.in_flight += 1;
         let events = events.clone();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let result = op();
-            let _ = events.blocking_send(Event::Done(uuid, Box::new(result)));
+            let took = started.elapsed();
+            let _ = events.blocking_send(Event::Done(uuid, Box::new(result), took));
         });
     }
 
@@ -664,7 +698,7 @@ impl Agent {
         now + delay.as_millis() as Millis
     }
 
-    fn finish(&mut self, uuid: Uuid, result: OpResult, now_ms: Millis) {
+    fn finish(&mut self, uuid: Uuid, result: OpResult, took: Duration, now_ms: Millis) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let now = SystemTime::now();
         let Some(volume) = self.volumes.get(&uuid) else {
@@ -672,8 +706,11 @@ impl Agent {
         };
         let retry_at = self.retry_at(volume.failures, now_ms);
         let volume = self.volumes.get_mut(&uuid).expect("checked above");
+        let metrics = &self.metrics;
+        let volume_type = volume.volume_type.as_str();
         let outcome = match result {
             OpResult::Attached(Ok(attachment)) => {
+                metrics.attached(volume_type, took, None);
                 tracing::info!(target_uuid = %uuid, volume_id = %volume.volume_id, device = %attachment.device.device_path,
                     mountpoint = ?attachment.mount.as_ref().map(|m| &m.path), state = "attached", "attached");
                 volume.attach_succeeded(attachment, now)
@@ -681,10 +718,12 @@ impl Agent {
             OpResult::Attached(Err(AttachFailure { error, leftover })) => {
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = error.kind, error = %error.message,
                     retry_in_ms = retry_at.saturating_sub(now_ms), state = "failed", "attach failed");
+                metrics.attached(volume_type, took, Some(error.kind));
                 volume.attach_failed(report(&error), leftover.map(|a| *a), retry_at, now)
             }
             OpResult::Detached(Ok(DetachOutcome::Detached { sessions_kept })) => {
                 tracing::info!(target_uuid = %uuid, volume_id = %volume.volume_id, "detached");
+                metrics.detached(volume_type, took, DetachResult::Ok, None);
                 let done = volume.detach_succeeded();
                 self.volumes.remove(&uuid);
                 self.hand_over_sessions(sessions_kept);
@@ -693,6 +732,12 @@ impl Agent {
             OpResult::Detached(Ok(DetachOutcome::Blocked { holder })) => {
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, holder = %holder, state = "detach_blocked",
                     "not detaching: the device is in use");
+                metrics.detached(
+                    volume_type,
+                    took,
+                    DetachResult::Blocked,
+                    Some("device_in_use"),
+                );
                 let reason = ErrorReport {
                     kind: "device_in_use".into(),
                     message: format!(
@@ -703,6 +748,7 @@ impl Agent {
             }
             OpResult::Detached(Err(error)) => {
                 tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = error.kind, error = %error.message, state = "failed", "detach failed");
+                metrics.detached(volume_type, took, DetachResult::Failed, Some(error.kind));
                 volume.detach_failed(report(&error), retry_at, now)
             }
         };
@@ -719,7 +765,7 @@ impl Agent {
                 .values_mut()
                 .find_map(|v| match &mut v.attachment {
                     Some(Attachment {
-                        handle: Handle::Iscsi { paths },
+                        handle: Handle::Iscsi { paths, .. },
                         ..
                     }) => paths.iter_mut().find(|p| p.session_key() == key),
                     _ => None,

@@ -64,8 +64,23 @@ pub struct Attachment {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Handle {
-    Iscsi { paths: Vec<IscsiPathHandle> },
+    Iscsi {
+        paths: Vec<IscsiPathHandle>,
+        /// The dm-multipath map over the paths, when multipathd made one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multipath: Option<MultipathHandle>,
+    },
     Rbd(RbdHandle),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MultipathHandle {
+    /// The map's name, as `multipath -f` takes it and /dev/mapper shows it.
+    pub name: String,
+    /// `dm-N`.
+    pub kernel_name: String,
+    /// The agent put the WWID into multipath's wwids file (so it removes it on detach).
+    pub wwid_registered: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -124,7 +139,7 @@ impl Attachment {
     /// Sessions this volume's paths run over.
     pub fn sessions(&self) -> Vec<SessionKey> {
         match &self.handle {
-            Handle::Iscsi { paths } => paths.iter().map(IscsiPathHandle::session_key).collect(),
+            Handle::Iscsi { paths, .. } => paths.iter().map(IscsiPathHandle::session_key).collect(),
             Handle::Rbd(_) => Vec::new(),
         }
     }
@@ -191,6 +206,10 @@ pub enum DeviceMatch {
     Rbd {
         device_id: u32,
     },
+    /// A dm-multipath map whose slaves are exactly these path devices (kernel names).
+    Multipath {
+        paths: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for DeviceMatch {
@@ -198,6 +217,7 @@ impl std::fmt::Display for DeviceMatch {
         match self {
             Self::IscsiLun { portal, iqn, lun } => write!(f, "LUN {lun} of {iqn} at {portal}"),
             Self::Rbd { device_id } => write!(f, "/dev/rbd{device_id}"),
+            Self::Multipath { paths } => write!(f, "the multipath map over {}", paths.join(", ")),
         }
     }
 }

@@ -266,6 +266,8 @@ fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
             .iter()
             .find(|(m, _)| m.device_id == *device_id)
             .map(|(_, k)| k.clone())?,
+        // The simulated kernel has no device-mapper.
+        DeviceMatch::Multipath { .. } => return None,
     };
     s.devices.get(&name).map(|d| block_device(&name, d))
 }

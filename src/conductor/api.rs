@@ -25,7 +25,9 @@ const BODY_LIMIT: usize = 1024 * 1024;
 type Shared = State<Arc<Conductor>>;
 
 pub fn router(conductor: Arc<Conductor>) -> Router {
+    let metrics = conductor.metrics.clone();
     Router::new()
+        .route("/metrics", get(metrics_endpoint))
         .route("/v1", get(versions))
         .route("/v1/lookup", get(lookup))
         .route("/v1/heartbeat/{node}", post(heartbeat))
@@ -56,6 +58,10 @@ pub fn router(conductor: Arc<Conductor>) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(name_the_version))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            super::metrics::track,
+        ))
         .with_state(conductor)
 }
 
@@ -195,6 +201,20 @@ fn parse_uuid_param(value: &str) -> ApiResult<Uuid> {
         .map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))
 }
 
+/// Open unless `conductor.metrics_token_file` is set: the exposition holds counts and node
+/// uuids, never a secret.
+async fn metrics_endpoint(State(c): Shared, headers: HeaderMap) -> Response {
+    if let Some(hash) = &c.metrics_token_hash {
+        let ok = bearer(&headers).is_some_and(|t| {
+            super::store::constant_time_eq(super::store::hash_token(t).as_bytes(), hash.as_bytes())
+        });
+        if !ok {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    crate::metrics::exposition(c.metrics.registry(), &headers)
+}
+
 // ---- agent endpoints ----
 
 async fn versions() -> Json<serde_json::Value> {
@@ -263,12 +283,13 @@ async fn node_targets(
     Path(node): Path<String>,
     headers: HeaderMap,
     query: Result<Query<TargetsQuery>, QueryRejection>,
-) -> ApiResult<Json<TargetsResponse>> {
+) -> ApiResult<Response> {
     let node = parse_uuid_param(&node)?;
     let Query(q) = query?;
     require_agent(&c, node, &headers)?;
     // Subscribe before reading, so a change between the two still wakes this request.
     let mut changes = c.generations.subscribe(node);
+    let mut waited = false;
     if let (Some(since), Some(wait)) = (q.since, q.wait)
         && wait > 0
         && c.store.generation(node)? == since
@@ -277,17 +298,46 @@ async fn node_targets(
         // copies of their targets.
         let wait = std::time::Duration::from_secs(wait).min(c.max_wait);
         let mut shutdown = c.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::timeout(wait, changes.wait_for(|g| *g > since)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
-        }
+        let _waiting = Waiting::new(&c.metrics.long_polls_waiting);
+        let outcome = tokio::select! {
+            changed = tokio::time::timeout(wait, changes.wait_for(|g| *g > since)) => {
+                if matches!(changed, Ok(Ok(_))) { "changed" } else { "timeout" }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => "shutdown",
+        };
+        c.metrics
+            .long_polls
+            .get_or_create(&super::metrics::OutcomeLabels { outcome })
+            .inc();
+        waited = true;
     }
     drop(changes);
     let (generation, targets) = c.store.node_targets(node)?;
-    Ok(Json(TargetsResponse {
+    let mut response = Json(TargetsResponse {
         generation,
         targets,
-    }))
+    })
+    .into_response();
+    if waited {
+        response.extensions_mut().insert(super::metrics::LongPolled);
+    }
+    Ok(response)
+}
+
+/// Counts a waiting long-poll for as long as it waits, even when the client goes away.
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn heartbeat(
@@ -300,6 +350,7 @@ async fn heartbeat(
     require_agent(&c, node, &headers)?;
     let Json(report) = body?;
     c.store.store_report(node, &report)?;
+    c.metrics.heartbeats.inc();
     tracing::debug!(node = %node, generation = ?report.generation, volumes = report.volumes.len(),
         states = ?report.volumes.iter().map(|v| v.state.as_str()).collect::<Vec<_>>(), "report received");
     Ok((

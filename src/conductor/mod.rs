@@ -1,6 +1,7 @@
 //! The reference conductor: protocol v1 over axum, state in SQLite.
 
 mod api;
+pub mod metrics;
 pub mod store;
 
 use std::collections::HashMap;
@@ -21,8 +22,11 @@ pub use api::router;
 
 /// Shared by every request handler.
 pub struct Conductor {
-    pub store: Store,
+    pub store: Arc<Store>,
     admin_token_hash: String,
+    /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
+    metrics_token_hash: Option<String>,
+    metrics: Arc<metrics::ConductorMetrics>,
     heartbeat_interval_s: u64,
     max_wait: Duration,
     validate_targets: bool,
@@ -65,11 +69,15 @@ impl Conductor {
         store: Store,
         config: &ConductorConfig,
         admin_token: &str,
+        metrics_token: Option<&str>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let store = Arc::new(store);
         Self {
+            metrics: Arc::new(metrics::ConductorMetrics::new(store.clone())),
             store,
             admin_token_hash: store::hash_token(admin_token),
+            metrics_token_hash: metrics_token.map(store::hash_token),
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,
@@ -108,9 +116,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics_token = match &config.metrics_token_file {
+        Some(path) => Some(read_metrics_token(path)?),
+        None => None,
+    };
     let store = open_store(&config.database)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let conductor = Arc::new(Conductor::new(store, config, admin_token, stop_rx));
+    let conductor = Arc::new(Conductor::new(
+        store,
+        config,
+        admin_token,
+        metrics_token.as_deref(),
+        stop_rx,
+    ));
     let app = router(conductor);
     tracing::info!(listen = %listener.local_addr()?, database = %config.database.display(), "conductor serving protocol v1");
     crate::notify::ready("serving protocol v1");
@@ -125,6 +143,22 @@ pub async fn serve(
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
+    let token = crate::fsutil::read_trimmed(path).with_context(|| {
+        format!(
+            "conductor.metrics_token_file {} is missing or empty",
+            path.display()
+        )
+    })?;
+    if token.len() < 16 {
+        anyhow::bail!(
+            "the token in conductor.metrics_token_file {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
 }
 
 fn open_store(path: &Path) -> anyhow::Result<Store> {

@@ -1,5 +1,6 @@
 //! SQLite store of nodes, connectors, targets and the last report of every node.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,7 +31,8 @@ pub enum StoreError {
 }
 
 /// Every schema change is appended here; `PRAGMA user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE nodes (
     uuid TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -67,10 +69,38 @@ CREATE TABLE reports (
     body TEXT NOT NULL,
     received_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // Volume counts by state of each report, kept beside the body so that a metrics scrape sums
+    // small objects instead of parsing every report.
+    r#"
+ALTER TABLE reports ADD COLUMN volume_states TEXT NOT NULL DEFAULT '{}';
+UPDATE reports SET volume_states = COALESCE((
+    SELECT json_group_object(state, n) FROM (
+        SELECT json_extract(v.value, '$.state') AS state, COUNT(*) AS n
+        FROM json_each(reports.body, '$.volumes') AS v
+        WHERE json_extract(v.value, '$.state') IS NOT NULL
+        GROUP BY 1
+    )
+), '{}');
+CREATE INDEX reports_summary ON reports(node_uuid, received_at, volume_states);
+"#,
+];
 
 pub struct Store {
     conn: Mutex<Connection>,
+}
+
+/// Counts for the metrics endpoint; times are seconds since the Unix epoch.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    pub now: i64,
+    pub nodes: u64,
+    /// (node uuid, time of its last report) for every node that reported.
+    pub last_seen: Vec<(String, i64)>,
+    /// (state, volumes in that state) summed over the latest reports.
+    pub volume_states: Vec<(String, u64)>,
+    /// (volume type, targets) as stored.
+    pub targets_by_type: Vec<(String, u64)>,
 }
 
 /// What a lookup found: the node and, the first time only, its token in clear.
@@ -491,12 +521,57 @@ impl Store {
 
     pub fn store_report(&self, node: Uuid, report: &Heartbeat) -> Result<(), StoreError> {
         let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut states = Map::new();
+        for volume in &report.volumes {
+            let n = states
+                .entry(volume.state.as_str())
+                .or_insert(Value::from(0u64));
+            *n = Value::from(n.as_u64().unwrap_or(0) + 1);
+        }
         self.conn().execute(
-            "INSERT INTO reports (node_uuid, body, received_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, received_at = excluded.received_at",
-            params![node.to_string(), body, now_secs()],
+            "INSERT INTO reports (node_uuid, body, received_at, volume_states) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, received_at = excluded.received_at,
+                 volume_states = excluded.volume_states",
+            params![node.to_string(), body, now_secs(), Value::Object(states).to_string()],
         )?;
         Ok(())
+    }
+
+    /// What the metrics endpoint shows. The lock is held for two scans of small columns; the
+    /// per-report summaries are added up after it is released.
+    pub fn metrics_snapshot(&self) -> Result<MetricsSnapshot, StoreError> {
+        let (nodes, reports, targets_by_type) = {
+            let conn = self.conn();
+            let nodes: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
+            let mut stmt =
+                conn.prepare_cached("SELECT node_uuid, received_at, volume_states FROM reports")?;
+            let reports: Vec<(String, i64, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT volume_type, COUNT(*) FROM targets GROUP BY volume_type")?;
+            let targets_by_type: Vec<(String, u64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect::<Result<_, _>>()?;
+            (nodes, reports, targets_by_type)
+        };
+        let mut states: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_seen = Vec::with_capacity(reports.len());
+        for (node, received_at, summary) in reports {
+            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
+                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
+            for (state, n) in summary {
+                *states.entry(state).or_default() += n;
+            }
+            last_seen.push((node, received_at));
+        }
+        Ok(MetricsSnapshot {
+            now: now_secs(),
+            nodes: nodes.max(0) as u64,
+            last_seen,
+            volume_states: states.into_iter().collect(),
+            targets_by_type,
+        })
     }
 
     pub fn node_status(&self, node: Uuid) -> Result<NodeStatus, StoreError> {
@@ -567,7 +642,7 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -674,6 +749,7 @@ fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::VolumeState;
     use serde_json::json;
 
     fn node(store: &Store, name: &str, mac: &str) -> Node {
@@ -744,6 +820,101 @@ mod tests {
             store.delete_target(t.uuid),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    fn heartbeat(states: &[VolumeState]) -> Heartbeat {
+        Heartbeat {
+            agent_version: "test".into(),
+            generation: Some(1),
+            connectors: Vec::new(),
+            volumes: states
+                .iter()
+                .map(|state| crate::protocol::VolumeReport {
+                    target_uuid: Uuid::new_v4(),
+                    volume_id: "v".into(),
+                    volume_type: "iscsi".into(),
+                    state: *state,
+                    device_path: None,
+                    paths: Vec::new(),
+                    size_bytes: None,
+                    wwn: None,
+                    mountpoint: None,
+                    error: None,
+                    since: "2026-01-01T00:00:00Z".into(),
+                })
+                .collect(),
+            foreign: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn metrics_snapshot_sums_the_latest_reports() {
+        use VolumeState::*;
+        let store = Store::open_in_memory().unwrap();
+        let a = node(&store, "a", "aa:bb:cc:dd:ee:01");
+        let b = node(&store, "b", "aa:bb:cc:dd:ee:02");
+        node(&store, "never", "aa:bb:cc:dd:ee:03");
+        store
+            .store_report(a.uuid, &heartbeat(&[Attached, Attached, Failed]))
+            .unwrap();
+        // Only the latest report of a node counts.
+        store.store_report(b.uuid, &heartbeat(&[Pending])).unwrap();
+        store
+            .store_report(b.uuid, &heartbeat(&[Mounted, Attached]))
+            .unwrap();
+        let s = store.metrics_snapshot().unwrap();
+        assert_eq!(s.nodes, 3);
+        let mut seen: Vec<&str> = s.last_seen.iter().map(|(u, _)| u.as_str()).collect();
+        seen.sort();
+        let mut expected = [a.uuid.to_string(), b.uuid.to_string()];
+        expected.sort();
+        assert_eq!(seen, expected);
+        assert!(s.last_seen.iter().all(|(_, at)| (s.now - at).abs() <= 1));
+        let mut states = s.volume_states.clone();
+        states.sort();
+        assert_eq!(
+            states,
+            vec![
+                ("attached".to_string(), 3),
+                ("failed".to_string(), 1),
+                ("mounted".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn migration_summarises_reports_stored_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let n = Uuid::new_v4().to_string();
+            conn.execute(
+                "INSERT INTO nodes (uuid, name, created_at) VALUES (?1, 'old', 0)",
+                params![n],
+            )
+            .unwrap();
+            let body = serde_json::to_string(&heartbeat(&[
+                VolumeState::Failed,
+                VolumeState::Failed,
+                VolumeState::DetachBlocked,
+            ]))
+            .unwrap();
+            conn.execute(
+                "INSERT INTO reports (node_uuid, body, received_at) VALUES (?1, ?2, 5)",
+                params![n, body],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut states = store.metrics_snapshot().unwrap().volume_states;
+        states.sort();
+        assert_eq!(
+            states,
+            vec![("detach_blocked".to_string(), 1), ("failed".to_string(), 2)]
+        );
     }
 
     #[test]

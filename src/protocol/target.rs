@@ -248,13 +248,19 @@ fn parse_iscsi(props: &Map<String, Value>) -> Result<IscsiSpec, TargetError> {
             )?,
         }]
     };
-    let chap = parse_chap(props, "auth_method", "auth_username", "auth_password", true)?;
+    let chap = parse_chap(
+        props,
+        "auth_method",
+        "auth_username",
+        "auth_password",
+        ("auth_username_in", "auth_password_in"),
+    )?;
     let discovery_chap = parse_chap(
         props,
         "discovery_auth_method",
         "discovery_auth_username",
         "discovery_auth_password",
-        false,
+        ("discovery_auth_username_in", "discovery_auth_password_in"),
     )?;
     let discovery = match opt_str(props, "discovery")? {
         None => false,
@@ -279,7 +285,7 @@ fn parse_chap(
     method_key: &'static str,
     user_key: &'static str,
     password_key: &'static str,
-    allow_mutual: bool,
+    mutual_keys: (&'static str, &'static str),
 ) -> Result<Option<Chap>, TargetError> {
     match opt_str(props, method_key)? {
         None => return Ok(None),
@@ -294,10 +300,11 @@ fn parse_chap(
     }
     let username = credential_name(props, user_key)?;
     let password = credential_secret(props, password_key)?;
-    let mutual = if allow_mutual && props.contains_key("auth_username_in") {
+    let (mutual_user_key, mutual_password_key) = mutual_keys;
+    let mutual = if props.contains_key(mutual_user_key) {
         Some((
-            credential_name(props, "auth_username_in")?,
-            credential_secret(props, "auth_password_in")?,
+            credential_name(props, mutual_user_key)?,
+            credential_secret(props, mutual_password_key)?,
         ))
     } else {
         None

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use tether::agent::{self, Host, Settings};
 use tether::backend::simulated::SimKernel;
 use tether::config::ConductorConfig;
+use tether::metrics::LoopbackAddr;
 use tether::protocol::{NodeStatus, VolumeReport, VolumeState};
 
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
@@ -64,7 +65,6 @@ impl Conductor {
     }
 
     pub async fn start_at(dir: &Path, addr: SocketAddr, validate_targets: bool) -> Self {
-        logs();
         let config = ConductorConfig {
             listen: addr.to_string(),
             database: dir.join("conductor.db"),
@@ -72,7 +72,15 @@ impl Conductor {
             heartbeat_interval_s: 1,
             max_wait_s: 60,
             validate_targets,
+            metrics_token_file: None,
         };
+        Self::start_with(dir, config).await
+    }
+
+    /// A conductor with this configuration; `listen` may name port 0.
+    pub async fn start_with(dir: &Path, config: ConductorConfig) -> Self {
+        logs();
+        let addr: SocketAddr = config.listen.parse().expect("listen address");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -107,7 +115,9 @@ impl Conductor {
 
     pub async fn restart(&mut self) {
         self.stop().await;
-        *self = Self::start_at(&self.dir.clone(), self.addr, self.config.validate_targets).await;
+        let mut config = self.config.clone();
+        config.listen = self.addr.to_string();
+        *self = Self::start_with(&self.dir.clone(), config).await;
     }
 }
 
@@ -255,6 +265,8 @@ pub struct Node {
     pub root: TempDir,
     pub kernel: Arc<SimKernel>,
     pub conductor_url: String,
+    /// Where the agent serves metrics, when set before it starts.
+    pub metrics_listen: Option<LoopbackAddr>,
     agent: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -276,6 +288,7 @@ impl Node {
             root,
             kernel: Arc::new(SimKernel::new(Duration::from_millis(20))),
             conductor_url: conductor_url.to_string(),
+            metrics_listen: None,
             agent: None,
         }
     }
@@ -296,6 +309,7 @@ impl Node {
             device_timeout: Duration::from_secs(2),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
+            metrics_listen: self.metrics_listen,
         }
     }
 

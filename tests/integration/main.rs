@@ -5,5 +5,6 @@ mod harness;
 
 mod auth;
 mod lifecycle;
+mod metrics;
 mod protocol_doc;
 mod secrets;

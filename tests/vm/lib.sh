@@ -323,6 +323,9 @@ lio_clear() {
             | targetcli >"$WORK/targetcli-clear.out" 2>&1 || true
     fi
     rm -rf "$LIO_BACKING_DIR"
+    # Discovery authentication is fabric-wide, not per target: clearconfig keeps it.
+    local enforce=/sys/kernel/config/target/iscsi/discovery_auth/enforce_discovery_auth
+    [[ -e $enforce ]] && echo 0 >"$enforce"
     if compgen -G "$CONFIGFS_ISCSI/iqn.*" >/dev/null; then
         log "lio_clear: targets left: $(ls "$CONFIGFS_ISCSI")"
         return 1
@@ -356,10 +359,19 @@ rbd_cleanup() {
     done
 }
 
+# multipath_cleanup : flush every multipath map, stop multipathd, forget registered WWIDs.
+multipath_cleanup() {
+    command -v multipath >/dev/null || return 0
+    multipath -F >/dev/null 2>&1 || true
+    multipathd shutdown >/dev/null 2>&1 || true
+    rm -f /etc/multipath/wwids
+}
+
 # vm_cleanup : tear down everything a scenario may have set up.
 vm_cleanup() {
     local rc=0
     rbd_cleanup
+    multipath_cleanup
     iscsi_cleanup || rc=1
     lio_clear || rc=1
     return $rc

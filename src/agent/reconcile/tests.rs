@@ -83,6 +83,7 @@ fn attachment_for(spec: &TargetSpec) -> Attachment {
                     device_created: true,
                 })
                 .collect(),
+            multipath: None,
         },
         BackendSpec::Rbd(rbd) => Handle::Rbd(RbdHandle {
             device_id: 0,

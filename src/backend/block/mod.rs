@@ -71,6 +71,10 @@ impl SystemBlock {
                 };
                 (format!("rbd{device_id}"), link)
             }
+            DeviceMatch::Multipath { paths } => match self.find_map(paths) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
         };
         let target = std::fs::read_link(self.root.join(link.trim_start_matches('/')));
         let linked = target.is_ok_and(|t| t.file_name().is_some_and(|n| n == kernel.as_str()));
@@ -80,12 +84,46 @@ impl SystemBlock {
         let sectors: u64 = read_trimmed(&self.sys(&format!("block/{kernel}/size")))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        // A dm map's WWID is in its uuid, after the "mpath-" prefix.
+        let wwn = read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid"))).or_else(|| {
+            read_trimmed(&self.sys(&format!("block/{kernel}/dm/uuid")))
+                .and_then(|u| u.strip_prefix("mpath-").map(str::to_string))
+        });
         Ok(Some(BlockDevice {
-            wwn: read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid"))),
+            wwn,
             kernel_name: kernel,
             device_path: link,
             size_bytes: sectors * 512,
         }))
+    }
+
+    /// The multipath map whose slaves are exactly `paths`: its kernel name and /dev/mapper link.
+    fn find_map(&self, paths: &[String]) -> Option<(String, String)> {
+        let first = paths.first()?;
+        let holders = std::fs::read_dir(self.sys(&format!("block/{first}/holders"))).ok()?;
+        for holder in holders.flatten() {
+            let dm = holder.file_name().to_string_lossy().into_owned();
+            let uuid = read_trimmed(&self.sys(&format!("block/{dm}/dm/uuid")));
+            if !uuid.is_some_and(|u| u.starts_with("mpath-")) {
+                continue;
+            }
+            let mut slaves: Vec<String> =
+                std::fs::read_dir(self.sys(&format!("block/{dm}/slaves")))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+            let mut wanted = paths.to_vec();
+            slaves.sort();
+            wanted.sort();
+            if slaves != wanted {
+                continue;
+            }
+            let name = read_trimmed(&self.sys(&format!("block/{dm}/dm/name")))?;
+            return Some((dm, format!("/dev/mapper/{name}")));
+        }
+        None
     }
 
     /// The device and its partitions, by kernel name.

@@ -29,6 +29,8 @@ pub struct SystemIscsi {
     iscsiadm: PathBuf,
     /// Where open-iscsi keeps node records (`/etc/iscsi/nodes` on Debian).
     nodes_dir: PathBuf,
+    /// iscsiadm keeps one discovery record per portal: discoveries with CHAP take turns.
+    discovery_lock: std::sync::Mutex<()>,
 }
 
 impl SystemIscsi {
@@ -37,7 +39,13 @@ impl SystemIscsi {
             root: root.to_path_buf(),
             iscsiadm: cmd::resolve(root, "iscsiadm")?,
             nodes_dir: root.join("etc/iscsi/nodes"),
+            discovery_lock: std::sync::Mutex::new(()),
         })
+    }
+
+    /// `/etc/iscsi`: the parent of the record directories, on the same file system.
+    fn iscsi_dir(&self) -> PathBuf {
+        self.root.join("etc/iscsi")
     }
 
     fn node_args<'a>(portal: &'a str, iqn: &'a str) -> Vec<&'a str> {
@@ -97,22 +105,128 @@ impl SystemIscsi {
             ));
         }
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                HostError::new(
-                    "record_failed",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            let updated = set_record_values(&text, secrets);
-            crate::fsutil::write_private(&file, updated.as_bytes()).map_err(|e| {
-                HostError::new(
-                    "record_failed",
-                    format!("cannot write {}: {e}", file.display()),
-                )
-            })?;
+            update_record_file(&file, secrets, &self.iscsi_dir())?;
         }
         Ok(())
     }
+}
+
+impl SystemIscsi {
+    /// SendTargets discovery with CHAP. The credentials go into a discovery record (mode 0600,
+    /// like node records) that exists only for the length of the call: iscsiadm can take them
+    /// from nowhere else but its command line. An operator's own record for the portal is put
+    /// back as it was.
+    fn discover_with_chap(
+        &self,
+        portal: &str,
+        chap: &Chap,
+    ) -> Result<Vec<(String, String)>, HostError> {
+        let _one_at_a_time = self
+            .discovery_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let record = self
+            .root
+            .join("etc/iscsi/send_targets")
+            .join(record_portal(portal))
+            .join("st_config");
+        let saved = std::fs::read(&record).ok();
+        let base = ["-m", "discoverydb", "-t", "sendtargets", "-p", portal];
+        let result = (|| {
+            let out = self.iscsiadm(&[&base[..], &["-o", "new"]].concat())?;
+            if out.code != 0 {
+                return Err(classify(
+                    &out,
+                    &format!("creating the discovery record of {portal}"),
+                ));
+            }
+            let mut settings = vec![
+                ("discovery.sendtargets.auth.authmethod", "CHAP"),
+                (
+                    "discovery.sendtargets.auth.username",
+                    chap.username.as_str(),
+                ),
+                (
+                    "discovery.sendtargets.auth.password",
+                    chap.password.expose(),
+                ),
+            ];
+            if let Some((user_in, password_in)) = &chap.mutual {
+                settings.push(("discovery.sendtargets.auth.username_in", user_in));
+                settings.push((
+                    "discovery.sendtargets.auth.password_in",
+                    password_in.expose(),
+                ));
+            }
+            update_record_file(&record, &settings, &self.iscsi_dir())?;
+            let out =
+                self.iscsiadm(&[&base[..], &["--discover", "-o", "nonpersistent"]].concat())?;
+            if out.code == ERR_LOGIN_AUTH_FAILED {
+                return Err(HostError::new(
+                    "auth_failed",
+                    format!(
+                        "SendTargets discovery at {portal} failed to authenticate ({}); check discovery_auth_username and discovery_auth_password, and the target's discovery CHAP settings",
+                        out.reason()
+                    ),
+                ));
+            }
+            if out.code != 0 {
+                return Err(classify(
+                    &out,
+                    &format!("SendTargets discovery with CHAP at {portal}"),
+                ));
+            }
+            Ok(parse_discovery(&out.stdout))
+        })();
+        // The record holds the secret: it never outlives the call.
+        let cleanup = match saved {
+            Some(bytes) => {
+                crate::fsutil::write_atomic_via(&record, &bytes, 0o600, &self.iscsi_dir())
+                    .map_err(|e| format!("cannot restore {}: {e}", record.display()))
+            }
+            None => match self.iscsiadm(&[&base[..], &["-o", "delete"]].concat()) {
+                Ok(out) if out.code == 0 || out.code == ERR_NO_OBJS_FOUND => Ok(()),
+                Ok(out) => Err(out.reason()),
+                Err(e) => Err(e.message),
+            },
+        };
+        if let Err(reason) = cleanup {
+            tracing::error!(portal, reason = %reason, record = %record.display(), "could not remove the discovery record that holds the discovery CHAP secret; remove it by hand");
+            if result.is_ok() {
+                return Err(HostError::new(
+                    "record_failed",
+                    format!(
+                        "the discovery record {} could not be removed ({reason}); it holds the discovery CHAP secret",
+                        record.display()
+                    ),
+                ));
+            }
+        }
+        result
+    }
+}
+
+/// Sets keys in one record file (mode 0600), replacing any earlier value of those keys. The
+/// temporary file goes in `tmp_dir`: iscsiadm reads every entry of a record's directory, and
+/// a stray file there fails other logins to the same target.
+fn update_record_file(
+    file: &Path,
+    values: &[(&str, &str)],
+    tmp_dir: &Path,
+) -> Result<(), HostError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        HostError::new(
+            "record_failed",
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let updated = set_record_values(&text, values);
+    crate::fsutil::write_atomic_via(file, updated.as_bytes(), 0o600, tmp_dir).map_err(|e| {
+        HostError::new(
+            "record_failed",
+            format!("cannot write {}: {e}", file.display()),
+        )
+    })
 }
 
 /// `127.0.0.1:3260` -> `127.0.0.1,3260`, `[fd00::1]:3260` -> `fd00::1,3260`, as record names are.
@@ -202,11 +316,8 @@ impl IscsiHost for SystemIscsi {
         chap: Option<&Chap>,
     ) -> Result<Vec<(String, String)>, HostError> {
         let portal = portal.to_string();
-        if chap.is_some() {
-            return Err(HostError::new(
-                "unsupported",
-                "discovery with CHAP is not supported yet; log in without discovery (drop the discovery property)",
-            ));
+        if let Some(chap) = chap {
+            return self.discover_with_chap(&portal, chap);
         }
         // Non-persistent: discovery must not create records (with whatever startup mode the
         // distribution defaults to) for every target the portal offers.

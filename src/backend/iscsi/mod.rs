@@ -6,7 +6,10 @@
 //! other owned LUN uses it; sessions the agent did not create are never touched.
 
 pub mod iscsiadm;
+pub mod multipath;
 pub mod sysfs;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +17,11 @@ use std::time::Duration;
 
 use crate::backend::{
     Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError,
-    IscsiPathHandle, Ownership, SessionKey, VolumeBackend,
+    IscsiPathHandle, MultipathHandle, Ownership, SessionKey, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{BackendSpec, Chap, IscsiPath, IscsiSpec, Portal, TargetSpec};
+use multipath::MultipathHost;
 
 /// A logged-in session as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +113,7 @@ pub struct IscsiBackend<H, B> {
     /// sessions. Held only while a session is looked up and established, not while the device
     /// is awaited, so LUNs of one target attach together.
     session_locks: Mutex<HashMap<SessionKey, Arc<Mutex<()>>>>,
+    multipath: Option<Box<dyn MultipathHost>>,
 }
 
 impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
@@ -117,7 +122,105 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             host,
             block,
             session_locks: Mutex::new(HashMap::new()),
+            multipath: None,
         }
+    }
+
+    /// Volumes with several paths get a dm-multipath map when multipathd runs.
+    pub fn with_multipath(mut self, multipath: Option<Box<dyn MultipathHost>>) -> Self {
+        self.multipath = multipath;
+        self
+    }
+
+    /// The map over a volume's path devices: one multipathd made by itself, or one it makes
+    /// when asked. None when multipathd does not run here.
+    fn assemble_map(
+        &self,
+        handles: &[IscsiPathHandle],
+        timeout: Duration,
+    ) -> Result<Option<(BlockDevice, MultipathHandle)>, HostError> {
+        let Some(multipath) = self.multipath.as_ref().filter(|m| m.available()) else {
+            return Ok(None);
+        };
+        let paths: Vec<String> = handles.iter().map(|h| h.kernel_name.clone()).collect();
+        let what = DeviceMatch::Multipath {
+            paths: paths.clone(),
+        };
+        let (device, wwid_registered) = match self.block.wait_for_device(&what, Duration::ZERO) {
+            Ok(device) => (device, false),
+            Err(_) => {
+                let registered = multipath.claim(&paths)?;
+                let device = self.block.wait_for_device(&what, timeout).map_err(|e| {
+                    HostError::new(
+                        "multipath_failed",
+                        format!(
+                            "{}; multipathd runs but made no map: check blacklist and find_multipaths in /etc/multipath.conf",
+                            e.message
+                        ),
+                    )
+                });
+                match device {
+                    Ok(device) => (device, registered),
+                    Err(e) => {
+                        if registered {
+                            let _ = multipath.forget(&paths[0]);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let name = device
+            .device_path
+            .strip_prefix("/dev/mapper/")
+            .unwrap_or(&device.kernel_name)
+            .to_string();
+        let handle = MultipathHandle {
+            name,
+            kernel_name: device.kernel_name.clone(),
+            wwid_registered,
+        };
+        Ok(Some((device, handle)))
+    }
+
+    /// Takes the map down before its paths go. None when done; a holder when the map is busy.
+    fn remove_map(
+        &self,
+        map: &MultipathHandle,
+        paths: &[IscsiPathHandle],
+    ) -> Result<Option<String>, HostError> {
+        let multipath = self.multipath.as_ref().ok_or_else(|| {
+            HostError::new(
+                "multipath_failed",
+                format!(
+                    "the volume is on multipath map {} but the multipath tools are missing; install multipath-tools",
+                    map.name
+                ),
+            )
+        })?;
+        let Some(first) = paths.first() else {
+            return Ok(None);
+        };
+        let present = self
+            .block
+            .holders(&first.kernel_name)?
+            .contains(&map.kernel_name);
+        if present {
+            self.block.flush(&map.kernel_name)?;
+            if let Err(e) = multipath.flush(&map.name) {
+                if e.kind == "device_busy" {
+                    return Ok(Some(format!(
+                        "multipath map {} is open: {}",
+                        map.name, e.message
+                    )));
+                }
+                return Err(e);
+            }
+        }
+        if map.wwid_registered {
+            multipath.forget(&first.kernel_name)?;
+        }
+        Ok(None)
     }
 
     fn session_lock(&self, key: &SessionKey) -> Arc<Mutex<()>> {
@@ -160,6 +263,11 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         self.host.create_record(path, spec.chap.as_ref())?;
         let started = std::time::Instant::now();
         if let Err(e) = self.host.login(portal, &path.iqn) {
+            // iscsiadm can fail after the kernel logged in (a database error on another
+            // record, say). No session existed before, under this lock: any session is ours.
+            if let Ok(Some(_)) = self.find_session(portal, &path.iqn) {
+                let _ = self.host.logout(portal, &path.iqn);
+            }
             let _ = self.host.delete_record(portal, &path.iqn);
             return Err(e);
         }
@@ -324,7 +432,10 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                     wwn: None,
                 }),
                 paths: Vec::new(),
-                handle: Handle::Iscsi { paths: handles },
+                handle: Handle::Iscsi {
+                    paths: handles,
+                    multipath: None,
+                },
                 mount: None,
             };
             if !devices.is_empty() {
@@ -332,12 +443,34 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
             }
             return Err(error);
         }
-        Ok(Attachment {
+        let map = if handles.len() > 1 {
+            self.assemble_map(&handles, timeout)
+        } else {
+            Ok(None)
+        };
+        let mut attachment = Attachment {
             device: devices[0].clone(),
             paths: devices.iter().map(|d| d.device_path.clone()).collect(),
-            handle: Handle::Iscsi { paths: handles },
+            handle: Handle::Iscsi {
+                paths: handles,
+                multipath: None,
+            },
             mount: None,
-        })
+        };
+        match map {
+            Ok(None) => {}
+            Ok(Some((device, map))) => {
+                attachment.device = device;
+                if let Handle::Iscsi { multipath, .. } = &mut attachment.handle {
+                    *multipath = Some(map);
+                }
+            }
+            Err(e) => {
+                let _ = self.detach(&attachment, ownership);
+                return Err(e);
+            }
+        }
+        Ok(attachment)
     }
 
     fn detach(
@@ -345,12 +478,17 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         attachment: &Attachment,
         ownership: &Ownership,
     ) -> Result<DetachOutcome, HostError> {
-        let Handle::Iscsi { paths } = &attachment.handle else {
+        let Handle::Iscsi { paths, multipath } = &attachment.handle else {
             return Err(HostError::new(
                 "internal",
                 "an RBD attachment reached the iSCSI backend",
             ));
         };
+        if let Some(map) = multipath
+            && let Some(holder) = self.remove_map(map, paths)?
+        {
+            return Ok(DetachOutcome::Blocked { holder });
+        }
         let sessions = self.host.sessions()?;
         let mut sessions_kept = Vec::new();
         for path in paths {
@@ -393,7 +531,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
     }
 
     fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
-        let Handle::Iscsi { paths } = &attachment.handle else {
+        let Handle::Iscsi { paths, .. } = &attachment.handle else {
             return Ok(false);
         };
         let sessions = self.host.sessions()?;
@@ -410,7 +548,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         let ours: Vec<SessionKey> = owned
             .iter()
             .filter_map(|a| match &a.handle {
-                Handle::Iscsi { paths } => Some(
+                Handle::Iscsi { paths, .. } => Some(
                     paths
                         .iter()
                         .filter(|p| p.session_created)

@@ -44,6 +44,47 @@ fn single_path_iscsi_with_chap_parses() {
 }
 
 #[test]
+fn discovery_chap_is_its_own_credential_set() {
+    let spec = iscsi(json!({
+        "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0,
+        "discovery": "sendtargets",
+        "discovery_auth_method": "CHAP", "discovery_auth_username": "disc",
+        "discovery_auth_password": "d1sc-secret",
+        "discovery_auth_username_in": "disc-tgt", "discovery_auth_password_in": "d1sc-mutual",
+    }))
+    .unwrap();
+    let BackendSpec::Iscsi(iscsi) = &spec.backend else {
+        panic!()
+    };
+    assert!(iscsi.discovery);
+    assert!(
+        iscsi.chap.is_none(),
+        "login CHAP is not implied by discovery CHAP"
+    );
+    let chap = iscsi.discovery_chap.as_ref().unwrap();
+    assert_eq!(chap.username, "disc");
+    assert_eq!(chap.password.expose(), "d1sc-secret");
+    let (user_in, password_in) = chap.mutual.as_ref().unwrap();
+    assert_eq!(
+        (user_in.as_str(), password_in.expose()),
+        ("disc-tgt", "d1sc-mutual")
+    );
+    assert_eq!(
+        kind(iscsi_discovery_without_password()),
+        "missing_property",
+        "CHAP named without a password"
+    );
+}
+
+fn iscsi_discovery_without_password() -> Result<TargetSpec, TargetError> {
+    iscsi(json!({
+        "target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0,
+        "discovery": "sendtargets", "discovery_auth_method": "CHAP",
+        "discovery_auth_username": "disc",
+    }))
+}
+
+#[test]
 fn multipath_lists_parse_and_must_match_in_length() {
     let spec = iscsi(json!({
         "target_portals": ["192.0.2.10:3260", "[2001:db8::1]:3260"],

@@ -1,0 +1,159 @@
+//! The multipath rules of [`IscsiBackend`], on the simulated kernel (which has no
+//! device-mapper, so a map never appears) and a recording multipath-tools.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::multipath::MultipathHost;
+use super::*;
+use crate::backend::simulated::SimKernel;
+use crate::protocol::VolumeTarget;
+
+const IQN: &str = "iqn.2003-01.test.tether:multi";
+
+#[derive(Default)]
+struct Tools {
+    running: bool,
+    wwid_is_new: bool,
+    calls: Mutex<Vec<String>>,
+}
+
+impl Tools {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl MultipathHost for Arc<Tools> {
+    fn available(&self) -> bool {
+        self.running
+    }
+    fn claim(&self, paths: &[String]) -> Result<bool, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("claim {}", paths.join(" ")));
+        Ok(self.wwid_is_new)
+    }
+    fn flush(&self, map: &str) -> Result<(), HostError> {
+        self.calls.lock().unwrap().push(format!("flush {map}"));
+        Ok(())
+    }
+    fn forget(&self, path: &str) -> Result<(), HostError> {
+        self.calls.lock().unwrap().push(format!("forget {path}"));
+        Ok(())
+    }
+}
+
+fn two_paths() -> TargetSpec {
+    let target: VolumeTarget = serde_json::from_value(serde_json::json!({
+        "uuid": "5b1f1a1e-0000-4000-8000-000000000001",
+        "node_uuid": "5b1f1a1e-0000-4000-8000-000000000002",
+        "volume_type": "iscsi",
+        "volume_id": "vol-multi",
+        "properties": {
+            "target_portals": ["127.0.0.1:3260", "127.0.0.2:3260"],
+            "target_iqns": [IQN, IQN],
+            "target_luns": [0, 0],
+        },
+    }))
+    .unwrap();
+    crate::protocol::target::parse(&target).unwrap()
+}
+
+fn backend(
+    kernel: &Arc<SimKernel>,
+    tools: &Arc<Tools>,
+) -> IscsiBackend<Arc<SimKernel>, Arc<SimKernel>> {
+    IscsiBackend::new(kernel.clone(), kernel.clone()).with_multipath(Some(Box::new(tools.clone())))
+}
+
+#[test]
+fn without_multipathd_every_path_is_reported_and_the_first_is_the_device() {
+    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
+    let tools = Arc::new(Tools::default());
+    let attachment = backend(&kernel, &tools)
+        .attach(&two_paths(), &Ownership::default(), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(attachment.paths.len(), 2);
+    assert_eq!(attachment.device.device_path, attachment.paths[0]);
+    assert!(matches!(
+        attachment.handle,
+        Handle::Iscsi {
+            multipath: None,
+            ..
+        }
+    ));
+    assert!(tools.calls().is_empty(), "{:?}", tools.calls());
+    assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 1);
+    assert_eq!(kernel.session_count("127.0.0.2:3260", IQN), 1);
+}
+
+/// Attaches the two-path volume with multipathd running but no map ever appearing.
+fn attach_without_a_map(wwid_is_new: bool) -> (Arc<SimKernel>, Arc<Tools>, HostError) {
+    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
+    let tools = Arc::new(Tools {
+        running: true,
+        wwid_is_new,
+        ..Tools::default()
+    });
+    let error = backend(&kernel, &tools)
+        .attach(
+            &two_paths(),
+            &Ownership::default(),
+            Duration::from_millis(50),
+        )
+        .unwrap_err();
+    (kernel, tools, error)
+}
+
+#[test]
+fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
+    let (kernel, tools, error) = attach_without_a_map(true);
+    assert_eq!(error.kind, "multipath_failed");
+    assert!(error.message.contains("/etc/multipath.conf"), "{error}");
+    // Asked for the map over both paths, then took back the WWID it registered.
+    let calls = tools.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].starts_with("claim sd"), "{calls:?}");
+    assert!(calls[1].starts_with("forget sd"), "{calls:?}");
+    for portal in ["127.0.0.1:3260", "127.0.0.2:3260"] {
+        assert_eq!(kernel.session_count(portal, IQN), 0, "{portal}");
+        assert!(!kernel.record_exists(portal, IQN), "{portal}");
+    }
+}
+
+#[test]
+fn a_wwid_known_before_is_left_registered() {
+    let (_, tools, error) = attach_without_a_map(false);
+    assert_eq!(error.kind, "multipath_failed");
+    let calls = tools.calls();
+    assert!(!calls.iter().any(|c| c.starts_with("forget")), "{calls:?}");
+}
+
+#[test]
+fn detach_flushes_the_map_and_forgets_only_a_wwid_the_agent_registered() {
+    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
+    let tools = Arc::new(Tools::default());
+    let backend = backend(&kernel, &tools);
+    let mut attachment = backend
+        .attach(&two_paths(), &Ownership::default(), Duration::from_secs(5))
+        .unwrap();
+    // As the real host would have it after the map was made: the simulated kernel has no
+    // device-mapper, so the map is not in sysfs and only the WWID is to be taken back.
+    let Handle::Iscsi { multipath, .. } = &mut attachment.handle else {
+        unreachable!()
+    };
+    *multipath = Some(MultipathHandle {
+        name: "3600140500000000000000000000000001".into(),
+        kernel_name: "dm-0".into(),
+        wwid_registered: true,
+    });
+    let outcome = backend.detach(&attachment, &Ownership::default()).unwrap();
+    assert!(matches!(outcome, DetachOutcome::Detached { .. }));
+    let calls = tools.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].starts_with("forget sd"), "{calls:?}");
+    assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 0);
+    assert_eq!(kernel.session_count("127.0.0.2:3260", IQN), 0);
+}

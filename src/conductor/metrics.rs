@@ -1,0 +1,380 @@
+//! The conductor's metrics: HTTP traffic counted as it happens, nodes, volumes and targets
+//! read from the store at scrape time (one short lock, a few aggregate queries).
+//!
+//! Long-polls of the targets are long by design: a request that waited for a change is counted
+//! in `tether_conductor_long_polls_total` and never observed in the latency histogram, which
+//! would otherwise read as a slow conductor.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::store::{MetricsSnapshot, Store};
+use crate::protocol::VolumeState;
+
+/// Marks a response to a targets request that waited for a change.
+#[derive(Debug, Clone, Copy)]
+pub struct LongPolled;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    /// The route template (`/v1/nodes/{node}/volume/targets`), never the raw path.
+    route: String,
+    method: &'static str,
+    status: &'static str,
+}
+
+/// Latency buckets in seconds: a healthy request takes about a millisecond.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+pub struct ConductorMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Histogram>,
+    pub heartbeats: Counter,
+    pub long_polls: Family<OutcomeLabels, Counter>,
+    pub long_polls_waiting: Gauge,
+}
+
+impl ConductorMetrics {
+    pub fn new(store: Arc<Store>) -> Self {
+        let mut registry = Registry::default();
+        let requests: Family<RequestLabels, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register_with_unit(
+            "tether_conductor_http_request_duration",
+            "Time to answer an HTTP request, by route template, method and status class; long-polls that waited are not included",
+            Unit::Seconds,
+            requests.clone(),
+        );
+        let heartbeats = Counter::default();
+        registry.register(
+            "tether_conductor_heartbeats",
+            "Heartbeats accepted and stored",
+            heartbeats.clone(),
+        );
+        let long_polls = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["changed", "timeout", "shutdown"] {
+            let _ = long_polls.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "tether_conductor_long_polls",
+            "Targets long-polls that waited, by how the wait ended",
+            long_polls.clone(),
+        );
+        let long_polls_waiting = Gauge::default();
+        registry.register(
+            "tether_conductor_long_polls_waiting",
+            "Targets long-polls waiting for a change now",
+            long_polls_waiting.clone(),
+        );
+        registry.register_collector(Box::new(StoreCollector(store)));
+        Self {
+            registry,
+            requests,
+            heartbeats,
+            long_polls,
+            long_polls_waiting,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// Observes every request's latency, except long-polls that waited.
+pub async fn track(
+    State(metrics): State<Arc<ConductorMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        // Unknown paths share one label: a scanner must not add series.
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if response.extensions().get::<LongPolled>().is_none() {
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status: status_class(response.status()),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Nodes, volumes and targets, read from the store on each scrape.
+struct StoreCollector(Arc<Store>);
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.0.metrics_snapshot().map_err(|e| {
+            tracing::error!(error = %e, "cannot read the store for metrics");
+            std::fmt::Error
+        })?;
+        encode_snapshot(&snapshot, encoder)
+    }
+}
+
+const STATES: [VolumeState; 7] = [
+    VolumeState::Pending,
+    VolumeState::Attaching,
+    VolumeState::Attached,
+    VolumeState::Mounted,
+    VolumeState::Detaching,
+    VolumeState::DetachBlocked,
+    VolumeState::Failed,
+];
+
+fn encode_snapshot(
+    s: &MetricsSnapshot,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(
+            "tether_conductor_nodes",
+            "Enrolled nodes.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.nodes)?;
+    encoder
+        .encode_descriptor(
+            "tether_conductor_nodes_never_seen",
+            "Enrolled nodes that never sent a heartbeat.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(s.nodes.saturating_sub(s.last_seen.len() as u64)))?;
+    let seconds = Unit::Seconds;
+    let mut ages = encoder.encode_descriptor(
+        "tether_conductor_node_last_seen_age",
+        "Seconds since the node's last heartbeat, for every node that sent one.",
+        Some(&seconds),
+        MetricType::Gauge,
+    )?;
+    for (node, received_at) in &s.last_seen {
+        let age = s.now.saturating_sub(*received_at).max(0);
+        ages.encode_family(&[("node_uuid", node.as_str())])?
+            .encode_gauge(&age)?;
+    }
+    let mut volumes = encoder.encode_descriptor(
+        "tether_conductor_volumes",
+        "Volumes by state, summed over every node's latest report.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in STATES {
+        let count = s
+            .volume_states
+            .iter()
+            .find(|(name, _)| name == state.as_str())
+            .map_or(0, |(_, n)| *n);
+        volumes
+            .encode_family(&[("state", state.as_str())])?
+            .encode_gauge(&count)?;
+    }
+    let mut targets = encoder.encode_descriptor(
+        "tether_conductor_targets",
+        "Volume targets assigned to nodes, by volume type.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for volume_type in ["iscsi", "rbd", "other"] {
+        let count: u64 = s
+            .targets_by_type
+            .iter()
+            .filter(|(t, _)| crate::metrics::volume_type_label(t) == volume_type)
+            .map(|(_, n)| *n)
+            .sum();
+        targets
+            .encode_family(&[("volume_type", volume_type)])?
+            .encode_gauge(&count)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(s: &MetricsSnapshot) -> String {
+        #[derive(Debug)]
+        struct Fixed(MetricsSnapshot);
+        impl Collector for Fixed {
+            fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                encode_snapshot(&self.0, encoder)
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(s.clone())));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn snapshot_becomes_gauges_with_bounded_labels() {
+        let text = encoded(&MetricsSnapshot {
+            now: 1_000,
+            nodes: 3,
+            last_seen: vec![("n-a".into(), 990), ("n-b".into(), 1_002)],
+            volume_states: vec![("attached".into(), 4), ("failed".into(), 1)],
+            targets_by_type: vec![("iscsi".into(), 4), ("rbd".into(), 1), ("nvme".into(), 2)],
+        });
+        for line in [
+            "tether_conductor_nodes 3",
+            "tether_conductor_nodes_never_seen 1",
+            "tether_conductor_node_last_seen_age_seconds{node_uuid=\"n-a\"} 10",
+            // A clock that stepped back reads as just seen, never negative.
+            "tether_conductor_node_last_seen_age_seconds{node_uuid=\"n-b\"} 0",
+            "tether_conductor_volumes{state=\"attached\"} 4",
+            "tether_conductor_volumes{state=\"failed\"} 1",
+            "tether_conductor_volumes{state=\"detach_blocked\"} 0",
+            "tether_conductor_targets{volume_type=\"iscsi\"} 4",
+            "tether_conductor_targets{volume_type=\"other\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("nvme"));
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(status_class(StatusCode::ACCEPTED), "2xx");
+        assert_eq!(status_class(StatusCode::UNAUTHORIZED), "4xx");
+        assert_eq!(status_class(StatusCode::INTERNAL_SERVER_ERROR), "5xx");
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+    }
+}
+
+/// `cargo test --release --lib scrape_at_fleet_scale -- --ignored --nocapture` prints what a
+/// scrape of 10,000 nodes costs (docs/operations.md quotes it).
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use crate::protocol::{Heartbeat, NodeCreate, VolumeReport};
+
+    #[test]
+    #[ignore = "seconds in a debug build; a measurement, run it with --release"]
+    fn scrape_at_fleet_scale() {
+        const NODES: u32 = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        for i in 0..NODES {
+            let node = store
+                .create_node(&NodeCreate {
+                    name: format!("n{i}"),
+                    uuid: None,
+                    addresses: vec![format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 255)],
+                    agent_token: None,
+                })
+                .unwrap();
+            let volume = |j: u32, state| VolumeReport {
+                target_uuid: uuid::Uuid::new_v4(),
+                volume_id: format!("v{j}"),
+                volume_type: "iscsi".into(),
+                state,
+                device_path: Some(format!(
+                    "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.linux-iscsi.array:n{i}-lun-{j}"
+                )),
+                paths: vec![format!("/dev/sd{j}")],
+                size_bytes: Some(1 << 30),
+                wwn: Some("naa.6001405abcdef0123".into()),
+                mountpoint: None,
+                error: None,
+                since: "2026-01-01T00:00:00Z".into(),
+            };
+            let report = Heartbeat {
+                agent_version: "0.1.0".into(),
+                generation: Some(1),
+                connectors: Vec::new(),
+                volumes: vec![
+                    volume(0, VolumeState::Attached),
+                    volume(1, VolumeState::Attached),
+                    volume(2, VolumeState::Mounted),
+                    volume(3, VolumeState::Failed),
+                ],
+                foreign: Vec::new(),
+            };
+            store.store_report(node.uuid, &report).unwrap();
+        }
+        let metrics = ConductorMetrics::new(store.clone());
+        for _ in 0..3 {
+            let started = Instant::now();
+            store.metrics_snapshot().unwrap();
+            let locked = started.elapsed();
+            let started = Instant::now();
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, metrics.registry()).unwrap();
+            eprintln!(
+                "store read {locked:?}, whole scrape {:?}, {} bytes",
+                started.elapsed(),
+                text.len()
+            );
+            let ages = text
+                .lines()
+                .filter(|l| l.starts_with("tether_conductor_node_last_seen_age_seconds{"))
+                .count();
+            assert_eq!(ages, NODES as usize);
+            assert!(text.contains("\ntether_conductor_volumes{state=\"attached\"} 20000\n"));
+            assert!(text.contains("\ntether_conductor_volumes{state=\"failed\"} 10000\n"));
+        }
+    }
+}
