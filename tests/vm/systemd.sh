@@ -4,7 +4,7 @@
 #
 # VM_BOOT is 1 on the scenario's first boot; `vm_reboot` ends this boot's part and the
 # scenario runs again after the reboot with VM_BOOT one higher. Keep what later boots need
-# on the disk or in $RESULT_DIR (`save`/`saved`).
+# on the disk (the snapshot overlay outlives a guest reboot) or in $RESULT_DIR.
 
 VM_BOOT=${VM_BOOT:-1}
 
@@ -17,10 +17,6 @@ vm_reboot() {
 
 # unit_prop UNIT PROPERTY : one property as systemctl show prints it.
 unit_prop() { systemctl show --value -p "$2" "$1"; }
-
-# save KEY VALUE / saved KEY : values kept for later boots of the scenario.
-save() { printf '%s\n' "$2" >"$RESULT_DIR/saved.$1"; }
-saved() { cat "$RESULT_DIR/saved.$1" 2>/dev/null || true; }
 
 # journal_first_us UNIT ERE : the monotonic time (µs since boot) of the first entry of this
 # boot's journal for UNIT (or "-k" for the kernel) whose message matches ERE; empty if none.
