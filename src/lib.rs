@@ -11,6 +11,7 @@ pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

@@ -43,17 +43,14 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let under_journald = tether::journal::stderr_is_journal();
     let text_wanted = std::env::var("TETHER_LOG_FORMAT").is_ok_and(|f| f == "text");
     if under_journald && !text_wanted {
-        if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_field_prefix(None);
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(journald)
-                .init();
-            return;
-        }
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tether::journal::JournalLayer)
+            .init();
+        return;
     }
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
