@@ -51,16 +51,6 @@ const DURATION_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 ];
 
-const STATES: [VolumeState; 7] = [
-    VolumeState::Pending,
-    VolumeState::Attaching,
-    VolumeState::Attached,
-    VolumeState::Mounted,
-    VolumeState::Detaching,
-    VolumeState::DetachBlocked,
-    VolumeState::Failed,
-];
-
 /// How a detach ended, for `tether_agent_detaches_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DetachResult {
@@ -114,7 +104,7 @@ impl AgentMetrics {
             Family::new_with_constructor(histogram);
         let failures = Family::<FailureLabels, Counter>::default();
         let volumes = Family::<StateLabels, Gauge>::default();
-        for state in STATES {
+        for state in VolumeState::ALL {
             let _ = volumes.get_or_create(&StateLabels {
                 state: state.as_str(),
             });
@@ -238,13 +228,13 @@ impl AgentMetrics {
 
     /// The states of every tracked volume, after each turn of the event loop.
     pub fn set_volumes(&self, states: impl IntoIterator<Item = VolumeState>) {
-        let mut counts = [0i64; STATES.len()];
+        let mut counts = [0i64; VolumeState::ALL.len()];
         for state in states {
-            if let Some(i) = STATES.iter().position(|s| *s == state) {
+            if let Some(i) = VolumeState::ALL.iter().position(|s| *s == state) {
                 counts[i] += 1;
             }
         }
-        for (state, count) in STATES.iter().zip(counts) {
+        for (state, count) in VolumeState::ALL.iter().zip(counts) {
             self.volumes
                 .get_or_create(&StateLabels {
                     state: state.as_str(),

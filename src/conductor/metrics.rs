@@ -171,16 +171,6 @@ impl Collector for StoreCollector {
     }
 }
 
-const STATES: [VolumeState; 7] = [
-    VolumeState::Pending,
-    VolumeState::Attaching,
-    VolumeState::Attached,
-    VolumeState::Mounted,
-    VolumeState::Detaching,
-    VolumeState::DetachBlocked,
-    VolumeState::Failed,
-];
-
 fn encode_snapshot(
     s: &MetricsSnapshot,
     mut encoder: DescriptorEncoder,
@@ -219,7 +209,7 @@ fn encode_snapshot(
         None,
         MetricType::Gauge,
     )?;
-    for state in STATES {
+    for state in VolumeState::ALL {
         let count = s
             .volume_states
             .iter()

@@ -73,6 +73,17 @@ pub enum VolumeState {
 }
 
 impl VolumeState {
+    /// Every state, in lifecycle order (for metrics that list each one, zero or not).
+    pub const ALL: [VolumeState; 7] = [
+        Self::Pending,
+        Self::Attaching,
+        Self::Attached,
+        Self::Mounted,
+        Self::Detaching,
+        Self::DetachBlocked,
+        Self::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -260,4 +271,26 @@ pub struct NodeStatus {
 /// Formats a time the way every timestamp in the protocol is written.
 pub fn timestamp(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VolumeState;
+
+    #[test]
+    fn all_states_lists_every_state_once() {
+        // The match fails to compile when a state is added, until ALL has it too.
+        let position = |s: VolumeState| match s {
+            VolumeState::Pending => 0,
+            VolumeState::Attaching => 1,
+            VolumeState::Attached => 2,
+            VolumeState::Mounted => 3,
+            VolumeState::Detaching => 4,
+            VolumeState::DetachBlocked => 5,
+            VolumeState::Failed => 6,
+        };
+        for (i, state) in VolumeState::ALL.into_iter().enumerate() {
+            assert_eq!(position(state), i, "{state:?}");
+        }
+    }
 }
