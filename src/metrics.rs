@@ -45,6 +45,9 @@ pub fn exposition(registry: &Registry, request: &HeaderMap) -> Response {
         .into_response()
 }
 
+/// Every value [`volume_type_label`] gives.
+pub const VOLUME_TYPE_LABELS: [&str; 3] = ["iscsi", "rbd", "other"];
+
 /// A volume type as a label value: anything but the two known types is `other`, so a
 /// malformed target cannot add series.
 pub fn volume_type_label(volume_type: &str) -> &'static str {

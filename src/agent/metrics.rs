@@ -173,17 +173,13 @@ impl AgentMetrics {
 
     /// An attach finished; `failure` is its error kind when it failed.
     pub fn attached(&self, volume_type: &str, took: Duration, failure: Option<&str>) {
+        let result = if failure.is_some() { "failed" } else { "ok" };
         let labels = OperationLabels {
             volume_type: volume_type_label(volume_type),
-            result: if failure.is_some() { "failed" } else { "ok" },
+            result,
         };
-        self.attaches.get_or_create(&labels).inc();
-        self.attach_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        if let Some(kind) = failure {
-            self.failure("attach", labels.volume_type, kind);
-        }
+        let (count, seconds) = (&self.attaches, &self.attach_seconds);
+        self.finished("attach", (count, seconds), labels, took, failure);
     }
 
     /// A detach finished; `failure` is the error kind when it was blocked or failed.
@@ -202,12 +198,26 @@ impl AgentMetrics {
                 DetachResult::Failed => "failed",
             },
         };
-        self.detaches.get_or_create(&labels).inc();
-        self.detach_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        let (count, seconds) = (&self.detaches, &self.detach_seconds);
+        self.finished("detach", (count, seconds), labels, took, failure);
+    }
+
+    /// Counts and times one finished attach or detach, and its failure kind.
+    fn finished(
+        &self,
+        operation: &'static str,
+        (count, seconds): (
+            &Family<OperationLabels, Counter>,
+            &Family<OperationLabels, Histogram>,
+        ),
+        labels: OperationLabels,
+        took: Duration,
+        failure: Option<&str>,
+    ) {
+        count.get_or_create(&labels).inc();
+        seconds.get_or_create(&labels).observe(took.as_secs_f64());
         if let Some(kind) = failure {
-            self.failure("detach", labels.volume_type, kind);
+            self.failure(operation, labels.volume_type, kind);
         }
     }
 

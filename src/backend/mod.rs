@@ -75,10 +75,9 @@ pub enum Handle {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MultipathHandle {
-    /// The map's name, as `multipath -f` takes it and /dev/mapper shows it.
+    /// The map's name, as `multipath -f` takes it and /dev/mapper shows it. The map itself
+    /// is the attachment's device.
     pub name: String,
-    /// `dm-N`.
-    pub kernel_name: String,
     /// The agent put the WWID into multipath's wwids file (so it removes it on detach).
     pub wwid_registered: bool,
 }

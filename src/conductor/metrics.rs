@@ -225,7 +225,7 @@ fn encode_snapshot(
         None,
         MetricType::Gauge,
     )?;
-    for volume_type in ["iscsi", "rbd", "other"] {
+    for volume_type in crate::metrics::VOLUME_TYPE_LABELS {
         let count: u64 = s
             .targets_by_type
             .iter()

@@ -5,7 +5,8 @@
 # $SHARE/out/<scenario>/{result,checks,notes,log,cleanup.log,dmesg.log},
 # and finally $SHARE/out/DONE.
 #
-# `guest-main.sh --scenario NAME` runs one scenario (used internally).
+# `guest-main.sh --scenario NAME` runs one scenario (used internally), `--boot-info` prints
+# what boot.txt records (used by guest-systemd.sh too).
 set -uo pipefail
 
 SHARE=${SHARE:-/mnt/share}
@@ -16,6 +17,22 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SCENARIO_TIMEOUT=300
 # shellcheck disable=SC1091
 [[ -f $SHARE/config.env ]] && source "$SHARE/config.env"
+
+# boot_info : what boot.txt records of the guest once it is ready (both harnesses).
+boot_info() {
+    echo "ready_uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+    echo "kernel=$(uname -r)"
+    echo "initiator=$(sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi)"
+    cat /etc/tether-vm-image 2>/dev/null
+    if [[ -x $SHARE/bin/tether ]]; then
+        echo "tether=$SHARE/bin/tether"
+        echo "tether_version=$(timeout 30 "$SHARE/bin/tether" --version 2>&1 | head -n1)"
+    fi
+}
+if [[ ${1:-} == --boot-info ]]; then
+    boot_info
+    exit 0
+fi
 
 # --- one scenario (child of `timeout`) -------------------------------------------------
 if [[ ${1:-} == --scenario ]]; then
@@ -69,16 +86,7 @@ dbus-daemon --system --fork || say "dbus-daemon failed"
 # shellcheck disable=SC2016 # expanded by the inner shell
 SCENARIO=boot WORK=/tmp/vm-work/boot RESULT_DIR=/tmp/vm-work/boot \
     bash -c 'source "$SHARE/vm/lib.sh" && start_iscsid' || say "iscsid did not start"
-{
-    echo "ready_uptime_s=$(cut -d' ' -f1 /proc/uptime)"
-    echo "kernel=$(uname -r)"
-    echo "initiator=$(sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi)"
-    cat /etc/tether-vm-image 2>/dev/null
-    if [[ -x $SHARE/bin/tether ]]; then
-        echo "tether=$SHARE/bin/tether"
-        echo "tether_version=$(timeout 30 "$SHARE/bin/tether" --version 2>&1 | head -n1)"
-    fi
-} >"$OUT/boot.txt"
+boot_info >"$OUT/boot.txt"
 say "ready"
 
 mapfile -t scenarios < <(grep -v '^[[:space:]]*$' "$SHARE/scenarios.list")

@@ -57,15 +57,8 @@ state=$(timeout 300 systemctl is-system-running --wait 2>&1)
 } >"$OUT/boot-$boot.txt"
 if ((boot == 1)); then
     {
-        echo "ready_uptime_s=$(cut -d' ' -f1 /proc/uptime)"
         echo "init=systemd"
-        echo "kernel=$(uname -r)"
-        echo "initiator=$(sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi)"
-        cat /etc/tether-vm-image 2>/dev/null
-        if [[ -x $SHARE/bin/tether ]]; then
-            echo "tether=$SHARE/bin/tether"
-            echo "tether_version=$(timeout 30 "$SHARE/bin/tether" --version 2>&1 | head -n1)"
-        fi
+        bash "$SHARE/vm/guest-main.sh" --boot-info
     } >"$OUT/boot.txt"
 fi
 say "ready (system $state)"

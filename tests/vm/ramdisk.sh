@@ -83,17 +83,8 @@ initramfs_lacks() {
 
 # conductor_on_link : the conductor (tether.sh's database and admin token) on every address.
 conductor_on_link() {
-    local i
     rm -rf "$(dirname "$CONDUCTOR_DB")"
-    mkdir -p "$(dirname "$CONDUCTOR_DB")"
-    "$TETHER" conductor --listen 0.0.0.0:6387 --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
-    CONDUCTOR_PID=$!
-    for ((i = 0; i < 300; i++)); do
-        ctl node list >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    fail "conductor starts" "an answer on $TETHER_URL" "none in 30 s; see conductor.log"
-    return 1
+    tether_start_conductor --listen 0.0.0.0:6387
 }
 
 # ramdisk_serve : LIO serves a 64M LUN of $RD_IQN on the link to $NODE_INITIATOR only; the

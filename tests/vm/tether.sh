@@ -16,9 +16,10 @@ ctl() { "$TETHER" ctl "$@"; }
 # Stop what this scenario started, however it ends.
 trap tether_down EXIT
 
+# tether_start_conductor [CONDUCTOR_ARGS...] : starts it and waits until it answers.
 tether_start_conductor() {
     mkdir -p "$(dirname "$CONDUCTOR_DB")"
-    TETHER_LOG=tether=debug "$TETHER" conductor --database "$CONDUCTOR_DB" >>"$RESULT_DIR/conductor.log" 2>&1 &
+    TETHER_LOG=tether=debug "$TETHER" conductor --database "$CONDUCTOR_DB" "$@" >>"$RESULT_DIR/conductor.log" 2>&1 &
     CONDUCTOR_PID=$!
     local i
     for ((i = 0; i < 300; i++)); do

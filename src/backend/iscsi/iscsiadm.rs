@@ -131,36 +131,21 @@ impl SystemIscsi {
             .join(record_portal(portal))
             .join("st_config");
         let saved = std::fs::read(&record).ok();
-        let base = ["-m", "discoverydb", "-t", "sendtargets", "-p", portal];
+        let discoverydb = |args: &[&str]| {
+            let base = ["-m", "discoverydb", "-t", "sendtargets", "-p", portal];
+            self.iscsiadm(&[&base[..], args].concat())
+        };
         let result = (|| {
-            let out = self.iscsiadm(&[&base[..], &["-o", "new"]].concat())?;
+            let out = discoverydb(&["-o", "new"])?;
             if out.code != 0 {
                 return Err(classify(
                     &out,
                     &format!("creating the discovery record of {portal}"),
                 ));
             }
-            let mut settings = vec![
-                ("discovery.sendtargets.auth.authmethod", "CHAP"),
-                (
-                    "discovery.sendtargets.auth.username",
-                    chap.username.as_str(),
-                ),
-                (
-                    "discovery.sendtargets.auth.password",
-                    chap.password.expose(),
-                ),
-            ];
-            if let Some((user_in, password_in)) = &chap.mutual {
-                settings.push(("discovery.sendtargets.auth.username_in", user_in));
-                settings.push((
-                    "discovery.sendtargets.auth.password_in",
-                    password_in.expose(),
-                ));
-            }
+            let settings = chap_settings(&DISCOVERY_AUTH, Some(chap));
             update_record_file(&record, &settings, &self.iscsi_dir())?;
-            let out =
-                self.iscsiadm(&[&base[..], &["--discover", "-o", "nonpersistent"]].concat())?;
+            let out = discoverydb(&["--discover", "-o", "nonpersistent"])?;
             if out.code == ERR_LOGIN_AUTH_FAILED {
                 return Err(HostError::new(
                     "auth_failed",
@@ -184,7 +169,7 @@ impl SystemIscsi {
                 crate::fsutil::write_atomic_via(&record, &bytes, 0o600, &self.iscsi_dir())
                     .map_err(|e| format!("cannot restore {}: {e}", record.display()))
             }
-            None => match self.iscsiadm(&[&base[..], &["-o", "delete"]].concat()) {
+            None => match discoverydb(&["-o", "delete"]) {
                 Ok(out) if out.code == 0 || out.code == ERR_NO_OBJS_FOUND => Ok(()),
                 Ok(out) => Err(out.reason()),
                 Err(e) => Err(e.message),
@@ -204,6 +189,48 @@ impl SystemIscsi {
         }
         result
     }
+}
+
+/// Where one kind of open-iscsi record keeps a CHAP credential set.
+struct AuthKeys {
+    method: &'static str,
+    username: &'static str,
+    password: &'static str,
+    username_in: &'static str,
+    password_in: &'static str,
+}
+
+const NODE_AUTH: AuthKeys = AuthKeys {
+    method: "node.session.auth.authmethod",
+    username: "node.session.auth.username",
+    password: "node.session.auth.password",
+    username_in: "node.session.auth.username_in",
+    password_in: "node.session.auth.password_in",
+};
+
+const DISCOVERY_AUTH: AuthKeys = AuthKeys {
+    method: "discovery.sendtargets.auth.authmethod",
+    username: "discovery.sendtargets.auth.username",
+    password: "discovery.sendtargets.auth.password",
+    username_in: "discovery.sendtargets.auth.username_in",
+    password_in: "discovery.sendtargets.auth.password_in",
+};
+
+/// The record settings for `chap` (or for no authentication), secrets included.
+fn chap_settings<'a>(keys: &AuthKeys, chap: Option<&'a Chap>) -> Vec<(&'static str, &'a str)> {
+    let Some(chap) = chap else {
+        return vec![(keys.method, "None")];
+    };
+    let mut settings = vec![
+        (keys.method, "CHAP"),
+        (keys.username, chap.username.as_str()),
+        (keys.password, chap.password.expose()),
+    ];
+    if let Some((user_in, password_in)) = &chap.mutual {
+        settings.push((keys.username_in, user_in.as_str()));
+        settings.push((keys.password_in, password_in.expose()));
+    }
+    settings
 }
 
 /// Sets keys in one record file (mode 0600), replacing any earlier value of those keys. The
@@ -362,18 +389,7 @@ impl IscsiHost for SystemIscsi {
             ("node.conn[0].timeo.login_timeout", "10"),
             ("node.session.initial_login_retry_max", "2"),
         ];
-        match chap {
-            None => settings.push(("node.session.auth.authmethod", "None")),
-            Some(chap) => {
-                settings.push(("node.session.auth.authmethod", "CHAP"));
-                settings.push(("node.session.auth.username", &chap.username));
-                settings.push(("node.session.auth.password", chap.password.expose()));
-                if let Some((user_in, password_in)) = &chap.mutual {
-                    settings.push(("node.session.auth.username_in", user_in));
-                    settings.push(("node.session.auth.password_in", password_in.expose()));
-                }
-            }
-        }
+        settings.extend(chap_settings(&NODE_AUTH, chap));
         // Written into the record file in one go: one iscsiadm run per setting would cost a
         // process start each, and would put the passwords on a command line.
         self.write_record(&portal, iqn, &settings)

@@ -177,7 +177,6 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .to_string();
         let handle = MultipathHandle {
             name,
-            kernel_name: device.kernel_name.clone(),
             wwid_registered,
         };
         Ok(Some((device, handle)))
@@ -187,6 +186,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     fn remove_map(
         &self,
         map: &MultipathHandle,
+        map_device: &str,
         paths: &[IscsiPathHandle],
     ) -> Result<Option<String>, HostError> {
         let multipath = self.multipath.as_ref().ok_or_else(|| {
@@ -204,9 +204,10 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         let present = self
             .block
             .holders(&first.kernel_name)?
-            .contains(&map.kernel_name);
+            .iter()
+            .any(|holder| holder == map_device);
         if present {
-            self.block.flush(&map.kernel_name)?;
+            self.block.flush(map_device)?;
             if let Err(e) = multipath.flush(&map.name) {
                 if e.kind == "device_busy" {
                     return Ok(Some(format!(
@@ -485,7 +486,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
             ));
         };
         if let Some(map) = multipath
-            && let Some(holder) = self.remove_map(map, paths)?
+            && let Some(holder) = self.remove_map(map, &attachment.device.kernel_name, paths)?
         {
             return Ok(DetachOutcome::Blocked { holder });
         }

@@ -146,7 +146,6 @@ fn detach_flushes_the_map_and_forgets_only_a_wwid_the_agent_registered() {
     };
     *multipath = Some(MultipathHandle {
         name: "3600140500000000000000000000000001".into(),
-        kernel_name: "dm-0".into(),
         wwid_registered: true,
     });
     let outcome = backend.detach(&attachment, &Ownership::default()).unwrap();
