@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::backend::{
-    self, Attachment, BlockHost, DetachOutcome, Handle, HostError, Ownership, SessionKey,
-    VolumeBackend,
+    self, Attachment, BlockHost, DetachOutcome, ErrorKind, Handle, HostError, Ownership,
+    SessionKey, VolumeBackend,
 };
 use crate::notify;
 use crate::protocol::target::{self, TargetSpec};
@@ -121,7 +121,7 @@ impl Host {
                 ),
             ),
             Err(e) => {
-                tracing::warn!(kind = e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
+                tracing::warn!(kind = %e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
                 Arc::new(backend::Unavailable(e))
             }
         };
@@ -146,7 +146,7 @@ impl Host {
             match backend.foreign(owned) {
                 Ok(found) => all.extend(found),
                 Err(e) => {
-                    tracing::warn!(kind = e.kind, error = %e, "cannot list attachments on the host")
+                    tracing::warn!(kind = %e.kind, error = %e, "cannot list attachments on the host")
                 }
             }
         }
@@ -509,7 +509,7 @@ async fn recover(host: &Host, record: Record) -> BTreeMap<Uuid, Volume> {
                 }
                 Err(e) => {
                     // Unsure: keep it as ours rather than risk treating it as foreign or re-attaching.
-                    tracing::warn!(target_uuid = %uuid, kind = e.kind, error = %e, "cannot check a recorded volume; keeping it");
+                    tracing::warn!(target_uuid = %uuid, kind = %e.kind, error = %e, "cannot check a recorded volume; keeping it");
                     volumes.insert(uuid, Volume::recovered(uuid, owned.volume_id, owned.attachment, now));
                 }
             }
@@ -716,9 +716,9 @@ impl Agent {
                 volume.attach_succeeded(attachment, now)
             }
             OpResult::Attached(Err(AttachFailure { error, leftover })) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = error.kind, error = %error.message,
+                tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = %error.kind, error = %error.message,
                     retry_in_ms = retry_at.saturating_sub(now_ms), state = "failed", "attach failed");
-                metrics.attached(volume_type, took, Some(error.kind));
+                metrics.attached(volume_type, took, Some(error.kind.as_str()));
                 volume.attach_failed(report(&error), leftover.map(|a| *a), retry_at, now)
             }
             OpResult::Detached(Ok(DetachOutcome::Detached { sessions_kept })) => {
@@ -736,10 +736,10 @@ impl Agent {
                     volume_type,
                     took,
                     DetachResult::Blocked,
-                    Some("device_in_use"),
+                    Some(ErrorKind::DeviceInUse.as_str()),
                 );
                 let reason = ErrorReport {
-                    kind: "device_in_use".into(),
+                    kind: ErrorKind::DeviceInUse.to_string(),
                     message: format!(
                         "the device is in use ({holder}); stop using it and the agent detaches it"
                     ),
@@ -747,8 +747,13 @@ impl Agent {
                 volume.detach_blocked(reason, retry_at, now)
             }
             OpResult::Detached(Err(error)) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = error.kind, error = %error.message, state = "failed", "detach failed");
-                metrics.detached(volume_type, took, DetachResult::Failed, Some(error.kind));
+                tracing::warn!(target_uuid = %uuid, volume_id = %volume.volume_id, kind = %error.kind, error = %error.message, state = "failed", "detach failed");
+                metrics.detached(
+                    volume_type,
+                    took,
+                    DetachResult::Failed,
+                    Some(error.kind.as_str()),
+                );
                 volume.detach_failed(report(&error), retry_at, now)
             }
         };

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::HostError;
+use super::{ErrorKind, HostError};
 
 /// Where the tools are looked for, in order.
 const DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
@@ -57,7 +57,7 @@ pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
         .find(|p| p.is_file())
         .ok_or_else(|| {
             HostError::new(
-                "tool_missing",
+                ErrorKind::ToolMissing,
                 format!(
                     "{name} is not installed (looked in {}); install its package",
                     DIRS.join(", ")
@@ -75,7 +75,7 @@ pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
         .output()
         .map_err(|e| {
             HostError::new(
-                "command_failed",
+                ErrorKind::CommandFailed,
                 format!("cannot run {}: {e}", program.display()),
             )
         })?;
@@ -97,7 +97,7 @@ pub fn run_with_timeout(
         .spawn()
         .map_err(|e| {
             HostError::new(
-                "command_failed",
+                ErrorKind::CommandFailed,
                 format!("cannot run {}: {e}", program.display()),
             )
         })?;
@@ -112,7 +112,7 @@ pub fn run_with_timeout(
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = rx.recv();
             return Err(HostError::new(
-                "timeout",
+                ErrorKind::Timeout,
                 format!(
                     "{} did not finish within {}s and was stopped",
                     program.display(),
@@ -121,8 +121,12 @@ pub fn run_with_timeout(
             ));
         }
     };
-    let output = output
-        .map_err(|e| HostError::new("command_failed", format!("{}: {e}", program.display())))?;
+    let output = output.map_err(|e| {
+        HostError::new(
+            ErrorKind::CommandFailed,
+            format!("{}: {e}", program.display()),
+        )
+    })?;
     Ok(captured(program, args, output))
 }
 

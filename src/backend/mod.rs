@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod cmd;
+mod error;
 pub mod iscsi;
 pub mod rbd;
 pub mod simulated;
@@ -15,27 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{MountSpec, TargetSpec};
-
-/// A failure on the host, with a stable kind and a sentence that says what to do.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("{message}")]
-pub struct HostError {
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl HostError {
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-}
+pub use error::{ErrorKind, HostError};
 
 /// A block device as the agent reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -308,7 +292,7 @@ pub fn ensure_mounted(
     if !block.has_signature(&device.device_path)? {
         if !spec.mkfs {
             return Err(HostError::new(
-                "no_filesystem",
+                ErrorKind::NoFilesystem,
                 format!(
                     "{} holds no filesystem and extra.mount.mkfs is false; set mkfs to true to format it",
                     device.device_path
@@ -317,7 +301,7 @@ pub fn ensure_mounted(
         }
         if read_only {
             return Err(HostError::new(
-                "no_filesystem",
+                ErrorKind::NoFilesystem,
                 format!(
                     "{} holds no filesystem and is read-only, so it cannot be formatted",
                     device.device_path

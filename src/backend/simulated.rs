@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::backend::iscsi::{IscsiHost, Session};
 use crate::backend::rbd::{Mapping, RbdHost};
-use crate::backend::{BlockDevice, BlockHost, DeviceMatch, HostError, SessionKey};
+use crate::backend::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError, SessionKey};
 use crate::protocol::target::{Chap, IscsiPath, MountSpec, Portal, RbdSpec};
 
 pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
@@ -336,7 +336,7 @@ impl IscsiHost for SimKernel {
         }
         let Some(creds) = s.records.get(&key).cloned() else {
             return Err(HostError::new(
-                "no_record",
+                ErrorKind::NoRecord,
                 format!("no node record for {iqn} at {portal}"),
             ));
         };
@@ -344,7 +344,7 @@ impl IscsiHost for SimKernel {
             && creds.as_ref() != Some(required)
         {
             return Err(HostError::new(
-                "auth_failed",
+                ErrorKind::AuthFailed,
                 format!(
                     "the target {iqn} at {portal} refused the CHAP credentials; check auth_username and auth_password"
                 ),
@@ -393,7 +393,7 @@ impl IscsiHost for SimKernel {
             .map(|x| x.luns.contains_key(&lun));
         match exists {
             None => Err(HostError::new(
-                "session_gone",
+                ErrorKind::SessionGone,
                 format!("session {} ended during the scan", session.sid),
             )),
             Some(true) => Ok(()),
@@ -417,7 +417,7 @@ impl IscsiHost for SimKernel {
 
 fn unreachable(portal: &str) -> HostError {
     HostError::new(
-        "portal_unreachable",
+        ErrorKind::PortalUnreachable,
         format!(
             "cannot connect to the portal {portal}; check the address, the network and the target's listener"
         ),
@@ -437,7 +437,7 @@ impl BlockHost for SimKernel {
             .unwrap_or_else(|e| e.into_inner());
         find_device(&s, what).ok_or_else(|| {
             HostError::new(
-                "device_timeout",
+                ErrorKind::DeviceTimeout,
                 format!(
                     "no block device for {what} appeared within {}s",
                     timeout.as_secs()
@@ -478,7 +478,10 @@ impl BlockHost for SimKernel {
             .find(|d| d.path == device_path)
             .map(|d| d.backing.clone())
             .ok_or_else(|| {
-                HostError::new("mkfs_failed", format!("{device_path} does not exist"))
+                HostError::new(
+                    ErrorKind::MkfsFailed,
+                    format!("{device_path} does not exist"),
+                )
             })?;
         s.filesystems.insert(backing, fstype.to_string());
         s.stats.mkfs += 1;
@@ -494,7 +497,7 @@ impl BlockHost for SimKernel {
         let mut s = self.state();
         if s.devices.values().any(|d| d.mounts.contains(&spec.path)) {
             return Err(HostError::new(
-                "mount_failed",
+                ErrorKind::MountFailed,
                 format!(
                     "{} is already a mount point of another device",
                     spec.path.display()
@@ -506,7 +509,10 @@ impl BlockHost for SimKernel {
             .values_mut()
             .find(|d| d.path == device_path)
             .ok_or_else(|| {
-                HostError::new("mount_failed", format!("{device_path} does not exist"))
+                HostError::new(
+                    ErrorKind::MountFailed,
+                    format!("{device_path} does not exist"),
+                )
             })?;
         dev.mounts.push(spec.path.clone());
         Ok(())
@@ -539,7 +545,7 @@ impl RbdHost for SimKernel {
             .all(|m| s.unreachable.contains(&format!("{}:{}", m.host, m.port)))
         {
             return Err(HostError::new(
-                "cluster_unreachable",
+                ErrorKind::ClusterUnreachable,
                 "no Ceph monitor answered; check hosts and ports and the node's network",
             ));
         }
@@ -547,7 +553,7 @@ impl RbdHost for SimKernel {
             && spec.key.as_ref().map(|k| k.expose()) != Some(required.as_str())
         {
             return Err(HostError::new(
-                "auth_failed",
+                ErrorKind::AuthFailed,
                 format!(
                     "the Ceph cluster refused the key of client.{}; check the key stored for this target",
                     spec.user
@@ -582,7 +588,7 @@ impl RbdHost for SimKernel {
         self.changed.notify_all();
         if s.maps_time_out_late {
             return Err(HostError::new(
-                "cluster_unreachable",
+                ErrorKind::ClusterUnreachable,
                 "the map did not finish in time (simulated)",
             ));
         }
@@ -604,7 +610,7 @@ impl RbdHost for SimKernel {
             .is_some_and(|d| !d.mounts.is_empty() || !d.holders.is_empty())
         {
             return Err(HostError::new(
-                "device_busy",
+                ErrorKind::DeviceBusy,
                 format!("/dev/{kernel} is busy (EBUSY): something still has it open"),
             ));
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::cmd;
 use super::iscsi::sysfs::read_sessions;
-use super::{BlockDevice, BlockHost, DeviceMatch, HostError};
+use super::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
 use crate::protocol::target::MountSpec;
 use udev::DeviceEvents;
@@ -26,7 +26,7 @@ impl SystemBlock {
         let events = Arc::new(DeviceEvents::default());
         udev::start(events.clone()).map_err(|e| {
             HostError::new(
-                "udev_unavailable",
+                ErrorKind::UdevUnavailable,
                 format!("cannot listen to udev ({e}); is systemd-udevd running?"),
             )
         })?;
@@ -170,7 +170,7 @@ impl BlockHost for SystemBlock {
                     .map(|e| format!("{} {}", e.action, e.kernel_name))
                     .collect();
                 return Err(HostError::new(
-                    "device_timeout",
+                    ErrorKind::DeviceTimeout,
                     format!(
                         "no block device for {what} with its udev link appeared within {}s (recent udev events: {}); check dmesg and udev",
                         timeout.as_secs(),
@@ -215,7 +215,7 @@ impl BlockHost for SystemBlock {
         let path = self.root.join("proc/self/mountinfo");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             HostError::new(
-                "mounts_unreadable",
+                ErrorKind::MountsUnreadable,
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
@@ -229,7 +229,7 @@ impl BlockHost for SystemBlock {
         )?;
         if out.code != 0 {
             return Err(HostError::new(
-                "flush_failed",
+                ErrorKind::FlushFailed,
                 format!("flushing /dev/{kernel_name} failed: {}", out.reason()),
             ));
         }
@@ -243,7 +243,7 @@ impl BlockHost for SystemBlock {
             0 => Ok(true),
             2 => Ok(false),
             _ => Err(HostError::new(
-                "probe_failed",
+                ErrorKind::ProbeFailed,
                 format!("blkid could not probe {device_path}: {}", out.reason()),
             )),
         }
@@ -253,7 +253,7 @@ impl BlockHost for SystemBlock {
         let out = cmd::run(&self.tool(&format!("mkfs.{fstype}"))?, &[device_path])?;
         if out.code != 0 {
             return Err(HostError::new(
-                "mkfs_failed",
+                ErrorKind::MkfsFailed,
                 format!("mkfs.{fstype} {device_path} failed: {}", out.reason()),
             ));
         }
@@ -263,7 +263,7 @@ impl BlockHost for SystemBlock {
     fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError> {
         std::fs::create_dir_all(&spec.path).map_err(|e| {
             HostError::new(
-                "mount_failed",
+                ErrorKind::MountFailed,
                 format!("cannot create {}: {e}", spec.path.display()),
             )
         })?;
@@ -281,7 +281,7 @@ impl BlockHost for SystemBlock {
         let out = cmd::run(&self.tool("mount")?, &args)?;
         if out.code != 0 {
             return Err(HostError::new(
-                "mount_failed",
+                ErrorKind::MountFailed,
                 format!("mounting {device_path} on {path} failed: {}", out.reason()),
             ));
         }
@@ -293,7 +293,7 @@ impl BlockHost for SystemBlock {
         let out = cmd::run(&self.tool("umount")?, &[path.as_ref()])?;
         if out.code != 0 {
             return Err(HostError::new(
-                "device_busy",
+                ErrorKind::DeviceBusy,
                 format!("unmounting {path} failed: {}", out.reason()),
             ));
         }

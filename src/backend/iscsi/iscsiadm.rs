@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{IscsiHost, Session, sysfs};
-use crate::backend::HostError;
 use crate::backend::cmd::{self, Output};
+use crate::backend::{ErrorKind, HostError};
 use crate::protocol::target::{Chap, IscsiPath, Portal};
 
 // open-iscsi's exit codes (include/iscsi_err.h).
@@ -97,7 +97,7 @@ impl SystemIscsi {
         let files = self.record_files(portal, iqn);
         if files.is_empty() {
             return Err(HostError::new(
-                "record_failed",
+                ErrorKind::RecordFailed,
                 format!(
                     "iscsiadm created no record file for {iqn} at {portal} under {}",
                     self.nodes_dir.display()
@@ -148,7 +148,7 @@ impl SystemIscsi {
             let out = discoverydb(&["--discover", "-o", "nonpersistent"])?;
             if out.code == ERR_LOGIN_AUTH_FAILED {
                 return Err(HostError::new(
-                    "auth_failed",
+                    ErrorKind::AuthFailed,
                     format!(
                         "SendTargets discovery at {portal} failed to authenticate ({}); check discovery_auth_username and discovery_auth_password, and the target's discovery CHAP settings",
                         out.reason()
@@ -179,7 +179,7 @@ impl SystemIscsi {
             tracing::error!(portal, reason = %reason, record = %record.display(), "could not remove the discovery record that holds the discovery CHAP secret; remove it by hand");
             if result.is_ok() {
                 return Err(HostError::new(
-                    "record_failed",
+                    ErrorKind::RecordFailed,
                     format!(
                         "the discovery record {} could not be removed ({reason}); it holds the discovery CHAP secret",
                         record.display()
@@ -243,14 +243,14 @@ fn update_record_file(
 ) -> Result<(), HostError> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         HostError::new(
-            "record_failed",
+            ErrorKind::RecordFailed,
             format!("cannot read {}: {e}", file.display()),
         )
     })?;
     let updated = set_record_values(&text, values);
     crate::fsutil::write_atomic_via(file, updated.as_bytes(), 0o600, tmp_dir).map_err(|e| {
         HostError::new(
-            "record_failed",
+            ErrorKind::RecordFailed,
             format!("cannot write {}: {e}", file.display()),
         )
     })
@@ -305,23 +305,23 @@ pub fn classify(out: &Output, doing: &str) -> HostError {
     let reason = out.reason();
     let (kind, advice) = match out.code {
         ERR_LOGIN_AUTH_FAILED => (
-            "auth_failed",
+            ErrorKind::AuthFailed,
             "check auth_username and auth_password, and the target's CHAP settings",
         ),
         ERR_TRANS | ERR_TRANS_TIMEOUT | ERR_PDU_TIMEOUT => (
-            "portal_unreachable",
+            ErrorKind::PortalUnreachable,
             "check the portal address, the routes to it and that the target listens there",
         ),
         ERR_ISCSID_COMM | ERR_ISCSID_NOTCONN => (
-            "iscsid_not_running",
+            ErrorKind::IscsidNotRunning,
             "start iscsid (systemctl start iscsid)",
         ),
         ERR_LOGIN | ERR_FATAL_LOGIN => (
-            "login_refused",
+            ErrorKind::LoginRefused,
             "the target refused the login: check the IQN and that its ACL allows this node's initiator name",
         ),
-        ERR_NO_OBJS_FOUND => ("no_record", "the node record is missing"),
-        _ => ("iscsiadm_failed", "see the message for details"),
+        ERR_NO_OBJS_FOUND => (ErrorKind::NoRecord, "the node record is missing"),
+        _ => (ErrorKind::IscsiadmFailed, "see the message for details"),
     };
     HostError::new(
         kind,
@@ -435,7 +435,7 @@ impl IscsiHost for SystemIscsi {
             .join(format!("sys/class/scsi_host/host{}/scan", session.host_no));
         std::fs::write(&scan, format!("- - {lun}")).map_err(|e| {
             HostError::new(
-                "scan_failed",
+                ErrorKind::ScanFailed,
                 format!("cannot scan LUN {lun} through {}: {e}", scan.display()),
             )
         })
@@ -449,7 +449,7 @@ impl IscsiHost for SystemIscsi {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(HostError::new(
-                "delete_failed",
+                ErrorKind::DeleteFailed,
                 format!("cannot delete the SCSI device of {kernel_name}: {e}"),
             )),
         }
@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn captured_failures_get_stable_kinds() {
-        let kind = |name| classify(&fixture(name), "x").kind;
+        let kind = |name| classify(&fixture(name), "x").kind.as_str();
         assert_eq!(kind("iscsiadm-login-wrong-chap"), "auth_failed");
         assert_eq!(kind("iscsiadm-login-dead-portal"), "portal_unreachable");
         assert_eq!(kind("iscsiadm-node-record-unknown"), "no_record");

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError,
+    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError,
     IscsiPathHandle, MultipathHandle, Ownership, SessionKey, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
@@ -152,7 +152,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
                 let registered = multipath.claim(&paths)?;
                 let device = self.block.wait_for_device(&what, timeout).map_err(|e| {
                     HostError::new(
-                        "multipath_failed",
+                        ErrorKind::MultipathFailed,
                         format!(
                             "{}; multipathd runs but made no map: check blacklist and find_multipaths in /etc/multipath.conf",
                             e.message
@@ -191,7 +191,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     ) -> Result<Option<String>, HostError> {
         let multipath = self.multipath.as_ref().ok_or_else(|| {
             HostError::new(
-                "multipath_failed",
+                ErrorKind::MultipathFailed,
                 format!(
                     "the volume is on multipath map {} but the multipath tools are missing; install multipath-tools",
                     map.name
@@ -209,7 +209,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         if present {
             self.block.flush(map_device)?;
             if let Err(e) = multipath.flush(&map.name) {
-                if e.kind == "device_busy" {
+                if e.kind == ErrorKind::DeviceBusy {
                     return Ok(Some(format!(
                         "multipath map {} is open: {}",
                         map.name, e.message
@@ -253,7 +253,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
                 .discover(&path.portal, spec.discovery_chap.as_ref())?;
             if !offered.iter().any(|(_, iqn)| *iqn == path.iqn) {
                 return Err(HostError::new(
-                    "target_not_found",
+                    ErrorKind::TargetNotFound,
                     format!(
                         "discovery at {portal} does not offer {}; check the target's ACLs and IQN",
                         path.iqn
@@ -275,7 +275,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         tracing::debug!(portal, iqn = %path.iqn, elapsed_ms = started.elapsed().as_millis() as u64, "logged in");
         let session = self.find_session(portal, &path.iqn)?.ok_or_else(|| {
             HostError::new(
-                "login_failed",
+                ErrorKind::LoginFailed,
                 format!(
                     "iscsiadm logged in to {} at {portal} but no session shows in sysfs",
                     path.iqn
@@ -366,7 +366,7 @@ fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| {
             HostError::new(
-                "portal_unreachable",
+                ErrorKind::PortalUnreachable,
                 format!(
                     "cannot resolve the portal's host name {:?}; check DNS or give an address",
                     portal.host
@@ -388,7 +388,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
     ) -> Result<Attachment, HostError> {
         let BackendSpec::Iscsi(iscsi) = &spec.backend else {
             return Err(HostError::new(
-                "internal",
+                ErrorKind::Internal,
                 "an RBD target reached the iSCSI backend",
             ));
         };
@@ -404,7 +404,10 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                     .into_iter()
                     .map(|w| {
                         w.join().unwrap_or_else(|_| {
-                            Err(HostError::new("internal", "a login worker panicked"))
+                            Err(HostError::new(
+                                ErrorKind::Internal,
+                                "a login worker panicked",
+                            ))
                         })
                     })
                     .collect()
@@ -481,7 +484,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
     ) -> Result<DetachOutcome, HostError> {
         let Handle::Iscsi { paths, multipath } = &attachment.handle else {
             return Err(HostError::new(
-                "internal",
+                ErrorKind::Internal,
                 "an RBD attachment reached the iSCSI backend",
             ));
         };

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::HostError;
 use crate::backend::cmd;
+use crate::backend::{ErrorKind, HostError};
 
 /// multipath-tools on the host.
 pub trait MultipathHost: Send + Sync {
@@ -39,7 +39,7 @@ impl SystemMultipath {
 
     fn failed(&self, doing: &str, out: &cmd::Output) -> HostError {
         HostError::new(
-            "multipath_failed",
+            ErrorKind::MultipathFailed,
             format!("{doing} failed (exit {}: {})", out.code, out.reason()),
         )
     }
@@ -77,9 +77,9 @@ impl MultipathHost for SystemMultipath {
             return Ok(());
         }
         let kind = if out.reason().contains("in use") {
-            "device_busy"
+            ErrorKind::DeviceBusy
         } else {
-            "multipath_failed"
+            ErrorKind::MultipathFailed
         };
         Err(HostError::new(
             kind,

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use super::Session;
-use crate::backend::HostError;
+use crate::backend::{ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
 
 pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
@@ -68,7 +68,7 @@ fn read_session(sys: &Path, sid: u32) -> Result<Option<Session>, HostError> {
         .next()
         .ok_or_else(|| {
             HostError::new(
-                "sysfs",
+                ErrorKind::Sysfs,
                 format!("{} is not under a SCSI host", real.display()),
             )
         })?;
@@ -120,7 +120,10 @@ fn read_dir_names(dir: &Path) -> Vec<String> {
 }
 
 fn sysfs_error(path: &Path, e: std::io::Error) -> HostError {
-    HostError::new("sysfs", format!("cannot read {}: {e}", path.display()))
+    HostError::new(
+        ErrorKind::Sysfs,
+        format!("cannot read {}: {e}", path.display()),
+    )
 }
 
 #[cfg(test)]

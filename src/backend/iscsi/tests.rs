@@ -110,7 +110,7 @@ fn attach_without_a_map(wwid_is_new: bool) -> (Arc<SimKernel>, Arc<Tools>, HostE
 #[test]
 fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
     let (kernel, tools, error) = attach_without_a_map(true);
-    assert_eq!(error.kind, "multipath_failed");
+    assert_eq!(error.kind, ErrorKind::MultipathFailed);
     assert!(error.message.contains("/etc/multipath.conf"), "{error}");
     // Asked for the map over both paths, then took back the WWID it registered.
     let calls = tools.calls();
@@ -126,7 +126,7 @@ fn a_map_that_never_appears_fails_the_volume_and_undoes_everything() {
 #[test]
 fn a_wwid_known_before_is_left_registered() {
     let (_, tools, error) = attach_without_a_map(false);
-    assert_eq!(error.kind, "multipath_failed");
+    assert_eq!(error.kind, ErrorKind::MultipathFailed);
     let calls = tools.calls();
     assert!(!calls.iter().any(|c| c.starts_with("forget")), "{calls:?}");
 }

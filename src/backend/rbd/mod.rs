@@ -5,8 +5,8 @@ pub mod system;
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockHost, DetachOutcome, DeviceMatch, Handle, HostError, Ownership, RbdHandle,
-    VolumeBackend,
+    Attachment, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError, Ownership,
+    RbdHandle, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{BackendSpec, RbdSpec, TargetSpec};
@@ -67,7 +67,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
     ) -> Result<Attachment, HostError> {
         let BackendSpec::Rbd(rbd) = &spec.backend else {
             return Err(HostError::new(
-                "internal",
+                ErrorKind::Internal,
                 "an iSCSI target reached the RBD backend",
             ));
         };
@@ -135,7 +135,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
     ) -> Result<DetachOutcome, HostError> {
         let Handle::Rbd(handle) = &attachment.handle else {
             return Err(HostError::new(
-                "internal",
+                ErrorKind::Internal,
                 "an iSCSI attachment reached the RBD backend",
             ));
         };
@@ -147,7 +147,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
             self.block.flush(&attachment.device.kernel_name)?;
             match self.host.unmap(handle.device_id) {
                 Ok(()) => {}
-                Err(e) if e.kind == "device_busy" => {
+                Err(e) if e.kind == ErrorKind::DeviceBusy => {
                     return Ok(DetachOutcome::Blocked { holder: e.message });
                 }
                 Err(e) => return Err(e),

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Mapping, RbdHost};
-use crate::backend::HostError;
+use nix::errno::Errno;
+
 use crate::backend::cmd::{self, Output};
+use crate::backend::{ErrorKind, HostError};
 use crate::protocol::target::RbdSpec;
 
 /// How long the kernel client waits for the monitors before giving up (its own default is 60 s).
@@ -109,7 +111,7 @@ impl SystemRbd {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| {
                 HostError::new(
-                    "map_failed",
+                    ErrorKind::MapFailed,
                     format!("rbd map printed {device:?}, not /dev/rbdN"),
                 )
             })
@@ -155,7 +157,7 @@ impl SystemRbd {
             .map(|m| m.device_id)
             .ok_or_else(|| {
                 HostError::new(
-                    "map_failed",
+                    ErrorKind::MapFailed,
                     format!(
                         "the kernel mapped {} but no new device shows in sysfs",
                         spec.spec_name()
@@ -178,7 +180,10 @@ impl KeyFile {
             .mode(0o700)
             .create(dir)
             .map_err(|e| {
-                HostError::new("key_file", format!("cannot create {}: {e}", dir.display()))
+                HostError::new(
+                    ErrorKind::KeyFile,
+                    format!("cannot create {}: {e}", dir.display()),
+                )
             })?;
         let path = dir.join(format!(
             "rbd-key-{}-{}",
@@ -187,7 +192,7 @@ impl KeyFile {
         ));
         crate::fsutil::write_private(&path, key.as_bytes()).map_err(|e| {
             HostError::new(
-                "key_file",
+                ErrorKind::KeyFile,
                 format!("cannot write a key file in {}: {e}", dir.display()),
             )
         })?;
@@ -202,9 +207,9 @@ impl Drop for KeyFile {
 }
 
 fn unreachable_on_timeout(e: HostError, spec: &RbdSpec) -> HostError {
-    if e.kind == "timeout" {
+    if e.kind == ErrorKind::Timeout {
         HostError::new(
-            "cluster_unreachable",
+            ErrorKind::ClusterUnreachable,
             format!(
                 "no Ceph monitor of {} answered in time; check hosts, ports and the network",
                 spec.spec_name()
@@ -216,20 +221,20 @@ fn unreachable_on_timeout(e: HostError, spec: &RbdSpec) -> HostError {
 }
 
 /// errno from the kernel's rbd driver -> kind and advice.
-fn map_errno(errno: i32) -> (&'static str, &'static str) {
-    match errno {
-        1 | 13 => (
-            "auth_failed",
+fn map_errno(errno: i32) -> (ErrorKind, &'static str) {
+    match Errno::from_raw(errno) {
+        Errno::EPERM | Errno::EACCES => (
+            ErrorKind::AuthFailed,
             "check auth_username and the cephx key stored for this target",
         ),
-        2 => ("image_not_found", "check the pool and image name"),
-        110 => (
-            "cluster_unreachable",
+        Errno::ENOENT => (ErrorKind::ImageNotFound, "check the pool and image name"),
+        Errno::ETIMEDOUT => (
+            ErrorKind::ClusterUnreachable,
             "no Ceph monitor answered: check hosts, ports and the network",
         ),
-        16 => ("device_busy", "something still has the device open"),
+        Errno::EBUSY => (ErrorKind::DeviceBusy, "something still has the device open"),
         _ => (
-            "map_failed",
+            ErrorKind::MapFailed,
             "see the kernel log (dmesg) for the rbd and libceph messages",
         ),
     }
@@ -299,13 +304,13 @@ impl RbdHost for SystemRbd {
         let remove = self.bus().join("remove_single_major");
         match std::fs::write(&remove, device_id.to_string()) {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(2) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(16) => Err(HostError::new(
-                "device_busy",
+            Err(e) if e.raw_os_error() == Some(Errno::ENOENT as i32) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) => Err(HostError::new(
+                ErrorKind::DeviceBusy,
                 format!("/dev/rbd{device_id} is busy (EBUSY): something still has it open"),
             )),
             Err(e) => Err(HostError::new(
-                "unmap_failed",
+                ErrorKind::UnmapFailed,
                 format!("cannot unmap /dev/rbd{device_id}: {e}"),
             )),
         }
@@ -353,7 +358,7 @@ mod tests {
             stdout: String::new(),
             stderr: stderr.into(),
         };
-        let kind = |s| classify_map(&out(s), &spec()).kind;
+        let kind = |s| classify_map(&out(s), &spec()).kind.as_str();
         assert_eq!(
             kind("rbd: sysfs write failed\\nrbd: map failed: (13) Permission denied"),
             "auth_failed"
@@ -372,7 +377,7 @@ mod tests {
             stdout: String::new(),
             stderr: "rbd: couldn't connect to the cluster!\n".into(),
         };
-        assert_eq!(classify_map(&refused, &spec()).kind, "auth_failed");
+        assert_eq!(classify_map(&refused, &spec()).kind, ErrorKind::AuthFailed);
     }
 
     #[test]

@@ -1,0 +1,106 @@
+//! Host failures: a stable kind that code may branch on, and a sentence for people.
+
+use thiserror::Error;
+
+/// A failure on the host, with a stable kind and a sentence that says what to do.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct HostError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+macro_rules! error_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $wire:literal,)+) => {
+        /// Every kind a host operation can fail with. The wire names appear in reports, logs,
+        /// metrics and docs/operations.md, so they never change.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorKind {
+            pub const ALL: &[ErrorKind] = &[$(Self::$variant,)+];
+
+            /// The stable wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $wire,)+
+                }
+            }
+        }
+    };
+}
+
+error_kinds! {
+    AuthFailed => "auth_failed",
+    ClusterUnreachable => "cluster_unreachable",
+    CommandFailed => "command_failed",
+    DeleteFailed => "delete_failed",
+    /// The kernel or a tool said the device is busy (EBUSY, "in use").
+    DeviceBusy => "device_busy",
+    /// A detach found something else holding the device.
+    DeviceInUse => "device_in_use",
+    DeviceTimeout => "device_timeout",
+    FlushFailed => "flush_failed",
+    ImageNotFound => "image_not_found",
+    /// A bug in the agent, not something an operator can fix.
+    Internal => "internal",
+    IscsiadmFailed => "iscsiadm_failed",
+    IscsidNotRunning => "iscsid_not_running",
+    KeyFile => "key_file",
+    LoginFailed => "login_failed",
+    LoginRefused => "login_refused",
+    MapFailed => "map_failed",
+    MkfsFailed => "mkfs_failed",
+    MountFailed => "mount_failed",
+    MountsUnreadable => "mounts_unreadable",
+    MultipathFailed => "multipath_failed",
+    NoFilesystem => "no_filesystem",
+    NoRecord => "no_record",
+    PortalUnreachable => "portal_unreachable",
+    ProbeFailed => "probe_failed",
+    RecordFailed => "record_failed",
+    ScanFailed => "scan_failed",
+    SessionGone => "session_gone",
+    Sysfs => "sysfs",
+    TargetNotFound => "target_not_found",
+    /// A command ran past its time limit.
+    Timeout => "timeout",
+    ToolMissing => "tool_missing",
+    UdevUnavailable => "udev_unavailable",
+    UnmapFailed => "unmap_failed",
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_distinct_snake_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in ErrorKind::ALL {
+            let name = kind.as_str();
+            assert!(seen.insert(name), "{name} twice");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{name}"
+            );
+        }
+    }
+}
