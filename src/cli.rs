@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tether::agent::{self, Host};
+use tether::agent::{self, Backends};
 use tether::backend::simulated::SimKernel;
 use tether::config::{AgentConfig, BackendKind, Config, cmdline, default_fragments};
 
@@ -248,13 +248,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let host = match config.backend {
                 BackendKind::Simulated => {
                     tracing::warn!("using the simulated kernel: nothing is attached for real");
-                    Host::simulated(Arc::new(SimKernel::default()))
+                    Backends::simulated(Arc::new(SimKernel::default()))
                 }
-                BackendKind::System => Host::system(&config.host_root)?,
+                BackendKind::System => Backends::system(&config.host_root)?,
             };
-            let settings = agent::Settings::from_config(&config)?;
             agent_runtime()?
-                .block_on(async { agent::run(settings, host, shutdown_signal()).await })?;
+                .block_on(async { agent::run(config, host, shutdown_signal()).await })?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -342,7 +341,7 @@ mod tests {
         let agent = flags.apply(loaded);
         assert_eq!(agent.conductor_url, "http://flag:3");
         assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
-        assert_eq!(agent.device_timeout_s, 9);
+        assert_eq!(agent.device_timeout, std::time::Duration::from_secs(9));
         assert_eq!(agent.host_root, PathBuf::from("/file-root"));
         assert_eq!(agent.backend, BackendKind::System);
 

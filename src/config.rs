@@ -9,10 +9,13 @@
 pub mod cmdline;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 use uuid::Uuid;
+
+use crate::protocol::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6387";
 
@@ -51,14 +54,53 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics on this loopback address; off when unset.
     pub metrics_listen: Option<crate::metrics::LoopbackAddr>,
     /// Overrides the interval the conductor asks for.
-    pub heartbeat_interval_s: Option<u64>,
+    #[serde(rename = "heartbeat_interval_s", with = "seconds::optional")]
+    pub heartbeat_interval: Option<Duration>,
     /// How long one long-poll of the targets waits at the conductor.
-    pub poll_wait_s: u64,
+    #[serde(rename = "poll_wait_s", with = "seconds")]
+    pub poll_wait: Duration,
     /// How long to wait for a block device after login or map.
-    pub device_timeout_s: u64,
+    #[serde(rename = "device_timeout_s", with = "seconds")]
+    pub device_timeout: Duration,
     /// First and longest delay between retries of a failed volume.
-    pub retry_initial_s: u64,
-    pub retry_max_s: u64,
+    #[serde(rename = "retry_initial_s", with = "seconds")]
+    pub retry_initial: Duration,
+    #[serde(rename = "retry_max_s", with = "seconds")]
+    pub retry_max: Duration,
+}
+
+impl AgentConfig {
+    /// The provisioned token, from `token` or read from `token_file`.
+    pub fn provisioned_token(&self) -> anyhow::Result<Option<Secret>> {
+        use anyhow::Context;
+        Ok(match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(Secret::new(t.clone())),
+            (None, Some(path)) => Some(Secret::new(
+                crate::fsutil::read_trimmed(path)
+                    .with_context(|| format!("reading agent.token_file {}", path.display()))?,
+            )),
+            (None, None) => None,
+        })
+    }
+}
+
+/// Durations written as whole seconds, the unit of every `_s` key.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+
+    pub mod optional {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -72,11 +114,11 @@ impl Default for AgentConfig {
             host_root: PathBuf::from("/"),
             backend: BackendKind::System,
             metrics_listen: None,
-            heartbeat_interval_s: None,
-            poll_wait_s: 55,
-            device_timeout_s: 60,
-            retry_initial_s: 2,
-            retry_max_s: 300,
+            heartbeat_interval: None,
+            poll_wait: Duration::from_secs(55),
+            device_timeout: Duration::from_secs(60),
+            retry_initial: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -217,15 +259,16 @@ impl Config {
                 a.conductor_url
             ));
         }
-        if a.poll_wait_s == 0 || a.device_timeout_s == 0 || a.retry_initial_s == 0 {
+        if [a.poll_wait, a.device_timeout, a.retry_initial].contains(&Duration::ZERO) {
             return Err(
                 "agent.poll_wait_s, device_timeout_s and retry_initial_s must be at least 1".into(),
             );
         }
-        if a.retry_max_s < a.retry_initial_s {
+        if a.retry_max < a.retry_initial {
             return Err("agent.retry_max_s must be at least agent.retry_initial_s".into());
         }
-        if a.heartbeat_interval_s == Some(0) || self.conductor.heartbeat_interval_s == 0 {
+        if a.heartbeat_interval == Some(Duration::ZERO) || self.conductor.heartbeat_interval_s == 0
+        {
             return Err("heartbeat_interval_s must be at least 1".into());
         }
         if a.token.is_some() && a.token_file.is_some() {
@@ -290,7 +333,7 @@ mod tests {
         let b = write(dir.path(), "b.toml", "[agent]\npoll_wait_s = 9\n");
         let c = Config::load(&[a, b]).unwrap();
         assert_eq!(c.agent.conductor_url, "http://a:1");
-        assert_eq!(c.agent.poll_wait_s, 9);
+        assert_eq!(c.agent.poll_wait, Duration::from_secs(9));
     }
 
     #[test]

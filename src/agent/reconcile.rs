@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::volume::{Millis, Operation, Phase, Volume};
 use crate::protocol::ErrorReport;
-use crate::protocol::target::{TargetError, TargetSpec};
+use crate::protocol::target::{SessionKey, TargetError, TargetSpec};
 
 /// The last successful answer from the conductor, or none yet.
 #[derive(Debug, Clone, Default)]
@@ -25,14 +25,14 @@ pub enum Desired {
     Known(Assignment),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
     pub generation: u64,
     /// In the conductor's order (boot_index first), which is also the attach order.
     pub targets: Vec<DesiredTarget>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DesiredTarget {
     pub uuid: Uuid,
     pub volume_id: String,
@@ -70,6 +70,19 @@ pub enum Action {
     Keep(Uuid),
 }
 
+impl Action {
+    /// The target the action is about.
+    pub fn target(&self) -> Uuid {
+        match self {
+            Self::Attach(uuid)
+            | Self::Detach(uuid)
+            | Self::Forget(uuid)
+            | Self::Reject(uuid, _)
+            | Self::Keep(uuid) => *uuid,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub actions: Vec<Action>,
@@ -91,15 +104,15 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
     };
     let mut plan = Plan::default();
     // Sessions with any operation in flight, and those with a detach in flight.
-    let mut busy: BTreeSet<String> = volumes
+    let mut busy: BTreeSet<SessionKey> = volumes
         .values()
         .filter(|v| v.in_flight())
-        .flat_map(|v| v.login_keys.iter().cloned())
+        .flat_map(|v| v.sessions.iter().cloned())
         .collect();
-    let detaching: BTreeSet<String> = volumes
+    let detaching: BTreeSet<&SessionKey> = volumes
         .values()
         .filter(|v| v.phase == Phase::Detaching)
-        .flat_map(|v| v.login_keys.iter().cloned())
+        .flat_map(|v| &v.sessions)
         .collect();
     let wake_at = |at: Millis, plan: &mut Plan| {
         plan.next_wake = Some(plan.next_wake.map_or(at, |w| w.min(at)));
@@ -147,9 +160,9 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
             Some(Phase::Attaching | Phase::Attached | Phase::Detaching) => false,
         };
         if due {
-            let keys = spec.login_keys();
-            if keys.iter().all(|k| !detaching.contains(k)) {
-                busy.extend(keys);
+            let sessions = spec.sessions();
+            if sessions.iter().all(|k| !detaching.contains(k)) {
+                busy.extend(sessions);
                 plan.actions.push(Action::Attach(target.uuid));
             }
         }
@@ -169,8 +182,8 @@ pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Milli
             wake_at(at, &mut plan);
             continue;
         }
-        if volume.login_keys.iter().all(|k| !busy.contains(k)) {
-            busy.extend(volume.login_keys.iter().cloned());
+        if volume.sessions.iter().all(|k| !busy.contains(k)) {
+            busy.extend(volume.sessions.iter().cloned());
             plan.actions.push(Action::Detach(*uuid));
         }
     }

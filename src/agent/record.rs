@@ -113,3 +113,61 @@ impl StateDir {
         serde_json::from_str(&text).map_err(std::io::Error::other)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the first release wrote it: the type renames since must read it unchanged.
+    const FIRST_RELEASE: &str = r#"{
+  "version": 1,
+  "volumes": {
+    "00000000-0000-4000-8000-000000000001": {
+      "volume_id": "vol-iscsi",
+      "attachment": {
+        "device": {"kernel_name": "dm-0", "device_path": "/dev/mapper/mpatha", "size_bytes": 1073741824, "wwn": "36001405abc"},
+        "paths": ["/dev/disk/by-path/ip-192.0.2.1:3260-iscsi-iqn.2003-01.org.example:x-lun-0",
+                  "/dev/disk/by-path/ip-[2001:db8::1]:3260-iscsi-iqn.2003-01.org.example:x-lun-0"],
+        "handle": {"type": "iscsi",
+                   "paths": [{"portal": "192.0.2.1:3260", "iqn": "iqn.2003-01.org.example:x", "lun": 0,
+                              "kernel_name": "sdb", "session_created": true, "device_created": true},
+                             {"portal": "[2001:db8::1]:3260", "iqn": "iqn.2003-01.org.example:x", "lun": 0,
+                              "kernel_name": "sdc", "session_created": false, "device_created": true}],
+                   "multipath": {"name": "mpatha", "wwid_registered": true}},
+        "mount": {"path": "/srv/data", "by_agent": true}
+      }
+    },
+    "00000000-0000-4000-8000-000000000002": {
+      "volume_id": "vol-rbd",
+      "attachment": {
+        "device": {"kernel_name": "rbd0", "device_path": "/dev/rbd/volumes/img", "size_bytes": 1, "wwn": null},
+        "paths": ["/dev/rbd/volumes/img"],
+        "handle": {"type": "rbd", "device_id": 0, "pool": "volumes", "namespace": null, "image": "img",
+                   "mapped_by_agent": true},
+        "mount": null
+      }
+    }
+  }
+}"#;
+
+    #[test]
+    fn a_first_release_record_reads_the_same_and_writes_back_its_fields() {
+        use crate::backend::BackendAttachment;
+        use crate::protocol::target::{SessionKey, parse_portal};
+
+        let record: Record = serde_json::from_str(FIRST_RELEASE).unwrap();
+        let iscsi = &record.volumes.values().next().unwrap().attachment;
+        let BackendAttachment::Iscsi(paths) = &iscsi.backend else {
+            panic!("{iscsi:?}")
+        };
+        let key =
+            |portal| SessionKey::new(&parse_portal(portal).unwrap(), "iqn.2003-01.org.example:x");
+        assert_eq!(paths.paths[0].session, key("192.0.2.1:3260"));
+        assert_eq!(paths.paths[1].session, key("[2001:db8::1]:3260"));
+        assert_eq!(paths.multipath.as_ref().unwrap().name, "mpatha");
+
+        let original: serde_json::Value = serde_json::from_str(FIRST_RELEASE).unwrap();
+        let written = serde_json::to_value(&record).unwrap();
+        assert_eq!(written, original);
+    }
+}

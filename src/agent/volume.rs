@@ -16,6 +16,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::backend::Attachment;
+use crate::protocol::target::SessionKey;
 use crate::protocol::{ErrorReport, VolumeState};
 
 /// Milliseconds on the agent's monotonic clock.
@@ -57,8 +58,8 @@ pub struct Volume {
     pub failures: u32,
     /// What the agent attached; `Some` exactly while the volume is the agent's on the host.
     pub attachment: Option<Attachment>,
-    /// Sessions this volume's operations log in to (see `TargetSpec::login_keys`).
-    pub login_keys: Vec<String>,
+    /// Sessions this volume's operations log in to (see `TargetSpec::sessions`).
+    pub sessions: Vec<SessionKey>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -86,7 +87,7 @@ impl Volume {
             since: now,
             failures: 0,
             attachment: None,
-            login_keys: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 
@@ -99,7 +100,7 @@ impl Volume {
     ) -> Self {
         Self {
             volume_type: attachment.volume_type().to_string(),
-            login_keys: attachment.login_keys(),
+            sessions: attachment.sessions(),
             phase: Phase::Attached,
             attachment: Some(attachment),
             ..Self::new(target_uuid, volume_id, String::new(), now)
@@ -162,7 +163,7 @@ impl Volume {
 
     pub fn start_attach(
         &mut self,
-        login_keys: Vec<String>,
+        sessions: Vec<SessionKey>,
         now: SystemTime,
     ) -> Result<(), InvalidTransition> {
         match self.phase {
@@ -171,7 +172,7 @@ impl Volume {
                 during: Operation::Attach,
                 ..
             } => {
-                self.login_keys = login_keys;
+                self.sessions = sessions;
                 self.enter(Phase::Attaching, now);
                 Ok(())
             }
@@ -187,7 +188,7 @@ impl Volume {
         if self.phase != Phase::Attaching {
             return Err(self.invalid("finish attach"));
         }
-        self.login_keys = attachment.login_keys();
+        self.sessions = attachment.sessions();
         self.attachment = Some(attachment);
         self.failures = 0;
         self.enter(Phase::Attached, now);

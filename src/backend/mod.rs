@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{MountSpec, TargetSpec};
+use crate::protocol::target::{MountSpec, SessionKey, VolumeType};
 pub use error::{ErrorKind, HostError};
 
 /// A block device as the agent reports it.
@@ -40,25 +40,32 @@ pub struct Attachment {
     pub device: BlockDevice,
     /// Every path's device path (one for a single-path volume).
     pub paths: Vec<String>,
-    pub handle: Handle,
+    /// Named `handle` in records written before the rename.
+    #[serde(rename = "handle")]
+    pub backend: BackendAttachment,
     #[serde(default)]
     pub mount: Option<MountRecord>,
 }
 
+/// The part of an attachment only its backend understands; one variant per volume type, as
+/// [`BackendSpec`](crate::protocol::target::BackendSpec) has.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Handle {
-    Iscsi {
-        paths: Vec<IscsiPathHandle>,
-        /// The dm-multipath map over the paths, when multipathd made one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        multipath: Option<MultipathHandle>,
-    },
-    Rbd(RbdHandle),
+pub enum BackendAttachment {
+    Iscsi(IscsiAttachment),
+    Rbd(RbdAttachment),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MultipathHandle {
+pub struct IscsiAttachment {
+    pub paths: Vec<IscsiPathAttachment>,
+    /// The dm-multipath map over the paths, when multipathd made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath: Option<MultipathMap>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MultipathMap {
     /// The map's name, as `multipath -f` takes it and /dev/mapper shows it. The map itself
     /// is the attachment's device.
     pub name: String,
@@ -67,9 +74,10 @@ pub struct MultipathHandle {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IscsiPathHandle {
-    pub portal: String,
-    pub iqn: String,
+pub struct IscsiPathAttachment {
+    /// Recorded as `portal` and `iqn`.
+    #[serde(flatten)]
+    pub session: SessionKey,
     pub lun: u16,
     pub kernel_name: String,
     /// The agent logged this session in (so it may log it out when no owned LUN uses it).
@@ -78,17 +86,8 @@ pub struct IscsiPathHandle {
     pub device_created: bool,
 }
 
-impl IscsiPathHandle {
-    pub fn session_key(&self) -> SessionKey {
-        SessionKey {
-            portal: self.portal.clone(),
-            iqn: self.iqn.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RbdHandle {
+pub struct RbdAttachment {
     pub device_id: u32,
     pub pool: String,
     #[serde(default)]
@@ -105,37 +104,39 @@ pub struct MountRecord {
     pub by_agent: bool,
 }
 
-/// One iSCSI session, named the way the agent keys logins: (portal, iqn).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SessionKey {
-    pub portal: String,
-    pub iqn: String,
-}
-
-impl std::fmt::Display for SessionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{},{}", self.portal, self.iqn)
-    }
-}
-
 impl Attachment {
     /// Sessions this volume's paths run over.
     pub fn sessions(&self) -> Vec<SessionKey> {
-        match &self.handle {
-            Handle::Iscsi { paths, .. } => paths.iter().map(IscsiPathHandle::session_key).collect(),
-            Handle::Rbd(_) => Vec::new(),
+        match &self.backend {
+            BackendAttachment::Iscsi(iscsi) => {
+                iscsi.paths.iter().map(|p| p.session.clone()).collect()
+            }
+            BackendAttachment::Rbd(_) => Vec::new(),
         }
     }
 
-    /// Login keys, in the same form as [`TargetSpec::login_keys`].
-    pub fn login_keys(&self) -> Vec<String> {
-        self.sessions().iter().map(ToString::to_string).collect()
+    pub fn volume_type(&self) -> VolumeType {
+        match self.backend {
+            BackendAttachment::Iscsi(_) => VolumeType::Iscsi,
+            BackendAttachment::Rbd(_) => VolumeType::Rbd,
+        }
     }
+}
 
-    pub fn volume_type(&self) -> &'static str {
-        match self.handle {
-            Handle::Iscsi { .. } => "iscsi",
-            Handle::Rbd(_) => "rbd",
+/// What a backend made: the device, every path's device path, and its own record.
+pub struct Attached<R> {
+    pub device: BlockDevice,
+    pub paths: Vec<String>,
+    pub record: R,
+}
+
+impl<R> Attached<R> {
+    pub fn into_attachment(self, variant: impl FnOnce(R) -> BackendAttachment) -> Attachment {
+        Attachment {
+            device: self.device,
+            paths: self.paths,
+            backend: variant(self.record),
+            mount: None,
         }
     }
 }
@@ -159,23 +160,29 @@ pub enum DetachOutcome {
     Blocked { holder: String },
 }
 
-/// One volume type's attach and detach.
+/// One volume type's attach and detach. `Spec` and `Record` tie a backend to its own variant
+/// of [`BackendSpec`](crate::protocol::target::BackendSpec) and [`BackendAttachment`], so a
+/// target cannot reach the wrong backend.
 pub trait VolumeBackend: Send + Sync {
+    type Spec;
+    type Record;
     fn attach(
         &self,
-        spec: &TargetSpec,
+        spec: &Self::Spec,
+        read_only: bool,
         ownership: &Ownership,
         timeout: Duration,
-    ) -> Result<Attachment, HostError>;
+    ) -> Result<Attached<Self::Record>, HostError>;
     fn detach(
         &self,
-        attachment: &Attachment,
+        device: &BlockDevice,
+        record: &Self::Record,
         ownership: &Ownership,
     ) -> Result<DetachOutcome, HostError>;
     /// Whether the attachment is still on the host (after a restart, say).
-    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError>;
+    fn is_present(&self, record: &Self::Record) -> Result<bool, HostError>;
     /// Attachments of this type on the host that none of `owned` accounts for.
-    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError>;
+    fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
 }
 
 /// What a backend waits for after login or map.
@@ -253,25 +260,6 @@ impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     }
     fn unmount(&self, path: &Path) -> Result<(), HostError> {
         (**self).unmount(path)
-    }
-}
-
-/// A volume type this node cannot serve (its tools are missing): every volume of that type
-/// fails with the reason, and nothing recorded is ever taken for gone.
-pub struct Unavailable(pub HostError);
-
-impl VolumeBackend for Unavailable {
-    fn attach(&self, _: &TargetSpec, _: &Ownership, _: Duration) -> Result<Attachment, HostError> {
-        Err(self.0.clone())
-    }
-    fn detach(&self, _: &Attachment, _: &Ownership) -> Result<DetachOutcome, HostError> {
-        Err(self.0.clone())
-    }
-    fn is_present(&self, _: &Attachment) -> Result<bool, HostError> {
-        Err(self.0.clone())
-    }
-    fn foreign(&self, _: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
-        Ok(Vec::new())
     }
 }
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use crate::backend::iscsi::{IscsiHost, Session};
 use crate::backend::rbd::{Mapping, RbdHost};
-use crate::backend::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError, SessionKey};
-use crate::protocol::target::{Chap, IscsiPath, MountSpec, Portal, RbdSpec};
+use crate::backend::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError};
+use crate::protocol::target::{
+    Chap, IscsiPath, MountSpec, Portal, RbdSpec, SessionKey, parse_portal,
+};
 
 pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
 
@@ -115,10 +117,7 @@ impl SimKernel {
 
     /// Makes SendTargets discovery at `portal` offer `iqn`.
     pub fn offer_target(&self, portal: &str, iqn: &str) {
-        self.state().offered.insert(SessionKey {
-            portal: portal.into(),
-            iqn: iqn.into(),
-        });
+        self.state().offered.insert(session_key(portal, iqn));
     }
 
     pub fn set_unreachable(&self, portal: &str, unreachable: bool) {
@@ -147,15 +146,12 @@ impl SimKernel {
         self.state()
             .sessions
             .iter()
-            .filter(|s| s.key.portal == portal && s.key.iqn == iqn)
+            .filter(|s| s.key == session_key(portal, iqn))
             .count()
     }
 
     pub fn record_exists(&self, portal: &str, iqn: &str) -> bool {
-        self.state().records.contains_key(&SessionKey {
-            portal: portal.into(),
-            iqn: iqn.into(),
-        })
+        self.state().records.contains_key(&session_key(portal, iqn))
     }
 
     pub fn device_exists(&self, kernel_name: &str) -> bool {
@@ -169,10 +165,7 @@ impl SimKernel {
     /// A session someone logged in by hand, with its LUNs scanned.
     pub fn login_by_hand(&self, portal: &str, iqn: &str, luns: &[u16]) {
         let mut s = self.state();
-        let key = SessionKey {
-            portal: portal.into(),
-            iqn: iqn.into(),
-        };
+        let key = session_key(portal, iqn);
         s.records.insert(key.clone(), None);
         let sid = new_session(&mut s, key);
         for lun in luns {
@@ -205,6 +198,12 @@ impl SimKernel {
     }
 }
 
+/// Tests name portals as text; a malformed one is a bug in the test.
+fn session_key(portal: &str, iqn: &str) -> SessionKey {
+    let portal = parse_portal(portal).unwrap_or_else(|e| panic!("{e}"));
+    SessionKey::new(&portal, iqn)
+}
+
 fn new_session(s: &mut SimState, key: SessionKey) -> u32 {
     s.next_sid += 1;
     let sid = s.next_sid;
@@ -227,7 +226,8 @@ fn add_lun(s: &mut SimState, sid: u32, lun: u16) -> String {
     session.luns.insert(lun, name.clone());
     let path = format!(
         "/dev/disk/by-path/ip-{}-iscsi-{}-lun-{lun}",
-        session.key.portal, session.key.iqn
+        session.key.portal(),
+        session.key.iqn()
     );
     let wwn = format!("naa.6001405{:09x}", s.next_disk);
     s.devices.insert(
@@ -238,7 +238,7 @@ fn add_lun(s: &mut SimState, sid: u32, lun: u16) -> String {
             path,
             mounts: Vec::new(),
             holders: Vec::new(),
-            backing: format!("iscsi:{}:{lun}", session.key.iqn),
+            backing: format!("iscsi:{}:{lun}", session.key.iqn()),
         },
     );
     name
@@ -258,7 +258,7 @@ fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
         DeviceMatch::IscsiLun { portal, iqn, lun } => s
             .sessions
             .iter()
-            .find(|x| x.key.portal == *portal && x.key.iqn == *iqn)
+            .find(|x| x.key.portal() == portal && x.key.iqn() == iqn)
             .and_then(|x| x.luns.get(lun))?
             .clone(),
         DeviceMatch::Rbd { device_id } => s
@@ -280,8 +280,7 @@ impl IscsiHost for SimKernel {
             .iter()
             .map(|x| Session {
                 sid: x.sid,
-                portal: x.key.portal.clone(),
-                iqn: x.key.iqn.clone(),
+                key: x.key.clone(),
                 host_no: x.sid,
                 luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
             })
@@ -300,26 +299,20 @@ impl IscsiHost for SimKernel {
         let portal = portal.to_string();
         Ok(s.offered
             .iter()
-            .filter(|k| k.portal == portal)
-            .map(|k| (k.portal.clone(), k.iqn.clone()))
+            .filter(|k| k.portal() == portal)
+            .map(|k| (k.portal().to_string(), k.iqn().to_string()))
             .collect())
     }
 
     fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
-        let key = SessionKey {
-            portal: path.portal.to_string(),
-            iqn: path.iqn.clone(),
-        };
+        let key = path.session();
         let creds = chap.map(|c| (c.username.clone(), c.password.expose().to_string()));
         self.state().records.insert(key, creds);
         Ok(())
     }
 
-    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
-        let key = SessionKey {
-            portal: portal.into(),
-            iqn: iqn.into(),
-        };
+    fn login(&self, key: &SessionKey) -> Result<(), HostError> {
+        let (portal, iqn) = (key.portal(), key.iqn());
         {
             let mut s = self.state();
             let in_flight = s.logins_in_flight.entry(key.clone()).or_default();
@@ -334,7 +327,7 @@ impl IscsiHost for SimKernel {
         if s.unreachable.contains(portal) {
             return Err(unreachable(portal));
         }
-        let Some(creds) = s.records.get(&key).cloned() else {
+        let Some(creds) = s.records.get(key).cloned() else {
             return Err(HostError::new(
                 ErrorKind::NoRecord,
                 format!("no node record for {iqn} at {portal}"),
@@ -350,22 +343,18 @@ impl IscsiHost for SimKernel {
                 ),
             ));
         }
-        if s.sessions.iter().any(|x| x.key == key) {
+        if s.sessions.iter().any(|x| x.key == *key) {
             return Ok(());
         }
-        new_session(&mut s, key);
+        new_session(&mut s, key.clone());
         s.stats.logins += 1;
         self.changed.notify_all();
         Ok(())
     }
 
-    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+    fn logout(&self, key: &SessionKey) -> Result<(), HostError> {
         let mut s = self.state();
-        let Some(pos) = s
-            .sessions
-            .iter()
-            .position(|x| x.key.portal == portal && x.key.iqn == iqn)
-        else {
+        let Some(pos) = s.sessions.iter().position(|x| x.key == *key) else {
             return Ok(());
         };
         let session = s.sessions.remove(pos);
@@ -376,11 +365,8 @@ impl IscsiHost for SimKernel {
         Ok(())
     }
 
-    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
-        self.state().records.remove(&SessionKey {
-            portal: portal.into(),
-            iqn: iqn.into(),
-        });
+    fn delete_record(&self, key: &SessionKey) -> Result<(), HostError> {
+        self.state().records.remove(key);
         Ok(())
     }
 

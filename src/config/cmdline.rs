@@ -92,7 +92,7 @@ impl CmdlineSettings {
             agent.state_dir = dir.clone();
         }
         if let Some(timeout) = self.device_timeout_s {
-            agent.device_timeout_s = timeout;
+            agent.device_timeout = std::time::Duration::from_secs(timeout);
         }
     }
 }
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(c.agent.token_file, Some(PathBuf::from("/run/t")));
         assert!(c.agent.node_uuid.is_some());
         // What the command line does not name stays as the TOML set it.
-        assert_eq!(c.agent.poll_wait_s, 7);
+        assert_eq!(c.agent.poll_wait, std::time::Duration::from_secs(7));
         assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/tether"));
         let none = crate::config::Config::load(&files).unwrap();
         assert_eq!(none.agent.conductor_url, "http://toml:1");

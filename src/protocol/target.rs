@@ -110,22 +110,97 @@ pub struct MountSpec {
     pub mkfs: bool,
 }
 
-impl TargetSpec {
-    pub fn volume_type(&self) -> &'static str {
-        match self.backend {
-            BackendSpec::Iscsi(_) => "iscsi",
-            BackendSpec::Rbd(_) => "rbd",
+/// The volume types this agent serves. The wire keeps `volume_type` a string so that an
+/// unknown type fails alone, as `unknown_volume_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VolumeType {
+    Iscsi,
+    Rbd,
+}
+
+impl VolumeType {
+    pub const ALL: [VolumeType; 2] = [Self::Iscsi, Self::Rbd];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Iscsi => "iscsi",
+            Self::Rbd => "rbd",
         }
     }
 
-    /// (portal, iqn) pairs this volume logs in to. At most one login per pair may be in flight.
-    pub fn login_keys(&self) -> Vec<String> {
+    pub fn parse(wire: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == wire)
+    }
+}
+
+impl fmt::Display for VolumeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One iSCSI session: (portal, iqn). Reconcile, the session locks, the ownership record and
+/// sysfs all name sessions with this one type, built only by [`SessionKey::new`], so two
+/// spellings of one portal cannot make two keys.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct SessionKey {
+    portal: String,
+    iqn: String,
+}
+
+impl SessionKey {
+    /// An IP host is written in its canonical form (as sysfs and udev show it).
+    pub fn new(portal: &Portal, iqn: &str) -> Self {
+        let host = match portal.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => portal.host.clone(),
+        };
+        let portal = Portal {
+            host,
+            port: portal.port,
+        };
+        Self {
+            portal: portal.to_string(),
+            iqn: iqn.to_string(),
+        }
+    }
+
+    /// `host:port`, with an IPv6 host in brackets: how iscsiadm and udev write it.
+    pub fn portal(&self) -> &str {
+        &self.portal
+    }
+
+    pub fn iqn(&self) -> &str {
+        &self.iqn
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.portal, self.iqn)
+    }
+}
+
+impl IscsiPath {
+    pub fn session(&self) -> SessionKey {
+        SessionKey::new(&self.portal, &self.iqn)
+    }
+}
+
+impl TargetSpec {
+    pub fn volume_type(&self) -> VolumeType {
+        match self.backend {
+            BackendSpec::Iscsi(_) => VolumeType::Iscsi,
+            BackendSpec::Rbd(_) => VolumeType::Rbd,
+        }
+    }
+
+    /// The sessions this volume logs in to. At most one login per session may be in flight.
+    pub fn sessions(&self) -> Vec<SessionKey> {
         match &self.backend {
-            BackendSpec::Iscsi(spec) => spec
-                .paths
-                .iter()
-                .map(|p| format!("{},{}", p.portal, p.iqn))
-                .collect(),
+            BackendSpec::Iscsi(spec) => spec.paths.iter().map(IscsiPath::session).collect(),
             BackendSpec::Rbd(_) => Vec::new(),
         }
     }
@@ -184,10 +259,14 @@ impl TargetError {
 /// Validates a target. Secrets are moved into [`Secret`]s and never appear in an error.
 pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
     let props = &target.properties;
-    let backend = match target.volume_type.as_str() {
-        "iscsi" => BackendSpec::Iscsi(parse_iscsi(props)?),
-        "rbd" => BackendSpec::Rbd(parse_rbd(props)?),
-        other => return Err(TargetError::UnknownVolumeType(printable(other))),
+    let backend = match VolumeType::parse(&target.volume_type) {
+        Some(VolumeType::Iscsi) => BackendSpec::Iscsi(parse_iscsi(props)?),
+        Some(VolumeType::Rbd) => BackendSpec::Rbd(parse_rbd(props)?),
+        None => {
+            return Err(TargetError::UnknownVolumeType(printable(
+                &target.volume_type,
+            )));
+        }
     };
     let read_only = match opt_str(props, "access_mode")? {
         None | Some("rw") => false,

@@ -11,9 +11,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use tether::agent::{self, Host, Settings};
+use tether::agent::{self, Backends};
 use tether::backend::simulated::SimKernel;
-use tether::config::ConductorConfig;
+use tether::config::{AgentConfig, ConductorConfig};
 use tether::metrics::LoopbackAddr;
 use tether::protocol::{NodeStatus, VolumeReport, VolumeState};
 
@@ -297,28 +297,25 @@ impl Node {
         self.root.path().join("state")
     }
 
-    pub fn settings(&self) -> Settings {
-        Settings {
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig {
             conductor_url: self.conductor_url.clone(),
-            node_uuid: None,
-            token: None,
             state_dir: self.state_dir(),
             host_root: self.root.path().join("host"),
-            heartbeat_interval: None,
             poll_wait: Duration::from_secs(30),
             device_timeout: Duration::from_secs(2),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             metrics_listen: self.metrics_listen,
+            ..AgentConfig::default()
         }
     }
 
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
         let (stop, stopped) = oneshot::channel::<()>();
-        let host = Host::simulated(self.kernel.clone());
-        let settings = self.settings();
-        let task = tokio::spawn(agent::run(settings, host, async {
+        let backends = Backends::simulated(self.kernel.clone());
+        let task = tokio::spawn(agent::run(self.config(), backends, async {
             let _ = stopped.await;
         }));
         self.agent = Some((stop, task));

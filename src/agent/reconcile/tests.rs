@@ -4,8 +4,11 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::agent::apply::{self, Outcome as HostOutcome};
 use crate::agent::volume::Phase;
-use crate::backend::{Attachment, BlockDevice, Handle, IscsiPathHandle, RbdHandle};
+use crate::backend::{
+    Attachment, BackendAttachment, BlockDevice, IscsiAttachment, IscsiPathAttachment, RbdAttachment,
+};
 use crate::protocol::VolumeTarget;
 use crate::protocol::target::{BackendSpec, parse};
 
@@ -69,14 +72,13 @@ fn assignment(generation: u64, mask: u8) -> Desired {
 
 /// What the backend would return for a successful attach of `spec`.
 fn attachment_for(spec: &TargetSpec) -> Attachment {
-    let handle = match &spec.backend {
-        BackendSpec::Iscsi(iscsi) => Handle::Iscsi {
+    let backend = match &spec.backend {
+        BackendSpec::Iscsi(iscsi) => BackendAttachment::Iscsi(IscsiAttachment {
             paths: iscsi
                 .paths
                 .iter()
-                .map(|p| IscsiPathHandle {
-                    portal: p.portal.to_string(),
-                    iqn: p.iqn.clone(),
+                .map(|p| IscsiPathAttachment {
+                    session: p.session(),
                     lun: p.lun,
                     kernel_name: "sdx".into(),
                     session_created: true,
@@ -84,8 +86,8 @@ fn attachment_for(spec: &TargetSpec) -> Attachment {
                 })
                 .collect(),
             multipath: None,
-        },
-        BackendSpec::Rbd(rbd) => Handle::Rbd(RbdHandle {
+        }),
+        BackendSpec::Rbd(rbd) => BackendAttachment::Rbd(RbdAttachment {
             device_id: 0,
             pool: rbd.pool.clone(),
             namespace: None,
@@ -101,7 +103,7 @@ fn attachment_for(spec: &TargetSpec) -> Attachment {
             wwn: None,
         },
         paths: vec!["/dev/x".into()],
-        handle,
+        backend,
         mount: None,
     }
 }
@@ -178,7 +180,6 @@ impl Model {
     fn reconcile_and_apply(&mut self) -> usize {
         let plan = reconcile(&self.desired, &self.volumes, self.now);
         let t = SystemTime::UNIX_EPOCH;
-        let specs = self.specs();
         for action in &plan.actions {
             match action {
                 Action::Attach(uuid) => {
@@ -186,12 +187,7 @@ impl Model {
                         .desired
                         .target(*uuid)
                         .expect("attach of an undesired target");
-                    let spec = specs.get(uuid).expect("attach of an invalid target");
-                    let v = self.volumes.entry(*uuid).or_insert_with(|| {
-                        Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t)
-                    });
-                    v.start_attach(spec.login_keys(), t)
-                        .expect("attach allowed");
+                    assert!(d.spec.is_ok(), "attach of an invalid target");
                 }
                 Action::Detach(uuid) => {
                     let Desired::Known(a) = &self.desired else {
@@ -201,40 +197,17 @@ impl Model {
                         a.targets.iter().all(|x| x.uuid != *uuid),
                         "detach of a target still assigned"
                     );
-                    let v = self
-                        .volumes
-                        .get_mut(uuid)
-                        .expect("detach of an unknown volume");
-                    assert!(v.is_owned(), "detach of a volume the agent does not own");
-                    v.start_detach(t).expect("detach allowed");
                 }
-                Action::Forget(uuid) => {
-                    let v = self
-                        .volumes
-                        .remove(uuid)
-                        .expect("forget of an unknown volume");
-                    assert!(!v.is_owned(), "forgot a volume that is still attached");
-                }
-                Action::Reject(uuid, error) => {
-                    let d = self.desired.target(*uuid).unwrap();
-                    let v = self.volumes.entry(*uuid).or_insert_with(|| {
-                        Volume::new(*uuid, d.volume_id.clone(), d.volume_type.clone(), t)
-                    });
-                    v.reject(error.clone(), t).expect("reject allowed");
-                }
-                Action::Keep(uuid) => self
-                    .volumes
-                    .get_mut(uuid)
-                    .unwrap()
-                    .reassigned(t)
-                    .expect("keep allowed"),
+                Action::Forget(_) | Action::Reject(..) | Action::Keep(_) => {}
             }
+            apply::apply(&mut self.volumes, &self.desired, action, t)
+                .unwrap_or_else(|e| panic!("{action:?} could not be applied: {e}"));
         }
         // A detach in flight on a session is alone on it.
-        let mut ops: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        let mut ops: BTreeMap<&SessionKey, (u32, u32)> = BTreeMap::new();
         for v in self.volumes.values().filter(|v| v.in_flight()) {
-            for k in &v.login_keys {
-                let entry = ops.entry(k.as_str()).or_default();
+            for k in &v.sessions {
+                let entry = ops.entry(k).or_default();
                 if v.phase == Phase::Detaching {
                     entry.1 += 1;
                 } else {
@@ -263,26 +236,26 @@ impl Model {
         let t = SystemTime::UNIX_EPOCH;
         let specs = self.specs();
         let retry_at = self.now + RETRY;
-        let v = self.volumes.get_mut(&uuid).unwrap();
-        match (&v.phase, outcome) {
-            (Phase::Attaching, Outcome::Success | Outcome::Blocked) => {
+        let attaching = self.volumes[&uuid].phase == Phase::Attaching;
+        let result = match (attaching, outcome) {
+            (true, Outcome::Success | Outcome::Blocked) => {
                 // The spec may have left the assignment meanwhile; the agent kept the old one.
                 let spec = specs.get(&uuid).cloned().unwrap_or_else(|| {
                     parse(pool().iter().find(|p| p.uuid == uuid).unwrap()).unwrap()
                 });
-                v.attach_succeeded(attachment_for(&spec), t).unwrap();
+                HostOutcome::Attached(attachment_for(&spec))
             }
-            (Phase::Attaching, Outcome::Failure) => {
-                v.attach_failed(err(), None, retry_at, t).unwrap()
-            }
-            (Phase::Detaching, Outcome::Success) => {
-                v.detach_succeeded().unwrap();
-                self.volumes.remove(&uuid);
-            }
-            (Phase::Detaching, Outcome::Blocked) => v.detach_blocked(err(), retry_at, t).unwrap(),
-            (Phase::Detaching, Outcome::Failure) => v.detach_failed(err(), retry_at, t).unwrap(),
-            _ => unreachable!(),
-        }
+            (true, Outcome::Failure) => HostOutcome::AttachFailed {
+                error: err(),
+                leftover: None,
+            },
+            (false, Outcome::Success) => HostOutcome::Detached {
+                sessions_kept: Vec::new(),
+            },
+            (false, Outcome::Blocked) => HostOutcome::DetachBlocked(err()),
+            (false, Outcome::Failure) => HostOutcome::DetachFailed(err()),
+        };
+        apply::complete(&mut self.volumes, uuid, result, retry_at, t).unwrap();
     }
 
     fn step(&mut self, step: &Step) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::{BlockDevice, Handle, RbdHandle};
+use crate::backend::{BackendAttachment, BlockDevice, RbdAttachment};
 
 fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH
@@ -21,7 +21,7 @@ fn attachment() -> Attachment {
             wwn: None,
         },
         paths: vec!["/dev/rbd/p/i".into()],
-        handle: Handle::Rbd(RbdHandle {
+        backend: BackendAttachment::Rbd(RbdAttachment {
             device_id: 0,
             pool: "p".into(),
             namespace: None,
@@ -147,7 +147,9 @@ fn transition_table_is_exactly_as_designed() {
 fn attach_then_detach_walks_the_reported_states() {
     let mut v = Volume::new(Uuid::nil(), "v".into(), "rbd".into(), t0());
     assert_eq!(v.state(), VolumeState::Pending);
-    v.start_attach(vec!["k".into()], t0()).unwrap();
+    let portal = crate::protocol::target::parse_portal("192.0.2.1:3260").unwrap();
+    let session = SessionKey::new(&portal, "iqn.2003-01.org.example:k");
+    v.start_attach(vec![session], t0()).unwrap();
     assert_eq!(v.state(), VolumeState::Attaching);
     let mut mounted = attachment();
     mounted.mount = Some(crate::backend::MountRecord {

@@ -47,7 +47,7 @@ impl SystemBlock {
                 let sessions = read_sessions(&self.root.join("sys"))?;
                 let Some(kernel) = sessions
                     .iter()
-                    .find(|s| s.portal == *portal && s.iqn == *iqn)
+                    .find(|s| s.key.portal() == portal && s.key.iqn() == iqn)
                     .and_then(|s| s.lun_device(*lun))
                 else {
                     return Ok(None);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{IscsiHost, Session, sysfs};
 use crate::backend::cmd::{self, Output};
 use crate::backend::{ErrorKind, HostError};
-use crate::protocol::target::{Chap, IscsiPath, Portal};
+use crate::protocol::target::{Chap, IscsiPath, Portal, SessionKey};
 
 // open-iscsi's exit codes (include/iscsi_err.h).
 const ERR_TRANS: i32 = 4;
@@ -368,9 +368,9 @@ impl IscsiHost for SystemIscsi {
     }
 
     fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
-        let portal = path.portal.to_string();
-        let iqn = path.iqn.as_str();
-        let mut args = Self::node_args(&portal, iqn);
+        let key = path.session();
+        let (portal, iqn) = (key.portal(), key.iqn());
+        let mut args = Self::node_args(portal, iqn);
         args.extend(["-o", "new"]);
         let out = self.iscsiadm(&args)?;
         if out.code != 0 {
@@ -392,10 +392,11 @@ impl IscsiHost for SystemIscsi {
         settings.extend(chap_settings(&NODE_AUTH, chap));
         // Written into the record file in one go: one iscsiadm run per setting would cost a
         // process start each, and would put the passwords on a command line.
-        self.write_record(&portal, iqn, &settings)
+        self.write_record(portal, iqn, &settings)
     }
 
-    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+    fn login(&self, session: &SessionKey) -> Result<(), HostError> {
+        let (portal, iqn) = (session.portal(), session.iqn());
         let mut args = Self::node_args(portal, iqn);
         args.push("--login");
         let out = self.iscsiadm(&args)?;
@@ -405,7 +406,8 @@ impl IscsiHost for SystemIscsi {
         }
     }
 
-    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+    fn logout(&self, session: &SessionKey) -> Result<(), HostError> {
+        let (portal, iqn) = (session.portal(), session.iqn());
         let mut args = Self::node_args(portal, iqn);
         args.push("--logout");
         let out = self.iscsiadm(&args)?;
@@ -415,7 +417,8 @@ impl IscsiHost for SystemIscsi {
         }
     }
 
-    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
+    fn delete_record(&self, session: &SessionKey) -> Result<(), HostError> {
+        let (portal, iqn) = (session.portal(), session.iqn());
         let mut args = Self::node_args(portal, iqn);
         args.extend(["-o", "delete"]);
         let out = self.iscsiadm(&args)?;

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError,
-    IscsiPathHandle, MultipathHandle, Ownership, SessionKey, VolumeBackend,
+    Attached, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, HostError,
+    IscsiAttachment, IscsiPathAttachment, MultipathMap, Ownership, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{BackendSpec, Chap, IscsiPath, IscsiSpec, Portal, TargetSpec};
+use crate::protocol::target::{Chap, IscsiPath, IscsiSpec, Portal, SessionKey, VolumeType};
 use multipath::MultipathHost;
 
 /// A logged-in session as sysfs shows it.
@@ -28,8 +28,7 @@ use multipath::MultipathHost;
 pub struct Session {
     /// N in /sys/class/iscsi_session/sessionN.
     pub sid: u32,
-    pub portal: String,
-    pub iqn: String,
+    pub key: SessionKey,
     /// H in /sys/class/scsi_host/hostH: each iSCSI session has a SCSI host of its own.
     pub host_no: u32,
     /// LUNs the kernel has for this session, with their block device's kernel name.
@@ -37,13 +36,6 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn key(&self) -> SessionKey {
-        SessionKey {
-            portal: self.portal.clone(),
-            iqn: self.iqn.clone(),
-        }
-    }
-
     pub fn lun_device(&self, lun: u16) -> Option<&str> {
         self.luns
             .iter()
@@ -64,11 +56,11 @@ pub trait IscsiHost: Send + Sync {
     /// Creates (or updates) the node record with `node.startup = manual` and the CHAP settings.
     fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError>;
     /// Logs in; "session exists" is success.
-    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    fn login(&self, session: &SessionKey) -> Result<(), HostError>;
     /// Logs out; "no session" is success.
-    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    fn logout(&self, session: &SessionKey) -> Result<(), HostError>;
     /// Deletes the node record; "no record" is success.
-    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError>;
+    fn delete_record(&self, session: &SessionKey) -> Result<(), HostError>;
     /// Asks the kernel to scan one LUN of the session.
     fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError>;
     /// Deletes the SCSI device behind a block device (`/sys/block/<dev>/device/delete`).
@@ -89,14 +81,14 @@ impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
     fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
         (**self).create_record(path, chap)
     }
-    fn login(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
-        (**self).login(portal, iqn)
+    fn login(&self, session: &SessionKey) -> Result<(), HostError> {
+        (**self).login(session)
     }
-    fn logout(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
-        (**self).logout(portal, iqn)
+    fn logout(&self, session: &SessionKey) -> Result<(), HostError> {
+        (**self).logout(session)
     }
-    fn delete_record(&self, portal: &str, iqn: &str) -> Result<(), HostError> {
-        (**self).delete_record(portal, iqn)
+    fn delete_record(&self, session: &SessionKey) -> Result<(), HostError> {
+        (**self).delete_record(session)
     }
     fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError> {
         (**self).scan_lun(session, lun)
@@ -136,9 +128,9 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     /// when asked. None when multipathd does not run here.
     fn assemble_map(
         &self,
-        handles: &[IscsiPathHandle],
+        handles: &[IscsiPathAttachment],
         timeout: Duration,
-    ) -> Result<Option<(BlockDevice, MultipathHandle)>, HostError> {
+    ) -> Result<Option<(BlockDevice, MultipathMap)>, HostError> {
         let Some(multipath) = self.multipath.as_ref().filter(|m| m.available()) else {
             return Ok(None);
         };
@@ -175,19 +167,19 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .strip_prefix("/dev/mapper/")
             .unwrap_or(&device.kernel_name)
             .to_string();
-        let handle = MultipathHandle {
+        let map = MultipathMap {
             name,
             wwid_registered,
         };
-        Ok(Some((device, handle)))
+        Ok(Some((device, map)))
     }
 
     /// Takes the map down before its paths go. None when done; a holder when the map is busy.
     fn remove_map(
         &self,
-        map: &MultipathHandle,
+        map: &MultipathMap,
         map_device: &str,
-        paths: &[IscsiPathHandle],
+        paths: &[IscsiPathAttachment],
     ) -> Result<Option<String>, HostError> {
         let multipath = self.multipath.as_ref().ok_or_else(|| {
             HostError::new(
@@ -229,12 +221,8 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         locks.entry(key.clone()).or_default().clone()
     }
 
-    fn find_session(&self, portal: &str, iqn: &str) -> Result<Option<Session>, HostError> {
-        Ok(self
-            .host
-            .sessions()?
-            .into_iter()
-            .find(|s| s.portal == portal && s.iqn == iqn))
+    fn find_session(&self, key: &SessionKey) -> Result<Option<Session>, HostError> {
+        Ok(self.host.sessions()?.into_iter().find(|s| s.key == *key))
     }
 
     /// Finds the session to (portal, iqn) or logs in. Returns it and whether this call made it.
@@ -242,9 +230,9 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         &self,
         spec: &IscsiSpec,
         path: &IscsiPath,
-        portal: &str,
+        key: &SessionKey,
     ) -> Result<(Session, bool), HostError> {
-        if let Some(session) = self.find_session(portal, &path.iqn)? {
+        if let Some(session) = self.find_session(key)? {
             return Ok((session, false));
         }
         if spec.discovery {
@@ -255,7 +243,8 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
                 return Err(HostError::new(
                     ErrorKind::TargetNotFound,
                     format!(
-                        "discovery at {portal} does not offer {}; check the target's ACLs and IQN",
+                        "discovery at {} does not offer {}; check the target's ACLs and IQN",
+                        key.portal(),
                         path.iqn
                     ),
                 ));
@@ -263,22 +252,23 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         }
         self.host.create_record(path, spec.chap.as_ref())?;
         let started = std::time::Instant::now();
-        if let Err(e) = self.host.login(portal, &path.iqn) {
+        if let Err(e) = self.host.login(key) {
             // iscsiadm can fail after the kernel logged in (a database error on another
             // record, say). No session existed before, under this lock: any session is ours.
-            if let Ok(Some(_)) = self.find_session(portal, &path.iqn) {
-                let _ = self.host.logout(portal, &path.iqn);
+            if let Ok(Some(_)) = self.find_session(key) {
+                let _ = self.host.logout(key);
             }
-            let _ = self.host.delete_record(portal, &path.iqn);
+            let _ = self.host.delete_record(key);
             return Err(e);
         }
-        tracing::debug!(portal, iqn = %path.iqn, elapsed_ms = started.elapsed().as_millis() as u64, "logged in");
-        let session = self.find_session(portal, &path.iqn)?.ok_or_else(|| {
+        tracing::debug!(session = %key, elapsed_ms = started.elapsed().as_millis() as u64, "logged in");
+        let session = self.find_session(key)?.ok_or_else(|| {
             HostError::new(
                 ErrorKind::LoginFailed,
                 format!(
-                    "iscsiadm logged in to {} at {portal} but no session shows in sysfs",
-                    path.iqn
+                    "iscsiadm logged in to {} at {} but no session shows in sysfs",
+                    key.iqn(),
+                    key.portal()
                 ),
             )
         })?;
@@ -286,14 +276,14 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     }
 
     /// Undoes a session this attempt created, unless another LUN came to use it meanwhile.
-    fn abandon(&self, portal: &str, iqn: &str, lun: u16) {
-        match self.find_session(portal, iqn) {
+    fn abandon(&self, key: &SessionKey, lun: u16) {
+        match self.find_session(key) {
             Ok(Some(session)) if session.luns.iter().all(|(l, _)| *l == lun) => {
-                let _ = self.host.logout(portal, iqn);
-                let _ = self.host.delete_record(portal, iqn);
+                let _ = self.host.logout(key);
+                let _ = self.host.delete_record(key);
             }
             Ok(None) => {
-                let _ = self.host.delete_record(portal, iqn);
+                let _ = self.host.delete_record(key);
             }
             _ => {}
         }
@@ -304,27 +294,23 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         spec: &IscsiSpec,
         path: &IscsiPath,
         timeout: Duration,
-    ) -> Result<(IscsiPathHandle, BlockDevice), HostError> {
+    ) -> Result<(IscsiPathAttachment, BlockDevice), HostError> {
         // Sessions show the portal's address in sysfs: name it the same way from the start.
         let resolved = IscsiPath {
             portal: resolve_portal(&path.portal)?,
             ..path.clone()
         };
         let path = &resolved;
-        let portal = path.portal.to_string();
-        let key = SessionKey {
-            portal: portal.clone(),
-            iqn: path.iqn.clone(),
-        };
+        let key = path.session();
         let lock = self.session_lock(&key);
         let (session, session_created) = {
             let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.establish(spec, path, &portal)?
+            self.establish(spec, path, &key)?
         };
         let cleanup = |e: HostError| {
             if session_created {
                 let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
-                self.abandon(&portal, &path.iqn, path.lun);
+                self.abandon(&key, path.lun);
             }
             e
         };
@@ -333,7 +319,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             self.host.scan_lun(&session, path.lun).map_err(cleanup)?;
         }
         let what = DeviceMatch::IscsiLun {
-            portal: portal.clone(),
+            portal: key.portal().to_string(),
             iqn: path.iqn.clone(),
             lun: path.lun,
         };
@@ -341,10 +327,9 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .block
             .wait_for_device(&what, timeout)
             .map_err(cleanup)?;
-        tracing::debug!(portal = %portal, iqn = %path.iqn, lun = path.lun, device = %device.kernel_name, "device ready");
-        let handle = IscsiPathHandle {
-            portal,
-            iqn: path.iqn.clone(),
+        tracing::debug!(session = %key, lun = path.lun, device = %device.kernel_name, "device ready");
+        let handle = IscsiPathAttachment {
+            session: key,
             lun: path.lun,
             kernel_name: device.kernel_name.clone(),
             session_created,
@@ -380,25 +365,23 @@ fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
 }
 
 impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
+    type Spec = IscsiSpec;
+    type Record = IscsiAttachment;
+
     fn attach(
         &self,
-        spec: &TargetSpec,
+        spec: &IscsiSpec,
+        _read_only: bool,
         ownership: &Ownership,
         timeout: Duration,
-    ) -> Result<Attachment, HostError> {
-        let BackendSpec::Iscsi(iscsi) = &spec.backend else {
-            return Err(HostError::new(
-                ErrorKind::Internal,
-                "an RBD target reached the iSCSI backend",
-            ));
-        };
+    ) -> Result<Attached<IscsiAttachment>, HostError> {
         // Every path logs in at once; the caller guarantees no other login to these sessions.
-        let results: Vec<Result<(IscsiPathHandle, BlockDevice), HostError>> =
+        let results: Vec<Result<(IscsiPathAttachment, BlockDevice), HostError>> =
             std::thread::scope(|scope| {
-                let workers: Vec<_> = iscsi
+                let workers: Vec<_> = spec
                     .paths
                     .iter()
-                    .map(|path| scope.spawn(move || self.attach_path(iscsi, path, timeout)))
+                    .map(|path| scope.spawn(move || self.attach_path(spec, path, timeout)))
                     .collect();
                 workers
                     .into_iter()
@@ -412,13 +395,13 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                     })
                     .collect()
             });
-        let mut handles = Vec::new();
+        let mut paths = Vec::new();
         let mut devices = Vec::new();
         let mut first_error = None;
         for result in results {
             match result {
-                Ok((handle, device)) => {
-                    handles.push(handle);
+                Ok((path, device)) => {
+                    paths.push(path);
                     devices.push(device);
                 }
                 Err(e) => {
@@ -428,77 +411,59 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         }
         if let Some(error) = first_error {
             // A volume is attached whole or not at all: undo the paths that came up.
-            let partial = Attachment {
-                device: devices.first().cloned().unwrap_or_else(|| BlockDevice {
-                    kernel_name: String::new(),
-                    device_path: String::new(),
-                    size_bytes: 0,
-                    wwn: None,
-                }),
-                paths: Vec::new(),
-                handle: Handle::Iscsi {
-                    paths: handles,
+            if let Some(device) = devices.first() {
+                let partial = IscsiAttachment {
+                    paths,
                     multipath: None,
-                },
-                mount: None,
-            };
-            if !devices.is_empty() {
-                let _ = self.detach(&partial, ownership);
+                };
+                let _ = self.detach(device, &partial, ownership);
             }
             return Err(error);
         }
-        let map = if handles.len() > 1 {
-            self.assemble_map(&handles, timeout)
+        let map = if paths.len() > 1 {
+            self.assemble_map(&paths, timeout)
         } else {
             Ok(None)
         };
-        let mut attachment = Attachment {
+        let mut attached = Attached {
             device: devices[0].clone(),
             paths: devices.iter().map(|d| d.device_path.clone()).collect(),
-            handle: Handle::Iscsi {
-                paths: handles,
+            record: IscsiAttachment {
+                paths,
                 multipath: None,
             },
-            mount: None,
         };
         match map {
             Ok(None) => {}
             Ok(Some((device, map))) => {
-                attachment.device = device;
-                if let Handle::Iscsi { multipath, .. } = &mut attachment.handle {
-                    *multipath = Some(map);
-                }
+                attached.device = device;
+                attached.record.multipath = Some(map);
             }
             Err(e) => {
-                let _ = self.detach(&attachment, ownership);
+                let _ = self.detach(&attached.device, &attached.record, ownership);
                 return Err(e);
             }
         }
-        Ok(attachment)
+        Ok(attached)
     }
 
     fn detach(
         &self,
-        attachment: &Attachment,
+        device: &BlockDevice,
+        record: &IscsiAttachment,
         ownership: &Ownership,
     ) -> Result<DetachOutcome, HostError> {
-        let Handle::Iscsi { paths, multipath } = &attachment.handle else {
-            return Err(HostError::new(
-                ErrorKind::Internal,
-                "an RBD attachment reached the iSCSI backend",
-            ));
-        };
-        if let Some(map) = multipath
-            && let Some(holder) = self.remove_map(map, &attachment.device.kernel_name, paths)?
+        let paths = &record.paths;
+        if let Some(map) = &record.multipath
+            && let Some(holder) = self.remove_map(map, &device.kernel_name, paths)?
         {
             return Ok(DetachOutcome::Blocked { holder });
         }
         let sessions = self.host.sessions()?;
         let mut sessions_kept = Vec::new();
         for path in paths {
-            let session = sessions
-                .iter()
-                .find(|s| s.portal == path.portal && s.iqn == path.iqn);
+            let key = &path.session;
+            let session = sessions.iter().find(|s| s.key == *key);
             if let Some(session) = session
                 && path.device_created
                 && session.lun_device(path.lun) == Some(path.kernel_name.as_str())
@@ -506,74 +471,58 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 self.block.flush(&path.kernel_name)?;
                 self.host.delete_device(&path.kernel_name)?;
             }
-            let key = path.session_key();
-            let ours = path.session_created || ownership.owned_sessions.contains(&key);
+            let ours = path.session_created || ownership.owned_sessions.contains(key);
             if !ours {
                 continue;
             }
-            if ownership.sessions_used_by_others.contains(&key) {
+            if ownership.sessions_used_by_others.contains(key) {
                 if path.session_created {
-                    sessions_kept.push(key);
+                    sessions_kept.push(key.clone());
                 }
                 continue;
             }
             if session.is_some() {
                 // LUNs still on the session belong to someone: logging out would yank them.
-                let remaining = self
-                    .find_session(&path.portal, &path.iqn)?
-                    .map(|s| s.luns)
-                    .unwrap_or_default();
+                let remaining = self.find_session(key)?.map(|s| s.luns).unwrap_or_default();
                 if let Some((lun, dev)) = remaining.first() {
                     tracing::warn!(session = %key, lun, device = %dev, "not logging out: another LUN of the session is still present");
                     continue;
                 }
-                self.host.logout(&path.portal, &path.iqn)?;
+                self.host.logout(key)?;
             }
-            self.host.delete_record(&path.portal, &path.iqn)?;
+            self.host.delete_record(key)?;
         }
         Ok(DetachOutcome::Detached { sessions_kept })
     }
 
-    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
-        let Handle::Iscsi { paths, .. } = &attachment.handle else {
-            return Ok(false);
-        };
+    fn is_present(&self, record: &IscsiAttachment) -> Result<bool, HostError> {
         let sessions = self.host.sessions()?;
-        Ok(paths.iter().all(|p| {
-            sessions.iter().any(|s| {
-                s.portal == p.portal
-                    && s.iqn == p.iqn
-                    && s.lun_device(p.lun) == Some(p.kernel_name.as_str())
-            })
+        Ok(record.paths.iter().all(|p| {
+            sessions
+                .iter()
+                .any(|s| s.key == p.session && s.lun_device(p.lun) == Some(p.kernel_name.as_str()))
         }))
     }
 
-    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
-        let ours: Vec<SessionKey> = owned
+    fn foreign(&self, owned: &[&IscsiAttachment]) -> Result<Vec<ForeignAttachment>, HostError> {
+        let ours: Vec<&SessionKey> = owned
             .iter()
-            .filter_map(|a| match &a.handle {
-                Handle::Iscsi { paths, .. } => Some(
-                    paths
-                        .iter()
-                        .filter(|p| p.session_created)
-                        .map(IscsiPathHandle::session_key),
-                ),
-                Handle::Rbd(_) => None,
-            })
-            .flatten()
+            .flat_map(|a| a.paths.iter())
+            .filter(|p| p.session_created)
+            .map(|p| &p.session)
             .collect();
         Ok(self
             .host
             .sessions()?
             .into_iter()
-            .filter(|s| !ours.contains(&s.key()))
+            .filter(|s| !ours.contains(&&s.key))
             .map(|s| ForeignAttachment {
-                volume_type: "iscsi".into(),
+                volume_type: VolumeType::Iscsi.to_string(),
                 description: format!(
                     "session {} to {} at {} ({} LUNs)",
                     s.sid,
-                    s.iqn,
-                    s.portal,
+                    s.key.iqn(),
+                    s.key.portal(),
                     s.luns.len()
                 ),
                 device_path: None,

@@ -10,6 +10,7 @@ use std::path::Path;
 use super::Session;
 use crate::backend::{ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
+use crate::protocol::target::{Portal, SessionKey};
 
 pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
     let class = sys.join("class/iscsi_session");
@@ -47,14 +48,10 @@ fn read_session(sys: &Path, sid: u32) -> Result<Option<Session>, HostError> {
         .or_else(|| read_trimmed(&conn.join("address")));
     let port =
         read_trimmed(&conn.join("persistent_port")).or_else(|| read_trimmed(&conn.join("port")));
-    let (Some(address), Some(port)) = (address, port) else {
+    let (Some(host), Some(Ok(port))) = (address, port.map(|p| p.parse::<u16>())) else {
         return Ok(None);
     };
-    let portal = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
+    let key = SessionKey::new(&Portal { host, port }, &iqn);
     let real = std::fs::canonicalize(&dir).map_err(|e| sysfs_error(&dir, e))?;
     let host_no = real
         .components()
@@ -74,8 +71,7 @@ fn read_session(sys: &Path, sid: u32) -> Result<Option<Session>, HostError> {
         })?;
     Ok(Some(Session {
         sid,
-        portal,
-        iqn,
+        key,
         host_no,
         luns: read_luns(&dir.join("device"))?,
     }))
@@ -169,8 +165,12 @@ pub mod tests {
         assert_eq!(sessions.len(), 1, "{sessions:?}");
         let s = &sessions[0];
         assert_eq!(s.sid, 1);
-        assert_eq!(s.portal, "127.0.0.1:3260");
-        assert!(s.iqn.starts_with("iqn.2003-01.test.tether:"), "{}", s.iqn);
+        assert_eq!(s.key.portal(), "127.0.0.1:3260");
+        assert!(
+            s.key.iqn().starts_with("iqn.2003-01.test.tether:"),
+            "{}",
+            s.key
+        );
         assert_eq!(s.host_no, 0);
         assert_eq!(s.luns, vec![(0, "sda".to_string()), (1, "sdb".to_string())]);
     }

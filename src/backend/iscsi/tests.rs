@@ -45,7 +45,7 @@ impl MultipathHost for Arc<Tools> {
     }
 }
 
-fn two_paths() -> TargetSpec {
+fn two_paths() -> IscsiSpec {
     let target: VolumeTarget = serde_json::from_value(serde_json::json!({
         "uuid": "5b1f1a1e-0000-4000-8000-000000000001",
         "node_uuid": "5b1f1a1e-0000-4000-8000-000000000002",
@@ -58,7 +58,10 @@ fn two_paths() -> TargetSpec {
         },
     }))
     .unwrap();
-    crate::protocol::target::parse(&target).unwrap()
+    match crate::protocol::target::parse(&target).unwrap().backend {
+        crate::protocol::target::BackendSpec::Iscsi(spec) => spec,
+        other => panic!("{other:?}"),
+    }
 }
 
 fn backend(
@@ -73,17 +76,16 @@ fn without_multipathd_every_path_is_reported_and_the_first_is_the_device() {
     let kernel = Arc::new(SimKernel::new(Duration::ZERO));
     let tools = Arc::new(Tools::default());
     let attachment = backend(&kernel, &tools)
-        .attach(&two_paths(), &Ownership::default(), Duration::from_secs(5))
+        .attach(
+            &two_paths(),
+            false,
+            &Ownership::default(),
+            Duration::from_secs(5),
+        )
         .unwrap();
     assert_eq!(attachment.paths.len(), 2);
     assert_eq!(attachment.device.device_path, attachment.paths[0]);
-    assert!(matches!(
-        attachment.handle,
-        Handle::Iscsi {
-            multipath: None,
-            ..
-        }
-    ));
+    assert_eq!(attachment.record.multipath, None);
     assert!(tools.calls().is_empty(), "{:?}", tools.calls());
     assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 1);
     assert_eq!(kernel.session_count("127.0.0.2:3260", IQN), 1);
@@ -100,10 +102,12 @@ fn attach_without_a_map(wwid_is_new: bool) -> (Arc<SimKernel>, Arc<Tools>, HostE
     let error = backend(&kernel, &tools)
         .attach(
             &two_paths(),
+            false,
             &Ownership::default(),
             Duration::from_millis(50),
         )
-        .unwrap_err();
+        .err()
+        .expect("no map appears");
     (kernel, tools, error)
 }
 
@@ -137,18 +141,26 @@ fn detach_flushes_the_map_and_forgets_only_a_wwid_the_agent_registered() {
     let tools = Arc::new(Tools::default());
     let backend = backend(&kernel, &tools);
     let mut attachment = backend
-        .attach(&two_paths(), &Ownership::default(), Duration::from_secs(5))
+        .attach(
+            &two_paths(),
+            false,
+            &Ownership::default(),
+            Duration::from_secs(5),
+        )
         .unwrap();
     // As the real host would have it after the map was made: the simulated kernel has no
     // device-mapper, so the map is not in sysfs and only the WWID is to be taken back.
-    let Handle::Iscsi { multipath, .. } = &mut attachment.handle else {
-        unreachable!()
-    };
-    *multipath = Some(MultipathHandle {
+    attachment.record.multipath = Some(MultipathMap {
         name: "3600140500000000000000000000000001".into(),
         wwid_registered: true,
     });
-    let outcome = backend.detach(&attachment, &Ownership::default()).unwrap();
+    let outcome = backend
+        .detach(
+            &attachment.device,
+            &attachment.record,
+            &Ownership::default(),
+        )
+        .unwrap();
     assert!(matches!(outcome, DetachOutcome::Detached { .. }));
     let calls = tools.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");

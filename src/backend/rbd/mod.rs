@@ -5,11 +5,11 @@ pub mod system;
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError, Ownership,
-    RbdHandle, VolumeBackend,
+    Attached, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, HostError, Ownership,
+    RbdAttachment, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{BackendSpec, RbdSpec, TargetSpec};
+use crate::protocol::target::{RbdSpec, VolumeType};
 
 /// A kernel RBD mapping as /sys/bus/rbd/devices/N shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,25 +59,23 @@ impl<H: RbdHost, B: BlockHost> RbdBackend<H, B> {
 }
 
 impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
+    type Spec = RbdSpec;
+    type Record = RbdAttachment;
+
     fn attach(
         &self,
-        spec: &TargetSpec,
+        rbd: &RbdSpec,
+        read_only: bool,
         _ownership: &Ownership,
         timeout: Duration,
-    ) -> Result<Attachment, HostError> {
-        let BackendSpec::Rbd(rbd) = &spec.backend else {
-            return Err(HostError::new(
-                ErrorKind::Internal,
-                "an iSCSI target reached the RBD backend",
-            ));
-        };
+    ) -> Result<Attached<RbdAttachment>, HostError> {
         let before = self.host.mappings()?;
         let existing = before
             .iter()
             .find(|m| m.is(&rbd.pool, rbd.namespace.as_deref(), &rbd.image));
         let (device_id, mapped_by_agent) = match existing {
             Some(m) => (m.device_id, false),
-            None => match self.host.map(rbd, spec.read_only) {
+            None => match self.host.map(rbd, read_only) {
                 Ok(id) => (id, true),
                 Err(e) => {
                     // A map that gave up (timed out, killed) may still have mapped the image:
@@ -114,38 +112,28 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
                 return Err(e);
             }
         };
-        Ok(Attachment {
+        Ok(Attached {
             paths: vec![device.device_path.clone()],
             device,
-            handle: Handle::Rbd(RbdHandle {
+            record: RbdAttachment {
                 device_id,
                 pool: rbd.pool.clone(),
                 namespace: rbd.namespace.clone(),
                 image: rbd.image.clone(),
                 mapped_by_agent,
-            }),
-            mount: None,
+            },
         })
     }
 
     fn detach(
         &self,
-        attachment: &Attachment,
+        device: &BlockDevice,
+        mapping: &RbdAttachment,
         _ownership: &Ownership,
     ) -> Result<DetachOutcome, HostError> {
-        let Handle::Rbd(handle) = &attachment.handle else {
-            return Err(HostError::new(
-                ErrorKind::Internal,
-                "an iSCSI attachment reached the RBD backend",
-            ));
-        };
-        let still_mapped = self.host.mappings()?.iter().any(|m| {
-            m.device_id == handle.device_id
-                && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)
-        });
-        if handle.mapped_by_agent && still_mapped {
-            self.block.flush(&attachment.device.kernel_name)?;
-            match self.host.unmap(handle.device_id) {
+        if mapping.mapped_by_agent && self.is_present(mapping)? {
+            self.block.flush(&device.kernel_name)?;
+            match self.host.unmap(mapping.device_id) {
                 Ok(()) => {}
                 Err(e) if e.kind == ErrorKind::DeviceBusy => {
                     return Ok(DetachOutcome::Blocked { holder: e.message });
@@ -158,23 +146,18 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         })
     }
 
-    fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
-        let Handle::Rbd(handle) = &attachment.handle else {
-            return Ok(false);
-        };
+    fn is_present(&self, mapping: &RbdAttachment) -> Result<bool, HostError> {
         Ok(self.host.mappings()?.iter().any(|m| {
-            m.device_id == handle.device_id
-                && m.is(&handle.pool, handle.namespace.as_deref(), &handle.image)
+            m.device_id == mapping.device_id
+                && m.is(&mapping.pool, mapping.namespace.as_deref(), &mapping.image)
         }))
     }
 
-    fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError> {
+    fn foreign(&self, owned: &[&RbdAttachment]) -> Result<Vec<ForeignAttachment>, HostError> {
         let ours: Vec<u32> = owned
             .iter()
-            .filter_map(|a| match &a.handle {
-                Handle::Rbd(h) if h.mapped_by_agent => Some(h.device_id),
-                _ => None,
-            })
+            .filter(|a| a.mapped_by_agent)
+            .map(|a| a.device_id)
             .collect();
         Ok(self
             .host
@@ -182,7 +165,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
             .into_iter()
             .filter(|m| !ours.contains(&m.device_id))
             .map(|m| ForeignAttachment {
-                volume_type: "rbd".into(),
+                volume_type: VolumeType::Rbd.to_string(),
                 description: format!(
                     "mapping rbd{} of {}/{}{}",
                     m.device_id,

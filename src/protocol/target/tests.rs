@@ -40,7 +40,13 @@ fn single_path_iscsi_with_chap_parses() {
     let chap = iscsi.chap.as_ref().unwrap();
     assert_eq!(chap.password.expose(), "s3cret!");
     assert_eq!(chap.mutual.as_ref().unwrap().0, "tgt");
-    assert_eq!(spec.login_keys(), vec![format!("192.0.2.10:3260,{IQN}")]);
+    assert_eq!(
+        spec.sessions()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![format!("192.0.2.10:3260,{IQN}")]
+    );
 }
 
 #[test]
@@ -276,4 +282,16 @@ proptest::proptest! {
             proptest::prop_assert!(!p.portal.to_string().chars().any(unsafe_char));
         }
     }
+}
+
+#[test]
+fn one_session_key_for_every_spelling_of_a_portal() {
+    let key = |portal: &str| SessionKey::new(&parse_portal(portal).unwrap(), IQN);
+    assert_eq!(key("[2001:db8:0:0::1]:3260"), key("[2001:db8::1]:3260"));
+    assert_eq!(key("[2001:db8::1]:3260").portal(), "[2001:db8::1]:3260");
+    assert_eq!(
+        key("192.0.2.10:3260").to_string(),
+        format!("192.0.2.10:3260,{IQN}")
+    );
+    assert_ne!(key("192.0.2.10:3260"), key("192.0.2.10:3261"));
 }

@@ -1,0 +1,169 @@
+//! The node's backends, wired to the real system or to the simulated kernel, and the one place
+//! that sends a target to the backend of its type.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::iscsi::IscsiBackend;
+use crate::backend::iscsi::iscsiadm::SystemIscsi;
+use crate::backend::iscsi::multipath::{MultipathHost, SystemMultipath};
+use crate::backend::rbd::RbdBackend;
+use crate::backend::rbd::system::SystemRbd;
+use crate::backend::simulated::SimKernel;
+use crate::backend::{
+    self, Attachment, BackendAttachment, BlockHost, DetachOutcome, HostError, IscsiAttachment,
+    Ownership, RbdAttachment, VolumeBackend,
+};
+use crate::protocol::ForeignAttachment;
+use crate::protocol::target::{BackendSpec, IscsiSpec, RbdSpec, TargetSpec};
+
+type Iscsi = dyn VolumeBackend<Spec = IscsiSpec, Record = IscsiAttachment>;
+type Rbd = dyn VolumeBackend<Spec = RbdSpec, Record = RbdAttachment>;
+
+/// One backend per volume type, plus block devices and mounts.
+#[derive(Clone)]
+pub struct Backends {
+    /// An error when this node cannot serve the type (its tools are missing): every volume of
+    /// that type fails with it, and nothing recorded is ever taken for gone.
+    iscsi: Result<Arc<Iscsi>, HostError>,
+    rbd: Result<Arc<Rbd>, HostError>,
+    block: Arc<dyn BlockHost>,
+}
+
+/// An attach that failed, with what stayed attached despite it (a device that did not mount).
+pub struct AttachFailure {
+    pub error: HostError,
+    pub leftover: Option<Box<Attachment>>,
+}
+
+impl Backends {
+    /// The whole host simulated in memory.
+    pub fn simulated(kernel: Arc<SimKernel>) -> Self {
+        Self {
+            iscsi: Ok(Arc::new(IscsiBackend::new(kernel.clone(), kernel.clone()))),
+            rbd: Ok(Arc::new(RbdBackend::new(kernel.clone(), kernel.clone()))),
+            block: Arc::new(kernel),
+        }
+    }
+
+    /// The host's open-iscsi, rbd, udev and mount tools under `root` (`/` on a real node).
+    pub fn system(root: &Path) -> Result<Self, HostError> {
+        let block = Arc::new(backend::block::SystemBlock::new(root)?);
+        let missing = backend::cmd::missing(root, &["blkid", "blockdev", "mount", "umount"]);
+        if !missing.is_empty() {
+            tracing::warn!(tools = ?missing, "tools for mounts and detach are missing; volumes that need them will fail");
+        }
+        let iscsi = SystemIscsi::new(root).map(|host| {
+            let multipath =
+                SystemMultipath::new(root).map(|m| Box::new(m) as Box<dyn MultipathHost>);
+            Arc::new(IscsiBackend::new(host, block.clone()).with_multipath(multipath)) as Arc<Iscsi>
+        });
+        if let Err(e) = &iscsi {
+            tracing::warn!(kind = %e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
+        }
+        let rbd = SystemRbd::new(root, &root.join("run/tether"));
+        Ok(Self {
+            iscsi,
+            rbd: Ok(Arc::new(RbdBackend::new(rbd, block.clone()))),
+            block,
+        })
+    }
+
+    fn iscsi(&self) -> Result<&Iscsi, HostError> {
+        self.iscsi.as_deref().map_err(Clone::clone)
+    }
+
+    fn rbd(&self) -> Result<&Rbd, HostError> {
+        self.rbd.as_deref().map_err(Clone::clone)
+    }
+
+    /// Attaches the target's device, then mounts it if the target asks for a mount.
+    pub fn attach(
+        &self,
+        spec: &TargetSpec,
+        ownership: &Ownership,
+        timeout: Duration,
+    ) -> Result<Attachment, AttachFailure> {
+        let read_only = spec.read_only;
+        let attached = match &spec.backend {
+            BackendSpec::Iscsi(s) => self
+                .iscsi()
+                .and_then(|b| b.attach(s, read_only, ownership, timeout))
+                .map(|a| a.into_attachment(BackendAttachment::Iscsi)),
+            BackendSpec::Rbd(s) => self
+                .rbd()
+                .and_then(|b| b.attach(s, read_only, ownership, timeout))
+                .map(|a| a.into_attachment(BackendAttachment::Rbd)),
+        };
+        let mut attachment = attached.map_err(|error| AttachFailure {
+            error,
+            leftover: None,
+        })?;
+        if let Some(mount) = &spec.mount {
+            match backend::ensure_mounted(self.block.as_ref(), &attachment.device, mount, read_only)
+            {
+                Ok(record) => attachment.mount = Some(record),
+                // The device stays attached and owned; the mount is retried with the volume.
+                Err(error) => {
+                    return Err(AttachFailure {
+                        error,
+                        leftover: Some(Box::new(attachment)),
+                    });
+                }
+            }
+        }
+        Ok(attachment)
+    }
+
+    /// Unmounts what the agent mounted, refuses while anything else holds the device, then
+    /// detaches it.
+    pub fn detach(
+        &self,
+        attachment: &Attachment,
+        ownership: &Ownership,
+    ) -> Result<DetachOutcome, HostError> {
+        if let Some(holder) = backend::release(self.block.as_ref(), attachment)? {
+            return Ok(DetachOutcome::Blocked { holder });
+        }
+        let device = &attachment.device;
+        match &attachment.backend {
+            BackendAttachment::Iscsi(r) => self.iscsi()?.detach(device, r, ownership),
+            BackendAttachment::Rbd(r) => self.rbd()?.detach(device, r, ownership),
+        }
+    }
+
+    pub fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
+        match &attachment.backend {
+            BackendAttachment::Iscsi(r) => self.iscsi()?.is_present(r),
+            BackendAttachment::Rbd(r) => self.rbd()?.is_present(r),
+        }
+    }
+
+    /// Attachments on the host that none of `owned` accounts for. A backend that cannot list
+    /// them is logged and skipped.
+    pub fn foreign(&self, owned: &[Attachment]) -> Vec<ForeignAttachment> {
+        let mut iscsi = Vec::new();
+        let mut rbd = Vec::new();
+        for attachment in owned {
+            match &attachment.backend {
+                BackendAttachment::Iscsi(r) => iscsi.push(r),
+                BackendAttachment::Rbd(r) => rbd.push(r),
+            }
+        }
+        let found = [
+            self.iscsi().ok().map(|b| b.foreign(&iscsi)),
+            self.rbd().ok().map(|b| b.foreign(&rbd)),
+        ];
+        let mut all = Vec::new();
+        for result in found.into_iter().flatten() {
+            match result {
+                Ok(found) => all.extend(found),
+                Err(e) => {
+                    tracing::warn!(kind = %e.kind, error = %e, "cannot list attachments on the host")
+                }
+            }
+        }
+        all
+    }
+}
