@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::apply::{self, HostOp, Outcome, Volumes};
@@ -14,7 +14,7 @@ use super::metrics::{AgentMetrics, DetachResult};
 use super::reconcile::{Action, Assignment, Desired};
 use super::record::{LocalStatus, OwnedVolume, Record, StateDir};
 use super::tasks::{NodeLogin, jitter};
-use super::volume::{Millis, retry_delay};
+use super::volume::{Millis, Volume, retry_delay};
 use super::{AGENT_VERSION, Event};
 use crate::backend::{Attachment, DetachOutcome, ErrorKind, HostError};
 use crate::config::AgentConfig;
@@ -44,6 +44,57 @@ pub(super) struct Agent {
 }
 
 impl Agent {
+    /// The agent before lookup, with the volumes recovered from the record; they show in the
+    /// status file and metrics while the conductor is looked up.
+    pub fn new(
+        volumes: Volumes,
+        backends: Backends,
+        config: AgentConfig,
+        state: StateDir,
+        connectors: Vec<Connector>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        let agent = Self {
+            volumes,
+            desired: Desired::Unknown,
+            backends,
+            config,
+            state,
+            foreign: Vec::new(),
+            connectors,
+            in_flight: 0,
+            conductor_note: "not contacted yet".into(),
+            node: None,
+            metrics,
+        };
+        agent.persist();
+        agent.publish_status(&agent.report());
+        agent
+            .metrics
+            .set_volumes(agent.volumes.values().map(Volume::state));
+        agent
+    }
+
+    pub fn looked_up(&mut self, node: NodeLogin) {
+        self.node = Some(node);
+        self.conductor_note = "lookup succeeded".into();
+    }
+
+    /// Makes the current state known: the record, metrics, the heartbeat (when it changed)
+    /// and the status file.
+    pub fn publish(&self, reports: &watch::Sender<Heartbeat>) {
+        self.persist();
+        self.metrics
+            .set_volumes(self.volumes.values().map(Volume::state));
+        let report = self.report();
+        reports.send_if_modified(|current| {
+            let changed = *current != report;
+            *current = report.clone();
+            changed
+        });
+        self.publish_status(&report);
+    }
+
     pub fn apply_assignment(&mut self, assignment: Assignment) {
         tracing::info!(
             generation = assignment.generation,
@@ -208,7 +259,7 @@ impl Agent {
     }
 
     /// Writes the ownership record: every volume the agent has on the host.
-    pub fn persist(&self) {
+    fn persist(&self) {
         let record = Record {
             version: 1,
             volumes: self
@@ -265,14 +316,14 @@ impl Agent {
     }
 
     /// Writes the status file that `tether status` reads.
-    pub fn publish_status(&self, report: Option<&Heartbeat>) {
+    fn publish_status(&self, report: &Heartbeat) {
         let status = LocalStatus {
             node_uuid: self.node.as_ref().map(|n| n.uuid),
             node_name: self.node.as_ref().map(|n| n.name.clone()),
             conductor_url: self.config.conductor_url.clone(),
             conductor: self.conductor_note.clone(),
             updated_at: timestamp(SystemTime::now()),
-            report: report.cloned().unwrap_or_else(|| self.report()),
+            report: report.clone(),
         };
         if let Err(e) = self.state.save_status(&status) {
             tracing::warn!(error = %e, "cannot write the status file");

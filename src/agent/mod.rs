@@ -17,6 +17,7 @@ mod tasks;
 pub mod volume;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,14 +27,14 @@ use uuid::Uuid;
 
 use crate::config::AgentConfig;
 use crate::notify;
-use crate::protocol::ForeignAttachment;
+use crate::protocol::{ForeignAttachment, Heartbeat};
 pub use backends::Backends;
 use client::Client;
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
-use reconcile::{Assignment, Desired, reconcile};
+use reconcile::{Assignment, reconcile};
 use record::StateDir;
-use volume::{Millis, Volume};
+use volume::Millis;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -76,56 +77,36 @@ pub async fn run(
     let identity = identity::collect(&config.host_root);
     tracing::info!(macs = ?identity.macs, iqn = ?identity.initiator_iqn, "identified the node");
     let client = Client::new(&config.conductor_url)?;
-    let clock = Clock(Instant::now());
     let metrics = Arc::new(AgentMetrics::new());
     let metrics_server = match config.metrics_listen {
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
     };
-
-    let mut agent = Agent {
-        volumes: recovery::recover(&backends, state.load_record()).await,
-        desired: Desired::Unknown,
+    let volumes = recovery::recover(&backends, state.load_record()).await;
+    let mut agent = Agent::new(
+        volumes,
         backends,
-        config: config.clone(),
+        config.clone(),
         state,
-        foreign: Vec::new(),
-        connectors: identity.connectors(),
-        in_flight: 0,
-        conductor_note: "not contacted yet".into(),
-        node: None,
-        metrics: metrics.clone(),
-    };
-    agent.persist();
-    agent.publish_status(None);
-    // Volumes recovered from the record show while the conductor is looked up.
-    metrics.set_volumes(agent.volumes.values().map(Volume::state));
+        identity.connectors(),
+        metrics.clone(),
+    );
 
     tokio::pin!(shutdown);
     let mut watchdog = notify::Watchdog::from_env();
     notify::status("looking the node up at the conductor");
-    let node = {
-        let looking_up = tasks::lookup(
-            &client,
-            config.node_uuid,
-            provisioned_token.as_ref(),
-            &identity.macs,
-            &agent.state,
-        );
-        tokio::pin!(looking_up);
-        loop {
-            tokio::select! {
-                found = &mut looking_up => break found,
-                _ = watchdog.tick() => notify::watchdog(),
-                _ = &mut shutdown => {
-                    tracing::info!("stopped before the conductor answered; nothing was detached");
-                    return Ok(());
-                }
-            }
-        }
+    let looking_up = tasks::lookup(
+        &client,
+        config.node_uuid,
+        provisioned_token.as_ref(),
+        &identity.macs,
+        &agent.state,
+    );
+    let Some(node) = until_shutdown(looking_up, &mut watchdog, &mut shutdown).await else {
+        tracing::info!("stopped before the conductor answered; nothing was detached");
+        return Ok(());
     };
-    agent.node = Some(node.clone());
-    agent.conductor_note = "lookup succeeded".into();
+    agent.looked_up(node.clone());
 
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let (report_tx, report_rx) = watch::channel(agent.report());
@@ -136,14 +117,69 @@ pub async fn run(
         events_tx.clone(),
     ));
     let heartbeats = tokio::spawn(tasks::send_heartbeats(
-        client.clone(),
-        node.clone(),
+        client,
+        node,
         config.heartbeat_interval,
         report_rx,
-        metrics.clone(),
+        metrics,
     ));
     agent.refresh_foreign(&events_tx);
+    let clock = Clock(Instant::now());
+    let channels = Channels {
+        events: &mut events,
+        events_tx: &events_tx,
+        report_tx: &report_tx,
+    };
+    main_loop(&mut agent, &clock, channels, &mut watchdog, &mut shutdown).await;
 
+    notify::stopping();
+    poller.abort();
+    drain(&mut agent, &clock, &mut events).await;
+    agent.publish(&report_tx);
+    heartbeats.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    tracing::info!("agent stopped; volumes stay attached");
+    Ok(())
+}
+
+/// Runs `work`, pinging the watchdog meanwhile. None when shutdown comes first.
+async fn until_shutdown<T>(
+    work: impl Future<Output = T>,
+    watchdog: &mut notify::Watchdog,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = watchdog.tick() => notify::watchdog(),
+            _ = shutdown.as_mut() => return None,
+        }
+    }
+}
+
+/// The main loop's ends of its channels.
+struct Channels<'a> {
+    events: &'a mut mpsc::Receiver<Event>,
+    events_tx: &'a mpsc::Sender<Event>,
+    report_tx: &'a watch::Sender<Heartbeat>,
+}
+
+/// Reconciles after every event until shutdown.
+async fn main_loop(
+    agent: &mut Agent,
+    clock: &Clock,
+    channels: Channels<'_>,
+    watchdog: &mut notify::Watchdog,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) {
+    let Channels {
+        events,
+        events_tx,
+        report_tx,
+    } = channels;
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
     loop {
@@ -158,30 +194,22 @@ pub async fn run(
                 Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
                 Some(Event::Done(uuid, result, took)) => {
                     agent.finish(uuid, *result, took, clock.now());
-                    agent.refresh_foreign(&events_tx);
+                    agent.refresh_foreign(events_tx);
                 }
                 Some(Event::Foreign(found)) => agent.foreign = found,
-                None => break,
+                None => return,
             },
             _ = wake => {}
             // Pinged from this loop, so a hung loop is restarted by systemd.
             _ = watchdog.tick() => notify::watchdog(),
-            _ = &mut shutdown => break,
+            _ = shutdown.as_mut() => return,
         }
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
         next_wake = plan.next_wake;
         for action in plan.actions {
-            agent.start(action, &events_tx);
+            agent.start(action, events_tx);
         }
-        agent.persist();
-        metrics.set_volumes(agent.volumes.values().map(Volume::state));
-        let report = agent.report();
-        report_tx.send_if_modified(|current| {
-            let changed = *current != report;
-            *current = report.clone();
-            changed
-        });
-        agent.publish_status(Some(&report));
+        agent.publish(report_tx);
         if !ready && agent.desired.generation().is_some() {
             // Ready once the first assignment has been reconciled: units ordered after the
             // agent start with their volumes on the way.
@@ -189,11 +217,11 @@ pub async fn run(
             notify::ready(&format!("{} volumes", agent.volumes.len()));
         }
     }
+}
 
-    notify::stopping();
-    poller.abort();
-    // Let operations already running finish so that what they attach is recorded as ours.
-    let drain = tokio::time::timeout(Duration::from_secs(30), async {
+/// Lets operations already running finish, so that what they attach is recorded as ours.
+async fn drain(agent: &mut Agent, clock: &Clock, events: &mut mpsc::Receiver<Event>) {
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
         while agent.in_flight > 0 {
             match events.recv().await {
                 Some(Event::Done(uuid, result, took)) => {
@@ -204,19 +232,10 @@ pub async fn run(
             }
         }
     });
-    if drain.await.is_err() {
+    if drained.await.is_err() {
         tracing::warn!(
             in_flight = agent.in_flight,
             "stopping with host operations still running"
         );
     }
-    agent.persist();
-    let report = agent.report();
-    agent.publish_status(Some(&report));
-    heartbeats.abort();
-    if let Some(server) = metrics_server {
-        server.abort();
-    }
-    tracing::info!("agent stopped; volumes stay attached");
-    Ok(())
 }
