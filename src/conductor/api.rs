@@ -12,6 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Conductor;
+use super::generations::Published;
 use super::store::StoreError;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, ErrorBody, ErrorReport, Heartbeat,
@@ -526,8 +527,11 @@ async fn create_target(
         protocol::target::parse(&candidate)
             .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     }
-    let (target, generation) = c.store.create_target(&req)?;
-    c.generations.publish(target.node_uuid, generation);
+    let Published {
+        generation,
+        value: target,
+        ..
+    } = c.generations.publish(c.store.create_target(&req)?);
     tracing::info!(target = %target.uuid, node = %target.node_uuid, volume_id = %target.volume_id, generation, "target assigned");
     Ok((StatusCode::CREATED, Json(masked(target))))
 }
@@ -539,8 +543,9 @@ async fn delete_target(
 ) -> ApiResult<StatusCode> {
     require_admin(&c, &headers)?;
     let uuid = parse_uuid_param(&uuid)?;
-    let (node, generation) = c.store.delete_target(uuid)?;
-    c.generations.publish(node, generation);
+    let Published {
+        node, generation, ..
+    } = c.generations.publish(c.store.delete_target(uuid)?);
     tracing::info!(target = %uuid, node = %node, generation, "target unassigned");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,21 +1,21 @@
 //! The reference conductor: protocol v1 over axum, state in SQLite.
 
 mod api;
+mod generations;
 pub mod metrics;
 pub mod store;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::config::ConductorConfig;
+use generations::Generations;
 use store::Store;
 
 pub use api::router;
@@ -32,36 +32,6 @@ pub struct Conductor {
     validate_targets: bool,
     generations: Generations,
     shutdown: watch::Receiver<bool>,
-}
-
-/// Wakes long-polls the moment a node's generation changes.
-#[derive(Default)]
-struct Generations {
-    senders: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
-}
-
-impl Generations {
-    fn subscribe(&self, node: Uuid) -> watch::Receiver<u64> {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        senders
-            .entry(node)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    fn publish(&self, node: Uuid, generation: u64) {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        match senders.get(&node) {
-            Some(tx) if tx.receiver_count() > 0 => {
-                tx.send_replace(generation);
-            }
-            // Nobody waits: drop the entry so idle nodes cost nothing.
-            Some(_) => {
-                senders.remove(&node);
-            }
-            None => {}
-        }
-    }
 }
 
 impl Conductor {

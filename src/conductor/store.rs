@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::generations::GenerationChange;
 use crate::protocol::{
     ConnectorCreate, Heartbeat, Node, NodeCreate, NodeStatus, TargetCreate, VolumeConnector,
     VolumeTarget, timestamp,
@@ -425,8 +426,11 @@ impl Store {
 
     // ---- targets ----
 
-    /// Stores a target and bumps its node's generation. Returns the target and the new generation.
-    pub fn create_target(&self, req: &TargetCreate) -> Result<(VolumeTarget, u64), StoreError> {
+    /// Stores a target and bumps its node's generation, in one transaction.
+    pub(crate) fn create_target(
+        &self,
+        req: &TargetCreate,
+    ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -455,22 +459,20 @@ impl Store {
         })?;
         let generation = bump_generation(&tx, req.node_uuid)?;
         tx.commit()?;
-        Ok((
-            VolumeTarget {
-                uuid,
-                node_uuid: req.node_uuid,
-                volume_type: req.volume_type.clone(),
-                volume_id: req.volume_id.clone(),
-                boot_index: req.boot_index,
-                properties: req.properties.clone(),
-                extra: req.extra.clone(),
-            },
-            generation,
-        ))
+        let target = VolumeTarget {
+            uuid,
+            node_uuid: req.node_uuid,
+            volume_type: req.volume_type.clone(),
+            volume_id: req.volume_id.clone(),
+            boot_index: req.boot_index,
+            properties: req.properties.clone(),
+            extra: req.extra.clone(),
+        };
+        Ok(GenerationChange::new(req.node_uuid, generation, target))
     }
 
-    /// Deletes a target. Returns its node and the node's new generation.
-    pub fn delete_target(&self, uuid: Uuid) -> Result<(Uuid, u64), StoreError> {
+    /// Deletes a target and bumps its node's generation, in one transaction.
+    pub(crate) fn delete_target(&self, uuid: Uuid) -> Result<GenerationChange, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let node: Option<String> = tx
@@ -484,7 +486,7 @@ impl Store {
             parse_uuid(&node.ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?)?;
         let generation = bump_generation(&tx, node)?;
         tx.commit()?;
-        Ok((node, generation))
+        Ok(GenerationChange::new(node, generation, ()))
     }
 
     pub fn get_target(&self, uuid: Uuid) -> Result<VolumeTarget, StoreError> {
@@ -749,6 +751,7 @@ fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conductor::generations::{Generations, Published};
     use crate::protocol::VolumeState;
     use serde_json::json;
 
@@ -801,7 +804,8 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
         assert_eq!(store.generation(n.uuid).unwrap(), 0);
-        let (t, g1) = store
+        let generations = Generations::default();
+        let created = store
             .create_target(&TargetCreate {
                 node_uuid: n.uuid,
                 volume_type: "iscsi".into(),
@@ -812,10 +816,16 @@ mod tests {
                 extra: Map::new(),
             })
             .unwrap();
-        assert_eq!(g1, 1);
+        let Published {
+            node: node_uuid,
+            generation,
+            value: t,
+        } = generations.publish(created);
+        assert_eq!((node_uuid, generation, t.node_uuid), (n.uuid, 1, n.uuid));
         let (gen_read, targets) = store.node_targets(n.uuid).unwrap();
         assert_eq!((gen_read, targets.len()), (1, 1));
-        assert_eq!(store.delete_target(t.uuid).unwrap(), (n.uuid, 2));
+        let deleted = generations.publish(store.delete_target(t.uuid).unwrap());
+        assert_eq!((deleted.node, deleted.generation), (n.uuid, 2));
         assert!(matches!(
             store.delete_target(t.uuid),
             Err(StoreError::NotFound(_))
