@@ -1,6 +1,9 @@
 //! The reference conductor: protocol v1 over axum, state in SQLite.
 
 mod api;
+mod auth;
+mod error;
+mod extract;
 mod generations;
 pub mod metrics;
 pub mod store;
@@ -16,16 +19,16 @@ use tokio::sync::watch;
 
 use crate::config::ConductorConfig;
 use generations::Generations;
-use store::Store;
+use store::{Store, TokenHash};
 
 pub use api::router;
 
 /// Shared by every request handler.
 pub struct Conductor {
     pub store: Arc<Store>,
-    admin_token_hash: String,
+    admin_token: TokenHash,
     /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
-    metrics_token_hash: Option<String>,
+    metrics_token: Option<TokenHash>,
     metrics: Arc<metrics::ConductorMetrics>,
     heartbeat_interval_s: u64,
     max_wait: Duration,
@@ -46,8 +49,8 @@ impl Conductor {
         Self {
             metrics: Arc::new(metrics::ConductorMetrics::new(store.clone())),
             store,
-            admin_token_hash: store::hash_token(admin_token),
-            metrics_token_hash: metrics_token.map(store::hash_token),
+            admin_token: TokenHash::of(admin_token),
+            metrics_token: metrics_token.map(TokenHash::of),
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -110,15 +111,38 @@ pub struct LookupResult {
     pub new_token: Option<String>,
 }
 
-pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// A token's SHA-256, hex-encoded: all that is kept of a token. It has no `PartialEq` on
+/// purpose: [`TokenHash::matches`] is the one comparison, and it takes constant time.
+pub struct TokenHash(String);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        Self(hex(&Sha256::digest(token.as_bytes())))
+    }
+
+    /// Whether `token` hashes to this, in a time that does not tell where they differ.
+    pub fn matches(&self, token: &str) -> bool {
+        let candidate = Self::of(token);
+        let (a, b) = (self.0.as_bytes(), candidate.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }
 
+impl ToSql for TokenHash {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+/// 32 random bytes, hex-encoded.
 pub fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -203,7 +227,7 @@ impl Store {
                     message: "a provisioned agent token must be at least 16 characters".into(),
                 });
             }
-            Some(token) => Some(hash_token(token)),
+            Some(token) => Some(TokenHash::of(token)),
             None => None,
         };
         let mut conn = self.conn();
@@ -316,7 +340,7 @@ impl Store {
             let token = new_token();
             tx.execute(
                 "UPDATE nodes SET token_hash = ?2, token_issued = 1 WHERE uuid = ?1",
-                params![uuid, hash_token(&token)],
+                params![uuid, TokenHash::of(&token)],
             )?;
             Some(token)
         };
@@ -325,7 +349,7 @@ impl Store {
         Ok(Some(LookupResult { node, new_token }))
     }
 
-    /// Whether `token` is the agent token of `node`.
+    /// Whether `token` is the agent token of `node`; false for a node that does not exist.
     pub fn agent_token_matches(&self, node: Uuid, token: &str) -> Result<bool, StoreError> {
         let stored: Option<Option<String>> = self
             .conn()
@@ -335,9 +359,9 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(
-            matches!(stored, Some(Some(hash)) if constant_time_eq(hash.as_bytes(), hash_token(token).as_bytes())),
-        )
+        Ok(stored
+            .flatten()
+            .is_some_and(|hash| TokenHash(hash).matches(token)))
     }
 
     /// Forgets the issued token so that the node's next lookup issues a new one.
@@ -644,10 +668,6 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
 }
 
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
     conn.query_row(
         "SELECT generation FROM nodes WHERE uuid = ?1",
@@ -940,5 +960,14 @@ mod tests {
         assert!(matches!(dup, Err(StoreError::Conflict(_))));
         // The failed insert rolled back whole: no half-created node.
         assert_eq!(store.list_nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_token_hash_matches_its_token_only() {
+        let hash = TokenHash::of("admin-token-0123456789");
+        assert!(hash.matches("admin-token-0123456789"));
+        for other in ["admin-token-012345678", "admin-token-01234567890", "", "x"] {
+            assert!(!hash.matches(other), "{other:?}");
+        }
     }
 }
