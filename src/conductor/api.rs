@@ -27,7 +27,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 
 type Shared = State<Arc<Conductor>>;
 
-pub fn router(conductor: Arc<Conductor>) -> Router {
+pub(super) fn router(conductor: Arc<Conductor>) -> Router {
     let metrics = conductor.metrics.clone();
     Router::new()
         .route("/metrics", get(metrics_endpoint))

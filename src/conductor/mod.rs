@@ -5,8 +5,8 @@ mod auth;
 mod error;
 mod extract;
 mod generations;
-pub mod metrics;
-pub mod store;
+mod metrics;
+mod store;
 
 use std::future::Future;
 use std::path::Path;
@@ -18,14 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ConductorConfig;
+use api::router;
 use generations::Generations;
 use store::{Store, TokenHash};
 
-pub use api::router;
-
 /// Shared by every request handler.
-pub struct Conductor {
-    pub store: Arc<Store>,
+struct Conductor {
+    store: Arc<Store>,
     admin_token: TokenHash,
     /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
     metrics_token: Option<TokenHash>,
@@ -38,7 +37,7 @@ pub struct Conductor {
 }
 
 impl Conductor {
-    pub fn new(
+    fn new(
         store: Store,
         config: &ConductorConfig,
         admin_token: &str,
