@@ -1,10 +1,10 @@
-//! HTTP handlers. Each one authenticates, calls the store, and maps errors to stable kinds.
+//! The routes of protocol v1 and their handlers. Extractors authenticate and parse; a handler
+//! calls the store and publishes what changed.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,11 +12,14 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::Conductor;
-use super::store::StoreError;
+use super::auth::{Admin, Agent, MetricsReader};
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, UuidParam, parse_uuid_param};
+use super::generations::Published;
 use crate::protocol::{
-    self, AgentSettings, ConnectorCreate, ConnectorList, ErrorBody, ErrorReport, Heartbeat,
-    HeartbeatAccepted, LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate,
-    TargetList, TargetsResponse, VolumeTarget, mask_properties, secret::masked_property,
+    self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
+    LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate, TargetList, TargetsResponse,
+    VolumeTarget, mask_properties, secret::masked_property,
 };
 
 /// Largest request body accepted; a heartbeat of a few hundred volumes is far below it.
@@ -24,7 +27,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 
 type Shared = State<Arc<Conductor>>;
 
-pub fn router(conductor: Arc<Conductor>) -> Router {
+pub(super) fn router(conductor: Arc<Conductor>) -> Router {
     let metrics = conductor.metrics.clone();
     Router::new()
         .route("/metrics", get(metrics_endpoint))
@@ -73,145 +76,7 @@ async fn name_the_version(mut response: Response) -> Response {
     response
 }
 
-// ---- errors ----
-
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token for this resource",
-        )
-    }
-
-    fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, kind, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: ErrorReport {
-                    kind: self.kind.to_string(),
-                    message: self.message,
-                },
-            }),
-        )
-            .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => Self::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("{what} not found"),
-            ),
-            StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            StoreError::Invalid { kind, message } => Self::bad_request(kind, message),
-            other => {
-                tracing::error!(error = %other, "store failure");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the conductor's database failed; see the conductor's log",
-                )
-            }
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        Self::new(status, "invalid_request", e.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        Self::bad_request("invalid_request", e.body_text())
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-// ---- auth ----
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-fn require_admin(c: &Conductor, headers: &HeaderMap) -> ApiResult<()> {
-    let ok = bearer(headers).is_some_and(|t| super::store::hash_token(t) == c.admin_token_hash);
-    ok.then_some(()).ok_or_else(ApiError::unauthorized)
-}
-
-/// The node's own token, and nothing else, reads its targets and posts its heartbeats.
-fn require_agent(c: &Conductor, node: Uuid, headers: &HeaderMap) -> ApiResult<()> {
-    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    if c.store.agent_token_matches(node, token)? {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
-}
-
-fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
-    Ok(c.store.find_node(ident)?.uuid)
-}
-
-fn parse_uuid_param(value: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(value)
-        .map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))
-}
-
-/// Open unless `conductor.metrics_token_file` is set: the exposition holds counts and node
-/// uuids, never a secret.
-async fn metrics_endpoint(State(c): Shared, headers: HeaderMap) -> Response {
-    if let Some(hash) = &c.metrics_token_hash {
-        let ok = bearer(&headers).is_some_and(|t| {
-            super::store::constant_time_eq(super::store::hash_token(t).as_bytes(), hash.as_bytes())
-        });
-        if !ok {
-            return ApiError::unauthorized().into_response();
-        }
-    }
+async fn metrics_endpoint(State(c): Shared, _: MetricsReader, headers: HeaderMap) -> Response {
     crate::metrics::exposition(c.metrics.registry(), &headers)
 }
 
@@ -231,9 +96,8 @@ struct LookupQuery {
 
 async fn lookup(
     State(c): Shared,
-    query: Result<Query<LookupQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<LookupQuery>,
 ) -> ApiResult<Json<LookupResponse>> {
-    let Query(q) = query?;
     let addresses: Vec<String> = q
         .addresses
         .split(',')
@@ -274,19 +138,20 @@ async fn lookup(
 struct TargetsQuery {
     since: Option<u64>,
     wait: Option<u64>,
-    #[allow(dead_code)]
+    #[allow(
+        dead_code,
+        reason = "agents send detail=true; every answer is detailed"
+    )]
     detail: Option<bool>,
 }
 
 async fn node_targets(
     State(c): Shared,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-    query: Result<Query<TargetsQuery>, QueryRejection>,
+    // Refused in this order: a malformed node uuid, then a malformed query, then the token.
+    _: UuidParam,
+    ApiQuery(q): ApiQuery<TargetsQuery>,
+    Agent(node): Agent,
 ) -> ApiResult<Response> {
-    let node = parse_uuid_param(&node)?;
-    let Query(q) = query?;
-    require_agent(&c, node, &headers)?;
     // Subscribe before reading, so a change between the two still wakes this request.
     let mut changes = c.generations.subscribe(node);
     let mut waited = false;
@@ -342,13 +207,9 @@ impl Drop for Waiting<'_> {
 
 async fn heartbeat(
     State(c): Shared,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<Heartbeat>, JsonRejection>,
+    Agent(node): Agent,
+    ApiJson(report): ApiJson<Heartbeat>,
 ) -> ApiResult<(StatusCode, Json<HeartbeatAccepted>)> {
-    let node = parse_uuid_param(&node)?;
-    require_agent(&c, node, &headers)?;
-    let Json(report) = body?;
     c.store.store_report(node, &report)?;
     c.metrics.heartbeats.inc();
     tracing::debug!(node = %node, generation = ?report.generation, volumes = report.volumes.len(),
@@ -363,8 +224,7 @@ async fn heartbeat(
 
 // ---- operator endpoints ----
 
-async fn list_nodes(State(c): Shared, headers: HeaderMap) -> ApiResult<Json<NodeList>> {
-    require_admin(&c, &headers)?;
+async fn list_nodes(State(c): Shared, _: Admin) -> ApiResult<Json<NodeList>> {
     Ok(Json(NodeList {
         nodes: c.store.list_nodes()?,
     }))
@@ -372,11 +232,9 @@ async fn list_nodes(State(c): Shared, headers: HeaderMap) -> ApiResult<Json<Node
 
 async fn create_node(
     State(c): Shared,
-    headers: HeaderMap,
-    body: Result<Json<NodeCreate>, JsonRejection>,
+    _: Admin,
+    ApiJson(req): ApiJson<NodeCreate>,
 ) -> ApiResult<(StatusCode, Json<protocol::Node>)> {
-    require_admin(&c, &headers)?;
-    let Json(req) = body?;
     if req.agent_token.as_deref() == Some(MASK) {
         return Err(masked_secret("agent_token"));
     }
@@ -386,18 +244,16 @@ async fn create_node(
 async fn show_node(
     State(c): Shared,
     Path(ident): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<Json<protocol::Node>> {
-    require_admin(&c, &headers)?;
     Ok(Json(c.store.find_node(&ident)?))
 }
 
 async fn delete_node(
     State(c): Shared,
     Path(ident): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<StatusCode> {
-    require_admin(&c, &headers)?;
     let uuid = node_uuid(&c, &ident)?;
     c.store.delete_node(uuid)?;
     Ok(StatusCode::NO_CONTENT)
@@ -406,9 +262,8 @@ async fn delete_node(
 async fn reset_token(
     State(c): Shared,
     Path(ident): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<StatusCode> {
-    require_admin(&c, &headers)?;
     let uuid = node_uuid(&c, &ident)?;
     c.store.reset_token(uuid)?;
     Ok(StatusCode::NO_CONTENT)
@@ -417,9 +272,8 @@ async fn reset_token(
 async fn node_status(
     State(c): Shared,
     Path(ident): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<Json<protocol::NodeStatus>> {
-    require_admin(&c, &headers)?;
     let uuid = node_uuid(&c, &ident)?;
     Ok(Json(c.store.node_status(uuid)?))
 }
@@ -432,11 +286,9 @@ struct ListQuery {
 
 async fn list_connectors(
     State(c): Shared,
-    headers: HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ConnectorList>> {
-    require_admin(&c, &headers)?;
-    let Query(q) = query?;
     let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
     Ok(Json(ConnectorList {
         connectors: c.store.list_connectors(node)?,
@@ -445,11 +297,9 @@ async fn list_connectors(
 
 async fn create_connector(
     State(c): Shared,
-    headers: HeaderMap,
-    body: Result<Json<ConnectorCreate>, JsonRejection>,
+    _: Admin,
+    ApiJson(req): ApiJson<ConnectorCreate>,
 ) -> ApiResult<(StatusCode, Json<protocol::VolumeConnector>)> {
-    require_admin(&c, &headers)?;
-    let Json(req) = body?;
     c.store.find_node(&req.node_uuid.to_string())?;
     Ok((StatusCode::CREATED, Json(c.store.create_connector(&req)?)))
 }
@@ -457,11 +307,14 @@ async fn create_connector(
 async fn delete_connector(
     State(c): Shared,
     Path(uuid): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<StatusCode> {
-    require_admin(&c, &headers)?;
     c.store.delete_connector(parse_uuid_param(&uuid)?)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
+    Ok(c.store.find_node(ident)?.uuid)
 }
 
 fn masked(mut target: VolumeTarget) -> VolumeTarget {
@@ -478,11 +331,9 @@ fn masked_secret(key: &str) -> ApiError {
 
 async fn list_targets(
     State(c): Shared,
-    headers: HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<TargetList>> {
-    require_admin(&c, &headers)?;
-    let Query(q) = query?;
     let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
     let targets = c
         .store
@@ -496,19 +347,16 @@ async fn list_targets(
 async fn show_target(
     State(c): Shared,
     Path(uuid): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<Json<VolumeTarget>> {
-    require_admin(&c, &headers)?;
     Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
 }
 
 async fn create_target(
     State(c): Shared,
-    headers: HeaderMap,
-    body: Result<Json<TargetCreate>, JsonRejection>,
+    _: Admin,
+    ApiJson(req): ApiJson<TargetCreate>,
 ) -> ApiResult<(StatusCode, Json<VolumeTarget>)> {
-    require_admin(&c, &headers)?;
-    let Json(req) = body?;
     if let Some(key) = masked_property(&req.properties) {
         return Err(masked_secret(key));
     }
@@ -526,8 +374,11 @@ async fn create_target(
         protocol::target::parse(&candidate)
             .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     }
-    let (target, generation) = c.store.create_target(&req)?;
-    c.generations.publish(target.node_uuid, generation);
+    let Published {
+        generation,
+        value: target,
+        ..
+    } = c.generations.publish(c.store.create_target(&req)?);
     tracing::info!(target = %target.uuid, node = %target.node_uuid, volume_id = %target.volume_id, generation, "target assigned");
     Ok((StatusCode::CREATED, Json(masked(target))))
 }
@@ -535,12 +386,12 @@ async fn create_target(
 async fn delete_target(
     State(c): Shared,
     Path(uuid): Path<String>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> ApiResult<StatusCode> {
-    require_admin(&c, &headers)?;
     let uuid = parse_uuid_param(&uuid)?;
-    let (node, generation) = c.store.delete_target(uuid)?;
-    c.generations.publish(node, generation);
+    let Published {
+        node, generation, ..
+    } = c.generations.publish(c.store.delete_target(uuid)?);
     tracing::info!(target = %uuid, node = %node, generation, "target unassigned");
     Ok(StatusCode::NO_CONTENT)
 }

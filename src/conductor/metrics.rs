@@ -26,10 +26,10 @@ use crate::protocol::VolumeState;
 
 /// Marks a response to a targets request that waited for a change.
 #[derive(Debug, Clone, Copy)]
-pub struct LongPolled;
+pub(crate) struct LongPolled;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
@@ -46,7 +46,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-pub struct ConductorMetrics {
+pub(crate) struct ConductorMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Histogram>,
     pub heartbeats: Counter,
@@ -55,7 +55,7 @@ pub struct ConductorMetrics {
 }
 
 impl ConductorMetrics {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
         let mut registry = Registry::default();
         let requests: Family<RequestLabels, Histogram> =
             Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
@@ -96,13 +96,13 @@ impl ConductorMetrics {
         }
     }
 
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 }
 
 /// Observes every request's latency, except long-polls that waited.
-pub async fn track(
+pub(crate) async fn track(
     State(metrics): State<Arc<ConductorMetrics>>,
     request: Request,
     next: Next,

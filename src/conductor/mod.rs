@@ -1,31 +1,33 @@
 //! The reference conductor: protocol v1 over axum, state in SQLite.
 
 mod api;
-pub mod metrics;
-pub mod store;
+mod auth;
+mod error;
+mod extract;
+mod generations;
+mod metrics;
+mod store;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::config::ConductorConfig;
-use store::Store;
-
-pub use api::router;
+use api::router;
+use generations::Generations;
+use store::{Store, TokenHash};
 
 /// Shared by every request handler.
-pub struct Conductor {
-    pub store: Arc<Store>,
-    admin_token_hash: String,
+struct Conductor {
+    store: Arc<Store>,
+    admin_token: TokenHash,
     /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
-    metrics_token_hash: Option<String>,
+    metrics_token: Option<TokenHash>,
     metrics: Arc<metrics::ConductorMetrics>,
     heartbeat_interval_s: u64,
     max_wait: Duration,
@@ -34,38 +36,8 @@ pub struct Conductor {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Wakes long-polls the moment a node's generation changes.
-#[derive(Default)]
-struct Generations {
-    senders: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
-}
-
-impl Generations {
-    fn subscribe(&self, node: Uuid) -> watch::Receiver<u64> {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        senders
-            .entry(node)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    fn publish(&self, node: Uuid, generation: u64) {
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        match senders.get(&node) {
-            Some(tx) if tx.receiver_count() > 0 => {
-                tx.send_replace(generation);
-            }
-            // Nobody waits: drop the entry so idle nodes cost nothing.
-            Some(_) => {
-                senders.remove(&node);
-            }
-            None => {}
-        }
-    }
-}
-
 impl Conductor {
-    pub fn new(
+    fn new(
         store: Store,
         config: &ConductorConfig,
         admin_token: &str,
@@ -76,8 +48,8 @@ impl Conductor {
         Self {
             metrics: Arc::new(metrics::ConductorMetrics::new(store.clone())),
             store,
-            admin_token_hash: store::hash_token(admin_token),
-            metrics_token_hash: metrics_token.map(store::hash_token),
+            admin_token: TokenHash::of(admin_token),
+            metrics_token: metrics_token.map(TokenHash::of),
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,

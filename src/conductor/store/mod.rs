@@ -1,0 +1,105 @@
+//! SQLite store of nodes, connectors, targets and the last report of every node.
+
+mod connectors;
+mod nodes;
+mod reports;
+mod schema;
+mod targets;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::protocol::timestamp;
+
+pub(crate) use reports::MetricsSnapshot;
+pub(crate) use tokens::{TokenHash, new_token};
+
+#[derive(Debug, Error)]
+pub(crate) enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { kind: &'static str, message: String },
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub(crate) struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        restrict_permissions(path);
+        Self::init(conn)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written: transactions roll back.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // The database holds CHAP passwords and cephx keys.
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "could not restrict database permissions to 0600");
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn format_secs(secs: i64) -> String {
+    timestamp(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+/// A constraint violation as a conflict with `message`; any other failure as itself.
+fn conflict(e: rusqlite::Error, message: String) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, _)
+            if code.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(message)
+        }
+        other => StoreError::Db(other),
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
+}

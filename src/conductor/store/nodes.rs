@@ -1,0 +1,197 @@
+//! Nodes: enrolment, names and MAC addresses, and finding a node by them.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{Store, StoreError, conflict, format_secs, now_secs, parse_uuid, tokens};
+use crate::protocol::{Node, NodeCreate};
+
+/// What a lookup found: the node and, the first time only, its token in clear.
+pub(crate) struct LookupResult {
+    pub node: Node,
+    pub new_token: Option<String>,
+}
+
+impl Store {
+    pub(crate) fn create_node(&self, req: &NodeCreate) -> Result<Node, StoreError> {
+        validate_name(&req.name)?;
+        let mut addresses = Vec::new();
+        for mac in &req.addresses {
+            addresses.push(normalize_mac(mac).ok_or_else(|| StoreError::Invalid {
+                kind: "invalid_address",
+                message: format!("{mac:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"),
+            })?);
+        }
+        let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
+        let token_hash = tokens::provisioned(req.agent_token.as_deref())?;
+        let token_issued = token_hash.is_some();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let created = now_secs();
+        tx.execute(
+            "INSERT INTO nodes (uuid, name, created_at, token_hash, token_issued) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![uuid.to_string(), req.name, created, token_hash, token_issued],
+        )
+        .map_err(|e| conflict(e, format!("a node named {:?} or with uuid {uuid} exists", req.name)))?;
+        for mac in &addresses {
+            tx.execute(
+                "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
+                params![mac, uuid.to_string()],
+            )
+            .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
+        }
+        tx.commit()?;
+        Ok(Node {
+            uuid,
+            name: req.name.clone(),
+            addresses,
+            token_issued,
+            created_at: format_secs(created),
+            last_seen: None,
+        })
+    }
+
+    /// Finds a node by uuid or by name.
+    pub(crate) fn find_node(&self, ident: &str) -> Result<Node, StoreError> {
+        let conn = self.conn();
+        let uuid: Option<String> = conn
+            .query_row(
+                "SELECT uuid FROM nodes WHERE uuid = ?1 OR name = ?1",
+                params![ident],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let uuid = uuid.ok_or_else(|| StoreError::NotFound(format!("node {ident:?}")))?;
+        read_node(&conn, &uuid)
+    }
+
+    pub(crate) fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT uuid FROM nodes ORDER BY name")?;
+        let uuids: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        uuids.iter().map(|u| read_node(&conn, u)).collect()
+    }
+
+    /// Deletes the node and, by cascade, its addresses, connectors, targets and report. Its
+    /// generation goes with it, so there is no change to publish.
+    pub(crate) fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM nodes WHERE uuid = ?1",
+            params![uuid.to_string()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("node {uuid}")));
+        }
+        Ok(())
+    }
+
+    /// Finds the node by any of its MAC addresses (and uuid, when given), and issues its token
+    /// the first time.
+    pub(crate) fn lookup(
+        &self,
+        addresses: &[String],
+        node_uuid: Option<Uuid>,
+    ) -> Result<Option<LookupResult>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut found: Option<String> = None;
+        for mac in addresses.iter().filter_map(|m| normalize_mac(m)) {
+            found = tx
+                .query_row(
+                    "SELECT node_uuid FROM node_addresses WHERE address = ?1",
+                    params![mac],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if found.is_some() {
+                break;
+            }
+        }
+        if let Some(wanted) = node_uuid {
+            match &found {
+                Some(uuid) if *uuid != wanted.to_string() => return Ok(None),
+                Some(_) => {}
+                None if addresses.is_empty() => {
+                    found = tx
+                        .query_row(
+                            "SELECT uuid FROM nodes WHERE uuid = ?1",
+                            params![wanted.to_string()],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                }
+                None => {}
+            }
+        }
+        let Some(uuid) = found else { return Ok(None) };
+        let new_token = tokens::issue_once(&tx, &uuid)?;
+        let node = read_node(&tx, &uuid)?;
+        tx.commit()?;
+        Ok(Some(LookupResult { node, new_token }))
+    }
+}
+
+/// Lower-case, colon-separated MAC address, or None.
+fn normalize_mac(mac: &str) -> Option<String> {
+    let mac = mac.trim().to_ascii_lowercase().replace('-', ":");
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then_some(mac)
+}
+
+fn validate_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && Uuid::parse_str(name).is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            kind: "invalid_name",
+            message: format!(
+                "node name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-', and not a UUID"
+            ),
+        })
+    }
+}
+
+pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreError> {
+    let row: Option<(String, i64, bool)> = conn
+        .query_row(
+            "SELECT name, created_at, token_issued FROM nodes WHERE uuid = ?1",
+            params![uuid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let (name, created_at, token_issued) =
+        row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT address FROM node_addresses WHERE node_uuid = ?1 ORDER BY address",
+    )?;
+    let addresses = stmt
+        .query_map(params![uuid], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let last_seen: Option<i64> = conn
+        .query_row(
+            "SELECT received_at FROM reports WHERE node_uuid = ?1",
+            params![uuid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(Node {
+        uuid: parse_uuid(uuid)?,
+        name,
+        addresses,
+        token_issued,
+        created_at: format_secs(created_at),
+        last_seen: last_seen.map(format_secs),
+    })
+}

@@ -1,0 +1,107 @@
+//! Heartbeat reports: the latest of each node, its status, and the counts the metrics show.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::nodes::read_node;
+use super::targets::generation;
+use super::{Store, StoreError, format_secs, now_secs};
+use crate::protocol::{Heartbeat, NodeStatus};
+
+/// Counts for the metrics endpoint; times are seconds since the Unix epoch.
+#[derive(Debug, Clone)]
+pub(crate) struct MetricsSnapshot {
+    pub now: i64,
+    pub nodes: u64,
+    /// (node uuid, time of its last report) for every node that reported.
+    pub last_seen: Vec<(String, i64)>,
+    /// (state, volumes in that state) summed over the latest reports.
+    pub volume_states: Vec<(String, u64)>,
+    /// (volume type, targets) as stored.
+    pub targets_by_type: Vec<(String, u64)>,
+}
+
+impl Store {
+    pub(crate) fn store_report(&self, node: Uuid, report: &Heartbeat) -> Result<(), StoreError> {
+        let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut states = Map::new();
+        for volume in &report.volumes {
+            let n = states
+                .entry(volume.state.as_str())
+                .or_insert(Value::from(0u64));
+            *n = Value::from(n.as_u64().unwrap_or(0) + 1);
+        }
+        self.conn().execute(
+            "INSERT INTO reports (node_uuid, body, received_at, volume_states) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, received_at = excluded.received_at,
+                 volume_states = excluded.volume_states",
+            params![node.to_string(), body, now_secs(), Value::Object(states).to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// What the metrics endpoint shows. The lock is held for two scans of small columns; the
+    /// per-report summaries are added up after it is released.
+    pub(crate) fn metrics_snapshot(&self) -> Result<MetricsSnapshot, StoreError> {
+        let (nodes, reports, targets_by_type) = {
+            let conn = self.conn();
+            let nodes: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
+            let mut stmt =
+                conn.prepare_cached("SELECT node_uuid, received_at, volume_states FROM reports")?;
+            let reports: Vec<(String, i64, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT volume_type, COUNT(*) FROM targets GROUP BY volume_type")?;
+            let targets_by_type: Vec<(String, u64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect::<Result<_, _>>()?;
+            (nodes, reports, targets_by_type)
+        };
+        let mut states: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_seen = Vec::with_capacity(reports.len());
+        for (node, received_at, summary) in reports {
+            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
+                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
+            for (state, n) in summary {
+                *states.entry(state).or_default() += n;
+            }
+            last_seen.push((node, received_at));
+        }
+        Ok(MetricsSnapshot {
+            now: now_secs(),
+            nodes: nodes.max(0) as u64,
+            last_seen,
+            volume_states: states.into_iter().collect(),
+            targets_by_type,
+        })
+    }
+
+    pub(crate) fn node_status(&self, node: Uuid) -> Result<NodeStatus, StoreError> {
+        let conn = self.conn();
+        let found = read_node(&conn, &node.to_string())?;
+        let row: Option<(String, i64)> = conn
+            .query_row(
+                "SELECT body, received_at FROM reports WHERE node_uuid = ?1",
+                params![node.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let report = match &row {
+            Some((body, _)) => {
+                Some(serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(NodeStatus {
+            node_uuid: node,
+            node_name: found.name,
+            generation: generation(&conn, node)?,
+            last_seen: row.map(|(_, at)| format_secs(at)),
+            report,
+        })
+    }
+}

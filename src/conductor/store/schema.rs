@@ -1,0 +1,80 @@
+//! The database schema and its migrations.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Every schema change is appended here; `PRAGMA user_version` counts how many have run.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE nodes (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    token_hash TEXT,
+    token_issued INTEGER NOT NULL DEFAULT 0,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE node_addresses (
+    address TEXT PRIMARY KEY,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE
+);
+CREATE TABLE connectors (
+    uuid TEXT PRIMARY KEY,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    connector_id TEXT NOT NULL,
+    UNIQUE (type, connector_id)
+);
+CREATE TABLE targets (
+    uuid TEXT PRIMARY KEY,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    volume_type TEXT NOT NULL,
+    volume_id TEXT NOT NULL,
+    boot_index INTEGER,
+    properties TEXT NOT NULL,
+    extra TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (node_uuid, volume_id)
+);
+CREATE INDEX targets_by_node ON targets(node_uuid);
+CREATE TABLE reports (
+    node_uuid TEXT PRIMARY KEY REFERENCES nodes(uuid) ON DELETE CASCADE,
+    body TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+"#,
+    // Volume counts by state of each report, kept beside the body so that a metrics scrape sums
+    // small objects instead of parsing every report.
+    r#"
+ALTER TABLE reports ADD COLUMN volume_states TEXT NOT NULL DEFAULT '{}';
+UPDATE reports SET volume_states = COALESCE((
+    SELECT json_group_object(state, n) FROM (
+        SELECT json_extract(v.value, '$.state') AS state, COUNT(*) AS n
+        FROM json_each(reports.body, '$.volumes') AS v
+        WHERE json_extract(v.value, '$.state') IS NOT NULL
+        GROUP BY 1
+    )
+), '{}');
+CREATE INDEX reports_summary ON reports(node_uuid, received_at, volume_states);
+"#,
+];
+
+/// Runs the migrations this database has not had yet, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this conductor knows ({}); run a newer conductor",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Volume targets and the per-node generation that every change to them bumps.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Store, StoreError, conflict, now_secs, parse_uuid};
+use crate::conductor::generations::GenerationChange;
+use crate::protocol::{TargetCreate, VolumeTarget};
+
+impl Store {
+    /// Stores a target and bumps its node's generation, in one transaction.
+    pub(crate) fn create_target(
+        &self,
+        req: &TargetCreate,
+    ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
+        let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                uuid.to_string(),
+                req.node_uuid.to_string(),
+                req.volume_type,
+                req.volume_id,
+                req.boot_index,
+                Value::Object(req.properties.clone()).to_string(),
+                Value::Object(req.extra.clone()).to_string(),
+                now_secs(),
+            ],
+        )
+        .map_err(|e| {
+            conflict(
+                e,
+                format!(
+                    "target {uuid} or volume {:?} on node {} exists, or the node does not",
+                    req.volume_id, req.node_uuid
+                ),
+            )
+        })?;
+        let generation = bump_generation(&tx, req.node_uuid)?;
+        tx.commit()?;
+        let target = VolumeTarget {
+            uuid,
+            node_uuid: req.node_uuid,
+            volume_type: req.volume_type.clone(),
+            volume_id: req.volume_id.clone(),
+            boot_index: req.boot_index,
+            properties: req.properties.clone(),
+            extra: req.extra.clone(),
+        };
+        Ok(GenerationChange::new(req.node_uuid, generation, target))
+    }
+
+    /// Deletes a target and bumps its node's generation, in one transaction.
+    pub(crate) fn delete_target(&self, uuid: Uuid) -> Result<GenerationChange, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let node: Option<String> = tx
+            .query_row(
+                "DELETE FROM targets WHERE uuid = ?1 RETURNING node_uuid",
+                params![uuid.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let node =
+            parse_uuid(&node.ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?)?;
+        let generation = bump_generation(&tx, node)?;
+        tx.commit()?;
+        Ok(GenerationChange::new(node, generation, ()))
+    }
+
+    pub(crate) fn get_target(&self, uuid: Uuid) -> Result<VolumeTarget, StoreError> {
+        let conn = self.conn();
+        let mut targets = query_targets(&conn, "WHERE uuid = ?1", &uuid.to_string())?;
+        targets
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))
+    }
+
+    pub(crate) fn list_targets(&self, node: Option<Uuid>) -> Result<Vec<VolumeTarget>, StoreError> {
+        let conn = self.conn();
+        match node {
+            Some(node) => query_targets(&conn, "WHERE node_uuid = ?1", &node.to_string()),
+            None => query_targets(&conn, "WHERE ?1 = ?1", ""),
+        }
+    }
+
+    /// The node's generation and its targets, read together.
+    pub(crate) fn node_targets(&self, node: Uuid) -> Result<(u64, Vec<VolumeTarget>), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let generation = generation(&tx, node)?;
+        let targets = query_targets(&tx, "WHERE node_uuid = ?1", &node.to_string())?;
+        tx.commit()?;
+        Ok((generation, targets))
+    }
+
+    pub(crate) fn generation(&self, node: Uuid) -> Result<u64, StoreError> {
+        generation(&self.conn(), node)
+    }
+}
+
+pub(super) fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT generation FROM nodes WHERE uuid = ?1",
+        params![node.to_string()],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .map(|g| g as u64)
+    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+}
+
+fn bump_generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
+    conn.query_row(
+        "UPDATE nodes SET generation = generation + 1 WHERE uuid = ?1 RETURNING generation",
+        params![node.to_string()],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .map(|g| g as u64)
+    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+}
+
+fn query_targets(
+    conn: &Connection,
+    filter: &str,
+    arg: &str,
+) -> Result<Vec<VolumeTarget>, StoreError> {
+    let sql = format!(
+        "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra FROM targets {filter}
+         ORDER BY boot_index IS NULL, boot_index, created_at, uuid"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![arg], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<u32>>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra) = row?;
+        Ok(VolumeTarget {
+            uuid: parse_uuid(&uuid)?,
+            node_uuid: parse_uuid(&node_uuid)?,
+            volume_type,
+            volume_id,
+            boot_index,
+            properties: parse_object(&properties)?,
+            extra: parse_object(&extra)?,
+        })
+    })
+    .collect()
+}
+
+fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
+    match serde_json::from_str(s) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(StoreError::Corrupt(
+            "a stored target's properties are not a JSON object".into(),
+        )),
+    }
+}

@@ -1,0 +1,203 @@
+use rusqlite::{Connection, params};
+use serde_json::{Map, json};
+use uuid::Uuid;
+
+use super::*;
+use crate::conductor::generations::{Generations, Published};
+use crate::protocol::{Heartbeat, Node, NodeCreate, TargetCreate, VolumeState};
+
+fn node(store: &Store, name: &str, mac: &str) -> Node {
+    store
+        .create_node(&NodeCreate {
+            name: name.into(),
+            uuid: None,
+            addresses: vec![mac.into()],
+            agent_token: None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn token_is_issued_once_and_stored_hashed() {
+    let store = Store::open_in_memory().unwrap();
+    let n = node(&store, "n1", "AA-BB-CC-DD-EE-01");
+    let first = store
+        .lookup(&["aa:bb:cc:dd:ee:01".into()], None)
+        .unwrap()
+        .unwrap();
+    let token = first.new_token.expect("first lookup issues a token");
+    assert!(store.agent_token_matches(n.uuid, &token).unwrap());
+    assert!(!store.agent_token_matches(n.uuid, "wrong").unwrap());
+    let second = store
+        .lookup(&["aa:bb:cc:dd:ee:01".into()], None)
+        .unwrap()
+        .unwrap();
+    assert!(second.new_token.is_none());
+    let stored: String = store
+        .conn()
+        .query_row("SELECT token_hash FROM nodes", [], |r| r.get(0))
+        .unwrap();
+    assert_ne!(stored, token);
+}
+
+#[test]
+fn lookup_with_mismatched_uuid_finds_nothing() {
+    let store = Store::open_in_memory().unwrap();
+    node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    let found = store
+        .lookup(&["aa:bb:cc:dd:ee:01".into()], Some(Uuid::new_v4()))
+        .unwrap();
+    assert!(found.is_none());
+}
+
+#[test]
+fn target_changes_bump_the_generation() {
+    let store = Store::open_in_memory().unwrap();
+    let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    assert_eq!(store.generation(n.uuid).unwrap(), 0);
+    let generations = Generations::default();
+    let created = store
+        .create_target(&TargetCreate {
+            node_uuid: n.uuid,
+            volume_type: "iscsi".into(),
+            volume_id: "v1".into(),
+            uuid: None,
+            boot_index: None,
+            properties: json!({"a": 1}).as_object().unwrap().clone(),
+            extra: Map::new(),
+        })
+        .unwrap();
+    let Published {
+        node: node_uuid,
+        generation,
+        value: t,
+    } = generations.publish(created);
+    assert_eq!((node_uuid, generation, t.node_uuid), (n.uuid, 1, n.uuid));
+    let (gen_read, targets) = store.node_targets(n.uuid).unwrap();
+    assert_eq!((gen_read, targets.len()), (1, 1));
+    let deleted = generations.publish(store.delete_target(t.uuid).unwrap());
+    assert_eq!((deleted.node, deleted.generation), (n.uuid, 2));
+    assert!(matches!(
+        store.delete_target(t.uuid),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+fn heartbeat(states: &[VolumeState]) -> Heartbeat {
+    Heartbeat {
+        agent_version: "test".into(),
+        generation: Some(1),
+        connectors: Vec::new(),
+        volumes: states
+            .iter()
+            .map(|state| crate::protocol::VolumeReport {
+                target_uuid: Uuid::new_v4(),
+                volume_id: "v".into(),
+                volume_type: "iscsi".into(),
+                state: *state,
+                device_path: None,
+                paths: Vec::new(),
+                size_bytes: None,
+                wwn: None,
+                mountpoint: None,
+                error: None,
+                since: "2026-01-01T00:00:00Z".into(),
+            })
+            .collect(),
+        foreign: Vec::new(),
+    }
+}
+
+#[test]
+fn metrics_snapshot_sums_the_latest_reports() {
+    use VolumeState::*;
+    let store = Store::open_in_memory().unwrap();
+    let a = node(&store, "a", "aa:bb:cc:dd:ee:01");
+    let b = node(&store, "b", "aa:bb:cc:dd:ee:02");
+    node(&store, "never", "aa:bb:cc:dd:ee:03");
+    store
+        .store_report(a.uuid, &heartbeat(&[Attached, Attached, Failed]))
+        .unwrap();
+    // Only the latest report of a node counts.
+    store.store_report(b.uuid, &heartbeat(&[Pending])).unwrap();
+    store
+        .store_report(b.uuid, &heartbeat(&[Mounted, Attached]))
+        .unwrap();
+    let s = store.metrics_snapshot().unwrap();
+    assert_eq!(s.nodes, 3);
+    let mut seen: Vec<&str> = s.last_seen.iter().map(|(u, _)| u.as_str()).collect();
+    seen.sort();
+    let mut expected = [a.uuid.to_string(), b.uuid.to_string()];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(s.last_seen.iter().all(|(_, at)| (s.now - at).abs() <= 1));
+    let mut states = s.volume_states.clone();
+    states.sort();
+    assert_eq!(
+        states,
+        vec![
+            ("attached".to_string(), 3),
+            ("failed".to_string(), 1),
+            ("mounted".to_string(), 1)
+        ]
+    );
+}
+
+#[test]
+fn migration_summarises_reports_stored_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let n = Uuid::new_v4().to_string();
+        conn.execute(
+            "INSERT INTO nodes (uuid, name, created_at) VALUES (?1, 'old', 0)",
+            params![n],
+        )
+        .unwrap();
+        let body = serde_json::to_string(&heartbeat(&[
+            VolumeState::Failed,
+            VolumeState::Failed,
+            VolumeState::DetachBlocked,
+        ]))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO reports (node_uuid, body, received_at) VALUES (?1, ?2, 5)",
+            params![n, body],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let mut states = store.metrics_snapshot().unwrap().volume_states;
+    states.sort();
+    assert_eq!(
+        states,
+        vec![("detach_blocked".to_string(), 1), ("failed".to_string(), 2)]
+    );
+}
+
+#[test]
+fn duplicate_names_and_macs_conflict() {
+    let store = Store::open_in_memory().unwrap();
+    node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    let dup = store.create_node(&NodeCreate {
+        name: "n2".into(),
+        uuid: None,
+        addresses: vec!["aa:bb:cc:dd:ee:01".into()],
+        agent_token: None,
+    });
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    // The failed insert rolled back whole: no half-created node.
+    assert_eq!(store.list_nodes().unwrap().len(), 1);
+}
+
+#[test]
+fn a_token_hash_matches_its_token_only() {
+    let hash = TokenHash::of("admin-token-0123456789");
+    assert!(hash.matches("admin-token-0123456789"));
+    for other in ["admin-token-012345678", "admin-token-01234567890", "", "x"] {
+        assert!(!hash.matches(other), "{other:?}");
+    }
+}
