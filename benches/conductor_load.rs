@@ -58,7 +58,7 @@ impl Stats {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap();
         if errors.len() < 5 {
-            errors.push(format!("{what}: {}", tether::agent::client::error_chain(e)));
+            errors.push(format!("{what}: {}", tether::agent::error_chain(e)));
         }
     }
 }

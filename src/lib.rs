@@ -1,10 +1,14 @@
 //! tether: remote block volumes for bare-metal machines.
 //!
-//! - [`protocol`]: the wire contract shared by the agent and the conductor.
-//! - [`agent`]: the node daemon (identity, client, reconcile, executor, reports).
-//! - [`backend`]: host backends (iSCSI, RBD, mounts) behind traits, plus a simulated kernel.
+//! - [`protocol`]: the wire contract shared by the agent and the conductor, and target validation.
+//! - [`agent`]: the node daemon (lookup, long-poll, reconcile, executor, heartbeats).
+//! - [`backend`]: the host side of each volume type (iSCSI, RBD) and of block devices and
+//!   mounts, behind small traits, plus a simulated kernel.
 //! - [`conductor`]: the reference conductor (HTTP API over SQLite).
+//! - [`config`]: configuration files and the kernel command line.
 //! - [`metrics`]: what the two metrics endpoints share.
+//! - [`journal`], [`notify`], [`fsutil`]: journald entries, systemd notifications, private and
+//!   atomic files.
 
 pub mod agent;
 pub mod backend;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use tether::agent::record::StateDir;
+use tether::agent::StateDir;
 use tether::protocol::Heartbeat;
 
 pub fn show(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -14,11 +14,11 @@ use crate::protocol::ErrorReport;
 use crate::protocol::target::{SessionKey, TargetSpec};
 
 /// Every volume the agent tracks, by target uuid.
-pub type Volumes = BTreeMap<Uuid, Volume>;
+pub(crate) type Volumes = BTreeMap<Uuid, Volume>;
 
 /// A host operation an action started; the executor runs it off the main loop.
 #[derive(Debug, Clone)]
-pub enum HostOp {
+pub(crate) enum HostOp {
     Attach {
         spec: Box<TargetSpec>,
         ownership: Ownership,
@@ -31,7 +31,7 @@ pub enum HostOp {
 
 /// How a host operation ended, in the terms of the state machine.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Attached(Attachment),
     /// `leftover` is what stayed attached despite the failure (a device that did not mount).
     AttachFailed {
@@ -47,7 +47,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
     #[error("volume {0}: reconcile asked to attach a target that is not assigned and valid")]
@@ -59,7 +59,7 @@ pub enum ApplyError {
 }
 
 /// Applies one action. Returns the host operation to run, if the action needs one.
-pub fn apply(
+pub(crate) fn apply(
     volumes: &mut Volumes,
     desired: &Desired,
     action: &Action,
@@ -110,7 +110,7 @@ pub fn apply(
 }
 
 /// Records how an operation ended. `retry_at` is when a failed or blocked volume is retried.
-pub fn complete(
+pub(crate) fn complete(
     volumes: &mut Volumes,
     uuid: Uuid,
     outcome: Outcome,
@@ -156,7 +156,7 @@ fn track<'a>(
 }
 
 /// What a backend must know of the agent's other volumes while it works on `uuid`.
-pub fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
+pub(crate) fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
     let mut ownership = Ownership::default();
     for (other, volume) in volumes {
         let Some(BackendAttachment::Iscsi(iscsi)) = volume.attachment.as_ref().map(|a| &a.backend)

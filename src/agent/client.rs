@@ -62,10 +62,6 @@ impl Client {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     pub async fn lookup(
         &self,
         macs: &[String],

@@ -23,30 +23,30 @@ use crate::protocol::{
 };
 
 /// What a host operation returned.
-pub(super) enum OpResult {
+pub(crate) enum OpResult {
     Attached(Result<Attachment, AttachFailure>),
     Detached(Result<DetachOutcome, HostError>),
 }
 
-pub(super) struct Agent {
-    pub volumes: Volumes,
-    pub desired: Desired,
-    pub backends: Backends,
-    pub config: AgentConfig,
-    pub state: StateDir,
-    pub foreign: Vec<ForeignAttachment>,
-    pub connectors: Vec<Connector>,
+pub(crate) struct Agent {
+    pub(crate) volumes: Volumes,
+    pub(crate) desired: Desired,
+    pub(crate) backends: Backends,
+    pub(crate) config: AgentConfig,
+    pub(crate) state: StateDir,
+    pub(crate) foreign: Vec<ForeignAttachment>,
+    pub(crate) connectors: Vec<Connector>,
     /// Host operations started and not yet finished.
-    pub in_flight: usize,
-    pub conductor_note: String,
-    pub node: Option<NodeLogin>,
-    pub metrics: Arc<AgentMetrics>,
+    pub(crate) in_flight: usize,
+    pub(crate) conductor_note: String,
+    pub(crate) node: Option<NodeLogin>,
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
     /// The agent before lookup, with the volumes recovered from the record; they show in the
     /// status file and metrics while the conductor is looked up.
-    pub fn new(
+    pub(crate) fn new(
         volumes: Volumes,
         backends: Backends,
         config: AgentConfig,
@@ -75,14 +75,14 @@ impl Agent {
         agent
     }
 
-    pub fn looked_up(&mut self, node: NodeLogin) {
+    pub(crate) fn looked_up(&mut self, node: NodeLogin) {
         self.node = Some(node);
         self.conductor_note = "lookup succeeded".into();
     }
 
     /// Makes the current state known: the record, metrics, the heartbeat (when it changed)
     /// and the status file.
-    pub fn publish(&self, reports: &watch::Sender<Heartbeat>) {
+    pub(crate) fn publish(&self, reports: &watch::Sender<Heartbeat>) {
         self.persist();
         self.metrics
             .set_volumes(self.volumes.values().map(Volume::state));
@@ -95,7 +95,7 @@ impl Agent {
         self.publish_status(&report);
     }
 
-    pub fn apply_assignment(&mut self, assignment: Assignment) {
+    pub(crate) fn apply_assignment(&mut self, assignment: Assignment) {
         tracing::info!(
             generation = assignment.generation,
             targets = assignment.targets.len(),
@@ -106,7 +106,7 @@ impl Agent {
     }
 
     /// Applies one of reconcile's actions and starts the host operation it needs.
-    pub fn start(&mut self, action: Action, events: &mpsc::Sender<Event>) {
+    pub(crate) fn start(&mut self, action: Action, events: &mpsc::Sender<Event>) {
         let now = SystemTime::now();
         let op = match apply::apply(&mut self.volumes, &self.desired, &action, now) {
             Ok(op) => op,
@@ -163,7 +163,7 @@ impl Agent {
     }
 
     /// Lists what is on the host that the agent did not attach, off the main loop.
-    pub fn refresh_foreign(&self, events: &mpsc::Sender<Event>) {
+    pub(crate) fn refresh_foreign(&self, events: &mpsc::Sender<Event>) {
         let owned: Vec<Attachment> = self
             .volumes
             .values()
@@ -187,7 +187,7 @@ impl Agent {
     }
 
     /// Records how a host operation ended: logs, metrics, then the volume's new state.
-    pub fn finish(&mut self, uuid: Uuid, result: OpResult, took: Duration, now_ms: Millis) {
+    pub(crate) fn finish(&mut self, uuid: Uuid, result: OpResult, took: Duration, now_ms: Millis) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let Some(volume) = self.volumes.get(&uuid) else {
             return;
@@ -283,7 +283,7 @@ impl Agent {
         }
     }
 
-    pub fn report(&self) -> Heartbeat {
+    pub(crate) fn report(&self) -> Heartbeat {
         let volumes = self
             .volumes
             .values()

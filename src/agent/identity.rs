@@ -7,17 +7,17 @@ use crate::fsutil::read_trimmed;
 use crate::protocol::Connector;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub macs: Vec<String>,
-    pub system_uuid: Option<String>,
-    pub initiator_iqn: Option<String>,
-    pub ips: Vec<String>,
+pub(crate) struct Identity {
+    pub(crate) macs: Vec<String>,
+    pub(crate) system_uuid: Option<String>,
+    pub(crate) initiator_iqn: Option<String>,
+    pub(crate) ips: Vec<String>,
 }
 
 /// ARPHRD_ETHER in /sys/class/net/*/type: the interfaces with real MAC addresses.
 const ARPHRD_ETHER: &str = "1";
 
-pub fn collect(root: &Path) -> Identity {
+pub(crate) fn collect(root: &Path) -> Identity {
     let mut macs = Vec::new();
     let net = root.join("sys/class/net");
     for entry in std::fs::read_dir(&net).into_iter().flatten().flatten() {
@@ -50,7 +50,7 @@ pub fn collect(root: &Path) -> Identity {
 }
 
 impl Identity {
-    pub fn connectors(&self) -> Vec<Connector> {
+    pub(crate) fn connectors(&self) -> Vec<Connector> {
         let mut out = Vec::new();
         let mut push = |t: &str, id: &str| {
             out.push(Connector {
@@ -71,7 +71,7 @@ impl Identity {
     }
 }
 
-pub fn read_initiator_name(path: &Path) -> Option<String> {
+pub(crate) fn read_initiator_name(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()?
         .lines()

@@ -53,13 +53,13 @@ const DURATION_BUCKETS: [f64; 12] = [
 
 /// How a detach ended, for `tether_agent_detaches_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DetachResult {
+pub(crate) enum DetachResult {
     Ok,
     Blocked,
     Failed,
 }
 
-pub struct AgentMetrics {
+pub(crate) struct AgentMetrics {
     registry: Registry,
     attaches: Family<OperationLabels, Counter>,
     attach_seconds: Family<OperationLabels, Histogram>,
@@ -78,7 +78,7 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let attaches = Family::<OperationLabels, Counter>::default();
         let detaches = Family::<OperationLabels, Counter>::default();
@@ -172,7 +172,7 @@ impl AgentMetrics {
     }
 
     /// An attach finished; `failure` is its error kind when it failed.
-    pub fn attached(&self, volume_type: &str, took: Duration, failure: Option<&str>) {
+    pub(crate) fn attached(&self, volume_type: &str, took: Duration, failure: Option<&str>) {
         let result = if failure.is_some() { "failed" } else { "ok" };
         let labels = OperationLabels {
             volume_type: volume_type_label(volume_type),
@@ -183,7 +183,7 @@ impl AgentMetrics {
     }
 
     /// A detach finished; `failure` is the error kind when it was blocked or failed.
-    pub fn detached(
+    pub(crate) fn detached(
         &self,
         volume_type: &str,
         took: Duration,
@@ -222,7 +222,7 @@ impl AgentMetrics {
     }
 
     /// A target the agent refused without running anything.
-    pub fn rejected(&self, volume_type: &str, kind: &str) {
+    pub(crate) fn rejected(&self, volume_type: &str, kind: &str) {
         self.failure("validate", volume_type_label(volume_type), kind);
     }
 
@@ -237,7 +237,7 @@ impl AgentMetrics {
     }
 
     /// The states of every tracked volume, after each turn of the event loop.
-    pub fn set_volumes(&self, states: impl IntoIterator<Item = VolumeState>) {
+    pub(crate) fn set_volumes(&self, states: impl IntoIterator<Item = VolumeState>) {
         let mut counts = [0i64; VolumeState::ALL.len()];
         for state in states {
             if let Some(i) = VolumeState::ALL.iter().position(|s| *s == state) {
@@ -253,7 +253,7 @@ impl AgentMetrics {
         }
     }
 
-    pub fn heartbeat(&self, ok: bool) {
+    pub(crate) fn heartbeat(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.heartbeats
             .get_or_create(&ResultLabels { result })
@@ -269,7 +269,7 @@ impl AgentMetrics {
 
 /// Binds the metrics endpoint. A failure is logged and the agent runs on without it: volumes
 /// matter more than their metrics, and the scraper reports the target down.
-pub async fn start(
+pub(crate) async fn start(
     addr: LoopbackAddr,
     metrics: Arc<AgentMetrics>,
 ) -> Option<tokio::task::JoinHandle<()>> {

@@ -5,16 +5,16 @@
 //! and reports back over a channel. [`tasks`] long-poll the targets and send heartbeats.
 
 mod apply;
-pub mod backends;
-pub mod client;
+mod backends;
+mod client;
 mod executor;
-pub mod identity;
-pub mod metrics;
-pub mod reconcile;
-pub mod record;
+mod identity;
+mod metrics;
+mod reconcile;
+mod record;
 mod recovery;
 mod tasks;
-pub mod volume;
+mod volume;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,10 +30,11 @@ use crate::notify;
 use crate::protocol::{ForeignAttachment, Heartbeat};
 pub use backends::Backends;
 use client::Client;
+pub use client::error_chain;
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
 use reconcile::{Assignment, reconcile};
-use record::StateDir;
+pub use record::{LocalStatus, StateDir};
 use volume::Millis;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

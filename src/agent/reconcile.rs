@@ -19,36 +19,36 @@ use crate::protocol::target::{SessionKey, TargetError, TargetSpec};
 
 /// The last successful answer from the conductor, or none yet.
 #[derive(Debug, Clone, Default)]
-pub enum Desired {
+pub(crate) enum Desired {
     #[default]
     Unknown,
     Known(Assignment),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub generation: u64,
+pub(crate) struct Assignment {
+    pub(crate) generation: u64,
     /// In the conductor's order (boot_index first), which is also the attach order.
-    pub targets: Vec<DesiredTarget>,
+    pub(crate) targets: Vec<DesiredTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DesiredTarget {
-    pub uuid: Uuid,
-    pub volume_id: String,
-    pub volume_type: String,
-    pub spec: Result<TargetSpec, TargetError>,
+pub(crate) struct DesiredTarget {
+    pub(crate) uuid: Uuid,
+    pub(crate) volume_id: String,
+    pub(crate) volume_type: String,
+    pub(crate) spec: Result<TargetSpec, TargetError>,
 }
 
 impl Desired {
-    pub fn generation(&self) -> Option<u64> {
+    pub(crate) fn generation(&self) -> Option<u64> {
         match self {
             Self::Unknown => None,
             Self::Known(a) => Some(a.generation),
         }
     }
 
-    pub fn target(&self, uuid: Uuid) -> Option<&DesiredTarget> {
+    pub(crate) fn target(&self, uuid: Uuid) -> Option<&DesiredTarget> {
         match self {
             Self::Unknown => None,
             Self::Known(a) => a.targets.iter().find(|t| t.uuid == uuid),
@@ -57,7 +57,7 @@ impl Desired {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start attaching (tracking the volume first if it is new).
     Attach(Uuid),
     /// Start detaching an owned volume the conductor no longer lists.
@@ -72,7 +72,7 @@ pub enum Action {
 
 impl Action {
     /// The target the action is about.
-    pub fn target(&self) -> Uuid {
+    pub(crate) fn target(&self) -> Uuid {
         match self {
             Self::Attach(uuid)
             | Self::Detach(uuid)
@@ -84,20 +84,20 @@ impl Action {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub actions: Vec<Action>,
+pub(crate) struct Plan {
+    pub(crate) actions: Vec<Action>,
     /// When reconcile must run again even if nothing else happens (a retry falls due).
-    pub next_wake: Option<Millis>,
+    pub(crate) next_wake: Option<Millis>,
 }
 
-pub fn error_report(e: &TargetError) -> ErrorReport {
+pub(crate) fn error_report(e: &TargetError) -> ErrorReport {
     ErrorReport {
         kind: e.kind().to_string(),
         message: e.to_string(),
     }
 }
 
-pub fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Millis) -> Plan {
+pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Millis) -> Plan {
     let Desired::Known(assignment) = desired else {
         // Without an answer nothing is known to be unwanted, and nothing can be attached.
         return Plan::default();

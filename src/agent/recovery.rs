@@ -9,7 +9,7 @@ use super::volume::Volume;
 
 /// Volumes of the record still on the host come back as attached; those gone are dropped (they
 /// attach again when assigned); those that cannot be checked are kept, never taken for foreign.
-pub(super) async fn recover(backends: &Backends, record: Record) -> Volumes {
+pub(crate) async fn recover(backends: &Backends, record: Record) -> Volumes {
     let backends = backends.clone();
     tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();

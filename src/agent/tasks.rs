@@ -22,14 +22,14 @@ use crate::protocol::{Heartbeat, MASK, Secret, VolumeTarget};
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
-pub(super) struct NodeLogin {
-    pub uuid: Uuid,
-    pub name: String,
-    pub token: Secret,
+pub(crate) struct NodeLogin {
+    pub(crate) uuid: Uuid,
+    pub(crate) name: String,
+    pub(crate) token: Secret,
 }
 
 /// Looks the node up, with jittered exponential backoff, until it is found.
-pub(super) async fn lookup(
+pub(crate) async fn lookup(
     client: &Client,
     node_uuid: Option<Uuid>,
     provisioned: Option<&Secret>,
@@ -81,7 +81,7 @@ pub(super) async fn lookup(
 /// Long-polls the node's targets. Only successful answers are passed on: an unreachable
 /// or failing conductor leaves the last answer in force. An answer is passed on when its
 /// generation changed, or when a portal's host name now resolves to another address.
-pub(super) async fn poll_targets(
+pub(crate) async fn poll_targets(
     client: Client,
     node: NodeLogin,
     wait: Duration,
@@ -176,12 +176,12 @@ fn log_client_error(e: &ClientError, what: &str, retry_in: Duration) {
     tracing::warn!(kind = e.kind(), error = %e, retry_in_ms = retry_in.as_millis() as u64, "{what}");
 }
 
-pub(super) fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     rand::random_range(0.5..=1.0)
 }
 
 /// Sends the report when it changes (coalesced) and on a jittered interval.
-pub(super) async fn send_heartbeats(
+pub(crate) async fn send_heartbeats(
     client: Client,
     node: NodeLogin,
     fixed: Option<Duration>,

@@ -20,16 +20,16 @@ use crate::protocol::target::SessionKey;
 use crate::protocol::{ErrorReport, VolumeState};
 
 /// Milliseconds on the agent's monotonic clock.
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Attach,
     Detach,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Pending,
     Attaching,
     Attached,
@@ -47,38 +47,48 @@ pub enum Phase {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Volume {
-    pub target_uuid: Uuid,
-    pub volume_id: String,
-    pub volume_type: String,
-    pub phase: Phase,
+pub(crate) struct Volume {
+    pub(crate) target_uuid: Uuid,
+    pub(crate) volume_id: String,
+    pub(crate) volume_type: String,
+    pub(crate) phase: Phase,
     /// Wall-clock time the current phase began, for reports.
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
     /// Consecutive failures, for backoff.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// What the agent attached; `Some` exactly while the volume is the agent's on the host.
-    pub attachment: Option<Attachment>,
+    pub(crate) attachment: Option<Attachment>,
     /// Sessions this volume's operations log in to (see `TargetSpec::sessions`).
-    pub sessions: Vec<SessionKey>,
+    pub(crate) sessions: Vec<SessionKey>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("volume {target}: cannot {event} while {from:?}")]
-pub struct InvalidTransition {
-    pub target: Uuid,
-    pub event: &'static str,
-    pub from: Phase,
+pub(crate) struct InvalidTransition {
+    pub(crate) target: Uuid,
+    pub(crate) event: &'static str,
+    pub(crate) from: Phase,
 }
 
 /// Exponential backoff: `initial * 2^(failures-1)`, capped, then scaled by `jitter` in [0.5, 1].
-pub fn retry_delay(failures: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+pub(crate) fn retry_delay(
+    failures: u32,
+    initial: Duration,
+    max: Duration,
+    jitter: f64,
+) -> Duration {
     let exp = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let capped = exp.min(max);
     capped.mul_f64(jitter.clamp(0.5, 1.0))
 }
 
 impl Volume {
-    pub fn new(target_uuid: Uuid, volume_id: String, volume_type: String, now: SystemTime) -> Self {
+    pub(crate) fn new(
+        target_uuid: Uuid,
+        volume_id: String,
+        volume_type: String,
+        now: SystemTime,
+    ) -> Self {
         Self {
             target_uuid,
             volume_id,
@@ -92,7 +102,7 @@ impl Volume {
     }
 
     /// A volume found attached on the host at start-up, from the ownership record.
-    pub fn recovered(
+    pub(crate) fn recovered(
         target_uuid: Uuid,
         volume_id: String,
         attachment: Attachment,
@@ -107,7 +117,7 @@ impl Volume {
         }
     }
 
-    pub fn state(&self) -> VolumeState {
+    pub(crate) fn state(&self) -> VolumeState {
         match &self.phase {
             Phase::Pending => VolumeState::Pending,
             Phase::Attaching => VolumeState::Attaching,
@@ -121,16 +131,16 @@ impl Volume {
         }
     }
 
-    pub fn is_owned(&self) -> bool {
+    pub(crate) fn is_owned(&self) -> bool {
         self.attachment.is_some()
     }
 
-    pub fn in_flight(&self) -> bool {
+    pub(crate) fn in_flight(&self) -> bool {
         matches!(self.phase, Phase::Attaching | Phase::Detaching)
     }
 
     /// When a blocked or failed volume may be retried.
-    pub fn retry_at(&self) -> Option<Millis> {
+    pub(crate) fn retry_at(&self) -> Option<Millis> {
         match &self.phase {
             Phase::DetachBlocked { retry_at, .. } => Some(*retry_at),
             Phase::Failed { retry_at, .. } => *retry_at,
@@ -138,7 +148,7 @@ impl Volume {
         }
     }
 
-    pub fn error(&self) -> Option<&ErrorReport> {
+    pub(crate) fn error(&self) -> Option<&ErrorReport> {
         match &self.phase {
             Phase::DetachBlocked { reason, .. } => Some(reason),
             Phase::Failed { error, .. } => Some(error),
@@ -161,7 +171,7 @@ impl Volume {
         }
     }
 
-    pub fn start_attach(
+    pub(crate) fn start_attach(
         &mut self,
         sessions: Vec<SessionKey>,
         now: SystemTime,
@@ -180,7 +190,7 @@ impl Volume {
         }
     }
 
-    pub fn attach_succeeded(
+    pub(crate) fn attach_succeeded(
         &mut self,
         attachment: Attachment,
         now: SystemTime,
@@ -196,7 +206,7 @@ impl Volume {
     }
 
     /// `attachment` is what stayed attached despite the failure (a device that mounted badly).
-    pub fn attach_failed(
+    pub(crate) fn attach_failed(
         &mut self,
         error: ErrorReport,
         attachment: Option<Attachment>,
@@ -220,7 +230,11 @@ impl Volume {
     }
 
     /// A target the agent cannot act on; only a changed target clears it.
-    pub fn reject(&mut self, error: ErrorReport, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub(crate) fn reject(
+        &mut self,
+        error: ErrorReport,
+        now: SystemTime,
+    ) -> Result<(), InvalidTransition> {
         if self.in_flight() || self.is_owned() {
             return Err(self.invalid("reject"));
         }
@@ -235,7 +249,7 @@ impl Volume {
         Ok(())
     }
 
-    pub fn start_detach(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub(crate) fn start_detach(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
         let allowed = matches!(
             self.phase,
             Phase::Attached | Phase::DetachBlocked { .. } | Phase::Failed { .. }
@@ -248,7 +262,7 @@ impl Volume {
     }
 
     /// The volume is gone from the host; the caller drops it.
-    pub fn detach_succeeded(&mut self) -> Result<(), InvalidTransition> {
+    pub(crate) fn detach_succeeded(&mut self) -> Result<(), InvalidTransition> {
         if self.phase != Phase::Detaching {
             return Err(self.invalid("finish detach"));
         }
@@ -256,7 +270,7 @@ impl Volume {
         Ok(())
     }
 
-    pub fn detach_blocked(
+    pub(crate) fn detach_blocked(
         &mut self,
         reason: ErrorReport,
         retry_at: Millis,
@@ -269,7 +283,7 @@ impl Volume {
         Ok(())
     }
 
-    pub fn detach_failed(
+    pub(crate) fn detach_failed(
         &mut self,
         error: ErrorReport,
         retry_at: Millis,
@@ -291,7 +305,7 @@ impl Volume {
     }
 
     /// Assigned again while a detach was blocked or failed: it stays, as it was.
-    pub fn reassigned(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
+    pub(crate) fn reassigned(&mut self, now: SystemTime) -> Result<(), InvalidTransition> {
         match self.phase {
             Phase::DetachBlocked { .. }
             | Phase::Failed {
