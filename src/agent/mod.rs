@@ -874,7 +874,7 @@ fn attach(
                 leftover: None,
             })?;
     if let Some(mount) = &spec.mount {
-        match backend::ensure_mounted(
+        match backend::block::mount::ensure_mounted(
             host.block.as_ref(),
             &attachment.device,
             mount,
@@ -898,7 +898,7 @@ fn detach(
     attachment: &Attachment,
     ownership: &Ownership,
 ) -> Result<DetachOutcome, HostError> {
-    if let Some(holder) = backend::release(host.block.as_ref(), attachment)? {
+    if let Some(holder) = backend::block::mount::release(host.block.as_ref(), attachment)? {
         return Ok(DetachOutcome::Blocked { holder });
     }
     host.backend(attachment.volume_type())

@@ -1,6 +1,7 @@
 //! The real [`BlockHost`]: sysfs, /dev links made by udev, /proc/self/mountinfo, and
 //! blkid, mkfs, mount, umount and blockdev.
 
+pub mod mount;
 pub mod mountinfo;
 pub mod udev;
 
