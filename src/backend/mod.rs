@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{MountSpec, TargetSpec};
+use block::DeviceMatcher;
 pub use error::{ErrorKind, HostError};
 
 /// A block device as the agent reports it.
@@ -178,39 +179,12 @@ pub trait VolumeBackend: Send + Sync {
     fn foreign(&self, owned: &[&Attachment]) -> Result<Vec<ForeignAttachment>, HostError>;
 }
 
-/// What a backend waits for after login or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceMatch {
-    IscsiLun {
-        portal: String,
-        iqn: String,
-        lun: u16,
-    },
-    Rbd {
-        device_id: u32,
-    },
-    /// A dm-multipath map whose slaves are exactly these path devices (kernel names).
-    Multipath {
-        paths: Vec<String>,
-    },
-}
-
-impl std::fmt::Display for DeviceMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::IscsiLun { portal, iqn, lun } => write!(f, "LUN {lun} of {iqn} at {portal}"),
-            Self::Rbd { device_id } => write!(f, "/dev/rbd{device_id}"),
-            Self::Multipath { paths } => write!(f, "the multipath map over {}", paths.join(", ")),
-        }
-    }
-}
-
 /// Block devices, udev and mounts: shared by every backend and by the mount step.
 pub trait BlockHost: Send + Sync {
-    /// Waits until udev has announced the device and its stable link exists.
+    /// Waits until `what` finds its device and udev's stable link to it exists.
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError>;
     /// Kernel names under /sys/block/<dev>/holders (device-mapper, md, …).
@@ -228,7 +202,7 @@ pub trait BlockHost: Send + Sync {
 impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         (**self).wait_for_device(what, timeout)

@@ -4,14 +4,18 @@
 //! unchanged on it. It serves any target by default; tests configure CHAP, unreachable portals,
 //! foreign sessions and foreign mounts, and read counters to check the agent's invariants.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::backend::block::DeviceMatcher;
+use crate::backend::iscsi::sysfs::LunMatcher;
 use crate::backend::iscsi::{IscsiHost, Session};
+use crate::backend::rbd::device::RbdMatcher;
 use crate::backend::rbd::{Mapping, RbdHost};
-use crate::backend::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError, SessionKey};
+use crate::backend::{BlockDevice, BlockHost, ErrorKind, HostError, SessionKey};
 use crate::protocol::target::{Chap, IscsiPath, MountSpec, Portal, RbdSpec};
 
 pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
@@ -253,39 +257,41 @@ fn block_device(name: &str, dev: &SimDevice) -> BlockDevice {
     }
 }
 
-fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
-    let name = match what {
-        DeviceMatch::IscsiLun { portal, iqn, lun } => s
-            .sessions
-            .iter()
-            .find(|x| x.key.portal == *portal && x.key.iqn == *iqn)
-            .and_then(|x| x.luns.get(lun))?
-            .clone(),
-        DeviceMatch::Rbd { device_id } => s
-            .mappings
-            .iter()
-            .find(|(m, _)| m.device_id == *device_id)
-            .map(|(_, k)| k.clone())?,
-        // The simulated kernel has no device-mapper.
-        DeviceMatch::Multipath { .. } => return None,
-    };
-    s.devices.get(&name).map(|d| block_device(&name, d))
+/// The device `what` names, once "udev" has linked it. Only the matchers of simulated devices
+/// are recognised: there is no device-mapper here, so a multipath map never appears.
+fn find_device(s: &SimState, what: &dyn DeviceMatcher) -> Option<BlockDevice> {
+    let what: &dyn Any = what;
+    let located = if let Some(lun) = what.downcast_ref::<LunMatcher>() {
+        lun.among(&sessions(s))
+    } else if let Some(rbd) = what.downcast_ref::<RbdMatcher>() {
+        rbd.among(s.mappings.iter().map(|(m, _)| m))
+    } else {
+        None
+    }?;
+    let dev = s
+        .devices
+        .get(&located.kernel_name)
+        .filter(|d| d.path == located.link)?;
+    Some(block_device(&located.kernel_name, dev))
+}
+
+/// The sessions as sysfs would list them.
+fn sessions(s: &SimState) -> Vec<Session> {
+    s.sessions
+        .iter()
+        .map(|x| Session {
+            sid: x.sid,
+            portal: x.key.portal.clone(),
+            iqn: x.key.iqn.clone(),
+            host_no: x.sid,
+            luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
+        })
+        .collect()
 }
 
 impl IscsiHost for SimKernel {
     fn sessions(&self) -> Result<Vec<Session>, HostError> {
-        Ok(self
-            .state()
-            .sessions
-            .iter()
-            .map(|x| Session {
-                sid: x.sid,
-                portal: x.key.portal.clone(),
-                iqn: x.key.iqn.clone(),
-                host_no: x.sid,
-                luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
-            })
-            .collect())
+        Ok(sessions(&self.state()))
     }
 
     fn discover(
@@ -427,7 +433,7 @@ fn unreachable(portal: &str) -> HostError {
 impl BlockHost for SimKernel {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         let s = self.state();

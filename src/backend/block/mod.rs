@@ -1,20 +1,43 @@
 //! The real [`BlockHost`]: sysfs, /dev links made by udev, /proc/self/mountinfo, and
 //! blkid, mkfs, mount, umount and blockdev.
+//!
+//! Finding a device is split in two, after kata-containers' per-driver uevent matchers: each
+//! backend's [`DeviceMatcher`] knows its own sysfs layout and names the kernel device and the
+//! link udev makes for it; this module only waits (udev generation first, then a look, then a
+//! sleep past that generation), checks the link and reads size and WWN. The simulated kernel
+//! recognises the matcher types it simulates, which is why a matcher is [`Any`].
 
+#[cfg(test)]
+pub mod fixture;
 pub mod mount;
 pub mod mountinfo;
 pub mod udev;
 
+use std::any::Any;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cmd;
-use super::iscsi::sysfs::read_sessions;
-use super::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError};
+use super::{BlockDevice, BlockHost, ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
 use crate::protocol::target::MountSpec;
 use udev::DeviceEvents;
+
+/// A device as its backend finds it: the kernel's name and the stable link udev makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub kernel_name: String,
+    /// Absolute, e.g. `/dev/rbd/pool/image`.
+    pub link: String,
+}
+
+/// How one backend recognises its device. `Display` names it in timeout messages.
+pub trait DeviceMatcher: Any + Display + Send + Sync {
+    /// The device, if the kernel has it, read from the sysfs mounted at `sys`.
+    fn locate(&self, sys: &Path) -> Result<Option<Located>, HostError>;
+}
 
 pub struct SystemBlock {
     root: PathBuf,
@@ -37,45 +60,27 @@ impl SystemBlock {
         })
     }
 
+    /// A host that hears no udev events: a wait sees only what is there when it looks.
+    #[cfg(test)]
+    pub fn without_udev(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            events: Arc::default(),
+        }
+    }
+
     fn sys(&self, rel: &str) -> PathBuf {
         self.root.join("sys").join(rel)
     }
 
     /// The device, if the kernel has it and udev has made its stable link.
-    fn find(&self, what: &DeviceMatch) -> Result<Option<BlockDevice>, HostError> {
-        let (kernel, link) = match what {
-            DeviceMatch::IscsiLun { portal, iqn, lun } => {
-                let sessions = read_sessions(&self.root.join("sys"))?;
-                let Some(kernel) = sessions
-                    .iter()
-                    .find(|s| s.portal == *portal && s.iqn == *iqn)
-                    .and_then(|s| s.lun_device(*lun))
-                else {
-                    return Ok(None);
-                };
-                (
-                    kernel.to_string(),
-                    format!("/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun}"),
-                )
-            }
-            DeviceMatch::Rbd { device_id } => {
-                let dir = self.sys(&format!("bus/rbd/devices/{device_id}"));
-                let (Some(pool), Some(image)) = (
-                    read_trimmed(&dir.join("pool")),
-                    read_trimmed(&dir.join("name")),
-                ) else {
-                    return Ok(None);
-                };
-                let link = match read_trimmed(&dir.join("pool_ns")) {
-                    Some(ns) => format!("/dev/rbd/{pool}/{ns}/{image}"),
-                    None => format!("/dev/rbd/{pool}/{image}"),
-                };
-                (format!("rbd{device_id}"), link)
-            }
-            DeviceMatch::Multipath { paths } => match self.find_map(paths) {
-                Some(found) => found,
-                None => return Ok(None),
-            },
+    fn find(&self, what: &dyn DeviceMatcher) -> Result<Option<BlockDevice>, HostError> {
+        let Some(Located {
+            kernel_name: kernel,
+            link,
+        }) = what.locate(&self.root.join("sys"))?
+        else {
+            return Ok(None);
         };
         let target = std::fs::read_link(self.root.join(link.trim_start_matches('/')));
         let linked = target.is_ok_and(|t| t.file_name().is_some_and(|n| n == kernel.as_str()));
@@ -96,35 +101,6 @@ impl SystemBlock {
             device_path: link,
             size_bytes: sectors * 512,
         }))
-    }
-
-    /// The multipath map whose slaves are exactly `paths`: its kernel name and /dev/mapper link.
-    fn find_map(&self, paths: &[String]) -> Option<(String, String)> {
-        let first = paths.first()?;
-        let holders = std::fs::read_dir(self.sys(&format!("block/{first}/holders"))).ok()?;
-        for holder in holders.flatten() {
-            let dm = holder.file_name().to_string_lossy().into_owned();
-            let uuid = read_trimmed(&self.sys(&format!("block/{dm}/dm/uuid")));
-            if !uuid.is_some_and(|u| u.starts_with("mpath-")) {
-                continue;
-            }
-            let mut slaves: Vec<String> =
-                std::fs::read_dir(self.sys(&format!("block/{dm}/slaves")))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-            let mut wanted = paths.to_vec();
-            slaves.sort();
-            wanted.sort();
-            if slaves != wanted {
-                continue;
-            }
-            let name = read_trimmed(&self.sys(&format!("block/{dm}/dm/name")))?;
-            return Some((dm, format!("/dev/mapper/{name}")));
-        }
-        None
     }
 
     /// The device and its partitions, by kernel name.
@@ -151,7 +127,7 @@ impl SystemBlock {
 impl BlockHost for SystemBlock {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         let deadline = Instant::now() + timeout;

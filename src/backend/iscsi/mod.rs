@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError,
+    Attachment, BlockDevice, BlockHost, DetachOutcome, ErrorKind, Handle, HostError,
     IscsiPathHandle, MultipathHandle, Ownership, SessionKey, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
@@ -143,7 +143,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             return Ok(None);
         };
         let paths: Vec<String> = handles.iter().map(|h| h.kernel_name.clone()).collect();
-        let what = DeviceMatch::Multipath {
+        let what = multipath::MultipathMatcher {
             paths: paths.clone(),
         };
         let (device, wwid_registered) = match self.block.wait_for_device(&what, Duration::ZERO) {
@@ -332,7 +332,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         if device_created {
             self.host.scan_lun(&session, path.lun).map_err(cleanup)?;
         }
-        let what = DeviceMatch::IscsiLun {
+        let what = sysfs::LunMatcher {
             portal: portal.clone(),
             iqn: path.iqn.clone(),
             lun: path.lun,

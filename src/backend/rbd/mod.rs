@@ -1,15 +1,17 @@
 //! Ceph RBD volumes: kernel map and unmap, never of a mapping the agent did not make.
 
+pub mod device;
 pub mod system;
 
 use std::time::Duration;
 
 use crate::backend::{
-    Attachment, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, Handle, HostError, Ownership,
-    RbdHandle, VolumeBackend,
+    Attachment, BlockHost, DetachOutcome, ErrorKind, Handle, HostError, Ownership, RbdHandle,
+    VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{BackendSpec, RbdSpec, TargetSpec};
+use device::RbdMatcher;
 
 /// A kernel RBD mapping as /sys/bus/rbd/devices/N shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +106,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         };
         let device = match self
             .block
-            .wait_for_device(&DeviceMatch::Rbd { device_id }, timeout)
+            .wait_for_device(&RbdMatcher { device_id }, timeout)
         {
             Ok(device) => device,
             Err(e) => {
