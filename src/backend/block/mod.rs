@@ -277,3 +277,84 @@ impl BlockHost for SystemBlock {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::udev::DeviceEvent;
+    use super::*;
+
+    /// A matcher that always names sdx, as a backend would once the kernel has the device.
+    struct Sdx;
+
+    impl std::fmt::Display for Sdx {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the test disk")
+        }
+    }
+
+    impl DeviceMatcher for Sdx {
+        fn locate(&self, _sys: &Path) -> Result<Option<Located>, HostError> {
+            Ok(Some(Located {
+                kernel_name: "sdx".into(),
+                link: "/dev/disk/by-id/test-sdx".into(),
+            }))
+        }
+    }
+
+    fn host_with_sdx() -> (tempfile::TempDir, Arc<SystemBlock>) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sys/block/sdx")).unwrap();
+        std::fs::write(root.path().join("sys/block/sdx/size"), "8\n").unwrap();
+        std::fs::create_dir_all(root.path().join("dev/disk/by-id")).unwrap();
+        let block = Arc::new(SystemBlock::without_udev(root.path()));
+        (root, block)
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_udev_announces_the_link() {
+        let (root, block) = host_with_sdx();
+        let waiter = {
+            let block = block.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (
+                    block.wait_for_device(&Sdx, Duration::from_secs(60)),
+                    started.elapsed(),
+                )
+            })
+        };
+        std::os::unix::fs::symlink("../../sdx", root.path().join("dev/disk/by-id/test-sdx"))
+            .unwrap();
+        block.events.publish(DeviceEvent {
+            action: "add".into(),
+            kernel_name: "sdx".into(),
+        });
+        let (device, waited) = waiter.join().unwrap();
+        assert_eq!(
+            device.unwrap(),
+            BlockDevice {
+                kernel_name: "sdx".into(),
+                device_path: "/dev/disk/by-id/test-sdx".into(),
+                size_bytes: 8 * 512,
+                wwn: None,
+            }
+        );
+        // Woken by the event, not by the deadline.
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+    }
+
+    #[test]
+    fn a_timeout_names_the_device_and_the_recent_udev_events() {
+        let (_root, block) = host_with_sdx();
+        block.events.publish(DeviceEvent {
+            action: "add".into(),
+            kernel_name: "sdy".into(),
+        });
+        let error = block.wait_for_device(&Sdx, Duration::ZERO).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeviceTimeout);
+        assert_eq!(
+            error.message,
+            "no block device for the test disk with its udev link appeared within 0s (recent udev events: add sdy); check dmesg and udev"
+        );
+    }
+}
