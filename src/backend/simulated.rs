@@ -629,7 +629,32 @@ impl RbdHost for SimKernel {
 
 #[cfg(test)]
 mod tests {
-    use super::disk_name;
+    use super::*;
+    use crate::backend::iscsi::multipath::MultipathMatcher;
+
+    #[test]
+    fn waits_find_the_devices_of_the_matchers_it_simulates() {
+        let kernel = SimKernel::new(Duration::ZERO);
+        kernel.login_by_hand("127.0.0.1:3260", "iqn.2003-01.test.tether:s", &[3]);
+        let lun = LunMatcher {
+            portal: "127.0.0.1:3260".into(),
+            iqn: "iqn.2003-01.test.tether:s".into(),
+            lun: 3,
+        };
+        let device = kernel.wait_for_device(&lun, Duration::ZERO).unwrap();
+        assert_eq!(device.kernel_name, "sda");
+        assert_eq!(
+            device.device_path,
+            "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2003-01.test.tether:s-lun-3"
+        );
+        let map = MultipathMatcher {
+            paths: vec!["sda".into()],
+        };
+        for missing in [&RbdMatcher { device_id: 0 } as &dyn DeviceMatcher, &map] {
+            let error = kernel.wait_for_device(missing, Duration::ZERO).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::DeviceTimeout, "{missing}");
+        }
+    }
 
     #[test]
     fn disk_names_follow_the_kernel() {
