@@ -101,8 +101,12 @@ impl Backends {
             leftover: None,
         })?;
         if let Some(mount) = &spec.mount {
-            match backend::ensure_mounted(self.block.as_ref(), &attachment.device, mount, read_only)
-            {
+            match backend::block::mount::ensure_mounted(
+                self.block.as_ref(),
+                &attachment.device,
+                mount,
+                read_only,
+            ) {
                 Ok(record) => attachment.mount = Some(record),
                 // The device stays attached and owned; the mount is retried with the volume.
                 Err(error) => {
@@ -123,7 +127,7 @@ impl Backends {
         attachment: &Attachment,
         ownership: &Ownership,
     ) -> Result<DetachOutcome, HostError> {
-        if let Some(holder) = backend::release(self.block.as_ref(), attachment)? {
+        if let Some(holder) = backend::block::mount::release(self.block.as_ref(), attachment)? {
             return Ok(DetachOutcome::Blocked { holder });
         }
         let device = &attachment.device;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{MountSpec, SessionKey, VolumeType};
+use block::DeviceMatcher;
 pub use error::{ErrorKind, HostError};
 
 /// A block device as the agent reports it.
@@ -185,39 +186,12 @@ pub trait VolumeBackend: Send + Sync {
     fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
 }
 
-/// What a backend waits for after login or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceMatch {
-    IscsiLun {
-        portal: String,
-        iqn: String,
-        lun: u16,
-    },
-    Rbd {
-        device_id: u32,
-    },
-    /// A dm-multipath map whose slaves are exactly these path devices (kernel names).
-    Multipath {
-        paths: Vec<String>,
-    },
-}
-
-impl std::fmt::Display for DeviceMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::IscsiLun { portal, iqn, lun } => write!(f, "LUN {lun} of {iqn} at {portal}"),
-            Self::Rbd { device_id } => write!(f, "/dev/rbd{device_id}"),
-            Self::Multipath { paths } => write!(f, "the multipath map over {}", paths.join(", ")),
-        }
-    }
-}
-
 /// Block devices, udev and mounts: shared by every backend and by the mount step.
 pub trait BlockHost: Send + Sync {
-    /// Waits until udev has announced the device and its stable link exists.
+    /// Waits until `what` finds its device and udev's stable link to it exists.
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError>;
     /// Kernel names under /sys/block/<dev>/holders (device-mapper, md, …).
@@ -235,7 +209,7 @@ pub trait BlockHost: Send + Sync {
 impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         (**self).wait_for_device(what, timeout)
@@ -261,75 +235,4 @@ impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     fn unmount(&self, path: &Path) -> Result<(), HostError> {
         (**self).unmount(path)
     }
-}
-
-/// Mounts the device as `spec` asks, formatting it only when asked and when it holds nothing.
-pub fn ensure_mounted(
-    block: &dyn BlockHost,
-    device: &BlockDevice,
-    spec: &MountSpec,
-    read_only: bool,
-) -> Result<MountRecord, HostError> {
-    let mounts = block.mounts_of(&device.kernel_name)?;
-    if mounts.iter().any(|m| m == &spec.path) {
-        return Ok(MountRecord {
-            path: spec.path.clone(),
-            by_agent: true,
-        });
-    }
-    if !block.has_signature(&device.device_path)? {
-        if !spec.mkfs {
-            return Err(HostError::new(
-                ErrorKind::NoFilesystem,
-                format!(
-                    "{} holds no filesystem and extra.mount.mkfs is false; set mkfs to true to format it",
-                    device.device_path
-                ),
-            ));
-        }
-        if read_only {
-            return Err(HostError::new(
-                ErrorKind::NoFilesystem,
-                format!(
-                    "{} holds no filesystem and is read-only, so it cannot be formatted",
-                    device.device_path
-                ),
-            ));
-        }
-        block.mkfs(&device.device_path, &spec.fstype)?;
-    }
-    block.mount(&device.device_path, spec, read_only)?;
-    Ok(MountRecord {
-        path: spec.path.clone(),
-        by_agent: true,
-    })
-}
-
-/// Unmounts what the agent mounted, then refuses if anything else still holds the device.
-/// Returns the holder when the device is in use.
-pub fn release(
-    block: &dyn BlockHost,
-    attachment: &Attachment,
-) -> Result<Option<String>, HostError> {
-    let kernel = &attachment.device.kernel_name;
-    if let Some(mount) = attachment.mount.as_ref().filter(|m| m.by_agent)
-        && block.mounts_of(kernel)?.contains(&mount.path)
-    {
-        if let Err(e) = block.unmount(&mount.path) {
-            return Ok(Some(format!(
-                "{} could not be unmounted: {}",
-                mount.path.display(),
-                e.message
-            )));
-        }
-    }
-    if let Some(path) = block.mounts_of(kernel)?.first() {
-        return Ok(Some(format!("mounted at {}", path.display())));
-    }
-    if let Some(holder) = block.holders(kernel)?.first() {
-        return Ok(Some(format!(
-            "held by {holder} (/sys/block/{kernel}/holders)"
-        )));
-    }
-    Ok(None)
 }

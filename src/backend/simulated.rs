@@ -4,14 +4,18 @@
 //! unchanged on it. It serves any target by default; tests configure CHAP, unreachable portals,
 //! foreign sessions and foreign mounts, and read counters to check the agent's invariants.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::backend::block::DeviceMatcher;
+use crate::backend::iscsi::sysfs::LunMatcher;
 use crate::backend::iscsi::{IscsiHost, Session};
+use crate::backend::rbd::device::RbdMatcher;
 use crate::backend::rbd::{Mapping, RbdHost};
-use crate::backend::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError};
+use crate::backend::{BlockDevice, BlockHost, ErrorKind, HostError};
 use crate::protocol::target::{
     Chap, IscsiPath, MountSpec, Portal, RbdSpec, SessionKey, parse_portal,
 };
@@ -253,38 +257,40 @@ fn block_device(name: &str, dev: &SimDevice) -> BlockDevice {
     }
 }
 
-fn find_device(s: &SimState, what: &DeviceMatch) -> Option<BlockDevice> {
-    let name = match what {
-        DeviceMatch::IscsiLun { portal, iqn, lun } => s
-            .sessions
-            .iter()
-            .find(|x| x.key.portal() == portal && x.key.iqn() == iqn)
-            .and_then(|x| x.luns.get(lun))?
-            .clone(),
-        DeviceMatch::Rbd { device_id } => s
-            .mappings
-            .iter()
-            .find(|(m, _)| m.device_id == *device_id)
-            .map(|(_, k)| k.clone())?,
-        // The simulated kernel has no device-mapper.
-        DeviceMatch::Multipath { .. } => return None,
-    };
-    s.devices.get(&name).map(|d| block_device(&name, d))
+/// The device `what` names, once "udev" has linked it. Only the matchers of simulated devices
+/// are recognised: there is no device-mapper here, so a multipath map never appears.
+fn find_device(s: &SimState, what: &dyn DeviceMatcher) -> Option<BlockDevice> {
+    let what: &dyn Any = what;
+    let located = if let Some(lun) = what.downcast_ref::<LunMatcher>() {
+        lun.among(&sessions(s))
+    } else if let Some(rbd) = what.downcast_ref::<RbdMatcher>() {
+        rbd.among(s.mappings.iter().map(|(m, _)| m))
+    } else {
+        None
+    }?;
+    let dev = s
+        .devices
+        .get(&located.kernel_name)
+        .filter(|d| d.path == located.link)?;
+    Some(block_device(&located.kernel_name, dev))
+}
+
+/// The sessions as sysfs would list them.
+fn sessions(s: &SimState) -> Vec<Session> {
+    s.sessions
+        .iter()
+        .map(|x| Session {
+            sid: x.sid,
+            key: x.key.clone(),
+            host_no: x.sid,
+            luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
+        })
+        .collect()
 }
 
 impl IscsiHost for SimKernel {
     fn sessions(&self) -> Result<Vec<Session>, HostError> {
-        Ok(self
-            .state()
-            .sessions
-            .iter()
-            .map(|x| Session {
-                sid: x.sid,
-                key: x.key.clone(),
-                host_no: x.sid,
-                luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
-            })
-            .collect())
+        Ok(sessions(&self.state()))
     }
 
     fn discover(
@@ -413,7 +419,7 @@ fn unreachable(portal: &str) -> HostError {
 impl BlockHost for SimKernel {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         let s = self.state();
@@ -609,7 +615,31 @@ impl RbdHost for SimKernel {
 
 #[cfg(test)]
 mod tests {
-    use super::disk_name;
+    use super::*;
+    use crate::backend::iscsi::multipath::MultipathMatcher;
+
+    #[test]
+    fn waits_find_the_devices_of_the_matchers_it_simulates() {
+        let kernel = SimKernel::new(Duration::ZERO);
+        kernel.login_by_hand("127.0.0.1:3260", "iqn.2003-01.test.tether:s", &[3]);
+        let lun = LunMatcher {
+            session: session_key("127.0.0.1:3260", "iqn.2003-01.test.tether:s"),
+            lun: 3,
+        };
+        let device = kernel.wait_for_device(&lun, Duration::ZERO).unwrap();
+        assert_eq!(device.kernel_name, "sda");
+        assert_eq!(
+            device.device_path,
+            "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2003-01.test.tether:s-lun-3"
+        );
+        let map = MultipathMatcher {
+            paths: vec!["sda".into()],
+        };
+        for missing in [&RbdMatcher { device_id: 0 } as &dyn DeviceMatcher, &map] {
+            let error = kernel.wait_for_device(missing, Duration::ZERO).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::DeviceTimeout, "{missing}");
+        }
+    }
 
     #[test]
     fn disk_names_follow_the_kernel() {

@@ -1,19 +1,43 @@
 //! The real [`BlockHost`]: sysfs, /dev links made by udev, /proc/self/mountinfo, and
 //! blkid, mkfs, mount, umount and blockdev.
+//!
+//! Finding a device is split in two, after kata-containers' per-driver uevent matchers: each
+//! backend's [`DeviceMatcher`] knows its own sysfs layout and names the kernel device and the
+//! link udev makes for it; this module only waits (udev generation first, then a look, then a
+//! sleep past that generation), checks the link and reads size and WWN. The simulated kernel
+//! recognises the matcher types it simulates, which is why a matcher is [`Any`].
 
+#[cfg(test)]
+pub mod fixture;
+pub mod mount;
 pub mod mountinfo;
 pub mod udev;
 
+use std::any::Any;
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cmd;
-use super::iscsi::sysfs::read_sessions;
-use super::{BlockDevice, BlockHost, DeviceMatch, ErrorKind, HostError};
+use super::{BlockDevice, BlockHost, ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
 use crate::protocol::target::MountSpec;
 use udev::DeviceEvents;
+
+/// A device as its backend finds it: the kernel's name and the stable link udev makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub kernel_name: String,
+    /// Absolute, e.g. `/dev/rbd/pool/image`.
+    pub link: String,
+}
+
+/// How one backend recognises its device. `Display` names it in timeout messages.
+pub trait DeviceMatcher: Any + Display + Send + Sync {
+    /// The device, if the kernel has it, read from the sysfs mounted at `sys`.
+    fn locate(&self, sys: &Path) -> Result<Option<Located>, HostError>;
+}
 
 pub struct SystemBlock {
     root: PathBuf,
@@ -36,45 +60,27 @@ impl SystemBlock {
         })
     }
 
+    /// A host that hears no udev events: a wait sees only what is there when it looks.
+    #[cfg(test)]
+    pub fn without_udev(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            events: Arc::default(),
+        }
+    }
+
     fn sys(&self, rel: &str) -> PathBuf {
         self.root.join("sys").join(rel)
     }
 
     /// The device, if the kernel has it and udev has made its stable link.
-    fn find(&self, what: &DeviceMatch) -> Result<Option<BlockDevice>, HostError> {
-        let (kernel, link) = match what {
-            DeviceMatch::IscsiLun { portal, iqn, lun } => {
-                let sessions = read_sessions(&self.root.join("sys"))?;
-                let Some(kernel) = sessions
-                    .iter()
-                    .find(|s| s.key.portal() == portal && s.key.iqn() == iqn)
-                    .and_then(|s| s.lun_device(*lun))
-                else {
-                    return Ok(None);
-                };
-                (
-                    kernel.to_string(),
-                    format!("/dev/disk/by-path/ip-{portal}-iscsi-{iqn}-lun-{lun}"),
-                )
-            }
-            DeviceMatch::Rbd { device_id } => {
-                let dir = self.sys(&format!("bus/rbd/devices/{device_id}"));
-                let (Some(pool), Some(image)) = (
-                    read_trimmed(&dir.join("pool")),
-                    read_trimmed(&dir.join("name")),
-                ) else {
-                    return Ok(None);
-                };
-                let link = match read_trimmed(&dir.join("pool_ns")) {
-                    Some(ns) => format!("/dev/rbd/{pool}/{ns}/{image}"),
-                    None => format!("/dev/rbd/{pool}/{image}"),
-                };
-                (format!("rbd{device_id}"), link)
-            }
-            DeviceMatch::Multipath { paths } => match self.find_map(paths) {
-                Some(found) => found,
-                None => return Ok(None),
-            },
+    fn find(&self, what: &dyn DeviceMatcher) -> Result<Option<BlockDevice>, HostError> {
+        let Some(Located {
+            kernel_name: kernel,
+            link,
+        }) = what.locate(&self.root.join("sys"))?
+        else {
+            return Ok(None);
         };
         let target = std::fs::read_link(self.root.join(link.trim_start_matches('/')));
         let linked = target.is_ok_and(|t| t.file_name().is_some_and(|n| n == kernel.as_str()));
@@ -95,35 +101,6 @@ impl SystemBlock {
             device_path: link,
             size_bytes: sectors * 512,
         }))
-    }
-
-    /// The multipath map whose slaves are exactly `paths`: its kernel name and /dev/mapper link.
-    fn find_map(&self, paths: &[String]) -> Option<(String, String)> {
-        let first = paths.first()?;
-        let holders = std::fs::read_dir(self.sys(&format!("block/{first}/holders"))).ok()?;
-        for holder in holders.flatten() {
-            let dm = holder.file_name().to_string_lossy().into_owned();
-            let uuid = read_trimmed(&self.sys(&format!("block/{dm}/dm/uuid")));
-            if !uuid.is_some_and(|u| u.starts_with("mpath-")) {
-                continue;
-            }
-            let mut slaves: Vec<String> =
-                std::fs::read_dir(self.sys(&format!("block/{dm}/slaves")))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
-            let mut wanted = paths.to_vec();
-            slaves.sort();
-            wanted.sort();
-            if slaves != wanted {
-                continue;
-            }
-            let name = read_trimmed(&self.sys(&format!("block/{dm}/dm/name")))?;
-            return Some((dm, format!("/dev/mapper/{name}")));
-        }
-        None
     }
 
     /// The device and its partitions, by kernel name.
@@ -150,7 +127,7 @@ impl SystemBlock {
 impl BlockHost for SystemBlock {
     fn wait_for_device(
         &self,
-        what: &DeviceMatch,
+        what: &dyn DeviceMatcher,
         timeout: Duration,
     ) -> Result<BlockDevice, HostError> {
         let deadline = Instant::now() + timeout;
@@ -298,5 +275,86 @@ impl BlockHost for SystemBlock {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::udev::DeviceEvent;
+    use super::*;
+
+    /// A matcher that always names sdx, as a backend would once the kernel has the device.
+    struct Sdx;
+
+    impl std::fmt::Display for Sdx {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the test disk")
+        }
+    }
+
+    impl DeviceMatcher for Sdx {
+        fn locate(&self, _sys: &Path) -> Result<Option<Located>, HostError> {
+            Ok(Some(Located {
+                kernel_name: "sdx".into(),
+                link: "/dev/disk/by-id/test-sdx".into(),
+            }))
+        }
+    }
+
+    fn host_with_sdx() -> (tempfile::TempDir, Arc<SystemBlock>) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("sys/block/sdx")).unwrap();
+        std::fs::write(root.path().join("sys/block/sdx/size"), "8\n").unwrap();
+        std::fs::create_dir_all(root.path().join("dev/disk/by-id")).unwrap();
+        let block = Arc::new(SystemBlock::without_udev(root.path()));
+        (root, block)
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_udev_announces_the_link() {
+        let (root, block) = host_with_sdx();
+        let waiter = {
+            let block = block.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (
+                    block.wait_for_device(&Sdx, Duration::from_secs(60)),
+                    started.elapsed(),
+                )
+            })
+        };
+        std::os::unix::fs::symlink("../../sdx", root.path().join("dev/disk/by-id/test-sdx"))
+            .unwrap();
+        block.events.publish(DeviceEvent {
+            action: "add".into(),
+            kernel_name: "sdx".into(),
+        });
+        let (device, waited) = waiter.join().unwrap();
+        assert_eq!(
+            device.unwrap(),
+            BlockDevice {
+                kernel_name: "sdx".into(),
+                device_path: "/dev/disk/by-id/test-sdx".into(),
+                size_bytes: 8 * 512,
+                wwn: None,
+            }
+        );
+        // Woken by the event, not by the deadline.
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+    }
+
+    #[test]
+    fn a_timeout_names_the_device_and_the_recent_udev_events() {
+        let (_root, block) = host_with_sdx();
+        block.events.publish(DeviceEvent {
+            action: "add".into(),
+            kernel_name: "sdy".into(),
+        });
+        let error = block.wait_for_device(&Sdx, Duration::ZERO).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeviceTimeout);
+        assert_eq!(
+            error.message,
+            "no block device for the test disk with its udev link appeared within 0s (recent udev events: add sdy); check dmesg and udev"
+        );
     }
 }

@@ -109,9 +109,7 @@ impl SystemIscsi {
         }
         Ok(())
     }
-}
 
-impl SystemIscsi {
     /// SendTargets discovery with CHAP. The credentials go into a discovery record (mode 0600,
     /// like node records) that exists only for the length of the call: iscsiadm can take them
     /// from nowhere else but its command line. An operator's own record for the portal is put
@@ -545,11 +543,6 @@ mod tests {
         assert_eq!(record_portal("127.0.0.1:3260"), "127.0.0.1,3260");
         assert_eq!(record_portal("[fd00::1]:3260"), "fd00::1,3260");
     }
-}
-
-#[cfg(test)]
-mod record_tests {
-    use super::*;
 
     #[test]
     fn secrets_land_in_the_record_file_open_iscsi_wrote() {

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
-    Attached, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, HostError,
-    IscsiAttachment, IscsiPathAttachment, MultipathMap, Ownership, VolumeBackend,
+    Attached, BlockDevice, BlockHost, DetachOutcome, ErrorKind, HostError, IscsiAttachment,
+    IscsiPathAttachment, MultipathMap, Ownership, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{Chap, IscsiPath, IscsiSpec, Portal, SessionKey, VolumeType};
@@ -135,7 +135,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             return Ok(None);
         };
         let paths: Vec<String> = handles.iter().map(|h| h.kernel_name.clone()).collect();
-        let what = DeviceMatch::Multipath {
+        let what = multipath::MultipathMatcher {
             paths: paths.clone(),
         };
         let (device, wwid_registered) = match self.block.wait_for_device(&what, Duration::ZERO) {
@@ -318,9 +318,8 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         if device_created {
             self.host.scan_lun(&session, path.lun).map_err(cleanup)?;
         }
-        let what = DeviceMatch::IscsiLun {
-            portal: key.portal().to_string(),
-            iqn: path.iqn.clone(),
+        let what = sysfs::LunMatcher {
+            session: key.clone(),
             lun: path.lun,
         };
         let device = self

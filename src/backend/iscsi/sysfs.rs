@@ -3,14 +3,57 @@
 //! `/sys/class/iscsi_session/sessionN/targetname`, the portal from
 //! `/sys/class/iscsi_connection/connectionN:0/persistent_{address,port}`, the SCSI host from the
 //! session's device path (`…/hostH/sessionN`), and each LUN's block device under
-//! `sessionN/device/targetH:C:T/H:C:T:L/block/<name>`.
+//! `sessionN/device/targetH:C:T/H:C:T:L/block/<name>`. udev links that block device as
+//! `/dev/disk/by-path/ip-<portal>-iscsi-<iqn>-lun-<lun>`.
 
+use std::fmt;
 use std::path::Path;
 
 use super::Session;
+use crate::backend::block::{DeviceMatcher, Located};
 use crate::backend::{ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
 use crate::protocol::target::{Portal, SessionKey};
+
+/// One LUN's block device, found through its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunMatcher {
+    pub session: SessionKey,
+    pub lun: u16,
+}
+
+impl LunMatcher {
+    /// The LUN among `sessions`, as sysfs or the simulated kernel lists them.
+    pub fn among(&self, sessions: &[Session]) -> Option<Located> {
+        let kernel_name = sessions
+            .iter()
+            .find(|s| s.key == self.session)?
+            .lun_device(self.lun)?
+            .to_string();
+        Some(Located {
+            kernel_name,
+            link: format!(
+                "/dev/disk/by-path/ip-{}-iscsi-{}-lun-{}",
+                self.session.portal(),
+                self.session.iqn(),
+                self.lun
+            ),
+        })
+    }
+}
+
+impl fmt::Display for LunMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (iqn, portal) = (self.session.iqn(), self.session.portal());
+        write!(f, "LUN {} of {iqn} at {portal}", self.lun)
+    }
+}
+
+impl DeviceMatcher for LunMatcher {
+    fn locate(&self, sys: &Path) -> Result<Option<Located>, HostError> {
+        Ok(self.among(&read_sessions(sys)?))
+    }
+}
 
 pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
     let class = sys.join("class/iscsi_session");
@@ -104,7 +147,8 @@ fn read_luns(device: &Path) -> Result<Vec<(u16, String)>, HostError> {
     Ok(luns)
 }
 
-fn read_dir_names(dir: &Path) -> Vec<String> {
+/// The names in `dir`, sorted; none when it cannot be read.
+pub(super) fn read_dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -123,44 +167,35 @@ fn sysfs_error(path: &Path, e: std::io::Error) -> HostError {
 }
 
 #[cfg(test)]
-pub mod tests {
-    use std::path::Path;
+mod tests {
+    use std::time::Duration;
 
     use super::*;
+    use crate::backend::block::SystemBlock;
+    use crate::backend::block::fixture::{assert_not_there, materialize};
+    use crate::backend::{BlockDevice, BlockHost};
 
-    /// Rebuilds a sysfs tree from a dump captured in the VM (tests/fixtures/iscsi/README.md).
-    pub fn materialize(dump: &str, root: &Path) {
-        for line in dump.lines() {
-            let Some((kind, rest)) = line.split_once(' ') else {
-                continue;
-            };
-            let local = |p: &str| root.join(p.trim_start_matches('/'));
-            match kind {
-                "d" => std::fs::create_dir_all(local(rest)).unwrap(),
-                "l" => {
-                    let (link, target) = rest.split_once(" -> ").unwrap();
-                    let link = local(link);
-                    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-                    let _ = std::os::unix::fs::symlink(target, &link);
-                }
-                "f" => {
-                    let Some((file, value)) = rest.split_once(" = ") else {
-                        continue;
-                    };
-                    let file = local(file);
-                    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                    std::fs::write(file, value.replace("\\n", "\n")).unwrap();
-                }
-                _ => {}
-            }
+    const IQN: &str = "iqn.2003-01.test.tether:fixture";
+
+    /// The captured session (portal 127.0.0.1:3260, LUN 0 on sda, LUN 1 on sdb).
+    fn captured() -> tempfile::TempDir {
+        let dump = include_str!("../../../tests/fixtures/iscsi/sysfs-session-2luns.txt");
+        let root = tempfile::tempdir().unwrap();
+        materialize(dump, root.path());
+        root
+    }
+
+    fn lun(portal: &str, iqn: &str, lun: u16) -> LunMatcher {
+        let portal = crate::protocol::target::parse_portal(portal).unwrap();
+        LunMatcher {
+            session: SessionKey::new(&portal, iqn),
+            lun,
         }
     }
 
     #[test]
     fn reads_a_session_with_two_luns_from_a_captured_tree() {
-        let dump = include_str!("../../../tests/fixtures/iscsi/sysfs-session-2luns.txt");
-        let root = tempfile::tempdir().unwrap();
-        materialize(dump, root.path());
+        let root = captured();
         let sessions = read_sessions(&root.path().join("sys")).unwrap();
         assert_eq!(sessions.len(), 1, "{sessions:?}");
         let s = &sessions[0];
@@ -179,5 +214,54 @@ pub mod tests {
     fn no_iscsi_module_means_no_sessions() {
         let root = tempfile::tempdir().unwrap();
         assert!(read_sessions(root.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lun_is_located_through_its_session_in_a_captured_tree() {
+        let root = captured();
+        let sys = root.path().join("sys");
+        assert_eq!(
+            lun("127.0.0.1:3260", IQN, 1).locate(&sys).unwrap(),
+            Some(Located {
+                kernel_name: "sdb".into(),
+                link: format!("/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-{IQN}-lun-1"),
+            })
+        );
+        // A LUN not scanned, another target, another portal.
+        for other in [
+            lun("127.0.0.1:3260", IQN, 2),
+            lun("127.0.0.1:3260", "iqn.2003-01.test.tether:other", 0),
+            lun("127.0.0.2:3260", IQN, 0),
+        ] {
+            assert_eq!(other.locate(&sys).unwrap(), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_captured_lun_is_the_device_once_udev_linked_it() {
+        let root = captured();
+        // As dev-disk-by-path.txt shows it, for LUN 0 only.
+        let by_path = root.path().join("dev/disk/by-path");
+        std::fs::create_dir_all(&by_path).unwrap();
+        let link = format!("ip-127.0.0.1:3260-iscsi-{IQN}-lun-0");
+        std::os::unix::fs::symlink("../../sda", by_path.join(&link)).unwrap();
+        let block = SystemBlock::without_udev(root.path());
+        let device = block
+            .wait_for_device(&lun("127.0.0.1:3260", IQN, 0), Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            device,
+            BlockDevice {
+                kernel_name: "sda".into(),
+                device_path: format!("/dev/disk/by-path/{link}"),
+                size_bytes: 64 << 20,
+                wwn: Some("naa.600140581be12ed07944f6f8cb7c66c6".into()),
+            }
+        );
+        assert_not_there(
+            &block,
+            &lun("127.0.0.1:3260", IQN, 1),
+            &format!("LUN 1 of {IQN} at 127.0.0.1:3260"),
+        );
     }
 }

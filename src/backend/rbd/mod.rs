@@ -1,15 +1,17 @@
 //! Ceph RBD volumes: kernel map and unmap, never of a mapping the agent did not make.
 
+pub mod device;
 pub mod system;
 
 use std::time::Duration;
 
 use crate::backend::{
-    Attached, BlockDevice, BlockHost, DetachOutcome, DeviceMatch, ErrorKind, HostError, Ownership,
+    Attached, BlockDevice, BlockHost, DetachOutcome, ErrorKind, HostError, Ownership,
     RbdAttachment, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{RbdSpec, VolumeType};
+use device::RbdMatcher;
 
 /// A kernel RBD mapping as /sys/bus/rbd/devices/N shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +104,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         };
         let device = match self
             .block
-            .wait_for_device(&DeviceMatch::Rbd { device_id }, timeout)
+            .wait_for_device(&RbdMatcher { device_id }, timeout)
         {
             Ok(device) => device,
             Err(e) => {

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::device::read_mapping;
 use super::{Mapping, RbdHost};
 use nix::errno::Errno;
 
@@ -277,17 +278,7 @@ impl RbdHost for SystemRbd {
             let Ok(device_id) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let dir = entry.path();
-            let read = |name: &str| crate::fsutil::read_trimmed(&dir.join(name));
-            let (Some(pool), Some(image)) = (read("pool"), read("name")) else {
-                continue;
-            };
-            mappings.push(Mapping {
-                device_id,
-                pool,
-                namespace: read("pool_ns"),
-                image,
-            });
+            mappings.extend(read_mapping(&devices, device_id));
         }
         mappings.sort_by_key(|m| m.device_id);
         Ok(mappings)
