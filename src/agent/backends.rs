@@ -32,9 +32,9 @@ pub struct Backends {
 }
 
 /// An attach that failed, with what stayed attached despite it (a device that did not mount).
-pub struct AttachFailure {
-    pub error: HostError,
-    pub leftover: Option<Box<Attachment>>,
+pub(crate) struct AttachFailure {
+    pub(crate) error: HostError,
+    pub(crate) leftover: Option<Box<Attachment>>,
 }
 
 impl Backends {
@@ -79,7 +79,7 @@ impl Backends {
     }
 
     /// Attaches the target's device, then mounts it if the target asks for a mount.
-    pub fn attach(
+    pub(crate) fn attach(
         &self,
         spec: &TargetSpec,
         ownership: &Ownership,
@@ -122,7 +122,7 @@ impl Backends {
 
     /// Unmounts what the agent mounted, refuses while anything else holds the device, then
     /// detaches it.
-    pub fn detach(
+    pub(crate) fn detach(
         &self,
         attachment: &Attachment,
         ownership: &Ownership,
@@ -137,7 +137,7 @@ impl Backends {
         }
     }
 
-    pub fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
+    pub(crate) fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {
         match &attachment.backend {
             BackendAttachment::Iscsi(r) => self.iscsi()?.is_present(r),
             BackendAttachment::Rbd(r) => self.rbd()?.is_present(r),
@@ -146,7 +146,7 @@ impl Backends {
 
     /// Attachments on the host that none of `owned` accounts for. A backend that cannot list
     /// them is logged and skipped.
-    pub fn foreign(&self, owned: &[Attachment]) -> Vec<ForeignAttachment> {
+    pub(crate) fn foreign(&self, owned: &[Attachment]) -> Vec<ForeignAttachment> {
         let mut iscsi = Vec::new();
         let mut rbd = Vec::new();
         for attachment in owned {

@@ -19,15 +19,15 @@ pub const TOKEN_FILE: &str = "token";
 pub const STATUS_FILE: &str = "status.json";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    pub version: u32,
-    pub volumes: BTreeMap<Uuid, OwnedVolume>,
+pub(crate) struct Record {
+    pub(crate) version: u32,
+    pub(crate) volumes: BTreeMap<Uuid, OwnedVolume>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OwnedVolume {
-    pub volume_id: String,
-    pub attachment: Attachment,
+pub(crate) struct OwnedVolume {
+    pub(crate) volume_id: String,
+    pub(crate) attachment: Attachment,
 }
 
 /// What `tether status` reads.
@@ -53,7 +53,7 @@ impl StateDir {
         Self { path: path.into() }
     }
 
-    pub fn create(&self) -> std::io::Result<()> {
+    pub(crate) fn create(&self) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -67,7 +67,7 @@ impl StateDir {
 
     /// Reads the ownership record. A corrupt record is moved aside, and the agent starts with
     /// none: it then treats what it finds on the host as foreign, which never detaches anything.
-    pub fn load_record(&self) -> Record {
+    pub(crate) fn load_record(&self) -> Record {
         let path = self.file(RECORD_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -89,20 +89,20 @@ impl StateDir {
         }
     }
 
-    pub fn save_record(&self, record: &Record) -> std::io::Result<()> {
+    pub(crate) fn save_record(&self, record: &Record) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
         write_private(&self.file(RECORD_FILE), &data)
     }
 
-    pub fn load_token(&self) -> Option<String> {
+    pub(crate) fn load_token(&self) -> Option<String> {
         crate::fsutil::read_trimmed(&self.file(TOKEN_FILE))
     }
 
-    pub fn save_token(&self, token: &str) -> std::io::Result<()> {
+    pub(crate) fn save_token(&self, token: &str) -> std::io::Result<()> {
         write_private(&self.file(TOKEN_FILE), format!("{token}\n").as_bytes())
     }
 
-    pub fn save_status(&self, status: &LocalStatus) -> std::io::Result<()> {
+    pub(crate) fn save_status(&self, status: &LocalStatus) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
         // No secrets in it: readable so that anyone on the node can run `tether status`.
         write_atomic(&self.file(STATUS_FILE), &data, 0o644)

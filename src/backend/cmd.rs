@@ -10,15 +10,15 @@ use super::{ErrorKind, HostError};
 const DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 #[derive(Debug, Clone)]
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Output {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Output {
     /// The last line of stderr (or stdout), which is where the tools put the reason.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
@@ -51,7 +51,7 @@ fn captured(program: &Path, args: &[&str], output: std::process::Output) -> Outp
 }
 
 /// Finds `name` in the fixed directories under `root`.
-pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
+pub(crate) fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
     DIRS.iter()
         .map(|dir| root.join(dir.trim_start_matches('/')).join(name))
         .find(|p| p.is_file())
@@ -67,7 +67,7 @@ pub fn resolve(root: &Path, name: &str) -> Result<PathBuf, HostError> {
 }
 
 /// Runs `program` with `args`. Arguments must never hold secrets: other users can read them.
-pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
+pub(crate) fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -83,7 +83,7 @@ pub fn run(program: &Path, args: &[&str]) -> Result<Output, HostError> {
 }
 
 /// [`run`], killed after `timeout`: for tools that may wait on the network without bound.
-pub fn run_with_timeout(
+pub(crate) fn run_with_timeout(
     program: &Path,
     args: &[&str],
     timeout: std::time::Duration,
@@ -131,7 +131,7 @@ pub fn run_with_timeout(
 }
 
 /// The tools a node needs for iSCSI and mounts that are missing, for a warning at start.
-pub fn missing(root: &Path, names: &[&str]) -> Vec<String> {
+pub(crate) fn missing(root: &Path, names: &[&str]) -> Vec<String> {
     names
         .iter()
         .filter(|n| resolve(root, n).is_err())

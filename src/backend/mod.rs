@@ -4,11 +4,11 @@
 //! ([`iscsi::IscsiHost`], [`rbd::RbdHost`], [`BlockHost`]) so that the same logic runs on the
 //! real kernel and on the [`simulated`] one used by tests, demos and benchmarks.
 
-pub mod block;
-pub mod cmd;
+pub(crate) mod block;
+pub(crate) mod cmd;
 mod error;
-pub mod iscsi;
-pub mod rbd;
+pub(crate) mod iscsi;
+pub(crate) mod rbd;
 pub mod simulated;
 
 use std::collections::BTreeSet;
@@ -24,90 +24,90 @@ pub use error::{ErrorKind, HostError};
 
 /// A block device as the agent reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BlockDevice {
+pub(crate) struct BlockDevice {
     /// Kernel name, e.g. `sdb` or `rbd0`.
-    pub kernel_name: String,
+    pub(crate) kernel_name: String,
     /// The stable udev path, e.g. `/dev/disk/by-path/ip-…-lun-0` or `/dev/rbd/pool/image`.
-    pub device_path: String,
-    pub size_bytes: u64,
+    pub(crate) device_path: String,
+    pub(crate) size_bytes: u64,
     #[serde(default)]
-    pub wwn: Option<String>,
+    pub(crate) wwn: Option<String>,
 }
 
 /// What the agent attached: kept in the ownership record (no secrets), enough to detach it
 /// after a restart and to recognise it on the host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Attachment {
-    pub device: BlockDevice,
+pub(crate) struct Attachment {
+    pub(crate) device: BlockDevice,
     /// Every path's device path (one for a single-path volume).
-    pub paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
     /// Named `handle` in records written before the rename.
     #[serde(rename = "handle")]
-    pub backend: BackendAttachment,
+    pub(crate) backend: BackendAttachment,
     #[serde(default)]
-    pub mount: Option<MountRecord>,
+    pub(crate) mount: Option<MountRecord>,
 }
 
 /// The part of an attachment only its backend understands; one variant per volume type, as
 /// [`BackendSpec`](crate::protocol::target::BackendSpec) has.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum BackendAttachment {
+pub(crate) enum BackendAttachment {
     Iscsi(IscsiAttachment),
     Rbd(RbdAttachment),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IscsiAttachment {
-    pub paths: Vec<IscsiPathAttachment>,
+pub(crate) struct IscsiAttachment {
+    pub(crate) paths: Vec<IscsiPathAttachment>,
     /// The dm-multipath map over the paths, when multipathd made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub multipath: Option<MultipathMap>,
+    pub(crate) multipath: Option<MultipathMap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MultipathMap {
+pub(crate) struct MultipathMap {
     /// The map's name, as `multipath -f` takes it and /dev/mapper shows it. The map itself
     /// is the attachment's device.
-    pub name: String,
+    pub(crate) name: String,
     /// The agent put the WWID into multipath's wwids file (so it removes it on detach).
-    pub wwid_registered: bool,
+    pub(crate) wwid_registered: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IscsiPathAttachment {
+pub(crate) struct IscsiPathAttachment {
     /// Recorded as `portal` and `iqn`.
     #[serde(flatten)]
-    pub session: SessionKey,
-    pub lun: u16,
-    pub kernel_name: String,
+    pub(crate) session: SessionKey,
+    pub(crate) lun: u16,
+    pub(crate) kernel_name: String,
     /// The agent logged this session in (so it may log it out when no owned LUN uses it).
-    pub session_created: bool,
+    pub(crate) session_created: bool,
     /// The agent made this LUN's SCSI device appear (so it may delete it).
-    pub device_created: bool,
+    pub(crate) device_created: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RbdAttachment {
-    pub device_id: u32,
-    pub pool: String,
+pub(crate) struct RbdAttachment {
+    pub(crate) device_id: u32,
+    pub(crate) pool: String,
     #[serde(default)]
-    pub namespace: Option<String>,
-    pub image: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) image: String,
     /// The agent mapped it (so it may unmap it).
-    pub mapped_by_agent: bool,
+    pub(crate) mapped_by_agent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MountRecord {
-    pub path: PathBuf,
+pub(crate) struct MountRecord {
+    pub(crate) path: PathBuf,
     /// Only mounts the agent made are unmounted by it.
-    pub by_agent: bool,
+    pub(crate) by_agent: bool,
 }
 
 impl Attachment {
     /// Sessions this volume's paths run over.
-    pub fn sessions(&self) -> Vec<SessionKey> {
+    pub(crate) fn sessions(&self) -> Vec<SessionKey> {
         match &self.backend {
             BackendAttachment::Iscsi(iscsi) => {
                 iscsi.paths.iter().map(|p| p.session.clone()).collect()
@@ -116,7 +116,7 @@ impl Attachment {
         }
     }
 
-    pub fn volume_type(&self) -> VolumeType {
+    pub(crate) fn volume_type(&self) -> VolumeType {
         match self.backend {
             BackendAttachment::Iscsi(_) => VolumeType::Iscsi,
             BackendAttachment::Rbd(_) => VolumeType::Rbd,
@@ -125,14 +125,17 @@ impl Attachment {
 }
 
 /// What a backend made: the device, every path's device path, and its own record.
-pub struct Attached<R> {
-    pub device: BlockDevice,
-    pub paths: Vec<String>,
-    pub record: R,
+pub(crate) struct Attached<R> {
+    pub(crate) device: BlockDevice,
+    pub(crate) paths: Vec<String>,
+    pub(crate) record: R,
 }
 
 impl<R> Attached<R> {
-    pub fn into_attachment(self, variant: impl FnOnce(R) -> BackendAttachment) -> Attachment {
+    pub(crate) fn into_attachment(
+        self,
+        variant: impl FnOnce(R) -> BackendAttachment,
+    ) -> Attachment {
         Attachment {
             device: self.device,
             paths: self.paths,
@@ -144,14 +147,14 @@ impl<R> Attached<R> {
 
 /// What a backend knows of the agent's other volumes while it attaches or detaches one.
 #[derive(Debug, Clone, Default)]
-pub struct Ownership {
+pub(crate) struct Ownership {
     /// Sessions the agent logged in (any owned volume's path has `session_created`).
-    pub owned_sessions: BTreeSet<SessionKey>,
+    pub(crate) owned_sessions: BTreeSet<SessionKey>,
     /// Sessions used by owned volumes other than the one being worked on.
-    pub sessions_used_by_others: BTreeSet<SessionKey>,
+    pub(crate) sessions_used_by_others: BTreeSet<SessionKey>,
 }
 
-pub enum DetachOutcome {
+pub(crate) enum DetachOutcome {
     Detached {
         /// Sessions this volume had created but that other volumes still use: their
         /// `session_created` flag moves to one of those volumes.
@@ -164,7 +167,7 @@ pub enum DetachOutcome {
 /// One volume type's attach and detach. `Spec` and `Record` tie a backend to its own variant
 /// of [`BackendSpec`](crate::protocol::target::BackendSpec) and [`BackendAttachment`], so a
 /// target cannot reach the wrong backend.
-pub trait VolumeBackend: Send + Sync {
+pub(crate) trait VolumeBackend: Send + Sync {
     type Spec;
     type Record;
     fn attach(
@@ -187,7 +190,7 @@ pub trait VolumeBackend: Send + Sync {
 }
 
 /// Block devices, udev and mounts: shared by every backend and by the mount step.
-pub trait BlockHost: Send + Sync {
+pub(crate) trait BlockHost: Send + Sync {
     /// Waits until `what` finds its device and udev's stable link to it exists.
     fn wait_for_device(
         &self,

@@ -158,10 +158,6 @@ impl SimKernel {
         self.state().records.contains_key(&session_key(portal, iqn))
     }
 
-    pub fn device_exists(&self, kernel_name: &str) -> bool {
-        self.state().devices.contains_key(kernel_name)
-    }
-
     pub fn mapping_count(&self) -> usize {
         self.state().mappings.len()
     }

@@ -10,7 +10,7 @@ use crate::backend::{BlockHost, ErrorKind};
 
 /// Creates the dump's directories, links and readable files under `root`. A link the dump
 /// gives only resolved (`r`) points at its resolved path under `root`.
-pub fn materialize(dump: &str, root: &Path) {
+pub(crate) fn materialize(dump: &str, root: &Path) {
     let local = |p: &str| root.join(p.trim_start_matches('/'));
     let in_place = |path: PathBuf| {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -46,7 +46,7 @@ pub fn materialize(dump: &str, root: &Path) {
 }
 
 /// Asserts that `block` has no device for `what` yet, and that the timeout calls it `named`.
-pub fn assert_not_there(block: &SystemBlock, what: &dyn DeviceMatcher, named: &str) {
+pub(crate) fn assert_not_there(block: &SystemBlock, what: &dyn DeviceMatcher, named: &str) {
     let error = block.wait_for_device(what, Duration::ZERO).unwrap_err();
     assert_eq!(error.kind, ErrorKind::DeviceTimeout);
     let expected = format!("no block device for {named} with its udev link");

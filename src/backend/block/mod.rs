@@ -8,10 +8,10 @@
 //! recognises the matcher types it simulates, which is why a matcher is [`Any`].
 
 #[cfg(test)]
-pub mod fixture;
-pub mod mount;
-pub mod mountinfo;
-pub mod udev;
+pub(crate) mod fixture;
+pub(crate) mod mount;
+pub(crate) mod mountinfo;
+pub(crate) mod udev;
 
 use std::any::Any;
 use std::fmt::Display;
@@ -27,26 +27,26 @@ use udev::DeviceEvents;
 
 /// A device as its backend finds it: the kernel's name and the stable link udev makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub kernel_name: String,
+pub(crate) struct Located {
+    pub(crate) kernel_name: String,
     /// Absolute, e.g. `/dev/rbd/pool/image`.
-    pub link: String,
+    pub(crate) link: String,
 }
 
 /// How one backend recognises its device. `Display` names it in timeout messages.
-pub trait DeviceMatcher: Any + Display + Send + Sync {
+pub(crate) trait DeviceMatcher: Any + Display + Send + Sync {
     /// The device, if the kernel has it, read from the sysfs mounted at `sys`.
     fn locate(&self, sys: &Path) -> Result<Option<Located>, HostError>;
 }
 
-pub struct SystemBlock {
+pub(crate) struct SystemBlock {
     root: PathBuf,
     events: Arc<DeviceEvents>,
 }
 
 impl SystemBlock {
     /// Starts listening to udev before anything can wait on a device.
-    pub fn new(root: &Path) -> Result<Self, HostError> {
+    pub(crate) fn new(root: &Path) -> Result<Self, HostError> {
         let events = Arc::new(DeviceEvents::default());
         udev::start(events.clone()).map_err(|e| {
             HostError::new(
@@ -62,7 +62,7 @@ impl SystemBlock {
 
     /// A host that hears no udev events: a wait sees only what is there when it looks.
     #[cfg(test)]
-    pub fn without_udev(root: &Path) -> Self {
+    pub(crate) fn without_udev(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
             events: Arc::default(),

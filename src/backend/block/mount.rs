@@ -6,7 +6,7 @@ use crate::backend::{Attachment, BlockDevice, BlockHost, ErrorKind, HostError, M
 use crate::protocol::target::MountSpec;
 
 /// Mounts the device as `spec` asks, formatting it only when asked and when it holds nothing.
-pub fn ensure_mounted(
+pub(crate) fn ensure_mounted(
     block: &dyn BlockHost,
     device: &BlockDevice,
     spec: &MountSpec,
@@ -49,7 +49,7 @@ pub fn ensure_mounted(
 
 /// Unmounts what the agent mounted, then refuses if anything else still holds the device.
 /// Returns the holder when the device is in use.
-pub fn release(
+pub(crate) fn release(
     block: &dyn BlockHost,
     attachment: &Attachment,
 ) -> Result<Option<String>, HostError> {

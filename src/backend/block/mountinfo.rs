@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// Mount points of the devices whose `major:minor` is in `numbers`.
-pub fn mount_points(mountinfo: &str, numbers: &[String]) -> Vec<PathBuf> {
+pub(crate) fn mount_points(mountinfo: &str, numbers: &[String]) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| {

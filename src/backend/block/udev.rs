@@ -11,25 +11,25 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// An owned summary of one udev event, kept for error messages and debugging.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceEvent {
-    pub action: String,
-    pub kernel_name: String,
+pub(crate) struct DeviceEvent {
+    pub(crate) action: String,
+    pub(crate) kernel_name: String,
 }
 
 const RECENT: usize = 16;
 
 #[derive(Default)]
-pub struct DeviceEvents {
+pub(crate) struct DeviceEvents {
     state: Mutex<(u64, VecDeque<DeviceEvent>)>,
     changed: Condvar,
 }
 
 impl DeviceEvents {
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
-    pub fn publish(&self, event: DeviceEvent) {
+    pub(crate) fn publish(&self, event: DeviceEvent) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.0 += 1;
         if state.1.len() == RECENT {
@@ -40,7 +40,7 @@ impl DeviceEvents {
     }
 
     /// Sleeps until the generation moves past `seen` or `deadline` passes. Returns false on timeout.
-    pub fn wait_past(&self, seen: u64, deadline: Instant) -> bool {
+    pub(crate) fn wait_past(&self, seen: u64, deadline: Instant) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let timeout = deadline.saturating_duration_since(Instant::now());
         let (state, _) = self
@@ -50,7 +50,7 @@ impl DeviceEvents {
         state.0 != seen
     }
 
-    pub fn recent(&self) -> Vec<DeviceEvent> {
+    pub(crate) fn recent(&self) -> Vec<DeviceEvent> {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -62,7 +62,7 @@ impl DeviceEvents {
 }
 
 /// Starts the monitor thread and returns once it is listening.
-pub fn start(events: Arc<DeviceEvents>) -> std::io::Result<()> {
+pub(crate) fn start(events: Arc<DeviceEvents>) -> std::io::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     std::thread::Builder::new().name("udev-monitor".into()).spawn(move || {
         let socket = match udev::MonitorBuilder::new()

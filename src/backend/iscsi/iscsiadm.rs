@@ -24,7 +24,7 @@ const ERR_ISCSID_NOTCONN: i32 = 20;
 const ERR_NO_OBJS_FOUND: i32 = 21;
 const ERR_LOGIN_AUTH_FAILED: i32 = 24;
 
-pub struct SystemIscsi {
+pub(crate) struct SystemIscsi {
     root: PathBuf,
     iscsiadm: PathBuf,
     /// Where open-iscsi keeps node records (`/etc/iscsi/nodes` on Debian).
@@ -34,7 +34,7 @@ pub struct SystemIscsi {
 }
 
 impl SystemIscsi {
-    pub fn new(root: &Path) -> Result<Self, HostError> {
+    pub(crate) fn new(root: &Path) -> Result<Self, HostError> {
         Ok(Self {
             root: root.to_path_buf(),
             iscsiadm: cmd::resolve(root, "iscsiadm")?,
@@ -266,7 +266,7 @@ fn record_portal(portal: &str) -> String {
 }
 
 /// Sets `key = value` lines in an open-iscsi record, appending keys it lacks.
-pub fn set_record_values(text: &str, values: &[(&str, &str)]) -> String {
+pub(crate) fn set_record_values(text: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::new();
     let mut done = vec![false; values.len()];
     for line in text.lines() {
@@ -299,7 +299,7 @@ pub fn set_record_values(text: &str, values: &[(&str, &str)]) -> String {
 }
 
 /// Turns iscsiadm's exit code and message into a stable kind and a sentence.
-pub fn classify(out: &Output, doing: &str) -> HostError {
+pub(crate) fn classify(out: &Output, doing: &str) -> HostError {
     let reason = out.reason();
     let (kind, advice) = match out.code {
         ERR_LOGIN_AUTH_FAILED => (
@@ -458,7 +458,7 @@ impl IscsiHost for SystemIscsi {
 }
 
 /// `127.0.0.1:3260,1 iqn.…` lines -> (portal, iqn).
-pub fn parse_discovery(stdout: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_discovery(stdout: &str) -> Vec<(String, String)> {
     stdout
         .lines()
         .filter_map(|line| {

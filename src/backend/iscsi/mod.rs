@@ -5,9 +5,9 @@
 //! only the LUN wanted is scanned; a session is logged out only if the agent logged it in and no
 //! other owned LUN uses it; sessions the agent did not create are never touched.
 
-pub mod iscsiadm;
-pub mod multipath;
-pub mod sysfs;
+pub(crate) mod iscsiadm;
+pub(crate) mod multipath;
+pub(crate) mod sysfs;
 #[cfg(test)]
 mod tests;
 
@@ -25,18 +25,18 @@ use multipath::MultipathHost;
 
 /// A logged-in session as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     /// N in /sys/class/iscsi_session/sessionN.
-    pub sid: u32,
-    pub key: SessionKey,
+    pub(crate) sid: u32,
+    pub(crate) key: SessionKey,
     /// H in /sys/class/scsi_host/hostH: each iSCSI session has a SCSI host of its own.
-    pub host_no: u32,
+    pub(crate) host_no: u32,
     /// LUNs the kernel has for this session, with their block device's kernel name.
-    pub luns: Vec<(u16, String)>,
+    pub(crate) luns: Vec<(u16, String)>,
 }
 
 impl Session {
-    pub fn lun_device(&self, lun: u16) -> Option<&str> {
+    pub(crate) fn lun_device(&self, lun: u16) -> Option<&str> {
         self.luns
             .iter()
             .find(|(l, _)| *l == lun)
@@ -45,7 +45,7 @@ impl Session {
 }
 
 /// open-iscsi and the iSCSI parts of sysfs.
-pub trait IscsiHost: Send + Sync {
+pub(crate) trait IscsiHost: Send + Sync {
     fn sessions(&self) -> Result<Vec<Session>, HostError>;
     /// SendTargets discovery against `portal`; returns the targets it offers.
     fn discover(
@@ -98,9 +98,9 @@ impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
     }
 }
 
-pub struct IscsiBackend<H, B> {
-    pub host: H,
-    pub block: B,
+pub(crate) struct IscsiBackend<H, B> {
+    pub(crate) host: H,
+    pub(crate) block: B,
     /// One login per (portal, iqn) at a time: parallel logins to one target make duplicate
     /// sessions. Held only while a session is looked up and established, not while the device
     /// is awaited, so LUNs of one target attach together.
@@ -109,7 +109,7 @@ pub struct IscsiBackend<H, B> {
 }
 
 impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
-    pub fn new(host: H, block: B) -> Self {
+    pub(crate) fn new(host: H, block: B) -> Self {
         Self {
             host,
             block,
@@ -119,7 +119,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     }
 
     /// Volumes with several paths get a dm-multipath map when multipathd runs.
-    pub fn with_multipath(mut self, multipath: Option<Box<dyn MultipathHost>>) -> Self {
+    pub(crate) fn with_multipath(mut self, multipath: Option<Box<dyn MultipathHost>>) -> Self {
         self.multipath = multipath;
         self
     }

@@ -16,8 +16,8 @@ use crate::fsutil::read_trimmed;
 
 /// The multipath map whose slaves are exactly these path devices (kernel names).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MultipathMatcher {
-    pub paths: Vec<String>,
+pub(crate) struct MultipathMatcher {
+    pub(crate) paths: Vec<String>,
 }
 
 impl fmt::Display for MultipathMatcher {
@@ -56,7 +56,7 @@ impl DeviceMatcher for MultipathMatcher {
 }
 
 /// multipath-tools on the host.
-pub trait MultipathHost: Send + Sync {
+pub(crate) trait MultipathHost: Send + Sync {
     /// Whether multipathd runs: without it no map is made, and the paths are reported alone.
     fn available(&self) -> bool;
     /// Has multipathd take the path devices into a map: registers their WWID (which
@@ -69,7 +69,7 @@ pub trait MultipathHost: Send + Sync {
     fn forget(&self, path_device: &str) -> Result<(), HostError>;
 }
 
-pub struct SystemMultipath {
+pub(crate) struct SystemMultipath {
     multipath: PathBuf,
     multipathd: PathBuf,
     /// multipath's default `wwids_file`.
@@ -78,7 +78,7 @@ pub struct SystemMultipath {
 
 impl SystemMultipath {
     /// None when multipath-tools is not installed.
-    pub fn new(root: &Path) -> Option<Self> {
+    pub(crate) fn new(root: &Path) -> Option<Self> {
         Some(Self {
             multipath: cmd::resolve(root, "multipath").ok()?,
             multipathd: cmd::resolve(root, "multipathd").ok()?,

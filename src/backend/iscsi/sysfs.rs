@@ -17,14 +17,14 @@ use crate::protocol::target::{Portal, SessionKey};
 
 /// One LUN's block device, found through its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LunMatcher {
-    pub session: SessionKey,
-    pub lun: u16,
+pub(crate) struct LunMatcher {
+    pub(crate) session: SessionKey,
+    pub(crate) lun: u16,
 }
 
 impl LunMatcher {
     /// The LUN among `sessions`, as sysfs or the simulated kernel lists them.
-    pub fn among(&self, sessions: &[Session]) -> Option<Located> {
+    pub(crate) fn among(&self, sessions: &[Session]) -> Option<Located> {
         let kernel_name = sessions
             .iter()
             .find(|s| s.key == self.session)?
@@ -55,7 +55,7 @@ impl DeviceMatcher for LunMatcher {
     }
 }
 
-pub fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
+pub(crate) fn read_sessions(sys: &Path) -> Result<Vec<Session>, HostError> {
     let class = sys.join("class/iscsi_session");
     let entries = match std::fs::read_dir(&class) {
         Ok(entries) => entries,

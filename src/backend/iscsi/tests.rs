@@ -168,3 +168,43 @@ fn detach_flushes_the_map_and_forgets_only_a_wwid_the_agent_registered() {
     assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 0);
     assert_eq!(kernel.session_count("127.0.0.2:3260", IQN), 0);
 }
+
+fn with_discovery(portal: &str, iqn: &str) -> IscsiSpec {
+    let target: VolumeTarget = serde_json::from_value(serde_json::json!({
+        "uuid": "5b1f1a1e-0000-4000-8000-000000000003",
+        "node_uuid": "5b1f1a1e-0000-4000-8000-000000000002",
+        "volume_type": "iscsi",
+        "volume_id": "vol-discovered",
+        "properties": {
+            "target_portal": portal, "target_iqn": iqn, "target_lun": 0,
+            "discovery": "sendtargets",
+        },
+    }))
+    .unwrap();
+    match crate::protocol::target::parse(&target).unwrap().backend {
+        crate::protocol::target::BackendSpec::Iscsi(spec) => spec,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn discovery_must_offer_the_target_before_any_record_or_login() {
+    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
+    let backend = IscsiBackend::new(kernel.clone(), kernel.clone());
+    let spec = with_discovery("127.0.0.1:3260", IQN);
+    let timeout = Duration::from_secs(5);
+    let refused = backend
+        .attach(&spec, false, &Ownership::default(), timeout)
+        .err()
+        .expect("nothing is offered yet");
+    assert_eq!(refused.kind, ErrorKind::TargetNotFound);
+    assert!(!kernel.record_exists("127.0.0.1:3260", IQN));
+    assert_eq!(kernel.stats().logins, 0);
+
+    kernel.offer_target("127.0.0.1:3260", IQN);
+    let attached = backend
+        .attach(&spec, false, &Ownership::default(), timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(attached.record.paths[0].session_created);
+    assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 1);
+}

@@ -11,13 +11,16 @@ use crate::fsutil::read_trimmed;
 
 /// The block device of one mapping, by the id `rbd map` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RbdMatcher {
-    pub device_id: u32,
+pub(crate) struct RbdMatcher {
+    pub(crate) device_id: u32,
 }
 
 impl RbdMatcher {
     /// The device among `mappings`, as sysfs or the simulated kernel lists them.
-    pub fn among<'a>(&self, mappings: impl IntoIterator<Item = &'a Mapping>) -> Option<Located> {
+    pub(crate) fn among<'a>(
+        &self,
+        mappings: impl IntoIterator<Item = &'a Mapping>,
+    ) -> Option<Located> {
         mappings
             .into_iter()
             .find(|m| m.device_id == self.device_id)
@@ -55,7 +58,7 @@ impl DeviceMatcher for RbdMatcher {
 }
 
 /// One mapping from the rbd bus's `devices` directory; None until the kernel has named it.
-pub fn read_mapping(devices: &Path, device_id: u32) -> Option<Mapping> {
+pub(crate) fn read_mapping(devices: &Path, device_id: u32) -> Option<Mapping> {
     let dir = devices.join(device_id.to_string());
     let read = |name: &str| read_trimmed(&dir.join(name));
     Some(Mapping {

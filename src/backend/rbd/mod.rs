@@ -1,7 +1,7 @@
 //! Ceph RBD volumes: kernel map and unmap, never of a mapping the agent did not make.
 
-pub mod device;
-pub mod system;
+pub(crate) mod device;
+pub(crate) mod system;
 
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ use device::RbdMatcher;
 
 /// A kernel RBD mapping as /sys/bus/rbd/devices/N shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
-    pub device_id: u32,
-    pub pool: String,
-    pub namespace: Option<String>,
-    pub image: String,
+pub(crate) struct Mapping {
+    pub(crate) device_id: u32,
+    pub(crate) pool: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) image: String,
 }
 
 impl Mapping {
@@ -29,7 +29,7 @@ impl Mapping {
 }
 
 /// The `rbd` CLI or the kernel's rbd bus.
-pub trait RbdHost: Send + Sync {
+pub(crate) trait RbdHost: Send + Sync {
     fn mappings(&self) -> Result<Vec<Mapping>, HostError>;
     /// Maps the image; the key travels in a file or the kernel keyring, never on a command line.
     fn map(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError>;
@@ -49,13 +49,13 @@ impl<T: RbdHost + ?Sized> RbdHost for std::sync::Arc<T> {
     }
 }
 
-pub struct RbdBackend<H, B> {
-    pub host: H,
-    pub block: B,
+pub(crate) struct RbdBackend<H, B> {
+    pub(crate) host: H,
+    pub(crate) block: B,
 }
 
 impl<H: RbdHost, B: BlockHost> RbdBackend<H, B> {
-    pub fn new(host: H, block: B) -> Self {
+    pub(crate) fn new(host: H, block: B) -> Self {
         Self { host, block }
     }
 }

@@ -19,7 +19,7 @@ use crate::protocol::target::RbdSpec;
 /// How long the kernel client waits for the monitors before giving up (its own default is 60 s).
 const MOUNT_TIMEOUT_S: u64 = 20;
 
-pub struct SystemRbd {
+pub(crate) struct SystemRbd {
     root: PathBuf,
     rbd: Option<PathBuf>,
     /// Where key files live for the instant of a map (`/run/tether`, a tmpfs).
@@ -27,7 +27,7 @@ pub struct SystemRbd {
 }
 
 impl SystemRbd {
-    pub fn new(root: &Path, runtime_dir: &Path) -> Self {
+    pub(crate) fn new(root: &Path, runtime_dir: &Path) -> Self {
         // A map cut short (the agent killed mid-map) can leave its key file: remove it now.
         for entry in std::fs::read_dir(runtime_dir)
             .into_iter()
@@ -243,7 +243,7 @@ fn map_errno(errno: i32) -> (ErrorKind, &'static str) {
 
 /// Turns `rbd device map`'s failure into a kind. The CLI exits with the errno (13 for a refused
 /// key, 110 for monitors that do not answer) and often prints it too: `(13) Permission denied`.
-pub fn classify_map(out: &Output, spec: &RbdSpec) -> HostError {
+pub(crate) fn classify_map(out: &Output, spec: &RbdSpec) -> HostError {
     let reason = out.reason();
     let printed = reason
         .split('(')
