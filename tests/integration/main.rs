@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod layout;
 mod lifecycle;
 mod metrics;
 mod protocol_doc;
