@@ -198,7 +198,7 @@ fn hand_over_sessions(volumes: &mut Volumes, sessions: &[SessionKey]) {
 mod tests {
     use super::*;
     use crate::agent::reconcile::{Assignment, DesiredTarget};
-    use crate::backend::{BlockDevice, RbdAttachment};
+    use crate::agent::volume::tests::attachment;
     use crate::protocol::VolumeTarget;
     use crate::protocol::target::parse;
 
@@ -218,26 +218,6 @@ mod tests {
             volume_id: target.volume_id.clone(),
             volume_type: target.volume_type.clone(),
             spec: parse(&target),
-        }
-    }
-
-    fn attached() -> Attachment {
-        Attachment {
-            device: BlockDevice {
-                kernel_name: "rbd0".into(),
-                device_path: "/dev/rbd/rbd/img".into(),
-                size_bytes: 1,
-                wwn: None,
-            },
-            paths: vec!["/dev/rbd/rbd/img".into()],
-            backend: BackendAttachment::Rbd(RbdAttachment {
-                device_id: 0,
-                pool: "rbd".into(),
-                namespace: None,
-                image: "img".into(),
-                mapped_by_agent: true,
-            }),
-            mount: None,
         }
     }
 
@@ -280,7 +260,7 @@ mod tests {
         );
         volumes.insert(
             uuid(2),
-            Volume::recovered(uuid(2), "vol-2".into(), attached(), now),
+            Volume::recovered(uuid(2), "vol-2".into(), attachment(), now),
         );
         assert_eq!(
             apply(&mut volumes, &none, &Action::Forget(uuid(2)), now).unwrap_err(),
@@ -315,7 +295,7 @@ mod tests {
                 }],
                 multipath: None,
             }),
-            ..attached()
+            ..attachment()
         };
         let mut volumes = Volumes::new();
         volumes.insert(

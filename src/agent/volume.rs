@@ -322,4 +322,4 @@ impl Volume {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -362,15 +362,7 @@ async fn create_target(
     }
     c.store.find_node(&req.node_uuid.to_string())?;
     if c.validate_targets {
-        let candidate = VolumeTarget {
-            uuid: req.uuid.unwrap_or_else(Uuid::nil),
-            node_uuid: req.node_uuid,
-            volume_type: req.volume_type.clone(),
-            volume_id: req.volume_id.clone(),
-            boot_index: req.boot_index,
-            properties: req.properties.clone(),
-            extra: req.extra.clone(),
-        };
+        let candidate = req.target(req.uuid.unwrap_or_else(Uuid::nil));
         protocol::target::parse(&candidate)
             .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     }

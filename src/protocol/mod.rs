@@ -250,6 +250,21 @@ pub struct TargetCreate {
     pub extra: Map<String, Value>,
 }
 
+impl TargetCreate {
+    /// The target this request creates, under `uuid`.
+    pub fn target(&self, uuid: Uuid) -> VolumeTarget {
+        VolumeTarget {
+            uuid,
+            node_uuid: self.node_uuid,
+            volume_type: self.volume_type.clone(),
+            volume_id: self.volume_id.clone(),
+            boot_index: self.boot_index,
+            properties: self.properties.clone(),
+            extra: self.extra.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TargetList {
     pub targets: Vec<VolumeTarget>,

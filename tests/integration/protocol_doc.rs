@@ -66,15 +66,7 @@ fn every_example_parses_as_its_type() {
             "ConnectorCreate" => drop(check::<ConnectorCreate>(name, body)),
             "TargetCreate" => {
                 let t: TargetCreate = check(name, body);
-                let wire = VolumeTarget {
-                    uuid: uuid::Uuid::nil(),
-                    node_uuid: t.node_uuid,
-                    volume_type: t.volume_type,
-                    volume_id: t.volume_id,
-                    boot_index: t.boot_index,
-                    properties: t.properties,
-                    extra: t.extra,
-                };
+                let wire = t.target(uuid::Uuid::nil());
                 target::parse(&wire).unwrap_or_else(|e| panic!("example target is invalid: {e}"));
             }
             "VolumeTarget" => {

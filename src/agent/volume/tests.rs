@@ -12,7 +12,8 @@ fn err(kind: &str) -> ErrorReport {
     }
 }
 
-fn attachment() -> Attachment {
+/// An RBD volume the agent mapped; the other modules' tests use it too.
+pub(crate) fn attachment() -> Attachment {
     Attachment {
         device: BlockDevice {
             kernel_name: "rbd0".into(),

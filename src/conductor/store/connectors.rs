@@ -73,13 +73,6 @@ impl Store {
     }
 
     pub(crate) fn delete_connector(&self, uuid: Uuid) -> Result<(), StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM connectors WHERE uuid = ?1",
-            params![uuid.to_string()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("connector {uuid}")));
-        }
-        Ok(())
+        self.change_one("DELETE FROM connectors WHERE uuid = ?1", uuid, "connector")
     }
 }

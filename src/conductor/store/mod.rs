@@ -67,6 +67,15 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite half-written: transactions roll back.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Runs a statement that must change the one row named by `uuid`; none is `NotFound(what)`.
+    fn change_one(&self, sql: &str, uuid: Uuid, what: &str) -> Result<(), StoreError> {
+        let changed = self.conn().execute(sql, [uuid.to_string()])?;
+        match changed {
+            0 => Err(StoreError::NotFound(format!("{what} {uuid}"))),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn restrict_permissions(path: &Path) {

@@ -77,14 +77,7 @@ impl Store {
     /// Deletes the node and, by cascade, its addresses, connectors, targets and report. Its
     /// generation goes with it, so there is no change to publish.
     pub(crate) fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM nodes WHERE uuid = ?1",
-            params![uuid.to_string()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("node {uuid}")));
-        }
-        Ok(())
+        self.change_one("DELETE FROM nodes WHERE uuid = ?1", uuid, "node")
     }
 
     /// Finds the node by any of its MAC addresses (and uuid, when given), and issues its token

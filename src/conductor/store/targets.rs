@@ -42,16 +42,11 @@ impl Store {
         })?;
         let generation = bump_generation(&tx, req.node_uuid)?;
         tx.commit()?;
-        let target = VolumeTarget {
-            uuid,
-            node_uuid: req.node_uuid,
-            volume_type: req.volume_type.clone(),
-            volume_id: req.volume_id.clone(),
-            boot_index: req.boot_index,
-            properties: req.properties.clone(),
-            extra: req.extra.clone(),
-        };
-        Ok(GenerationChange::new(req.node_uuid, generation, target))
+        Ok(GenerationChange::new(
+            req.node_uuid,
+            generation,
+            req.target(uuid),
+        ))
     }
 
     /// Deletes a target and bumps its node's generation, in one transaction.
@@ -104,25 +99,20 @@ impl Store {
 }
 
 pub(super) fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
-    conn.query_row(
-        "SELECT generation FROM nodes WHERE uuid = ?1",
-        params![node.to_string()],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()?
-    .map(|g| g as u64)
-    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+    node_generation(conn, "SELECT generation FROM nodes WHERE uuid = ?1", node)
 }
 
 fn bump_generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
-    conn.query_row(
-        "UPDATE nodes SET generation = generation + 1 WHERE uuid = ?1 RETURNING generation",
-        params![node.to_string()],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()?
-    .map(|g| g as u64)
-    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+    let sql = "UPDATE nodes SET generation = generation + 1 WHERE uuid = ?1 RETURNING generation";
+    node_generation(conn, sql, node)
+}
+
+/// The generation a query on the node's row returns; no row is `NotFound`.
+fn node_generation(conn: &Connection, sql: &str, node: Uuid) -> Result<u64, StoreError> {
+    conn.query_row(sql, params![node.to_string()], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|g| g as u64)
+        .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
 }
 
 fn query_targets(

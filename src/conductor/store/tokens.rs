@@ -91,13 +91,10 @@ impl Store {
 
     /// Forgets the issued token so that the node's next lookup issues a new one.
     pub(crate) fn reset_token(&self, node: Uuid) -> Result<(), StoreError> {
-        let n = self.conn().execute(
+        self.change_one(
             "UPDATE nodes SET token_hash = NULL, token_issued = 0 WHERE uuid = ?1",
-            params![node.to_string()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(format!("node {node}")));
-        }
-        Ok(())
+            node,
+            "node",
+        )
     }
 }
