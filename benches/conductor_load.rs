@@ -93,7 +93,10 @@ fn proc_sample(pid: u32) -> Option<(u64, u64)> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let host = reqwest::Url::parse(&args.url)?;
-    let loopback = matches!(host.host_str(), Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]");
+    let loopback = matches!(
+        host.host_str(),
+        Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]"
+    );
     anyhow::ensure!(
         loopback,
         "the load generator only targets loopback addresses"
@@ -182,7 +185,13 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(start_in).await;
             let poller = {
-                let (http, url, stats, token, measuring) = (polls.clone(), url.clone(), stats.clone(), token.clone(), measuring.clone());
+                let (http, url, stats, token, measuring) = (
+                    polls.clone(),
+                    url.clone(),
+                    stats.clone(),
+                    token.clone(),
+                    measuring.clone(),
+                );
                 tokio::spawn(async move {
                     let mut since: Option<u64> = None;
                     loop {
@@ -191,7 +200,8 @@ async fn main() -> anyhow::Result<()> {
                             .bearer_auth(&token)
                             .query(&[("detail", "true")]);
                         if let Some(g) = since {
-                            req = req.query(&[("since", g.to_string()), ("wait", "55".to_string())]);
+                            req =
+                                req.query(&[("since", g.to_string()), ("wait", "55".to_string())]);
                         }
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                         match req.send().await.and_then(|r| r.error_for_status()) {
@@ -203,7 +213,11 @@ async fn main() -> anyhow::Result<()> {
                                     && let Some(sent) = stats.pending.lock().unwrap().remove(&node)
                                     && measuring.load(Ordering::Relaxed)
                                 {
-                                    stats.propagation_us.lock().unwrap().push((arrived - sent).as_micros() as u64);
+                                    stats
+                                        .propagation_us
+                                        .lock()
+                                        .unwrap()
+                                        .push((arrived - sent).as_micros() as u64);
                                 }
                                 since = Some(generation);
                             }
@@ -216,9 +230,12 @@ async fn main() -> anyhow::Result<()> {
                 })
             };
             let report = json!({"agent_version": "load", "generation": 1, "connectors": [],
-                "volumes": (0..4).map(|lun| json!({"target_uuid": Uuid::new_v4(), "volume_id": format!("vol-{lun}"),
-                    "volume_type": "iscsi", "state": "attached", "device_path": format!("/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:t-lun-{lun}"),
-                    "paths": [], "size_bytes": 1073741824u64, "since": "2026-11-26T00:00:00Z"})).collect::<Vec<_>>(),
+                "volumes": (0..4).map(|lun| json!({"target_uuid": Uuid::new_v4(),
+                    "volume_id": format!("vol-{lun}"), "volume_type": "iscsi", "state": "attached",
+                    "device_path": format!("/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-\
+                                            iqn.2003-01.org.example:t-lun-{lun}"),
+                    "paths": [], "size_bytes": 1073741824u64,
+                    "since": "2026-11-26T00:00:00Z"})).collect::<Vec<_>>(),
                 "foreign": []});
             loop {
                 let started = Instant::now();
@@ -236,9 +253,11 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(_) if measuring.load(Ordering::Relaxed) => {
-                        stats.heartbeat_us.lock().unwrap().push(started.elapsed().as_micros() as u64)
-                    }
+                    Ok(_) if measuring.load(Ordering::Relaxed) => stats
+                        .heartbeat_us
+                        .lock()
+                        .unwrap()
+                        .push(started.elapsed().as_micros() as u64),
                     Ok(_) => {}
                     Err(e) => stats.fail("heartbeat", &e),
                 }
@@ -356,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
 fn target(node: Uuid, volume_id: &str, lun: u32) -> serde_json::Value {
     json!({"node_uuid": node, "volume_type": "iscsi", "volume_id": volume_id,
            "properties": {"target_portal": "192.0.2.10:3260",
-                          "target_iqn": format!("iqn.2003-01.org.example:{node}"), "target_lun": lun,
-                          "auth_method": "CHAP", "auth_username": "load", "auth_password": "load-secret-1234"}})
+                          "target_iqn": format!("iqn.2003-01.org.example:{node}"),
+                          "target_lun": lun, "auth_method": "CHAP", "auth_username": "load",
+                          "auth_password": "load-secret-1234"}})
 }

@@ -34,7 +34,8 @@ See /usr/share/doc/tether/operations.md.";
     after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
-    /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d still apply.
+    /// Configuration file; replaces /etc/tether/tether.toml. Drop-ins in /etc/tether/config.d
+    /// still apply.
     #[arg(long, short, global = true, env = "TETHER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Kernel command line whose tether.* keys apply over the configuration files (agent,
@@ -327,7 +328,8 @@ mod tests {
         let cmdline_file = dir.path().join("cmdline");
         std::fs::write(
             &cmdline_file,
-            "ro tether.conductor=http://cmdline:2 tether.state_dir=/cmdline tether.device_timeout_s=9\n",
+            "ro tether.conductor=http://cmdline:2 tether.state_dir=/cmdline \
+             tether.device_timeout_s=9\n",
         )
         .unwrap();
         let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();

@@ -564,7 +564,8 @@ async fn wait(
         }
         if std::time::Instant::now() > deadline {
             eprintln!(
-                "volume {volume} of node {node} did not reach {state} within {timeout}s; last seen: {}",
+                "volume {volume} of node {node} did not reach {state} within {timeout}s; \
+                 last seen: {}",
                 found
                     .map(|v| serde_json::to_string(v).unwrap_or_default())
                     .unwrap_or_else(|| "not reported".into())

@@ -52,7 +52,10 @@ impl Backends {
         let block = Arc::new(backend::block::SystemBlock::new(root)?);
         let missing = backend::cmd::missing(root, &["blkid", "blockdev", "mount", "umount"]);
         if !missing.is_empty() {
-            tracing::warn!(tools = ?missing, "tools for mounts and detach are missing; volumes that need them will fail");
+            tracing::warn!(
+                tools = ?missing,
+                "tools for mounts and detach are missing; volumes that need them will fail"
+            );
         }
         let iscsi = SystemIscsi::new(root).map(|host| {
             let multipath =
@@ -60,7 +63,11 @@ impl Backends {
             Arc::new(IscsiBackend::new(host, block.clone()).with_multipath(multipath)) as Arc<Iscsi>
         });
         if let Err(e) = &iscsi {
-            tracing::warn!(kind = %e.kind, error = %e, "iSCSI volumes cannot be attached on this node");
+            tracing::warn!(
+                kind = %e.kind,
+                error = %e,
+                "iSCSI volumes cannot be attached on this node"
+            );
         }
         let rbd = SystemRbd::new(root, &root.join("run/tether"));
         Ok(Self {
@@ -164,7 +171,11 @@ impl Backends {
             match result {
                 Ok(found) => all.extend(found),
                 Err(e) => {
-                    tracing::warn!(kind = %e.kind, error = %e, "cannot list attachments on the host")
+                    tracing::warn!(
+                        kind = %e.kind,
+                        error = %e,
+                        "cannot list attachments on the host"
+                    )
                 }
             }
         }

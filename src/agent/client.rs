@@ -16,7 +16,8 @@ pub enum ClientError {
     #[error("cannot reach the conductor at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error(
-        "the conductor refused the agent token (401); reset it with `tether ctl node reset-token` or provision the right one"
+        "the conductor refused the agent token (401); reset it with \
+         `tether ctl node reset-token` or provision the right one"
     )]
     Unauthorized,
     #[error("the conductor knows no node with these addresses (404: {0})")]

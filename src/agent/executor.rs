@@ -122,17 +122,39 @@ impl Agent {
         let volume_id = &volume.volume_id;
         match &action {
             Action::Attach(_) => {
-                tracing::info!(target_uuid = %uuid, volume_id = %volume_id, volume_type = %volume.volume_type, state = "attaching", "attaching")
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    volume_type = %volume.volume_type,
+                    state = "attaching",
+                    "attaching"
+                )
             }
             Action::Detach(_) => {
-                tracing::info!(target_uuid = %uuid, volume_id = %volume_id, state = "detaching", "detaching: the conductor no longer assigns it")
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    state = "detaching",
+                    "detaching: the conductor no longer assigns it"
+                )
             }
             Action::Reject(_, error) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume_id, kind = %error.kind, error = %error.message, state = "failed", "target rejected");
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    kind = %error.kind,
+                    error = %error.message,
+                    state = "failed",
+                    "target rejected"
+                );
                 self.metrics.rejected(&volume.volume_type, &error.kind);
             }
             Action::Keep(_) => {
-                tracing::info!(target_uuid = %uuid, volume_id = %volume_id, "assigned again; keeping it attached")
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    "assigned again; keeping it attached"
+                )
             }
             Action::Forget(_) => {}
         }
@@ -200,13 +222,26 @@ impl Agent {
         let outcome = match result {
             OpResult::Attached(Ok(attachment)) => {
                 metrics.attached(volume_type, took, None);
-                tracing::info!(target_uuid = %uuid, volume_id = %volume_id, device = %attachment.device.device_path,
-                    mountpoint = ?attachment.mount.as_ref().map(|m| &m.path), state = "attached", "attached");
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    device = %attachment.device.device_path,
+                    mountpoint = ?attachment.mount.as_ref().map(|m| &m.path),
+                    state = "attached",
+                    "attached"
+                );
                 Outcome::Attached(attachment)
             }
             OpResult::Attached(Err(AttachFailure { error, leftover })) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume_id, kind = %error.kind, error = %error.message,
-                    retry_in_ms = retry_in, state = "failed", "attach failed");
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    kind = %error.kind,
+                    error = %error.message,
+                    retry_in_ms = retry_in,
+                    state = "failed",
+                    "attach failed"
+                );
                 metrics.attached(volume_type, took, Some(error.kind.as_str()));
                 Outcome::AttachFailed {
                     error: report(&error),
@@ -219,8 +254,13 @@ impl Agent {
                 Outcome::Detached { sessions_kept }
             }
             OpResult::Detached(Ok(DetachOutcome::Blocked { holder })) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume_id, holder = %holder, state = "detach_blocked",
-                    "not detaching: the device is in use");
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    holder = %holder,
+                    state = "detach_blocked",
+                    "not detaching: the device is in use"
+                );
                 let kind = ErrorKind::DeviceInUse;
                 metrics.detached(
                     volume_type,
@@ -236,7 +276,14 @@ impl Agent {
                 })
             }
             OpResult::Detached(Err(error)) => {
-                tracing::warn!(target_uuid = %uuid, volume_id = %volume_id, kind = %error.kind, error = %error.message, state = "failed", "detach failed");
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    kind = %error.kind,
+                    error = %error.message,
+                    state = "failed",
+                    "detach failed"
+                );
                 metrics.detached(
                     volume_type,
                     took,

@@ -139,7 +139,8 @@ impl AgentMetrics {
         );
         registry.register(
             "tether_agent_volume_failures",
-            "Failed attaches, blocked or failed detaches and rejected targets, by operation (attach, detach, validate), volume type and error kind",
+            "Failed attaches, blocked or failed detaches and rejected targets, by operation \
+             (attach, detach, validate), volume type and error kind",
             failures.clone(),
         );
         registry.register(
@@ -287,7 +288,11 @@ pub(crate) async fn start(
         .with_state(metrics);
     Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(kind = "metrics_unavailable", error = %e, "the metrics endpoint stopped");
+            tracing::error!(
+                kind = "metrics_unavailable",
+                error = %e,
+                "the metrics endpoint stopped"
+            );
         }
     }))
 }
@@ -328,11 +333,23 @@ mod tests {
             r#"tether_agent_attaches_total{volume_type="iscsi",result="failed"} 1"#,
             r#"tether_agent_attaches_total{volume_type="rbd",result="ok"} 0"#,
             r#"tether_agent_attach_duration_seconds_count{volume_type="iscsi",result="failed"} 1"#,
-            r#"tether_agent_attach_duration_seconds_bucket{le="0.5",volume_type="iscsi",result="ok"} 1"#,
+            concat!(
+                r#"tether_agent_attach_duration_seconds_bucket{le="0.5","#,
+                r#"volume_type="iscsi",result="ok"} 1"#
+            ),
             r#"tether_agent_detaches_total{volume_type="rbd",result="blocked"} 1"#,
-            r#"tether_agent_volume_failures_total{operation="attach",volume_type="iscsi",kind="device_timeout"} 1"#,
-            r#"tether_agent_volume_failures_total{operation="detach",volume_type="rbd",kind="device_in_use"} 1"#,
-            r#"tether_agent_volume_failures_total{operation="validate",volume_type="other",kind="unknown_volume_type"} 1"#,
+            concat!(
+                r#"tether_agent_volume_failures_total{operation="attach","#,
+                r#"volume_type="iscsi",kind="device_timeout"} 1"#
+            ),
+            concat!(
+                r#"tether_agent_volume_failures_total{operation="detach","#,
+                r#"volume_type="rbd",kind="device_in_use"} 1"#
+            ),
+            concat!(
+                r#"tether_agent_volume_failures_total{operation="validate","#,
+                r#"volume_type="other",kind="unknown_volume_type"} 1"#
+            ),
         ] {
             assert!(has(&t, line), "{line} missing in\n{t}");
         }

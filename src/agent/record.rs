@@ -73,7 +73,11 @@ impl StateDir {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Record::default(),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the ownership record; starting without it");
+                tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot read the ownership record; starting without it"
+                );
                 return Record::default();
             }
         };
@@ -82,8 +86,13 @@ impl StateDir {
             Err(e) => {
                 let aside = path.with_extension("json.corrupt");
                 let _ = std::fs::rename(&path, &aside);
-                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e,
-                    "the ownership record is corrupt; existing attachments will be reported as foreign");
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "the ownership record is corrupt; \
+                     existing attachments will be reported as foreign"
+                );
                 Record::default()
             }
         }
@@ -125,14 +134,17 @@ mod tests {
     "00000000-0000-4000-8000-000000000001": {
       "volume_id": "vol-iscsi",
       "attachment": {
-        "device": {"kernel_name": "dm-0", "device_path": "/dev/mapper/mpatha", "size_bytes": 1073741824, "wwn": "36001405abc"},
+        "device": {"kernel_name": "dm-0", "device_path": "/dev/mapper/mpatha",
+                   "size_bytes": 1073741824, "wwn": "36001405abc"},
         "paths": ["/dev/disk/by-path/ip-192.0.2.1:3260-iscsi-iqn.2003-01.org.example:x-lun-0",
                   "/dev/disk/by-path/ip-[2001:db8::1]:3260-iscsi-iqn.2003-01.org.example:x-lun-0"],
         "handle": {"type": "iscsi",
-                   "paths": [{"portal": "192.0.2.1:3260", "iqn": "iqn.2003-01.org.example:x", "lun": 0,
-                              "kernel_name": "sdb", "session_created": true, "device_created": true},
-                             {"portal": "[2001:db8::1]:3260", "iqn": "iqn.2003-01.org.example:x", "lun": 0,
-                              "kernel_name": "sdc", "session_created": false, "device_created": true}],
+                   "paths": [{"portal": "192.0.2.1:3260", "iqn": "iqn.2003-01.org.example:x",
+                              "lun": 0, "kernel_name": "sdb", "session_created": true,
+                              "device_created": true},
+                             {"portal": "[2001:db8::1]:3260", "iqn": "iqn.2003-01.org.example:x",
+                              "lun": 0, "kernel_name": "sdc", "session_created": false,
+                              "device_created": true}],
                    "multipath": {"name": "mpatha", "wwid_registered": true}},
         "mount": {"path": "/srv/data", "by_agent": true}
       }
@@ -140,10 +152,11 @@ mod tests {
     "00000000-0000-4000-8000-000000000002": {
       "volume_id": "vol-rbd",
       "attachment": {
-        "device": {"kernel_name": "rbd0", "device_path": "/dev/rbd/volumes/img", "size_bytes": 1, "wwn": null},
+        "device": {"kernel_name": "rbd0", "device_path": "/dev/rbd/volumes/img", "size_bytes": 1,
+                   "wwn": null},
         "paths": ["/dev/rbd/volumes/img"],
-        "handle": {"type": "rbd", "device_id": 0, "pool": "volumes", "namespace": null, "image": "img",
-                   "mapped_by_agent": true},
+        "handle": {"type": "rbd", "device_id": 0, "pool": "volumes", "namespace": null,
+                   "image": "img", "mapped_by_agent": true},
         "mount": null
       }
     }

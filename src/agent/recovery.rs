@@ -17,15 +17,31 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Volumes {
         for (uuid, owned) in record.volumes {
             match backends.is_present(&owned.attachment) {
                 Ok(true) => {
-                    tracing::info!(target_uuid = %uuid, volume_id = %owned.volume_id, device = %owned.attachment.device.device_path, "volume still attached from before");
+                    tracing::info!(
+                        target_uuid = %uuid,
+                        volume_id = %owned.volume_id,
+                        device = %owned.attachment.device.device_path,
+                        "volume still attached from before"
+                    );
                 }
                 Ok(false) => {
-                    tracing::info!(target_uuid = %uuid, volume_id = %owned.volume_id, "volume from before is no longer on the host; it will attach again when assigned");
+                    tracing::info!(
+                        target_uuid = %uuid,
+                        volume_id = %owned.volume_id,
+                        "volume from before is no longer on the host; \
+                         it will attach again when assigned"
+                    );
                     continue;
                 }
                 Err(e) => {
-                    // Unsure: keep it as ours rather than risk treating it as foreign or re-attaching.
-                    tracing::warn!(target_uuid = %uuid, kind = %e.kind, error = %e, "cannot check a recorded volume; keeping it");
+                    // Unsure: keep it as ours rather than risk treating it as foreign or
+                    // re-attaching.
+                    tracing::warn!(
+                        target_uuid = %uuid,
+                        kind = %e.kind,
+                        error = %e,
+                        "cannot check a recorded volume; keeping it"
+                    );
                 }
             }
             let volume = Volume::recovered(uuid, owned.volume_id, owned.attachment, now);

@@ -50,14 +50,21 @@ pub(crate) async fn lookup(
                 if let Some(token) = &issued
                     && let Err(e) = state.save_token(token)
                 {
-                    tracing::error!(error = %e, "cannot save the issued agent token in the state directory");
+                    tracing::error!(
+                        error = %e,
+                        "cannot save the issued agent token in the state directory"
+                    );
                 }
                 let token = provisioned
                     .cloned()
                     .or_else(|| issued.map(Secret::new))
                     .or_else(|| state.load_token().map(Secret::new));
                 if let Some(token) = token {
-                    tracing::info!(node = %found.node.uuid, name = %found.node.name, "conductor knows this node");
+                    tracing::info!(
+                        node = %found.node.uuid,
+                        name = %found.node.name,
+                        "conductor knows this node"
+                    );
                     return NodeLogin {
                         uuid: found.node.uuid,
                         name: found.node.name,
@@ -67,7 +74,9 @@ pub(crate) async fn lookup(
                 tracing::error!(
                     node = %found.node.uuid,
                     kind = "token_unavailable",
-                    "the node's token was issued before and is not in the state directory; run `tether ctl node reset-token {}` or provision the token in the agent's configuration",
+                    "the node's token was issued before and is not in the state directory; \
+                     run `tether ctl node reset-token {}` or provision the token in the agent's \
+                     configuration",
                     found.node.uuid
                 );
             }
@@ -163,7 +172,11 @@ async fn resolve_portals(spec: &mut TargetSpec) {
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(host = %portal.host, error = %e, "cannot resolve a portal's host name yet")
+                tracing::warn!(
+                    host = %portal.host,
+                    error = %e,
+                    "cannot resolve a portal's host name yet"
+                )
             }
             Err(_) => {
                 tracing::warn!(host = %portal.host, "resolving a portal's host name timed out")
@@ -173,7 +186,12 @@ async fn resolve_portals(spec: &mut TargetSpec) {
 }
 
 fn log_client_error(e: &ClientError, what: &str, retry_in: Duration) {
-    tracing::warn!(kind = e.kind(), error = %e, retry_in_ms = retry_in.as_millis() as u64, "{what}");
+    tracing::warn!(
+        kind = e.kind(),
+        error = %e,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "{what}"
+    );
 }
 
 pub(crate) fn jitter() -> f64 {

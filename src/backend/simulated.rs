@@ -341,7 +341,8 @@ impl IscsiHost for SimKernel {
             return Err(HostError::new(
                 ErrorKind::AuthFailed,
                 format!(
-                    "the target {iqn} at {portal} refused the CHAP credentials; check auth_username and auth_password"
+                    "the target {iqn} at {portal} refused the CHAP credentials; \
+                     check auth_username and auth_password"
                 ),
             ));
         }
@@ -407,7 +408,8 @@ fn unreachable(portal: &str) -> HostError {
     HostError::new(
         ErrorKind::PortalUnreachable,
         format!(
-            "cannot connect to the portal {portal}; check the address, the network and the target's listener"
+            "cannot connect to the portal {portal}; \
+             check the address, the network and the target's listener"
         ),
     )
 }
@@ -543,7 +545,8 @@ impl RbdHost for SimKernel {
             return Err(HostError::new(
                 ErrorKind::AuthFailed,
                 format!(
-                    "the Ceph cluster refused the key of client.{}; check the key stored for this target",
+                    "the Ceph cluster refused the key of client.{}; \
+                     check the key stored for this target",
                     spec.user
                 ),
             ));

@@ -212,8 +212,13 @@ async fn heartbeat(
 ) -> ApiResult<(StatusCode, Json<HeartbeatAccepted>)> {
     c.store.store_report(node, &report)?;
     c.metrics.heartbeats.inc();
-    tracing::debug!(node = %node, generation = ?report.generation, volumes = report.volumes.len(),
-        states = ?report.volumes.iter().map(|v| v.state.as_str()).collect::<Vec<_>>(), "report received");
+    tracing::debug!(
+        node = %node,
+        generation = ?report.generation,
+        volumes = report.volumes.len(),
+        states = ?report.volumes.iter().map(|v| v.state.as_str()).collect::<Vec<_>>(),
+        "report received"
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(HeartbeatAccepted {
@@ -371,7 +376,13 @@ async fn create_target(
         value: target,
         ..
     } = c.generations.publish(c.store.create_target(&req)?);
-    tracing::info!(target = %target.uuid, node = %target.node_uuid, volume_id = %target.volume_id, generation, "target assigned");
+    tracing::info!(
+        target = %target.uuid,
+        node = %target.node_uuid,
+        volume_id = %target.volume_id,
+        generation,
+        "target assigned"
+    );
     Ok((StatusCode::CREATED, Json(masked(target))))
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 /// A committed change to a node's targets that its long-polls have not been told about.
-#[must_use = "publish it (Generations::publish), or agents waiting on the node sleep through the change"]
+#[must_use = "publish it (Generations::publish), or agents waiting on the node sleep \
+              through the change"]
 pub(crate) struct GenerationChange<T = ()> {
     node: Uuid,
     generation: u64,

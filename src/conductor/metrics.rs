@@ -61,7 +61,8 @@ impl ConductorMetrics {
             Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
         registry.register_with_unit(
             "tether_conductor_http_request_duration",
-            "Time to answer an HTTP request, by route template, method and status class; long-polls that waited are not included",
+            "Time to answer an HTTP request, by route template, method and status class; \
+             long-polls that waited are not included",
             Unit::Seconds,
             requests.clone(),
         );
@@ -322,7 +323,8 @@ mod scale {
                 volume_type: "iscsi".into(),
                 state,
                 device_path: Some(format!(
-                    "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.linux-iscsi.array:n{i}-lun-{j}"
+                    "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-\
+                     iqn.2003-01.org.linux-iscsi.array:n{i}-lun-{j}"
                 )),
                 paths: vec![format!("/dev/sd{j}")],
                 size_bytes: Some(1 << 30),

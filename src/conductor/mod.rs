@@ -77,7 +77,10 @@ pub fn admin_token(config: &ConductorConfig, from_env: Option<String>) -> anyhow
     let token = store::new_token();
     crate::fsutil::write_private(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing a new admin token to {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated an admin token (mode 0600); tether ctl reads it from there");
+    tracing::info!(
+        path = %path.display(),
+        "generated an admin token (mode 0600); tether ctl reads it from there"
+    );
     Ok(token)
 }
 
@@ -102,7 +105,11 @@ pub async fn serve(
         stop_rx,
     ));
     let app = router(conductor);
-    tracing::info!(listen = %listener.local_addr()?, database = %config.database.display(), "conductor serving protocol v1");
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        database = %config.database.display(),
+        "conductor serving protocol v1"
+    );
     crate::notify::ready("serving protocol v1");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

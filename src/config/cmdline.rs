@@ -387,9 +387,11 @@ mod tests {
         )
         .unwrap();
         let files = [toml];
-        let cmdline =
-            parse("tether.conductor=http://cmdline:2 tether.token_file=/run/t tether.node=7e0a1c4e-0000-4000-8000-000000000001")
-                .unwrap();
+        let cmdline = parse(
+            "tether.conductor=http://cmdline:2 tether.token_file=/run/t \
+             tether.node=7e0a1c4e-0000-4000-8000-000000000001",
+        )
+        .unwrap();
         let c = crate::config::Config::load_with_cmdline(&files, &cmdline).unwrap();
         assert_eq!(c.agent.conductor_url, "http://cmdline:2");
         // The command line's token file replaces the TOML's token rather than conflicting.

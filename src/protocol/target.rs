@@ -210,21 +210,25 @@ impl TargetSpec {
 pub enum TargetError {
     /// The conductor sent a volume type this agent does not handle.
     #[error(
-        "volume_type {0:?} is not supported; use \"iscsi\" or \"rbd\" (fix the target at the conductor)"
+        "volume_type {0:?} is not supported; use \"iscsi\" or \"rbd\" \
+         (fix the target at the conductor)"
     )]
     UnknownVolumeType(String),
     #[error(
-        "property {0:?} is missing; the target's connection info is incomplete (recreate the target with it)"
+        "property {0:?} is missing; the target's connection info is incomplete \
+         (recreate the target with it)"
     )]
     MissingProperty(&'static str),
     #[error("property {key:?} is invalid: {reason} (fix the target at the conductor)")]
     InvalidProperty { key: &'static str, reason: String },
     #[error(
-        "{value:?} is not a valid iSCSI name: {reason} (expected iqn.YYYY-MM.domain[:name], eui.<16 hex> or naa.<16 or 32 hex>)"
+        "{value:?} is not a valid iSCSI name: {reason} \
+         (expected iqn.YYYY-MM.domain[:name], eui.<16 hex> or naa.<16 or 32 hex>)"
     )]
     InvalidIqn { value: String, reason: &'static str },
     #[error(
-        "{value:?} is not a valid portal: {reason} (write it as host:port, for example 192.0.2.10:3260)"
+        "{value:?} is not a valid portal: {reason} \
+         (write it as host:port, for example 192.0.2.10:3260)"
     )]
     InvalidPortal { value: String, reason: &'static str },
     #[error("LUN {value} is out of range; LUNs go from 0 to {MAX_LUN}")]
@@ -300,7 +304,8 @@ fn parse_iscsi(props: &Map<String, Value>) -> Result<IscsiSpec, TargetError> {
             return Err(TargetError::InvalidProperty {
                 key: "target_portals",
                 reason: format!(
-                    "target_portals, target_iqns and target_luns must be non-empty and of equal length (got {}, {}, {})",
+                    "target_portals, target_iqns and target_luns must be non-empty \
+                     and of equal length (got {}, {}, {})",
                     portals.len(),
                     iqns.len(),
                     luns.len()

@@ -241,8 +241,8 @@ async fn malformed_targets_fail_alone_with_stable_kinds() {
         ),
         (
             "iscsi",
-            json!({"target_portal": PORTAL, "target_iqn": IQN_A, "target_lun": 0, "auth_method": "CHAP",
-                   "auth_username": "u;rm -rf /", "auth_password": "p"}),
+            json!({"target_portal": PORTAL, "target_iqn": IQN_A, "target_lun": 0,
+                   "auth_method": "CHAP", "auth_username": "u;rm -rf /", "auth_password": "p"}),
             "unsafe_value",
         ),
         ("nvme", json!({}), "unknown_volume_type"),
@@ -306,7 +306,10 @@ async fn validating_conductor_refuses_malformed_targets_and_masked_secrets() {
             op.request(
                 reqwest::Method::POST,
                 "/v1/volume/targets",
-                Some(json!({"node_uuid": node_uuid, "volume_type": "iscsi", "volume_id": "v", "properties": props})),
+                Some(
+                    json!({"node_uuid": node_uuid, "volume_type": "iscsi", "volume_id": "v",
+                            "properties": props}),
+                ),
             )
             .await
         }
@@ -329,7 +332,10 @@ async fn validating_conductor_refuses_malformed_targets_and_masked_secrets() {
         .request(
             reqwest::Method::POST,
             "/v1/volume/targets",
-            Some(json!({"node_uuid": node_uuid, "volume_type": "iscsi", "volume_id": "v", "colour": "red"})),
+            Some(
+                json!({"node_uuid": node_uuid, "volume_type": "iscsi", "volume_id": "v",
+                        "colour": "red"}),
+            ),
         )
         .await;
     assert_eq!(

@@ -35,7 +35,8 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
             "iscsi",
             "chap",
             json!({"target_portal": "192.0.2.10:3260", "target_iqn": iqn, "target_lun": 0,
-                   "auth_method": "CHAP", "auth_username": "initiator", "auth_password": CHAP_PASSWORD,
+                   "auth_method": "CHAP", "auth_username": "initiator",
+                   "auth_password": CHAP_PASSWORD,
                    "auth_username_in": "target", "auth_password_in": MUTUAL_PASSWORD}),
             json!({}),
         )
@@ -46,7 +47,8 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
             "iscsi",
             "wrong",
             json!({"target_portal": "192.0.2.10:3260", "target_iqn": iqn_wrong, "target_lun": 0,
-                   "auth_method": "CHAP", "auth_username": "initiator", "auth_password": WRONG_PASSWORD}),
+                   "auth_method": "CHAP", "auth_username": "initiator",
+                   "auth_password": WRONG_PASSWORD}),
             json!({}),
         )
         .await;

@@ -22,7 +22,10 @@ fn uuid(n: u8) -> Uuid {
 /// The pool of targets the conductor may assign: two LUNs of one target, another target on
 /// the same portal, an RBD image, an invalid target, and a multipath volume sharing a session.
 fn pool() -> Vec<VolumeTarget> {
-    let iscsi = |portal: &str, iqn: &str, lun: u32| json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun});
+    let iscsi = |portal: &str, iqn: &str, lun: u32| {
+        json!({"target_portal": portal, "target_iqn": iqn,
+               "target_lun": lun})
+    };
     let entries = vec![
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 0)),
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 1)),
@@ -34,7 +37,8 @@ fn pool() -> Vec<VolumeTarget> {
         ("iscsi", iscsi("192.0.2.1:3260", "iqn.bad", 0)),
         (
             "iscsi",
-            json!({"target_portals": ["192.0.2.1:3260", "192.0.2.2:3260"], "target_iqns": [IQN_X, IQN_X], "target_luns": [2, 2]}),
+            json!({"target_portals": ["192.0.2.1:3260", "192.0.2.2:3260"],
+                   "target_iqns": [IQN_X, IQN_X], "target_luns": [2, 2]}),
         ),
     ];
     entries
@@ -305,7 +309,10 @@ proptest! {
     /// detached without a successful answer that dropped it, no login races, and once faults
     /// stop every assigned volume ends attached or failed with a reason.
     #[test]
-    fn invariants_hold_over_random_histories(steps in proptest::collection::vec(step(), 1..60), last in 0u8..64) {
+    fn invariants_hold_over_random_histories(
+        steps in proptest::collection::vec(step(), 1..60),
+        last in 0u8..64,
+    ) {
         let mut m = Model::new();
         for s in &steps {
             m.step(s);

@@ -149,7 +149,8 @@ impl BlockHost for SystemBlock {
                 return Err(HostError::new(
                     ErrorKind::DeviceTimeout,
                     format!(
-                        "no block device for {what} with its udev link appeared within {}s (recent udev events: {}); check dmesg and udev",
+                        "no block device for {what} with its udev link appeared within {}s \
+                         (recent udev events: {}); check dmesg and udev",
                         timeout.as_secs(),
                         if recent.is_empty() {
                             "none".to_string()
@@ -354,7 +355,8 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::DeviceTimeout);
         assert_eq!(
             error.message,
-            "no block device for the test disk with its udev link appeared within 0s (recent udev events: add sdy); check dmesg and udev"
+            "no block device for the test disk with its udev link appeared within 0s \
+             (recent udev events: add sdy); check dmesg and udev"
         );
     }
 }

@@ -24,7 +24,8 @@ pub(crate) fn ensure_mounted(
             return Err(HostError::new(
                 ErrorKind::NoFilesystem,
                 format!(
-                    "{} holds no filesystem and extra.mount.mkfs is false; set mkfs to true to format it",
+                    "{} holds no filesystem and extra.mount.mkfs is false; \
+                     set mkfs to true to format it",
                     device.device_path
                 ),
             ));

@@ -39,7 +39,8 @@ impl DeviceEvents {
         self.changed.notify_all();
     }
 
-    /// Sleeps until the generation moves past `seen` or `deadline` passes. Returns false on timeout.
+    /// Sleeps until the generation moves past `seen` or `deadline` passes. Returns false on
+    /// timeout.
     pub(crate) fn wait_past(&self, seen: u64, deadline: Instant) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -90,7 +91,11 @@ pub(crate) fn start(events: Arc<DeviceEvents>) -> std::io::Result<()> {
                     action: event.event_type().to_string(),
                     kernel_name: event.sysname().to_string_lossy().into_owned(),
                 };
-                tracing::trace!(action = %summary.action, device = %summary.kernel_name, "udev event");
+                tracing::trace!(
+                    action = %summary.action,
+                    device = %summary.kernel_name,
+                    "udev event"
+                );
                 events.publish(summary);
             }
         }

@@ -148,7 +148,9 @@ impl SystemIscsi {
                 return Err(HostError::new(
                     ErrorKind::AuthFailed,
                     format!(
-                        "SendTargets discovery at {portal} failed to authenticate ({}); check discovery_auth_username and discovery_auth_password, and the target's discovery CHAP settings",
+                        "SendTargets discovery at {portal} failed to authenticate ({}); \
+                         check discovery_auth_username and discovery_auth_password, \
+                         and the target's discovery CHAP settings",
                         out.reason()
                     ),
                 ));
@@ -174,12 +176,19 @@ impl SystemIscsi {
             },
         };
         if let Err(reason) = cleanup {
-            tracing::error!(portal, reason = %reason, record = %record.display(), "could not remove the discovery record that holds the discovery CHAP secret; remove it by hand");
+            tracing::error!(
+                portal,
+                reason = %reason,
+                record = %record.display(),
+                "could not remove the discovery record that holds the discovery CHAP secret; \
+                 remove it by hand"
+            );
             if result.is_ok() {
                 return Err(HostError::new(
                     ErrorKind::RecordFailed,
                     format!(
-                        "the discovery record {} could not be removed ({reason}); it holds the discovery CHAP secret",
+                        "the discovery record {} could not be removed ({reason}); \
+                         it holds the discovery CHAP secret",
                         record.display()
                     ),
                 ));
@@ -316,7 +325,8 @@ pub(crate) fn classify(out: &Output, doing: &str) -> HostError {
         ),
         ERR_LOGIN | ERR_FATAL_LOGIN => (
             ErrorKind::LoginRefused,
-            "the target refused the login: check the IQN and that its ACL allows this node's initiator name",
+            "the target refused the login: \
+             check the IQN and that its ACL allows this node's initiator name",
         ),
         ERR_NO_OBJS_FOUND => (ErrorKind::NoRecord, "the node record is missing"),
         _ => (ErrorKind::IscsiadmFailed, "see the message for details"),
@@ -524,7 +534,8 @@ mod tests {
 
     #[test]
     fn secrets_replace_record_lines_and_stay_before_the_end_marker() {
-        let record = "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = old\n# END RECORD\n";
+        let record = "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\n\
+                      node.session.auth.password = old\n# END RECORD\n";
         let out = set_record_values(
             record,
             &[
@@ -534,7 +545,8 @@ mod tests {
         );
         assert_eq!(
             out,
-            "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = new\nnode.session.auth.password_in = in\n# END RECORD\n"
+            "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = new\n\
+             node.session.auth.password_in = in\n# END RECORD\n"
         );
     }
 

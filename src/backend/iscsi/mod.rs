@@ -146,7 +146,8 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
                     HostError::new(
                         ErrorKind::MultipathFailed,
                         format!(
-                            "{}; multipathd runs but made no map: check blacklist and find_multipaths in /etc/multipath.conf",
+                            "{}; multipathd runs but made no map: \
+                             check blacklist and find_multipaths in /etc/multipath.conf",
                             e.message
                         ),
                     )
@@ -185,7 +186,8 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             HostError::new(
                 ErrorKind::MultipathFailed,
                 format!(
-                    "the volume is on multipath map {} but the multipath tools are missing; install multipath-tools",
+                    "the volume is on multipath map {} but the multipath tools are missing; \
+                     install multipath-tools",
                     map.name
                 ),
             )
@@ -261,7 +263,11 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             let _ = self.host.delete_record(key);
             return Err(e);
         }
-        tracing::debug!(session = %key, elapsed_ms = started.elapsed().as_millis() as u64, "logged in");
+        tracing::debug!(
+            session = %key,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "logged in"
+        );
         let session = self.find_session(key)?.ok_or_else(|| {
             HostError::new(
                 ErrorKind::LoginFailed,
@@ -326,7 +332,12 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             .block
             .wait_for_device(&what, timeout)
             .map_err(cleanup)?;
-        tracing::debug!(session = %key, lun = path.lun, device = %device.kernel_name, "device ready");
+        tracing::debug!(
+            session = %key,
+            lun = path.lun,
+            device = %device.kernel_name,
+            "device ready"
+        );
         let handle = IscsiPathAttachment {
             session: key,
             lun: path.lun,
@@ -484,7 +495,12 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 // LUNs still on the session belong to someone: logging out would yank them.
                 let remaining = self.find_session(key)?.map(|s| s.luns).unwrap_or_default();
                 if let Some((lun, dev)) = remaining.first() {
-                    tracing::warn!(session = %key, lun, device = %dev, "not logging out: another LUN of the session is still present");
+                    tracing::warn!(
+                        session = %key,
+                        lun,
+                        device = %dev,
+                        "not logging out: another LUN of the session is still present"
+                    );
                     continue;
                 }
                 self.host.logout(key)?;

@@ -23,8 +23,14 @@ impl Store {
         let uuid = Uuid::new_v4();
         self.conn()
             .execute(
-                "INSERT INTO connectors (uuid, node_uuid, type, connector_id) VALUES (?1, ?2, ?3, ?4)",
-                params![uuid.to_string(), req.node_uuid.to_string(), req.connector_type, req.connector_id],
+                "INSERT INTO connectors (uuid, node_uuid, type, connector_id) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    uuid.to_string(),
+                    req.node_uuid.to_string(),
+                    req.connector_type,
+                    req.connector_id
+                ],
             )
             .map_err(|e| {
                 conflict(

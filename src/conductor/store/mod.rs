@@ -82,7 +82,11 @@ fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     // The database holds CHAP passwords and cephx keys.
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), error = %e, "could not restrict database permissions to 0600");
+        tracing::warn!(
+            path = %path.display(),
+            error = %e,
+            "could not restrict database permissions to 0600"
+        );
     }
 }
 

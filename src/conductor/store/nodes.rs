@@ -29,10 +29,22 @@ impl Store {
         let tx = conn.transaction()?;
         let created = now_secs();
         tx.execute(
-            "INSERT INTO nodes (uuid, name, created_at, token_hash, token_issued) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![uuid.to_string(), req.name, created, token_hash, token_issued],
+            "INSERT INTO nodes (uuid, name, created_at, token_hash, token_issued) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                uuid.to_string(),
+                req.name,
+                created,
+                token_hash,
+                token_issued
+            ],
         )
-        .map_err(|e| conflict(e, format!("a node named {:?} or with uuid {uuid} exists", req.name)))?;
+        .map_err(|e| {
+            conflict(
+                e,
+                format!("a node named {:?} or with uuid {uuid} exists", req.name),
+            )
+        })?;
         for mac in &addresses {
             tx.execute(
                 "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
@@ -150,7 +162,8 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
         Err(StoreError::Invalid {
             kind: "invalid_name",
             message: format!(
-                "node name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-', and not a UUID"
+                "node name {name:?} must be 1 to 255 letters, digits, '.', '_' or '-', \
+                 and not a UUID"
             ),
         })
     }

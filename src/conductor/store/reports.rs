@@ -35,10 +35,17 @@ impl Store {
             *n = Value::from(n.as_u64().unwrap_or(0) + 1);
         }
         self.conn().execute(
-            "INSERT INTO reports (node_uuid, body, received_at, volume_states) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, received_at = excluded.received_at,
+            "INSERT INTO reports (node_uuid, body, received_at, volume_states) \
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, \
+             received_at = excluded.received_at,
                  volume_states = excluded.volume_states",
-            params![node.to_string(), body, now_secs(), Value::Object(states).to_string()],
+            params![
+                node.to_string(),
+                body,
+                now_secs(),
+                Value::Object(states).to_string()
+            ],
         )?;
         Ok(())
     }

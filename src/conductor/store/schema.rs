@@ -65,7 +65,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
-            "the database has schema version {version}, newer than this conductor knows ({}); run a newer conductor",
+            "the database has schema version {version}, newer than this conductor knows ({}); \
+             run a newer conductor",
             MIGRATIONS.len()
         )));
     }

@@ -18,7 +18,8 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra, created_at)
+            "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, \
+             properties, extra, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 uuid.to_string(),
@@ -121,7 +122,8 @@ fn query_targets(
     arg: &str,
 ) -> Result<Vec<VolumeTarget>, StoreError> {
     let sql = format!(
-        "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra FROM targets {filter}
+        "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra \
+         FROM targets {filter}
          ORDER BY boot_index IS NULL, boot_index, created_at, uuid"
     );
     let mut stmt = conn.prepare_cached(&sql)?;

@@ -238,7 +238,8 @@ fn mount_spec_is_validated() {
     let ok = parse(&target(
         "iscsi",
         props.clone(),
-        json!({"mount": {"path": "/srv/data/", "fstype": "ext4", "options": "noatime,discard", "mkfs": true}}),
+        json!({"mount": {"path": "/srv/data/", "fstype": "ext4", "options": "noatime,discard",
+                         "mkfs": true}}),
     ))
     .unwrap();
     let mount = ok.mount.unwrap();
@@ -273,11 +274,19 @@ proptest::proptest! {
     // Whatever arrives, parsing never panics, and any string it accepts as an IQN or portal
     // holds no character a shell or iscsiadm's record files would treat specially.
     #[test]
-    fn parse_never_panics_and_accepts_only_safe_strings(portal in ".{0,40}", iqn in ".{0,60}", lun in proptest::num::i64::ANY) {
-        if let Ok(spec) = iscsi(json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun})) {
+    fn parse_never_panics_and_accepts_only_safe_strings(
+        portal in ".{0,40}",
+        iqn in ".{0,60}",
+        lun in proptest::num::i64::ANY,
+    ) {
+        if let Ok(spec) =
+            iscsi(json!({"target_portal": portal, "target_iqn": iqn, "target_lun": lun}))
+        {
             let BackendSpec::Iscsi(iscsi) = spec.backend else { panic!() };
             let p = &iscsi.paths[0];
-            let unsafe_char = |c: char| c.is_whitespace() || c.is_control() || "$`;|&<>()\\'\"*?!{}".contains(c);
+            let unsafe_char = |c: char| {
+                c.is_whitespace() || c.is_control() || "$`;|&<>()\\'\"*?!{}".contains(c)
+            };
             proptest::prop_assert!(!p.iqn.chars().any(unsafe_char));
             proptest::prop_assert!(!p.portal.to_string().chars().any(unsafe_char));
         }
