@@ -73,7 +73,8 @@ fn each_module_uses_only_what_its_row_allows() {
         for (name, path) in uses(module) {
             assert!(
                 allowed.contains(&name.as_str()),
-                "{path} uses crate::{name}, which the {module} row of docs/architecture.md does not allow"
+                "{path} uses crate::{name}, which the {module} row of \
+                 docs/architecture.md does not allow"
             );
         }
     }
