@@ -19,10 +19,11 @@ agent, status and check-config); then the command's flags.
 
 Kernel command line keys: tether.conductor=URL, tether.node=UUID, tether.token_file=PATH, \
 tether.token=TOKEN (any user can read /proc/cmdline: prefer tether.token_file), \
-tether.state_dir=PATH, tether.device_timeout_s=SECONDS.
+tether.state_dir=PATH, tether.conductor_ca_file=PATH, tether.allow_insecure_http=0|1, \
+tether.device_timeout_s=SECONDS.
 
 Environment: TETHER_CONFIG, TETHER_CMDLINE, TETHER_LOG (a tracing filter), TETHER_ADMIN_TOKEN \
-(conductor, ctl), TETHER_URL (ctl).
+(conductor, ctl), TETHER_URL and TETHER_CA_FILE (ctl).
 
 See /usr/share/doc/tether/operations.md.";
 
@@ -321,27 +322,27 @@ mod tests {
         let toml = dir.path().join("tether.toml");
         std::fs::write(
             &toml,
-            "[agent]\nconductor_url = \"http://file:1\"\nstate_dir = \"/file\"\n\
+            "[agent]\nconductor_url = \"https://file:1\"\nstate_dir = \"/file\"\n\
              host_root = \"/file-root\"\ndevice_timeout_s = 5\n",
         )
         .unwrap();
         let cmdline_file = dir.path().join("cmdline");
         std::fs::write(
             &cmdline_file,
-            "ro tether.conductor=http://cmdline:2 tether.state_dir=/cmdline \
+            "ro tether.conductor=https://cmdline:2 tether.state_dir=/cmdline \
              tether.device_timeout_s=9\n",
         )
         .unwrap();
         let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();
         let loaded = load_config(Some(&toml), &from_cmdline).unwrap().agent;
         let flags = AgentFlags {
-            conductor_url: Some("http://flag:3".into()),
+            conductor_url: Some("https://flag:3".into()),
             state_dir: None,
             host_root: None,
             simulated: false,
         };
         let agent = flags.apply(loaded);
-        assert_eq!(agent.conductor_url, "http://flag:3");
+        assert_eq!(agent.conductor_url, "https://flag:3");
         assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
         assert_eq!(agent.device_timeout, std::time::Duration::from_secs(9));
         assert_eq!(agent.host_root, PathBuf::from("/file-root"));

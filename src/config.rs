@@ -40,6 +40,11 @@ pub enum BackendKind {
 pub struct AgentConfig {
     /// Base URL of the conductor.
     pub conductor_url: String,
+    /// PEM file of the CA that signed the conductor's certificate. Unset, the system's roots.
+    pub conductor_ca_file: Option<PathBuf>,
+    /// Allow `http://` to a conductor that is not on loopback: tokens and every volume's
+    /// secrets then cross the network in clear, and the agent says so at every start.
+    pub allow_insecure_http: bool,
     /// Look the node up by this uuid as well as by its MAC addresses.
     pub node_uuid: Option<Uuid>,
     /// A token provisioned out of band. Prefer `token_file`: this file may be world-readable.
@@ -107,6 +112,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             conductor_url: format!("http://{DEFAULT_LISTEN}"),
+            conductor_ca_file: None,
+            allow_insecure_http: false,
             node_uuid: None,
             token: None,
             token_file: None,
@@ -141,6 +148,18 @@ pub struct ConductorConfig {
     pub validate_targets: bool,
     /// File holding a token that `GET /metrics` then requires; unset, metrics need none.
     pub metrics_token_file: Option<PathBuf>,
+    /// PEM files of the certificate chain and its key: set both to serve HTTPS. Either file
+    /// changed on disk is served within seconds, without a restart.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Longest a client may take for the TLS handshake, for a request's headers, and before
+    /// the next request on an idle keep-alive connection.
+    pub header_timeout_s: u64,
+    /// Most connections open at once, in all and from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// How long a stopping conductor waits for running requests.
+    pub shutdown_timeout_s: u64,
 }
 
 impl Default for ConductorConfig {
@@ -153,6 +172,12 @@ impl Default for ConductorConfig {
             max_wait_s: 120,
             validate_targets: true,
             metrics_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            header_timeout_s: 10,
+            max_connections: 32_768,
+            max_connections_per_address: 256,
+            shutdown_timeout_s: 10,
         }
     }
 }
@@ -253,11 +278,16 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let a = &self.agent;
-        if !(a.conductor_url.starts_with("http://") || a.conductor_url.starts_with("https://")) {
-            return Err(format!(
-                "agent.conductor_url {:?} must start with http:// or https://",
-                a.conductor_url
-            ));
+        match conductor_transport(&a.conductor_url)? {
+            Transport::Plain { loopback: false } if !a.allow_insecure_http => {
+                return Err(format!(
+                    "agent.conductor_url {:?} is plain http to another machine: tokens and \
+                     volume secrets would cross the network in clear; use https:// (with \
+                     agent.conductor_ca_file), or set agent.allow_insecure_http = true",
+                    a.conductor_url
+                ));
+            }
+            _ => {}
         }
         if [a.poll_wait, a.device_timeout, a.retry_initial].contains(&Duration::ZERO) {
             return Err(
@@ -274,6 +304,15 @@ impl Config {
         if a.token.is_some() && a.token_file.is_some() {
             return Err("agent.token and agent.token_file are both set; keep one".into());
         }
+        let c = &self.conductor;
+        if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
+            return Err("conductor.tls_cert_file and conductor.tls_key_file go together".into());
+        }
+        if c.header_timeout_s == 0 || c.max_connections == 0 || c.max_connections_per_address == 0 {
+            return Err("conductor.header_timeout_s, max_connections and \
+                 max_connections_per_address must be at least 1"
+                .into());
+        }
         self.conductor
             .listen
             .parse::<std::net::SocketAddr>()
@@ -284,6 +323,32 @@ impl Config {
                 )
             })?;
         Ok(())
+    }
+}
+
+/// How the agent reaches its conductor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Plain { loopback: bool },
+}
+
+/// The transport a conductor URL names; an error for a URL that is neither http nor https.
+pub fn conductor_transport(url: &str) -> Result<Transport, String> {
+    let invalid = || format!("agent.conductor_url {url:?} must be an http:// or https:// URL");
+    let parsed = reqwest::Url::parse(url).map_err(|_| invalid())?;
+    match parsed.scheme() {
+        "https" => Ok(Transport::Tls),
+        "http" => {
+            let host = parsed.host_str().unwrap_or_default();
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = match ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.is_loopback(),
+                Err(_) => host.eq_ignore_ascii_case("localhost"),
+            };
+            Ok(Transport::Plain { loopback })
+        }
+        _ => Err(invalid()),
     }
 }
 
@@ -328,11 +393,11 @@ mod tests {
         let a = write(
             dir.path(),
             "a.toml",
-            "[agent]\nconductor_url = \"http://a:1\"\npoll_wait_s = 5\n",
+            "[agent]\nconductor_url = \"https://a:1\"\npoll_wait_s = 5\n",
         );
         let b = write(dir.path(), "b.toml", "[agent]\npoll_wait_s = 9\n");
         let c = Config::load(&[a, b]).unwrap();
-        assert_eq!(c.agent.conductor_url, "http://a:1");
+        assert_eq!(c.agent.conductor_url, "https://a:1");
         assert_eq!(c.agent.poll_wait, Duration::from_secs(9));
     }
 
@@ -392,6 +457,46 @@ mod tests {
         assert!(err.contains("bad.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("not a loopback address"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_loopback_unless_the_operator_allows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, text: &str| Config::load(&[write(dir.path(), name, text)]);
+        for url in [
+            "http://127.0.0.1:6387",
+            "http://[::1]:6387",
+            "http://localhost:6387",
+            "https://conductor.example:6387",
+            "https://192.0.2.1:6387",
+        ] {
+            let text = format!("[agent]\nconductor_url = \"{url}\"\n");
+            assert!(load("ok.toml", &text).is_ok(), "{url}");
+        }
+        let remote = "[agent]\nconductor_url = \"http://192.0.2.1:6387\"\n";
+        let err = load("remote.toml", remote).unwrap_err();
+        assert_eq!(err.kind(), "config_invalid");
+        assert!(err.to_string().contains("allow_insecure_http"), "{err}");
+        let allowed = format!("{remote}allow_insecure_http = true\n");
+        assert!(load("allowed.toml", &allowed).is_ok());
+        let odd = "[agent]\nconductor_url = \"ftp://192.0.2.1\"\n";
+        assert_eq!(load("odd.toml", odd).unwrap_err().kind(), "config_invalid");
+        assert_eq!(
+            conductor_transport("http://127.0.0.2:1"),
+            Ok(Transport::Plain { loopback: true })
+        );
+        assert_eq!(conductor_transport("https://x"), Ok(Transport::Tls));
+    }
+
+    #[test]
+    fn the_conductors_tls_files_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let half = write(
+            dir.path(),
+            "half.toml",
+            "[conductor]\ntls_cert_file = \"/etc/tether/c.pem\"\n",
+        );
+        assert_eq!(Config::load(&[half]).unwrap_err().kind(), "config_invalid");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct CtlArgs {
     /// TETHER_ADMIN_TOKEN takes precedence.
     #[arg(long, default_value = "tether-admin.token")]
     token_file: PathBuf,
+    /// PEM file of the CA that signed an https:// conductor's certificate.
+    #[arg(long, env = "TETHER_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -286,7 +289,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         })?,
     };
     let api = Api {
-        http: reqwest::Client::new(),
+        http: tether::agent::trusting(reqwest::Client::builder(), args.ca_file.as_deref())?
+            .build()
+            .context("setting up the HTTP client")?,
         url: args.url.trim_end_matches('/').to_string(),
         token,
     };

@@ -55,6 +55,17 @@ install() {
     for f in /etc/tether/tether.toml /etc/tether/config.d/*.toml /usr/lib/tether/config.d/*.toml; do
         [[ -f $f ]] && inst_simple "$f"
     done
+    # The conductor's CA, where the configuration names one (tether.conductor_ca_file= on the
+    # kernel command line may name another file, which must then be in the image too).
+    local ca
+    for ca in $(sed -n 's/^[[:space:]]*conductor_ca_file[[:space:]]*=[[:space:]]*"\(.*\)".*/\1/p' \
+        /etc/tether/tether.toml /etc/tether/config.d/*.toml /usr/lib/tether/config.d/*.toml 2>/dev/null); do
+        if [[ -f $ca ]]; then
+            inst_simple "$ca"
+        else
+            dwarn "tether: conductor_ca_file $ca does not exist; the agent will not start"
+        fi
+    done
 
     # The agent always needs the network, even without a network root.
     mkdir -p "${initdir}/etc/cmdline.d"

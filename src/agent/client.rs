@@ -1,6 +1,9 @@
 //! The agent's side of protocol v1.
 
+use std::path::Path;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -51,12 +54,18 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+    /// `ca` is the PEM file of the CA that signed the conductor's certificate; without one the
+    /// built-in roots apply.
+    pub fn new(base: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("tether-agent/", env!("CARGO_PKG_VERSION")))
+            // Under the conductor's idle limit, so a pooled connection is never reused just as
+            // the conductor closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .user_agent(concat!("tether-agent/", env!("CARGO_PKG_VERSION")));
+        let http = trusting(builder, ca)?
             .build()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .context("setting up the HTTP client")?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -159,4 +168,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// Trusts only the CA in `ca`, when given: a conductor is one known service, not the web.
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca: Option<&Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(path) = ca else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the conductor's CA file {}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    if certificates.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", path.display());
+    }
+    let builder = certificates
+        .into_iter()
+        .fold(builder.tls_built_in_root_certs(false), |b, c| {
+            b.add_root_certificate(c)
+        });
+    Ok(builder)
 }

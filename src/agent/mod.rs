@@ -30,7 +30,7 @@ use crate::notify;
 use crate::protocol::{ForeignAttachment, Heartbeat};
 pub use backends::Backends;
 use client::Client;
-pub use client::error_chain;
+pub use client::{error_chain, trusting};
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
 use reconcile::{Assignment, reconcile};
@@ -77,7 +77,17 @@ pub async fn run(
     })?;
     let identity = identity::collect(&config.host_root);
     tracing::info!(macs = ?identity.macs, iqn = ?identity.initiator_iqn, "identified the node");
-    let client = Client::new(&config.conductor_url)?;
+    let client = Client::new(&config.conductor_url, config.conductor_ca_file.as_deref())?;
+    if crate::config::conductor_transport(&config.conductor_url)
+        == Ok(crate::config::Transport::Plain { loopback: false })
+    {
+        tracing::warn!(
+            kind = "insecure_http",
+            conductor = %config.conductor_url,
+            "agent.allow_insecure_http is set: the token and every volume's secrets cross the \
+             network in clear, and anyone in the path can hand this node targets"
+        );
+    }
     let metrics = Arc::new(AgentMetrics::new());
     let metrics_server = match config.metrics_listen {
         Some(addr) => metrics::start(addr, metrics.clone()).await,

@@ -6,7 +6,9 @@ mod error;
 mod extract;
 mod generations;
 mod metrics;
+mod server;
 mod store;
+mod tls;
 
 use std::future::Future;
 use std::path::Path;
@@ -105,22 +107,36 @@ pub async fn serve(
         stop_rx,
     ));
     let app = router(conductor);
+    let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingCert::open(cert, key)?),
+        _ => None,
+    };
+    let acceptor = certificate.as_ref().map(|c| c.acceptor()).transpose()?;
+    let reloading = certificate.map(|c| tokio::spawn(c.watch()));
+    let limits = server::Limits {
+        header_timeout: Duration::from_secs(config.header_timeout_s),
+        max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_address,
+        shutdown_timeout: Duration::from_secs(config.shutdown_timeout_s),
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = acceptor.is_some(),
         database = %config.database.display(),
         "conductor serving protocol v1"
     );
     crate::notify::ready("serving protocol v1");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            crate::notify::stopping();
-            // Long-polls end now instead of holding the shutdown for their full wait.
-            let _ = stop_tx.send(true);
-            tracing::info!("conductor shutting down");
-        })
-        .await
-        .context("serving HTTP")?;
+    let stopping = async move {
+        shutdown.await;
+        crate::notify::stopping();
+        // Long-polls end now instead of holding the shutdown for their full wait.
+        let _ = stop_tx.send(true);
+        tracing::info!("conductor shutting down");
+    };
+    server::run(listener, app, acceptor, limits, stopping).await;
+    if let Some(task) = reloading {
+        task.abort();
+    }
     Ok(())
 }
 

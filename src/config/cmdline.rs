@@ -29,6 +29,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("token_file", "agent.token_file", "an absolute path"),
     ("state_dir", "agent.state_dir", "an absolute path"),
     (
+        "conductor_ca_file",
+        "agent.conductor_ca_file",
+        "an absolute path",
+    ),
+    (
+        "allow_insecure_http",
+        "agent.allow_insecure_http",
+        "1 or 0 (plain http to a conductor that is not on loopback)",
+    ),
+    (
         "device_timeout_s",
         "agent.device_timeout_s",
         "a number of seconds, at least 1",
@@ -43,6 +53,8 @@ pub struct CmdlineSettings {
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub conductor_ca_file: Option<PathBuf>,
+    pub allow_insecure_http: Option<bool>,
     pub device_timeout_s: Option<u64>,
 }
 
@@ -66,6 +78,8 @@ impl CmdlineSettings {
             self.token.is_some(),
             self.token_file.is_some(),
             self.state_dir.is_some(),
+            self.conductor_ca_file.is_some(),
+            self.allow_insecure_http.is_some(),
             self.device_timeout_s.is_some(),
         ];
         KEYS.iter()
@@ -90,6 +104,12 @@ impl CmdlineSettings {
         }
         if let Some(dir) = &self.state_dir {
             agent.state_dir = dir.clone();
+        }
+        if let Some(file) = &self.conductor_ca_file {
+            agent.conductor_ca_file = Some(file.clone());
+        }
+        if let Some(allow) = self.allow_insecure_http {
+            agent.allow_insecure_http = allow;
         }
         if let Some(timeout) = self.device_timeout_s {
             agent.device_timeout = std::time::Duration::from_secs(timeout);
@@ -163,6 +183,17 @@ pub fn parse(text: &str) -> Result<CmdlineSettings, CmdlineError> {
                 settings.token = None;
             }
             "state_dir" => settings.state_dir = Some(absolute(value).map_err(bad)?),
+            "conductor_ca_file" => {
+                settings.conductor_ca_file = Some(absolute(value).map_err(bad)?);
+            }
+            "allow_insecure_http" => {
+                let allow = match value {
+                    "1" => true,
+                    "0" => false,
+                    _ => return Err(bad(format!("{value:?} is not {expected}"))),
+                };
+                settings.allow_insecure_http = Some(allow);
+            }
             "device_timeout_s" => {
                 let seconds = value
                     .parse::<u64>()
@@ -250,6 +281,30 @@ pub fn split(text: &str) -> Vec<(&str, Option<&str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramdisk_names_its_conductors_ca_and_may_allow_plain_http() {
+        let s = parse(
+            "tether.conductor=http://10.0.9.1:6387 tether.conductor-ca-file=/etc/tether/ca.pem \
+             tether.allow_insecure_http=1",
+        )
+        .unwrap();
+        assert_eq!(
+            s.conductor_ca_file.as_deref(),
+            Some(Path::new("/etc/tether/ca.pem"))
+        );
+        assert_eq!(s.allow_insecure_http, Some(true));
+        let mut agent = AgentConfig::default();
+        s.apply(&mut agent);
+        assert!(agent.allow_insecure_http);
+        assert_eq!(agent.conductor_ca_file, s.conductor_ca_file);
+        let bad = parse("tether.allow_insecure_http=yes").unwrap_err();
+        assert_eq!(bad.key, "tether.allow_insecure_http");
+        assert!(
+            parse("tether.conductor_ca_file=ca.pem").is_err(),
+            "relative path"
+        );
+    }
 
     #[test]
     fn split_follows_the_kernels_quoting() {
@@ -382,18 +437,18 @@ mod tests {
         let toml = dir.path().join("tether.toml");
         std::fs::write(
             &toml,
-            "[agent]\nconductor_url = \"http://toml:1\"\ntoken = \"from-toml\"\n\
+            "[agent]\nconductor_url = \"https://toml:1\"\ntoken = \"from-toml\"\n\
              poll_wait_s = 7\nstate_dir = \"/var/lib/tether\"\n",
         )
         .unwrap();
         let files = [toml];
         let cmdline = parse(
-            "tether.conductor=http://cmdline:2 tether.token_file=/run/t \
+            "tether.conductor=https://cmdline:2 tether.token_file=/run/t \
              tether.node=7e0a1c4e-0000-4000-8000-000000000001",
         )
         .unwrap();
         let c = crate::config::Config::load_with_cmdline(&files, &cmdline).unwrap();
-        assert_eq!(c.agent.conductor_url, "http://cmdline:2");
+        assert_eq!(c.agent.conductor_url, "https://cmdline:2");
         // The command line's token file replaces the TOML's token rather than conflicting.
         assert_eq!(c.agent.token, None);
         assert_eq!(c.agent.token_file, Some(PathBuf::from("/run/t")));
@@ -402,7 +457,7 @@ mod tests {
         assert_eq!(c.agent.poll_wait, std::time::Duration::from_secs(7));
         assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/tether"));
         let none = crate::config::Config::load(&files).unwrap();
-        assert_eq!(none.agent.conductor_url, "http://toml:1");
+        assert_eq!(none.agent.conductor_url, "https://toml:1");
         assert_eq!(none.agent.token.as_deref(), Some("from-toml"));
     }
 

@@ -6,7 +6,9 @@ use crate::harness::{ADMIN, Conductor, Operator};
 use tether::protocol::{LookupResponse, MASK, VERSION, VERSION_HEADER};
 
 async fn lookup(url: &str, mac: &str) -> LookupResponse {
-    reqwest::get(format!("{url}/v1/lookup?addresses={mac}"))
+    crate::harness::http()
+        .get(format!("{url}/v1/lookup?addresses={mac}"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -15,7 +17,7 @@ async fn lookup(url: &str, mac: &str) -> LookupResponse {
 }
 
 async fn get_targets(url: &str, node: uuid::Uuid, token: Option<&str>) -> reqwest::Response {
-    let mut req = reqwest::Client::new().get(format!("{url}/v1/nodes/{node}/volume/targets"));
+    let mut req = crate::harness::http().get(format!("{url}/v1/nodes/{node}/volume/targets"));
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
@@ -69,7 +71,7 @@ async fn tokens_are_issued_once_and_bind_to_their_node() {
             "nothing served"
         );
     }
-    let hb = reqwest::Client::new()
+    let hb = crate::harness::http()
         .post(format!("{url}/v1/heartbeat/{b}"))
         .bearer_auth(&token_a)
         .json(&json!({"agent_version": "x", "generation": null}))
@@ -79,7 +81,7 @@ async fn tokens_are_issued_once_and_bind_to_their_node() {
     assert_eq!(hb.status(), 401, "A cannot report for B");
 
     // Operator endpoints want the admin token, not an agent's.
-    let nodes = reqwest::Client::new()
+    let nodes = crate::harness::http()
         .get(format!("{url}/v1/nodes"))
         .bearer_auth(&token_a)
         .send()
@@ -107,13 +109,19 @@ async fn unknown_nodes_and_bad_requests_have_stable_kinds() {
     let dir = tempfile::tempdir().unwrap();
     let conductor = Conductor::start(dir.path(), true).await;
     let url = conductor.url();
-    let resp = reqwest::get(format!("{url}/v1/lookup?addresses=52:54:00:ff:ff:ff"))
+    let resp = crate::harness::http()
+        .get(format!("{url}/v1/lookup?addresses=52:54:00:ff:ff:ff"))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["kind"], "node_not_found");
-    let resp = reqwest::get(format!("{url}/v1/lookup")).await.unwrap();
+    let resp = crate::harness::http()
+        .get(format!("{url}/v1/lookup"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let op = Operator::new(&url);
     let (status, body) = op

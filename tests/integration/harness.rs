@@ -51,6 +51,53 @@ pub fn all_logs() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
 }
 
+/// The test CA and the conductor's certificate (for 127.0.0.1 and localhost) it signed: every
+/// conductor of these tests serves HTTPS, as a real one does.
+pub struct TestPki {
+    _dir: TempDir,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "tether test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        TestPki {
+            ca_file: write("ca.pem", ca.pem()),
+            cert_file: write("conductor.pem", server.pem()),
+            key_file: write("conductor.key", server_key.serialize_pem()),
+            _dir: dir,
+        }
+    })
+}
+
+/// An HTTP client that trusts the test CA.
+pub fn http() -> reqwest::Client {
+    let pem = std::fs::read(&pki().ca_file).unwrap();
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
 pub struct Conductor {
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -72,13 +119,23 @@ impl Conductor {
             heartbeat_interval_s: 1,
             max_wait_s: 60,
             validate_targets,
-            metrics_token_file: None,
+            ..ConductorConfig::default()
         };
         Self::start_with(dir, config).await
     }
 
-    /// A conductor with this configuration; `listen` may name port 0.
-    pub async fn start_with(dir: &Path, config: ConductorConfig) -> Self {
+    /// A conductor with this configuration, serving HTTPS with the test PKI unless the
+    /// configuration names other files; `listen` may name port 0.
+    pub async fn start_with(dir: &Path, mut config: ConductorConfig) -> Self {
+        if config.tls_cert_file.is_none() {
+            config.tls_cert_file = Some(pki().cert_file.clone());
+            config.tls_key_file = Some(pki().key_file.clone());
+        }
+        Self::start_exactly(dir, config).await
+    }
+
+    /// A conductor with exactly this configuration: plain HTTP unless it names TLS files.
+    pub async fn start_exactly(dir: &Path, config: ConductorConfig) -> Self {
         logs();
         let addr: SocketAddr = config.listen.parse().expect("listen address");
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
@@ -101,7 +158,11 @@ impl Conductor {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = match self.config.tls_cert_file {
+            Some(_) => "https",
+            None => "http",
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn stop(&mut self) {
@@ -117,7 +178,7 @@ impl Conductor {
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = self.addr.to_string();
-        *self = Self::start_with(&self.dir.clone(), config).await;
+        *self = Self::start_exactly(&self.dir.clone(), config).await;
     }
 }
 
@@ -131,7 +192,7 @@ pub struct Operator {
 impl Operator {
     pub fn new(url: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: http(),
             url: url.to_string(),
         }
     }
@@ -307,6 +368,7 @@ impl Node {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             metrics_listen: self.metrics_listen,
+            conductor_ca_file: Some(pki().ca_file.clone()),
             ..AgentConfig::default()
         }
     }

@@ -9,3 +9,4 @@ mod lifecycle;
 mod metrics;
 mod protocol_doc;
 mod secrets;
+mod transport;

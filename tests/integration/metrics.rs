@@ -94,7 +94,7 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape(url: &str, openmetrics: bool) -> String {
-    let mut req = reqwest::Client::new().get(format!("{url}/metrics"));
+    let mut req = crate::harness::http().get(format!("{url}/metrics"));
     if openmetrics {
         req = req.header(
             "accept",
@@ -299,7 +299,7 @@ async fn scrapes_show_attaches_detaches_failures_and_node_freshness() {
     let token = std::fs::read_to_string(node.state_dir().join("token")).unwrap();
     let generation = op.status(node_uuid).await.generation;
     let started = Instant::now();
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::http()
         .get(format!(
             "{conductor_url}/v1/nodes/{node_uuid}/volume/targets?since={generation}&wait=1"
         ))
@@ -441,7 +441,7 @@ async fn conductor_metrics_need_the_metrics_token_when_one_is_configured() {
     )
     .await;
     let url = format!("{}/metrics", conductor.url());
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     for token in [None, Some(ADMIN), Some("metrics-token-wrong")] {
         let mut req = http.get(&url);
         if let Some(token) = token {

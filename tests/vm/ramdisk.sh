@@ -104,7 +104,7 @@ ramdisk_serve() {
 # link, the agent's settings, the initiator name.
 ramdisk_node_options() {
     printf '%s' "ip=$NODE_IP::$LINK_IP:255.255.255.0:$RD_NODE:eth0:off net.ifnames=0" \
-        " rd.iscsi.initiator=$NODE_INITIATOR tether.conductor=http://$LINK_IP:6387 tether.node=$RD_NODE_UUID"
+        " rd.iscsi.initiator=$NODE_INITIATOR tether.conductor=http://$LINK_IP:6387 tether.allow_insecure_http=1 tether.node=$RD_NODE_UUID"
 }
 
 # ramdisk_checks : once the node reported $RD_VOLUME mounted: what the conductor and the

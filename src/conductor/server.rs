@@ -1,0 +1,242 @@
+//! The conductor's HTTP/1.1 server loop. axum routes the requests; this loop decides which
+//! connections get that far: TLS when configured, a time limit on each request's headers (which
+//! also closes idle keep-alive connections), caps on open connections in all and per client
+//! address, and a shutdown that waits for running requests only so long.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// What a client may hold and for how long.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// To complete the TLS handshake, to send a request's headers, and to start the next
+    /// request on a keep-alive connection.
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// How long shutdown waits for running requests before it drops them.
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains for at most
+/// `limits.shutdown_timeout`.
+pub(crate) async fn run(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gate = Arc::new(Gate::new(&limits));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let connection = Arc::new(Connection {
+        app,
+        tls,
+        http,
+        header_timeout: limits.header_timeout,
+    });
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Some(admitted) = gate.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = connection.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            connection.serve(stream, peer, watcher).await;
+            drop(admitted);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.shutdown_timeout) => {
+            tracing::warn!(
+                waited_s = limits.shutdown_timeout.as_secs(),
+                "stopping with requests still running"
+            );
+        }
+    }
+}
+
+struct Connection {
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    http: http1::Builder,
+    header_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        match &self.tls {
+            None => self.serve_http(stream, peer, watcher).await,
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                match tokio::time::timeout(self.header_timeout, handshake).await {
+                    Ok(Ok(stream)) => self.serve_http(stream, peer, watcher).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, watcher: Watcher)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // Handlers that need the client's address (lookup limits, logs) read it from here.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = self.http.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(client = %peer, error = %e, "connection ended");
+        }
+    }
+}
+
+/// Counts open connections, in all and per client address.
+struct Gate {
+    total: Arc<Semaphore>,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_address: usize,
+    /// Refusals since the last warning, and when that was: one line per burst, not per socket.
+    refused: Mutex<(u64, Option<Instant>)>,
+}
+
+/// An open connection's place; it is given back when dropped.
+struct Admitted {
+    _total: OwnedSemaphorePermit,
+    address: IpAddr,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Gate {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            per_address: Arc::default(),
+            max_per_address: limits.max_connections_per_address,
+            refused: Mutex::new((0, None)),
+        }
+    }
+
+    fn admit(&self, address: IpAddr) -> Option<Admitted> {
+        let Ok(total) = self.total.clone().try_acquire_owned() else {
+            self.refuse(address, "the conductor's connection limit is reached");
+            return None;
+        };
+        let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let open = counts.entry(address).or_default();
+        if *open >= self.max_per_address {
+            drop(counts);
+            self.refuse(address, "this address has too many connections open");
+            return None;
+        }
+        *open += 1;
+        Some(Admitted {
+            _total: total,
+            address,
+            per_address: self.per_address.clone(),
+        })
+    }
+
+    fn refuse(&self, address: IpAddr, why: &str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.0 += 1;
+        let due = refused
+            .1
+            .is_none_or(|last| last.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                kind = "connection_refused",
+                client = %address,
+                refused = refused.0,
+                "closing new connections: {why}"
+            );
+            *refused = (0, Some(Instant::now()));
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = counts.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(1),
+            max_connections: total,
+            max_connections_per_address: per_address,
+            shutdown_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_gate_caps_each_address_and_the_total_and_gives_places_back() {
+        let gate = Gate::new(&limits(3, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = gate.admit(a).expect("first from a");
+        let _a2 = gate.admit(a).expect("second from a");
+        assert!(gate.admit(a).is_none(), "a third from one address");
+        let b1 = gate.admit(b).expect("first from b");
+        assert!(gate.admit(b).is_none(), "the total is reached");
+        drop(a1);
+        assert!(gate.admit(a).is_some(), "a's place came back");
+        drop(b1);
+        assert!(
+            !gate.per_address.lock().unwrap().contains_key(&b),
+            "an address with no connection leaves the table"
+        );
+    }
+}
