@@ -254,8 +254,9 @@ impl Config {
                 path: path.clone(),
                 source,
             })?;
-            let fragment: toml::Table = toml::from_str(&text).map_err(|e| parse_error(path, e))?;
-            toml::from_str::<Config>(&text).map_err(|e| parse_error(path, e))?;
+            let fragment: toml::Table =
+                toml::from_str(&text).map_err(|e| parse_error(path, &text, e))?;
+            toml::from_str::<Config>(&text).map_err(|e| parse_error(path, &text, e))?;
             merge(&mut merged, fragment);
         }
         let mut config: Config =
@@ -352,10 +353,23 @@ pub fn conductor_transport(url: &str) -> Result<Transport, String> {
     }
 }
 
-fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
+/// Names the line, the column and what is wrong, but never quotes the file: the line may hold a
+/// token, and toml's own message would print it.
+fn parse_error(path: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |span| span.start.min(text.len()));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text.split('=').next().unwrap_or_default().trim();
+    let what = if line_text.contains('=') && crate::protocol::secret::is_secret_property(key) {
+        format!("the value of {key} is invalid (not shown: it is a secret)")
+    } else {
+        e.message().trim_end().to_string()
+    };
     ConfigError::Parse {
         path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
+        message: format!("line {line}, column {column}: {what}"),
     }
 }
 
@@ -486,6 +500,27 @@ mod tests {
             Ok(Transport::Plain { loopback: true })
         );
         assert_eq!(conductor_transport("https://x"), Ok(Transport::Tls));
+    }
+
+    #[test]
+    fn a_bad_line_is_named_but_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("garbage.toml", "[agent]\ntoken = \"tok-3f9a2c71\" x\n"),
+            ("type.toml", "[agent]\ntoken = 73319\n"),
+            (
+                "other.toml",
+                "[agent]\ntoken = \"tok-3f9a2c71\"\npoll_wait_s = \"x\"\n",
+            ),
+        ] {
+            let err = Config::load(&[write(dir.path(), name, text)]).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("3f9a2c71") && !shown.contains("73319"),
+                "{shown}"
+            );
+            assert!(shown.contains("line "), "{shown}");
+        }
     }
 
     #[test]

@@ -324,6 +324,7 @@ fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
 
 fn masked(mut target: VolumeTarget) -> VolumeTarget {
     mask_properties(&mut target.properties);
+    mask_properties(&mut target.extra);
     target
 }
 
@@ -362,8 +363,11 @@ async fn create_target(
     _: Admin,
     ApiJson(req): ApiJson<TargetCreate>,
 ) -> ApiResult<(StatusCode, Json<VolumeTarget>)> {
-    if let Some(key) = masked_property(&req.properties) {
-        return Err(masked_secret(key));
+    let masked_in = |part: &str, found: Option<String>| found.map(|key| format!("{part}.{key}"));
+    let sent_back = masked_in("properties", masked_property(&req.properties))
+        .or_else(|| masked_in("extra", masked_property(&req.extra)));
+    if let Some(key) = sent_back {
+        return Err(masked_secret(&key));
     }
     c.store.find_node(&req.node_uuid.to_string())?;
     if c.validate_targets {

@@ -15,25 +15,53 @@ pub const SECRET_PROPERTIES: &[&str] = &[
     "keyring",
 ];
 
+/// Whether a key names a secret: one of [`SECRET_PROPERTIES`], or a name that says so, so that a
+/// secret placed by mistake elsewhere (under `extra`, in a nested object) is masked too.
 pub fn is_secret_property(key: &str) -> bool {
-    SECRET_PROPERTIES.contains(&key)
+    let key = key.to_ascii_lowercase();
+    SECRET_PROPERTIES.contains(&key.as_str())
+        || ["password", "secret", "token", "keyring", "passphrase"]
+            .iter()
+            .any(|word| key.contains(word))
+        || key == "key"
+        || key.ends_with("_key")
 }
 
-/// Replaces every secret value with [`MASK`].
+/// Replaces every secret value with [`MASK`], at any depth.
 pub fn mask_properties(properties: &mut Map<String, Value>) {
     for (key, value) in properties.iter_mut() {
         if is_secret_property(key) && !value.is_null() {
             *value = Value::String(MASK.to_string());
+        } else {
+            mask_value(value);
         }
     }
 }
 
-/// The first secret property whose value is the mask, if any.
-pub fn masked_property(properties: &Map<String, Value>) -> Option<&str> {
-    properties
-        .iter()
-        .find(|(key, value)| is_secret_property(key) && value.as_str() == Some(MASK))
-        .map(|(key, _)| key.as_str())
+fn mask_value(value: &mut Value) {
+    match value {
+        Value::Object(map) => mask_properties(map),
+        Value::Array(items) => items.iter_mut().for_each(mask_value),
+        _ => {}
+    }
+}
+
+/// The path (`a.b`) of the first secret whose value is the mask, at any depth, if any.
+pub fn masked_property(properties: &Map<String, Value>) -> Option<String> {
+    properties.iter().find_map(|(key, value)| {
+        if is_secret_property(key) && value.as_str() == Some(MASK) {
+            return Some(key.clone());
+        }
+        let nested = match value {
+            Value::Object(map) => masked_property(map),
+            Value::Array(items) => items.iter().find_map(|item| match item {
+                Value::Object(map) => masked_property(map),
+                _ => None,
+            }),
+            _ => None,
+        };
+        nested.map(|inner| format!("{key}.{inner}"))
+    })
 }
 
 /// A secret string whose Debug and Display never show it.
@@ -89,6 +117,28 @@ mod tests {
         props.remove("auth_password_in");
         props.remove("auth_key");
         assert_eq!(masked_property(&props), None);
+    }
+
+    #[test]
+    fn secrets_are_masked_at_any_depth_and_under_any_telling_name() {
+        let mut extra = json!({
+            "mount": {"path": "/srv/a", "fstype": "ext4"},
+            "notes": [{"password": "p1"}],
+            "backup": {"s3_secret_access_key": "k1", "api_token": "t1", "auth_key": "k2"},
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        mask_properties(&mut extra);
+        let text = serde_json::to_string(&extra).unwrap();
+        for secret in ["p1", "k1", "t1", "k2"] {
+            assert!(
+                !text.contains(&format!("\"{secret}\"")),
+                "{secret} in {text}"
+            );
+        }
+        assert_eq!(extra["mount"]["path"], "/srv/a");
+        assert_eq!(masked_property(&extra).as_deref(), Some("backup.api_token"));
     }
 
     #[test]

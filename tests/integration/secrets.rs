@@ -138,3 +138,43 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
         0o700
     );
 }
+
+#[tokio::test]
+async fn a_secret_placed_under_extra_is_masked_and_its_mask_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = crate::harness::Conductor::start(dir.path(), true).await;
+    let op = crate::harness::Operator::new(&conductor.url());
+    let node = op.create_node("extra-secrets", "52:54:00:00:02:09").await;
+    let target = |extra: serde_json::Value| {
+        json!({"node_uuid": node, "volume_type": "iscsi", "volume_id": "extra",
+               "properties": {"target_portal": "192.0.2.10:3260",
+                              "target_iqn": "iqn.2003-01.org.example:extra", "target_lun": 0},
+               "extra": extra})
+    };
+    let post = reqwest::Method::POST;
+    let sent = json!({"backup": {"s3_secret_access_key": CHAP_PASSWORD}});
+    let (status, created) = op
+        .request(post.clone(), "/v1/volume/targets", Some(target(sent)))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (_, listed) = op
+        .request(reqwest::Method::GET, "/v1/volume/targets", None)
+        .await;
+    for read in [&created, &listed] {
+        assert!(!read.to_string().contains(CHAP_PASSWORD), "{read}");
+    }
+    assert_eq!(
+        created["extra"]["backup"]["s3_secret_access_key"],
+        tether::protocol::MASK
+    );
+
+    let (status, refused) = op
+        .request(
+            post,
+            "/v1/volume/targets",
+            Some(target(created["extra"].clone())),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["kind"], "masked_secret");
+}

@@ -35,12 +35,21 @@ pub(crate) struct SystemIscsi {
 
 impl SystemIscsi {
     pub(crate) fn new(root: &Path) -> Result<Self, HostError> {
-        Ok(Self {
+        let host = Self {
             root: root.to_path_buf(),
             iscsiadm: cmd::resolve(root, "iscsiadm")?,
             nodes_dir: root.join("etc/iscsi/nodes"),
             discovery_lock: std::sync::Mutex::new(()),
-        })
+        };
+        host.discovery_journal().recover();
+        Ok(host)
+    }
+
+    fn discovery_journal(&self) -> DiscoveryJournal {
+        DiscoveryJournal {
+            dir: self.iscsi_dir().join("tether-discovery"),
+            send_targets: self.iscsi_dir().join("send_targets"),
+        }
     }
 
     /// `/etc/iscsi`: the parent of the record directories, on the same file system.
@@ -129,6 +138,10 @@ impl SystemIscsi {
             .join(record_portal(portal))
             .join("st_config");
         let saved = std::fs::read(&record).ok();
+        // Written down before the secret goes into the record, so that an agent killed before
+        // the cleanup below undoes it at its next start.
+        let journal = self.discovery_journal();
+        let entry = journal.begin(&record_portal(portal), saved.as_deref())?;
         let discoverydb = |args: &[&str]| {
             let base = ["-m", "discoverydb", "-t", "sendtargets", "-p", portal];
             self.iscsiadm(&[&base[..], args].concat())
@@ -175,6 +188,9 @@ impl SystemIscsi {
                 Err(e) => Err(e.message),
             },
         };
+        if cleanup.is_ok() {
+            journal.end(&entry);
+        }
         if let Err(reason) = cleanup {
             tracing::error!(
                 portal,
@@ -264,6 +280,95 @@ fn update_record_file(
 }
 
 /// `127.0.0.1:3260` -> `127.0.0.1,3260`, `[fd00::1]:3260` -> `fd00::1,3260`, as record names are.
+/// What a discovery with CHAP is about to change, kept until the change is undone: the
+/// original record's bytes, or a note that there was none. One file per portal record, in a
+/// directory of `/etc/iscsi` that iscsiadm does not read.
+struct DiscoveryJournal {
+    dir: PathBuf,
+    send_targets: PathBuf,
+}
+
+impl DiscoveryJournal {
+    const NONE_BEFORE: &[u8] = b"";
+
+    /// The entry's file: a record directory's name has dots in it (an address), so the
+    /// suffix is appended, never taken for an extension.
+    fn entry(&self, record_dir: &str, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{record_dir}.{suffix}"))
+    }
+
+    fn begin(&self, record_dir: &str, original: Option<&[u8]>) -> Result<String, HostError> {
+        let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            let (suffix, bytes) = match original {
+                Some(bytes) => ("orig", bytes),
+                None => ("new", Self::NONE_BEFORE),
+            };
+            crate::fsutil::write_private(&self.entry(record_dir, suffix), bytes)
+        });
+        written.map_err(|e| {
+            HostError::new(
+                ErrorKind::RecordFailed,
+                format!(
+                    "cannot note the discovery record's state in {}: {e}",
+                    self.dir.display()
+                ),
+            )
+        })?;
+        Ok(record_dir.to_string())
+    }
+
+    fn end(&self, record_dir: &str) {
+        for suffix in ["orig", "new"] {
+            let _ = std::fs::remove_file(self.entry(record_dir, suffix));
+        }
+    }
+
+    /// Puts back every record a discovery left changed: the original where there was one,
+    /// none (so no discovery CHAP secret stays on disk) where there was not.
+    fn recover(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((record_dir, suffix)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let record = self.send_targets.join(record_dir).join("st_config");
+            let undone = match suffix {
+                // The temporary file goes beside the journal: iscsiadm reads every file of
+                // a record's directory.
+                "orig" => std::fs::read(&path).and_then(|bytes| {
+                    crate::fsutil::write_atomic_via(&record, &bytes, 0o600, &self.dir)
+                }),
+                "new" => match std::fs::remove_file(&record) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => {
+                        let _ = std::fs::remove_dir(record.parent().unwrap_or(&record));
+                        Ok(())
+                    }
+                },
+                _ => continue,
+            };
+            match undone {
+                Ok(()) => {
+                    tracing::warn!(
+                        record = %record.display(),
+                        "undid a discovery record change that a stopped agent left behind"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => tracing::error!(
+                    record = %record.display(),
+                    error = %e,
+                    "cannot undo a discovery record change; it may hold a discovery CHAP secret"
+                ),
+            }
+        }
+    }
+}
+
 fn record_portal(portal: &str) -> String {
     match portal.rsplit_once(':') {
         Some((host, port)) => format!(
@@ -548,6 +653,47 @@ mod tests {
             "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = new\n\
              node.session.auth.password_in = in\n# END RECORD\n"
         );
+    }
+
+    #[test]
+    fn a_discovery_cut_short_is_undone_at_the_next_start() {
+        let root = tempfile::tempdir().unwrap();
+        let iscsi = root.path().join("etc/iscsi");
+        let journal = DiscoveryJournal {
+            dir: iscsi.join("tether-discovery"),
+            send_targets: iscsi.join("send_targets"),
+        };
+        let record = |dir: &str| iscsi.join("send_targets").join(dir).join("st_config");
+        // An operator's record, then ours over it; a record only we made.
+        std::fs::create_dir_all(record("192.0.2.1,3260").parent().unwrap()).unwrap();
+        std::fs::write(record("192.0.2.1,3260"), "operator's own\n").unwrap();
+        journal
+            .begin("192.0.2.1,3260", Some(b"operator's own\n"))
+            .unwrap();
+        std::fs::write(
+            record("192.0.2.1,3260"),
+            "discovery.sendtargets.auth.password = hunter2\n",
+        )
+        .unwrap();
+        journal.begin("192.0.2.2,3260", None).unwrap();
+        std::fs::create_dir_all(record("192.0.2.2,3260").parent().unwrap()).unwrap();
+        std::fs::write(
+            record("192.0.2.2,3260"),
+            "discovery.sendtargets.auth.password = hunter2\n",
+        )
+        .unwrap();
+
+        journal.recover();
+        assert_eq!(
+            std::fs::read_to_string(record("192.0.2.1,3260")).unwrap(),
+            "operator's own\n"
+        );
+        assert!(
+            !record("192.0.2.2,3260").exists(),
+            "our record with the secret stayed"
+        );
+        let left = std::fs::read_dir(&journal.dir).unwrap().count();
+        assert_eq!(left, 0, "the journal keeps entries it has undone");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::backend::cmd::{self, Output};
 use crate::backend::{ErrorKind, HostError};
 use crate::protocol::target::RbdSpec;
 
+/// Key files in the runtime directory start with this; any found at start are leftovers.
+const KEY_FILE_PREFIX: &str = "rbd-key-";
+
 /// How long the kernel client waits for the monitors before giving up (its own default is 60 s).
 const MOUNT_TIMEOUT_S: u64 = 20;
 
@@ -34,7 +37,10 @@ impl SystemRbd {
             .flatten()
             .flatten()
         {
-            if entry.file_name().to_string_lossy().starts_with("rbd-key-") {
+            // Its atomic write's temporary file too (`.rbd-key-….tmp-…`).
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.trim_start_matches('.').starts_with(KEY_FILE_PREFIX) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -187,7 +193,7 @@ impl KeyFile {
                 )
             })?;
         let path = dir.join(format!(
-            "rbd-key-{}-{}",
+            "{KEY_FILE_PREFIX}{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
@@ -332,6 +338,20 @@ mod tests {
             user: "cinder".into(),
             key: None,
         }
+    }
+
+    #[test]
+    fn key_files_left_by_a_crash_are_removed_at_start_temporary_ones_too() {
+        let run = tempfile::tempdir().unwrap();
+        let leftovers = ["rbd-key-41-7", ".rbd-key-41-8.tmp-41-0"];
+        for name in leftovers.iter().chain(&["keep-me"]) {
+            std::fs::write(run.path().join(name), "AQB...").unwrap();
+        }
+        SystemRbd::new(Path::new("/nonexistent-root"), run.path());
+        for name in leftovers {
+            assert!(!run.path().join(name).exists(), "{name} survived");
+        }
+        assert!(run.path().join("keep-me").exists());
     }
 
     #[test]
