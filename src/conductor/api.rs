@@ -365,6 +365,8 @@ async fn create_target(
     if let Some(key) = masked_property(&req.properties) {
         return Err(masked_secret(key));
     }
+    protocol::target::check_volume_id(&req.volume_id)
+        .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     c.store.find_node(&req.node_uuid.to_string())?;
     if c.validate_targets {
         let candidate = req.target(req.uuid.unwrap_or_else(Uuid::nil));

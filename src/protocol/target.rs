@@ -242,6 +242,11 @@ pub enum TargetError {
     },
     #[error("extra.mount is invalid: {0} (fix the target's extra.mount at the conductor)")]
     InvalidMount(String),
+    #[error(
+        "volume_id {value:?} is invalid: {reason} (a volume id is 1 to {MAX_VOLUME_ID} \
+         letters, digits and . _ : @ + -, starting with a letter or digit)"
+    )]
+    InvalidVolumeId { value: String, reason: &'static str },
 }
 
 impl TargetError {
@@ -256,12 +261,40 @@ impl TargetError {
             Self::InvalidLun { .. } => "invalid_lun",
             Self::UnsafeValue { .. } => "unsafe_value",
             Self::InvalidMount(_) => "invalid_mount",
+            Self::InvalidVolumeId { .. } => "invalid_volume_id",
         }
     }
 }
 
+/// Longest volume id, in characters.
+pub const MAX_VOLUME_ID: usize = 255;
+
+/// A volume id names a volume in logs, reports and `tether ctl`: 1 to 255 letters, digits and
+/// `. _ : @ + -`, starting with a letter or digit. Cinder's ids (UUIDs) and hand-written ids
+/// such as `vol-data` fit.
+pub fn check_volume_id(value: &str) -> Result<(), TargetError> {
+    let invalid = |reason| TargetError::InvalidVolumeId {
+        value: printable(value),
+        reason,
+    };
+    if value.is_empty() || value.chars().count() > MAX_VOLUME_ID {
+        return Err(invalid("it is empty or too long"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
+    {
+        return Err(invalid("it holds a character that is not allowed"));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid("it does not start with a letter or digit"));
+    }
+    Ok(())
+}
+
 /// Validates a target. Secrets are moved into [`Secret`]s and never appear in an error.
 pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
+    check_volume_id(&target.volume_id)?;
     let props = &target.properties;
     let backend = match VolumeType::parse(&target.volume_type) {
         Some(VolumeType::Iscsi) => BackendSpec::Iscsi(parse_iscsi(props)?),

@@ -489,3 +489,48 @@ fn one_session_key_for_every_spelling_of_a_portal() {
     );
     assert_ne!(key("192.0.2.10:3260"), key("192.0.2.10:3261"));
 }
+
+#[test]
+fn volume_ids_follow_a_grammar() {
+    for good in [
+        "vol-data",
+        "5d2e3f40-1a2b-4c3d-8e9f-a0b1c2d3e4f5",
+        "volume-5d2e3f40",
+        "a",
+        "pool.v2_b:c@d+e-f",
+        &"v".repeat(MAX_VOLUME_ID),
+    ] {
+        assert_eq!(check_volume_id(good), Ok(()), "{good}");
+    }
+    for bad in [
+        String::new(),
+        "v".repeat(MAX_VOLUME_ID + 1),
+        "v".repeat(600),
+        "vol\n\x1b[31mERROR forged".into(),
+        "vol\r".into(),
+        "vol 1".into(),
+        "vol/1".into(),
+        "vol,1".into(),
+        "vol;reboot".into(),
+        "-vol".into(),
+        ".vol".into(),
+        "..".into(),
+        "données".into(),
+    ] {
+        let err = check_volume_id(&bad).unwrap_err();
+        assert_eq!(err.kind(), "invalid_volume_id", "{bad:?}");
+        assert!(!err.to_string().chars().any(char::is_control), "{err}");
+    }
+    let mut t = target(
+        "iscsi",
+        json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0}),
+        json!({}),
+    );
+    assert!(parse(&t).is_ok());
+    t.volume_id = "vol\x1b]0;title\x07".into();
+    assert_eq!(
+        kind(parse(&t)),
+        "invalid_volume_id",
+        "the agent refuses it too"
+    );
+}
