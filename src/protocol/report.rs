@@ -30,6 +30,16 @@ pub struct Field {
     name: &'static str,
 }
 
+impl Field {
+    /// The fields of the `i`th entry of `list`, by name.
+    fn of(list: &'static str, i: usize) -> impl Fn(&'static str) -> Field {
+        move |name| Field {
+            list: Some((list, i)),
+            name,
+        }
+    }
+}
+
 impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.list {
@@ -137,13 +147,13 @@ fn each_text<E>(
         volumes,
         foreign,
     } = report;
-    let top = |name| Field { list: None, name };
-    f(top("agent_version"), MAX_NAME, agent_version)?;
+    let top = Field {
+        list: None,
+        name: "agent_version",
+    };
+    f(top, MAX_NAME, agent_version)?;
     for (i, connector) in connectors.iter_mut().enumerate() {
-        let at = |name| Field {
-            list: Some(("connectors", i)),
-            name,
-        };
+        let at = Field::of("connectors", i);
         let Connector {
             connector_type,
             connector_id,
@@ -152,10 +162,7 @@ fn each_text<E>(
         f(at("connector_id"), MAX_NAME, connector_id)?;
     }
     for (i, volume) in volumes.iter_mut().enumerate() {
-        let at = |name| Field {
-            list: Some(("volumes", i)),
-            name,
-        };
+        let at = Field::of("volumes", i);
         let VolumeReport {
             target_uuid: _,
             volume_id,
@@ -190,10 +197,7 @@ fn each_text<E>(
         f(at("since"), MAX_NAME, since)?;
     }
     for (i, attachment) in foreign.iter_mut().enumerate() {
-        let at = |name| Field {
-            list: Some(("foreign", i)),
-            name,
-        };
+        let at = Field::of("foreign", i);
         let ForeignAttachment {
             volume_type,
             description,

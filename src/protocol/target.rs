@@ -435,22 +435,40 @@ fn parse_chap(
 
 fn credential_name(props: &Map<String, Value>, key: &'static str) -> Result<String, TargetError> {
     let value = req_str(props, key)?;
-    if value.is_empty() || value.len() > 255 {
+    restricted_name(
+        key,
+        value,
+        255,
+        "._-:@",
+        "only letters, digits and . _ - : @ are allowed",
+    )?;
+    Ok(value.to_string())
+}
+
+/// `value` has 1 to `max` characters, each a letter, a digit or one of `punctuation`.
+fn restricted_name(
+    key: &'static str,
+    value: &str,
+    max: usize,
+    punctuation: &str,
+    unsafe_reason: &'static str,
+) -> Result<(), TargetError> {
+    if value.is_empty() || value.len() > max {
         return Err(TargetError::InvalidProperty {
             key,
-            reason: "must be 1 to 255 characters".into(),
+            reason: format!("must be 1 to {max} characters"),
         });
     }
     if !value
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c))
+        .all(|c| c.is_ascii_alphanumeric() || punctuation.contains(c))
     {
         return Err(TargetError::UnsafeValue {
             key,
-            reason: "only letters, digits and . _ - : @ are allowed",
+            reason: unsafe_reason,
         });
     }
-    Ok(value.to_string())
+    Ok(())
 }
 
 fn credential_secret(props: &Map<String, Value>, key: &'static str) -> Result<Secret, TargetError> {
@@ -678,21 +696,13 @@ const MAX_CEPH_NAME: usize = 255;
 /// paths, so they hold only letters, digits and `. _ -`, never start with `-` (an option to
 /// the CLI) and are not `.` or `..` (a path).
 fn ceph_name(key: &'static str, value: &str) -> Result<(), TargetError> {
-    if value.is_empty() || value.len() > MAX_CEPH_NAME {
-        return Err(TargetError::InvalidProperty {
-            key,
-            reason: format!("a Ceph name has 1 to {MAX_CEPH_NAME} characters"),
-        });
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        return Err(TargetError::UnsafeValue {
-            key,
-            reason: "Ceph names may hold only letters, digits and . _ -",
-        });
-    }
+    restricted_name(
+        key,
+        value,
+        MAX_CEPH_NAME,
+        "._-",
+        "Ceph names may hold only letters, digits and . _ -",
+    )?;
     if value.starts_with('-') || value == "." || value == ".." {
         return Err(TargetError::UnsafeValue {
             key,
