@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use tether::config::DEFAULT_LISTEN;
+use tether::protocol::text::{escape_controls, escape_controls_in_json};
 use tether::protocol::{
     ConnectorCreate, ConnectorList, ErrorBody, NodeCreate, NodeList, NodeStatus, TargetCreate,
     TargetList, VolumeConnector, VolumeTarget,
@@ -232,9 +233,9 @@ impl Api {
         match response.json::<ErrorBody>().await {
             Ok(body) => bail!(
                 "{} ({}): {}",
-                body.error.kind,
+                escape_controls(&body.error.kind),
                 status.as_u16(),
-                body.error.message
+                escape_controls(&body.error.message)
             ),
             Err(_) => bail!("the conductor answered {status}"),
         }
@@ -271,7 +272,8 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let json = serde_json::to_string_pretty(value)?;
+    println!("{}", escape_controls_in_json(&json));
     Ok(())
 }
 
@@ -311,7 +313,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&status)?;
             } else {
-                print_node_status(&status);
+                print!("{}", format_node_status(&status));
             }
         }
     }
@@ -341,7 +343,11 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            println!("created node {} ({})", node.name, node.uuid);
+            println!(
+                "created node {} ({})",
+                escape_controls(&node.name),
+                node.uuid
+            );
         }
         NodeCommand::List { json } => {
             let list: NodeList = api.get("/v1/nodes").await?;
@@ -356,9 +362,9 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
                 println!(
                     "{:<36}  {:<20}  {:<19}  {}",
                     n.uuid,
-                    n.name,
-                    n.last_seen.as_deref().unwrap_or("never"),
-                    n.addresses.join(",")
+                    escape_controls(&n.name),
+                    escape_controls(n.last_seen.as_deref().unwrap_or("never")),
+                    escape_controls(&n.addresses.join(","))
                 );
             }
         }
@@ -401,7 +407,9 @@ async fn connector(api: &Api, cmd: ConnectorCommand) -> anyhow::Result<()> {
                 .await?;
             println!(
                 "created connector {} ({} {})",
-                c.uuid, c.connector_type, c.connector_id
+                c.uuid,
+                escape_controls(&c.connector_type),
+                escape_controls(&c.connector_id)
             );
         }
         ConnectorCommand::List { node } => {
@@ -513,7 +521,10 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
             let t: VolumeTarget = api.post("/v1/volume/targets", &request).await?;
             println!(
                 "assigned {} volume {} to node {} as target {}",
-                t.volume_type, t.volume_id, t.node_uuid, t.uuid
+                escape_controls(&t.volume_type),
+                escape_controls(&t.volume_id),
+                t.node_uuid,
+                t.uuid
             );
         }
         TargetCommand::List { node, json } => {
@@ -526,7 +537,10 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
             for t in list.targets {
                 println!(
                     "{:<36}  {:<36}  {:<6}  {}",
-                    t.uuid, t.node_uuid, t.volume_type, t.volume_id
+                    t.uuid,
+                    t.node_uuid,
+                    escape_controls(&t.volume_type),
+                    escape_controls(&t.volume_id)
                 );
             }
         }
@@ -573,6 +587,7 @@ async fn wait(
                  last seen: {}",
                 found
                     .map(|v| serde_json::to_string(v).unwrap_or_default())
+                    .map(|json| escape_controls_in_json(&json).into_owned())
                     .unwrap_or_else(|| "not reported".into())
             );
             return Ok(ExitCode::FAILURE);
@@ -581,25 +596,57 @@ async fn wait(
     }
 }
 
-fn print_node_status(status: &NodeStatus) {
-    println!(
-        "node {} ({})  generation {}  last seen {}",
-        status.node_name,
+/// What `tether ctl status` prints, every string from the conductor with its control
+/// characters escaped.
+fn format_node_status(status: &NodeStatus) -> String {
+    let mut out = format!(
+        "node {} ({})  generation {}  last seen {}\n",
+        escape_controls(&status.node_name),
         status.node_uuid,
         status.generation,
-        status.last_seen.as_deref().unwrap_or("never")
+        escape_controls(status.last_seen.as_deref().unwrap_or("never"))
     );
     let Some(report) = &status.report else {
-        println!("no report from the agent yet");
-        return;
+        out.push_str("no report from the agent yet\n");
+        return out;
     };
-    println!(
-        "agent {}  applied generation {}",
-        report.agent_version,
+    out.push_str(&format!(
+        "agent {}  applied generation {}\n",
+        escape_controls(&report.agent_version),
         report
             .generation
             .map(|g| g.to_string())
             .unwrap_or_else(|| "-".into())
-    );
-    crate::status::print_volumes(report);
+    ));
+    out.push_str(&crate::status::format_volumes(
+        report,
+        &status.unknown_targets,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::tests::{assert_inert, hostile_report};
+
+    #[test]
+    fn node_status_prints_remote_text_escaped() {
+        let status = NodeStatus {
+            node_uuid: Uuid::nil(),
+            node_name: "n1\x1b]0;title\x07\rforged".into(),
+            generation: 4,
+            last_seen: Some("2026\r".into()),
+            report: Some(hostile_report()),
+            unknown_targets: vec![Uuid::nil()],
+        };
+        let printed = format_node_status(&status);
+        // Node, agent, then header, volume, error, not-assigned note, foreign.
+        assert_inert(&printed, 2 + 5);
+        assert!(printed.contains("agent 0.1\\u{1b}]0;title"), "{printed}");
+        assert!(
+            printed.contains("is not assigned to this node"),
+            "{printed}"
+        );
+    }
 }

@@ -353,13 +353,17 @@ impl Agent {
                 }
             })
             .collect();
-        Heartbeat {
+        let mut report = Heartbeat {
             agent_version: AGENT_VERSION.to_string(),
             generation: self.desired.generation(),
             connectors: self.connectors.clone(),
             volumes,
             foreign: self.foreign.clone(),
-        }
+        };
+        // Host tools' messages and names read from sysfs may hold control characters, which
+        // a conductor refuses: they are escaped here.
+        crate::protocol::report::make_sendable(&mut report);
+        report
     }
 
     /// Writes the status file that `tether status` reads.

@@ -19,7 +19,7 @@ use super::generations::Published;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
     LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate, TargetList, TargetsResponse,
-    VolumeTarget, mask_properties, secret::masked_property,
+    VolumeTarget, mask_properties, secret::masked_property, text::escape_controls,
 };
 
 /// Largest request body accepted; a heartbeat of a few hundred volumes is far below it.
@@ -210,12 +210,34 @@ async fn heartbeat(
     Agent(node): Agent,
     ApiJson(report): ApiJson<Heartbeat>,
 ) -> ApiResult<(StatusCode, Json<HeartbeatAccepted>)> {
-    c.store.store_report(node, &report)?;
+    let report = protocol::report::checked(report).map_err(|e| {
+        // The error names the field and shows its start escaped: nothing raw reaches the log.
+        tracing::warn!(node = %node, error = %e, "refused a malformed report");
+        ApiError::bad_request(e.kind(), e.to_string())
+    })?;
+    let unknown = c.store.store_report(node, &report)?;
     c.metrics.heartbeats.inc();
+    // Kept and flagged, never refused: an agent detaching a volume whose target was just
+    // deleted reports it until it is gone.
+    for volume in report
+        .volumes
+        .iter()
+        .filter(|v| unknown.new.contains(&v.target_uuid))
+    {
+        tracing::info!(
+            node = %node,
+            target = %volume.target_uuid,
+            volume_id = %escape_controls(&volume.volume_id),
+            state = volume.state.as_str(),
+            "the node reports a target it does not have (a detach after an unassign, \
+             or a report to look into); flagged in its status"
+        );
+    }
     tracing::debug!(
         node = %node,
         generation = ?report.generation,
         volumes = report.volumes.len(),
+        unknown_targets = unknown.all.len(),
         states = ?report.volumes.iter().map(|v| v.state.as_str()).collect::<Vec<_>>(),
         "report received"
     );
@@ -369,6 +391,8 @@ async fn create_target(
     if let Some(key) = sent_back {
         return Err(masked_secret(&key));
     }
+    protocol::target::check_volume_id(&req.volume_id)
+        .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     c.store.find_node(&req.node_uuid.to_string())?;
     if c.validate_targets {
         let candidate = req.target(req.uuid.unwrap_or_else(Uuid::nil));

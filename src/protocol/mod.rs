@@ -3,8 +3,10 @@
 //! docs/protocol.md is the contract; its examples are parsed by tests against these types.
 //! Readers of responses tolerate unknown fields; requests that change state refuse them.
 
+pub mod report;
 pub mod secret;
 pub mod target;
+pub mod text;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -281,6 +283,10 @@ pub struct NodeStatus {
     pub last_seen: Option<String>,
     #[serde(default)]
     pub report: Option<Heartbeat>,
+    /// Targets the report lists that the node does not have (now): a volume being detached
+    /// after its target was deleted, or a report to look into. Kept, never refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_targets: Vec<Uuid>,
 }
 
 /// Formats a time the way every timestamp in the protocol is written.

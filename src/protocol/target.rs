@@ -242,6 +242,11 @@ pub enum TargetError {
     },
     #[error("extra.mount is invalid: {0} (fix the target's extra.mount at the conductor)")]
     InvalidMount(String),
+    #[error(
+        "volume_id {value:?} is invalid: {reason} (a volume id is 1 to {MAX_VOLUME_ID} \
+         letters, digits and . _ : @ + -, starting with a letter or digit)"
+    )]
+    InvalidVolumeId { value: String, reason: &'static str },
 }
 
 impl TargetError {
@@ -256,12 +261,40 @@ impl TargetError {
             Self::InvalidLun { .. } => "invalid_lun",
             Self::UnsafeValue { .. } => "unsafe_value",
             Self::InvalidMount(_) => "invalid_mount",
+            Self::InvalidVolumeId { .. } => "invalid_volume_id",
         }
     }
 }
 
+/// Longest volume id, in characters.
+pub const MAX_VOLUME_ID: usize = 255;
+
+/// A volume id names a volume in logs, reports and `tether ctl`: 1 to 255 letters, digits and
+/// `. _ : @ + -`, starting with a letter or digit. Cinder's ids (UUIDs) and hand-written ids
+/// such as `vol-data` fit.
+pub fn check_volume_id(value: &str) -> Result<(), TargetError> {
+    let invalid = |reason| TargetError::InvalidVolumeId {
+        value: printable(value),
+        reason,
+    };
+    if value.is_empty() || value.chars().count() > MAX_VOLUME_ID {
+        return Err(invalid("it is empty or too long"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._:@+-".contains(c))
+    {
+        return Err(invalid("it holds a character that is not allowed"));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid("it does not start with a letter or digit"));
+    }
+    Ok(())
+}
+
 /// Validates a target. Secrets are moved into [`Secret`]s and never appear in an error.
 pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
+    check_volume_id(&target.volume_id)?;
     let props = &target.properties;
     let backend = match VolumeType::parse(&target.volume_type) {
         Some(VolumeType::Iscsi) => BackendSpec::Iscsi(parse_iscsi(props)?),
@@ -402,22 +435,40 @@ fn parse_chap(
 
 fn credential_name(props: &Map<String, Value>, key: &'static str) -> Result<String, TargetError> {
     let value = req_str(props, key)?;
-    if value.is_empty() || value.len() > 255 {
+    restricted_name(
+        key,
+        value,
+        255,
+        "._-:@",
+        "only letters, digits and . _ - : @ are allowed",
+    )?;
+    Ok(value.to_string())
+}
+
+/// `value` has 1 to `max` characters, each a letter, a digit or one of `punctuation`.
+fn restricted_name(
+    key: &'static str,
+    value: &str,
+    max: usize,
+    punctuation: &str,
+    unsafe_reason: &'static str,
+) -> Result<(), TargetError> {
+    if value.is_empty() || value.len() > max {
         return Err(TargetError::InvalidProperty {
             key,
-            reason: "must be 1 to 255 characters".into(),
+            reason: format!("must be 1 to {max} characters"),
         });
     }
     if !value
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c))
+        .all(|c| c.is_ascii_alphanumeric() || punctuation.contains(c))
     {
         return Err(TargetError::UnsafeValue {
             key,
-            reason: "only letters, digits and . _ - : @ are allowed",
+            reason: unsafe_reason,
         });
     }
-    Ok(value.to_string())
+    Ok(())
 }
 
 fn credential_secret(props: &Map<String, Value>, key: &'static str) -> Result<Secret, TargetError> {
@@ -512,12 +563,7 @@ pub fn parse_portal(value: &str) -> Result<Portal, TargetError> {
             return Err(invalid("IPv6 hosts must be written in brackets"));
         }
         let is_ipv4 = host.parse::<Ipv4Addr>().is_ok();
-        let is_name = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        if !is_ipv4 && !is_name {
+        if !is_ipv4 && !is_dns_name(host) {
             return Err(invalid(
                 "the host is neither an IPv4 address nor a DNS name",
             ));
@@ -532,6 +578,20 @@ pub fn parse_portal(value: &str) -> Result<Portal, TargetError> {
         return Err(invalid("the port is not a number from 1 to 65535"));
     }
     Ok(Portal { host, port })
+}
+
+/// A DNS name: dot-separated labels of 1 to 63 letters, digits and '-', none starting or
+/// ending with '-' (so no host can read as a command-line option), 253 characters at most.
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 fn parse_lun(value: &Value) -> Result<u16, TargetError> {
@@ -560,16 +620,7 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         }
     };
     for part in [Some(pool), namespace, Some(image)].into_iter().flatten() {
-        if part.is_empty()
-            || !part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(TargetError::UnsafeValue {
-                key: "name",
-                reason: "pool, namespace and image names may hold only letters, digits and . _ -",
-            });
-        }
+        ceph_name("name", part)?;
     }
     let hosts = str_list(props, "hosts")?;
     let ports = match props.get("ports") {
@@ -595,7 +646,8 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         .map_err(|_| TargetError::InvalidProperty {
             key: "hosts",
             reason: format!(
-                "{:?}:{:?} is not a monitor address",
+                "{:?}:{:?} is not a monitor address (an IP address or a DNS name, \
+                 and a port from 1 to 65535)",
                 printable(host),
                 printable(port)
             ),
@@ -605,22 +657,10 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
             port: portal.port,
         });
     }
-    let cluster = opt_str(props, "cluster_name")?
-        .unwrap_or("ceph")
-        .to_string();
-    if !cluster
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
-    {
-        return Err(TargetError::UnsafeValue {
-            key: "cluster_name",
-            reason: "only letters, digits, _ and - are allowed",
-        });
-    }
-    let user = match opt_str(props, "auth_username")? {
-        Some(_) => credential_name(props, "auth_username")?,
-        None => "admin".to_string(),
-    };
+    let cluster = opt_str(props, "cluster_name")?.unwrap_or("ceph");
+    ceph_name("cluster_name", cluster)?;
+    let user = opt_str(props, "auth_username")?.unwrap_or("admin");
+    ceph_name("auth_username", user)?;
     let auth_enabled = match props.get("auth_enabled") {
         None => true,
         Some(Value::Bool(b)) => *b,
@@ -632,7 +672,7 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         }
     };
     let key = if auth_enabled {
-        Some(credential_secret(props, "auth_key")?)
+        Some(cephx_key(props, "auth_key")?)
     } else {
         None
     };
@@ -641,10 +681,74 @@ fn parse_rbd(props: &Map<String, Value>) -> Result<RbdSpec, TargetError> {
         namespace: namespace.map(str::to_string),
         image: image.to_string(),
         monitors,
-        cluster,
-        user,
+        cluster: cluster.to_string(),
+        user: user.to_string(),
         key,
     })
+}
+
+/// Longest pool, namespace, image, user or cluster name: one path component, as udev makes
+/// `/dev/rbd/<pool>/<image>` of them.
+const MAX_CEPH_NAME: usize = 255;
+
+/// A pool, namespace, image, cephx user (the id after `client.`) or cluster name. These go on
+/// the rbd command line, into the kernel's comma-separated option string and into udev's
+/// paths, so they hold only letters, digits and `. _ -`, never start with `-` (an option to
+/// the CLI) and are not `.` or `..` (a path).
+fn ceph_name(key: &'static str, value: &str) -> Result<(), TargetError> {
+    restricted_name(
+        key,
+        value,
+        MAX_CEPH_NAME,
+        "._-",
+        "Ceph names may hold only letters, digits and . _ -",
+    )?;
+    if value.starts_with('-') || value == "." || value == ".." {
+        return Err(TargetError::UnsafeValue {
+            key,
+            reason: "a Ceph name may not start with '-' or be '.' or '..'",
+        });
+    }
+    Ok(())
+}
+
+/// A cephx key encodes a 2-byte type (1: AES), an 8-byte creation time, a 2-byte length (16)
+/// and the 16-byte AES key, little endian: 28 bytes, which base64 writes in 40 characters.
+const CEPHX_KEY_BYTES: usize = 28;
+const CEPHX_KEY_CHARS: usize = 40;
+
+/// The cephx key as `ceph auth get-key` prints it. Never echoed: errors describe its shape.
+fn cephx_key(props: &Map<String, Value>, key: &'static str) -> Result<Secret, TargetError> {
+    use base64::Engine;
+    let value = req_str(props, key)?;
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+    {
+        return Err(TargetError::UnsafeValue {
+            key,
+            reason: "a cephx key holds only the base64 characters A-Z a-z 0-9 + / =",
+        });
+    }
+    let decoded = if value.len() == CEPHX_KEY_CHARS {
+        base64::engine::general_purpose::STANDARD.decode(value).ok()
+    } else {
+        None
+    };
+    let valid = decoded.is_some_and(|bytes| {
+        bytes.len() == CEPHX_KEY_BYTES && bytes[0..2] == [1, 0] && bytes[10..12] == [16, 0]
+    });
+    if !valid {
+        return Err(TargetError::InvalidProperty {
+            key,
+            reason: format!(
+                "it is not a cephx key (base64 of {CEPHX_KEY_BYTES} bytes, \
+                 {CEPHX_KEY_CHARS} characters, holding a 16-byte AES key); \
+                 copy it from `ceph auth get-key client.<user>`"
+            ),
+        });
+    }
+    Ok(Secret::new(value))
 }
 
 const FORBIDDEN_MOUNTPOINTS: &[&str] = &[

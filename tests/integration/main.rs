@@ -8,5 +8,6 @@ mod layout;
 mod lifecycle;
 mod metrics;
 mod protocol_doc;
+mod reports;
 mod secrets;
 mod transport;

@@ -368,7 +368,7 @@ async fn scrapes_show_attaches_detaches_failures_and_node_freshness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_either_scrape() {
     const CHAP_PASSWORD: &str = "chap-METRICS-SECRET-4d21";
-    const CEPHX_KEY: &str = "AQBmetricsSECRETcephx0123456789==";
+    const CEPHX_KEY: &str = "AQBIkAdrAAAAABAAbWV0cmljcy10ZXN0LWtleQ==";
     let World {
         dir: _dir,
         conductor,

@@ -60,7 +60,10 @@ fn every_example_parses_as_its_type() {
                     target::parse(t).unwrap_or_else(|e| panic!("example target is invalid: {e}"));
                 }
             }
-            "Heartbeat" => drop(check::<Heartbeat>(name, body)),
+            "Heartbeat" => {
+                let h: Heartbeat = check(name, body);
+                report::checked(h).unwrap_or_else(|e| panic!("example report is refused: {e}"));
+            }
             "NodeCreate" => drop(check::<NodeCreate>(name, body)),
             "Node" => drop(check::<Node>(name, body)),
             "ConnectorCreate" => drop(check::<ConnectorCreate>(name, body)),

@@ -10,7 +10,7 @@ use tether::protocol::VolumeState;
 const CHAP_PASSWORD: &str = "chap-SECRET-7f3a91";
 const MUTUAL_PASSWORD: &str = "mutual-SECRET-19c2";
 const WRONG_PASSWORD: &str = "wrong-SECRET-5512ab";
-const CEPHX_KEY: &str = "AQBcephxSECRETkey0123456789==";
+const CEPHX_KEY: &str = "AQBIkAdrAAAAABAAc2VjcmV0cy10ZXN0LWtleQ==";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {

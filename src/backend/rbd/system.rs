@@ -69,43 +69,48 @@ impl SystemRbd {
             .join(",")
     }
 
-    fn map_with_cli(&self, rbd: &Path, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
-        let key_file = match &spec.key {
-            Some(key) => Some(KeyFile::write(&self.runtime_dir, key.expose())?),
-            None => None,
-        };
-        let monitors = Self::monitors(spec);
-        let options = format!("mount_timeout={MOUNT_TIMEOUT_S}");
-        let client_timeout = MOUNT_TIMEOUT_S.to_string();
-        let name = spec.spec_name();
-        // No ceph.conf on the node: everything the map needs is on the command line, and
-        // the CLI's own wait for the monitors (300 s by default) is bounded like the kernel's.
-        let mut args = vec![
+    /// The arguments of `rbd device map`. No ceph.conf on the node: everything the map needs
+    /// is on the command line, and the CLI's own wait for the monitors (300 s by default) is
+    /// bounded like the kernel's. `--` ends the options, so the image spec is never read as one.
+    fn map_args(spec: &RbdSpec, read_only: bool, key_path: Option<&str>) -> Vec<String> {
+        let mut args: Vec<String> = [
             "device",
             "map",
             "--conf",
             "/dev/null",
             "--client_mount_timeout",
-            &client_timeout,
+            &MOUNT_TIMEOUT_S.to_string(),
             "--cluster",
             &spec.cluster,
             "--id",
             &spec.user,
             "-m",
-            &monitors,
+            &Self::monitors(spec),
             "-o",
-            &options,
-        ];
+            &format!("mount_timeout={MOUNT_TIMEOUT_S}"),
+        ]
+        .map(str::to_string)
+        .into();
+        if let Some(path) = key_path {
+            args.extend(["--keyfile".to_string(), path.to_string()]);
+        }
+        if read_only {
+            args.push("--read-only".into());
+        }
+        args.extend(["--".to_string(), spec.spec_name()]);
+        args
+    }
+
+    fn map_with_cli(&self, rbd: &Path, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
+        let key_file = match &spec.key {
+            Some(key) => Some(KeyFile::write(&self.runtime_dir, key.expose())?),
+            None => None,
+        };
         let key_path = key_file
             .as_ref()
             .map(|k| k.path.to_string_lossy().into_owned());
-        if let Some(path) = &key_path {
-            args.extend(["--keyfile", path.as_str()]);
-        }
-        if read_only {
-            args.push("--read-only");
-        }
-        args.push(&name);
+        let args = Self::map_args(spec, read_only, key_path.as_deref());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = cmd::run_with_timeout(rbd, &args, Duration::from_secs(MOUNT_TIMEOUT_S + 15))
             .map_err(|e| unreachable_on_timeout(e, spec))?;
         drop(key_file);
@@ -360,6 +365,26 @@ mod tests {
             SystemRbd::monitors(&spec()),
             "192.0.2.1:6789,[2001:db8::1]:3300"
         );
+    }
+
+    #[test]
+    fn the_image_spec_follows_the_end_of_options() {
+        let mut spec = spec();
+        spec.namespace = Some("ns".into());
+        let args = SystemRbd::map_args(&spec, true, Some("/run/tether/rbd-key-1-2"));
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--", "volumes/ns/v1"],
+            "the spec is the last argument, after `--`: {args:?}"
+        );
+        assert_eq!(args.iter().filter(|a| *a == "--").count(), 1);
+        let at = |flag: &str| args.iter().position(|a| a == flag).unwrap();
+        assert_eq!(args[at("--id") + 1], "cinder");
+        assert_eq!(args[at("--keyfile") + 1], "/run/tether/rbd-key-1-2");
+        assert!(at("--read-only") < at("--"));
+        let args = SystemRbd::map_args(&spec, false, None);
+        assert!(!args.iter().any(|a| a == "--keyfile" || a == "--read-only"));
+        assert_eq!(args.last().map(String::as_str), Some("volumes/ns/v1"));
     }
 
     #[test]

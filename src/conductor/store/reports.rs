@@ -1,13 +1,13 @@
 //! Heartbeat reports: the latest of each node, its status, and the counts the metrics show.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::nodes::read_node;
-use super::targets::generation;
+use super::targets::{assigned_targets, generation};
 use super::{Store, StoreError, format_secs, now_secs};
 use crate::protocol::{Heartbeat, NodeStatus};
 
@@ -24,8 +24,21 @@ pub(crate) struct MetricsSnapshot {
     pub targets_by_type: Vec<(String, u64)>,
 }
 
+/// The targets a report lists that its node does not have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct UnknownTargets {
+    pub all: Vec<Uuid>,
+    /// Those the node's previous report did not list: each is logged once, when it appears.
+    pub new: Vec<Uuid>,
+}
+
 impl Store {
-    pub(crate) fn store_report(&self, node: Uuid, report: &Heartbeat) -> Result<(), StoreError> {
+    /// Keeps the node's latest report, and says which of its targets the node does not have.
+    pub(crate) fn store_report(
+        &self,
+        node: Uuid,
+        report: &Heartbeat,
+    ) -> Result<UnknownTargets, StoreError> {
         let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut states = Map::new();
         for volume in &report.volumes {
@@ -34,7 +47,26 @@ impl Store {
                 .or_insert(Value::from(0u64));
             *n = Value::from(n.as_u64().unwrap_or(0) + 1);
         }
-        self.conn().execute(
+        let conn = self.conn();
+        let assigned = assigned_targets(&conn, node)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_extract(volume.value, '$.target_uuid') \
+             FROM reports, json_each(reports.body, '$.volumes') AS volume \
+             WHERE reports.node_uuid = ?1",
+        )?;
+        let reported_before: HashSet<String> = stmt
+            .query_map(params![node.to_string()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut unknown = UnknownTargets::default();
+        for uuid in report.volumes.iter().map(|v| v.target_uuid) {
+            if !assigned.contains(&uuid) {
+                unknown.all.push(uuid);
+                if !reported_before.contains(&uuid.to_string()) {
+                    unknown.new.push(uuid);
+                }
+            }
+        }
+        conn.execute(
             "INSERT INTO reports (node_uuid, body, received_at, volume_states) \
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, \
@@ -47,7 +79,7 @@ impl Store {
                 Value::Object(states).to_string()
             ],
         )?;
-        Ok(())
+        Ok(unknown)
     }
 
     /// What the metrics endpoint shows. The lock is held for two scans of small columns; the
@@ -97,18 +129,26 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let report = match &row {
+        let report: Option<Heartbeat> = match &row {
             Some((body, _)) => {
                 Some(serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             }
             None => None,
         };
+        let assigned = assigned_targets(&conn, node)?;
+        let unknown_targets = report
+            .iter()
+            .flat_map(|r| &r.volumes)
+            .map(|v| v.target_uuid)
+            .filter(|uuid| !assigned.contains(uuid))
+            .collect();
         Ok(NodeStatus {
             node_uuid: node,
             node_name: found.name,
             generation: generation(&conn, node)?,
             last_seen: row.map(|(_, at)| format_secs(at)),
             report,
+            unknown_targets,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! Volume targets and the per-node generation that every change to them bumps.
 
+use std::collections::HashSet;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -97,6 +99,15 @@ impl Store {
     pub(crate) fn generation(&self, node: Uuid) -> Result<u64, StoreError> {
         generation(&self.conn(), node)
     }
+}
+
+/// The uuids of the node's targets.
+pub(super) fn assigned_targets(conn: &Connection, node: Uuid) -> Result<HashSet<Uuid>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT uuid FROM targets WHERE node_uuid = ?1")?;
+    let uuids: Vec<String> = stmt
+        .query_map(params![node.to_string()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    uuids.iter().map(|u| parse_uuid(u)).collect()
 }
 
 pub(super) fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {

@@ -134,6 +134,11 @@ fn malformed_targets_fail_with_stable_kinds() {
         kind(base("host;rm -rf /:3260", IQN, json!(0))),
         "invalid_portal"
     );
+    assert_eq!(kind(base("-p:3260", IQN, json!(0))), "invalid_portal");
+    assert_eq!(
+        kind(base("array-.example:3260", IQN, json!(0))),
+        "invalid_portal"
+    );
     assert_eq!(
         kind(base("192.0.2.10:3260", "iqn.bad", json!(0))),
         "invalid_iqn"
@@ -201,14 +206,27 @@ fn errors_never_contain_the_password() {
     assert!(!format!("{err:?}").contains("hunter2"));
 }
 
+/// A cephx key of the real layout: type 1 (AES), a creation time, length 16, 16 key bytes.
+const CEPHX_KEY: &str = "AQBIkAdrAAAAABAAdGV0aGVyLXRlc3Qta2V5MQ==";
+
+fn rbd(properties: Value) -> Result<TargetSpec, TargetError> {
+    parse(&target("rbd", properties, json!({})))
+}
+
+/// A valid RBD target's properties with `key` set to `value`.
+fn rbd_with(key: &str, value: Value) -> Result<TargetSpec, TargetError> {
+    let mut props = json!({"name": "volumes/volume-1", "hosts": ["192.0.2.1"],
+                           "auth_username": "cinder", "auth_key": CEPHX_KEY});
+    props[key] = value;
+    rbd(props)
+}
+
 #[test]
 fn rbd_target_parses_with_namespace_and_key() {
-    let spec = parse(&target(
-        "rbd",
-        json!({"name": "volumes/ns1/volume-1", "hosts": ["192.0.2.1", "192.0.2.2"],
-               "ports": ["6789", 3300], "auth_username": "cinder", "auth_key": "AQBkey=="}),
-        json!({}),
-    ))
+    let spec = rbd(
+        json!({"name": "volumes/ns1/volume-1", "hosts": ["192.0.2.1", "mon-2.ceph.example"],
+               "ports": ["6789", 3300], "auth_username": "cinder", "auth_key": CEPHX_KEY}),
+    )
     .unwrap();
     let BackendSpec::Rbd(rbd) = &spec.backend else {
         panic!()
@@ -216,20 +234,159 @@ fn rbd_target_parses_with_namespace_and_key() {
     assert_eq!(rbd.spec_name(), "volumes/ns1/volume-1");
     assert_eq!(rbd.monitors.len(), 2);
     assert_eq!(rbd.monitors[1].port, 3300);
-    assert_eq!(rbd.key.as_ref().unwrap().expose(), "AQBkey==");
+    assert_eq!(rbd.key.as_ref().unwrap().expose(), CEPHX_KEY);
     assert_eq!(rbd.cluster, "ceph");
-    let no_key = parse(&target(
-        "rbd",
-        json!({"name": "p/i", "hosts": ["h"]}),
-        json!({}),
-    ));
+    let no_key = rbd_with("auth_key", Value::Null);
     assert_eq!(kind(no_key), "missing_property");
-    let bad_name = parse(&target(
-        "rbd",
-        json!({"name": "p/i;x", "hosts": ["h"], "auth_enabled": false}),
-        json!({}),
-    ));
-    assert_eq!(kind(bad_name), "unsafe_value");
+    assert_eq!(kind(rbd_with("name", json!("p/i;x"))), "unsafe_value");
+}
+
+#[test]
+fn rbd_names_are_ceph_names() {
+    for good in [
+        "volumes/volume-5d2e3f40",
+        "rbd/ns_1/img.v2",
+        "p/.hidden",
+        "p/..x",
+    ] {
+        assert!(rbd_with("name", json!(good)).is_ok(), "{good}");
+    }
+    for (bad, expected) in [
+        ("../sda", "unsafe_value"),
+        ("./.", "unsafe_value"),
+        ("volumes/..", "unsafe_value"),
+        ("volumes/-o", "unsafe_value"),
+        ("-p/image", "unsafe_value"),
+        ("volumes/ns/-i", "unsafe_value"),
+        ("volumes/img@snap", "unsafe_value"),
+        ("volumes/img,secret=x", "unsafe_value"),
+        ("volumes/img name", "unsafe_value"),
+        ("volumes/img\n", "unsafe_value"),
+        ("volumes/", "invalid_property"),
+        ("volumes/a/b/c", "invalid_property"),
+    ] {
+        assert_eq!(kind(rbd_with("name", json!(bad))), expected, "{bad:?}");
+    }
+    let long = format!("volumes/{}", "i".repeat(256));
+    assert_eq!(kind(rbd_with("name", json!(long))), "invalid_property");
+    assert!(rbd_with("name", json!(format!("volumes/{}", "i".repeat(255)))).is_ok());
+}
+
+#[test]
+fn rbd_user_and_cluster_cannot_be_options() {
+    for key in ["auth_username", "cluster_name"] {
+        for bad in ["--keyring", "-k", "a,b", "a b", "client:x", "", ".."] {
+            let result = rbd_with(key, json!(bad));
+            let named = match &result {
+                Err(TargetError::UnsafeValue { key: named, .. })
+                | Err(TargetError::InvalidProperty { key: named, .. }) => *named,
+                _ => "",
+            };
+            assert_eq!(named, key, "{key} {bad:?}: {result:?}");
+        }
+        for good in ["cinder", "openstack.rbd", "nova_compute-1"] {
+            assert!(rbd_with(key, json!(good)).is_ok(), "{key} {good}");
+        }
+    }
+    assert_eq!(
+        kind(rbd_with("auth_username", json!("--keyring"))),
+        "unsafe_value"
+    );
+}
+
+#[test]
+fn monitors_are_addresses_or_dns_names() {
+    for bad in [
+        json!(["-m"]),
+        json!(["-m.example"]),
+        json!(["mon-.example"]),
+        json!(["mon..example"]),
+        json!(["mon_1"]),
+        json!(["mon 1"]),
+        json!(["mon,192.0.2.2"]),
+        json!([format!("{}.example", "a".repeat(64))]),
+        json!([]),
+    ] {
+        assert_eq!(
+            kind(rbd_with("hosts", bad.clone())),
+            "invalid_property",
+            "{bad}"
+        );
+    }
+    let ports = |hosts: Value, ports: Value| {
+        rbd(json!({"name": "p/i", "hosts": hosts, "ports": ports, "auth_enabled": false}))
+    };
+    assert_eq!(
+        kind(ports(json!(["192.0.2.1"]), json!(["0"]))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(ports(json!(["192.0.2.1"]), json!([65536]))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(ports(json!(["192.0.2.1"]), json!(["-1"]))),
+        "invalid_property"
+    );
+    assert!(
+        ports(
+            json!(["2001:db8::1", "[2001:db8::2]"]),
+            json!([3300, "6789"])
+        )
+        .is_ok()
+    );
+    assert!(ports(json!(["ceph-mon-1.example.com"]), json!([65535])).is_ok());
+}
+
+#[test]
+fn auth_key_is_a_cephx_key() {
+    // What the old check let through: printable ASCII without spaces.
+    for (bad, expected) in [
+        ("AQBkey==,mon_addr=x", "unsafe_value"),
+        ("AQBzY3VyZWtleQ==,ms_mode=crc", "unsafe_value"),
+        ("not base64 at all", "unsafe_value"),
+        ("AQBkey==", "invalid_property"),
+    ] {
+        assert_eq!(kind(rbd_with("auth_key", json!(bad))), expected, "{bad}");
+    }
+    for bad in [
+        // Base64 of the wrong length: 27 and 29 bytes.
+        "AQBIkAdrAAAAABAAdGV0aGVyLXRlc3Qta2V5",
+        "AQBIkAdrAAAAABAAdGV0aGVyLXRlc3Qta2V5MTI=",
+        // 40 characters, but '=' inside and a non-canonical padding.
+        "AQBIkAdrAAAA=BAAdGV0aGVyLXRlc3Qta2V5MQ==",
+        "AQBIkAdrAAAAABAAdGV0aGVyLXRlc3Qta2V5MR==",
+        // 28 bytes, but type 2 instead of 1 (AES).
+        "AgBIkAdrAAAAABAAdGV0aGVyLXRlc3Qta2V5MQ==",
+        // 28 bytes whose length field is not 16 (what the old docs example held).
+        "AQBzY3VyZWtleWZvcnRlc3Rpbmdvbmx5AAAAAA==",
+    ] {
+        let err = rbd_with("auth_key", json!(bad)).unwrap_err();
+        assert_eq!(err.kind(), "invalid_property", "{bad}");
+        assert!(matches!(
+            err,
+            TargetError::InvalidProperty {
+                key: "auth_key",
+                ..
+            }
+        ));
+        assert!(
+            !err.to_string().contains(bad),
+            "the key is never echoed: {err}"
+        );
+        assert!(
+            !err.to_string().contains(&bad[4..20]),
+            "nor a part of it: {err}"
+        );
+    }
+    let err = rbd_with("auth_key", json!("AQBkey==,secret-part")).unwrap_err();
+    assert!(!err.to_string().contains("secret-part"), "{err}");
+    assert!(!format!("{err:?}").contains("secret-part"), "{err:?}");
+    assert!(rbd_with("auth_key", json!(CEPHX_KEY)).is_ok());
+    // Without cephx there is no key to check.
+    let props = json!({"name": "p/i", "hosts": ["192.0.2.1"], "auth_enabled": false,
+                       "auth_key": "ignored"});
+    assert!(rbd(props).is_ok());
 }
 
 #[test]
@@ -303,4 +460,49 @@ fn one_session_key_for_every_spelling_of_a_portal() {
         format!("192.0.2.10:3260,{IQN}")
     );
     assert_ne!(key("192.0.2.10:3260"), key("192.0.2.10:3261"));
+}
+
+#[test]
+fn volume_ids_follow_a_grammar() {
+    for good in [
+        "vol-data",
+        "5d2e3f40-1a2b-4c3d-8e9f-a0b1c2d3e4f5",
+        "volume-5d2e3f40",
+        "a",
+        "pool.v2_b:c@d+e-f",
+        &"v".repeat(MAX_VOLUME_ID),
+    ] {
+        assert_eq!(check_volume_id(good), Ok(()), "{good}");
+    }
+    for bad in [
+        String::new(),
+        "v".repeat(MAX_VOLUME_ID + 1),
+        "v".repeat(600),
+        "vol\n\x1b[31mERROR forged".into(),
+        "vol\r".into(),
+        "vol 1".into(),
+        "vol/1".into(),
+        "vol,1".into(),
+        "vol;reboot".into(),
+        "-vol".into(),
+        ".vol".into(),
+        "..".into(),
+        "données".into(),
+    ] {
+        let err = check_volume_id(&bad).unwrap_err();
+        assert_eq!(err.kind(), "invalid_volume_id", "{bad:?}");
+        assert!(!err.to_string().chars().any(char::is_control), "{err}");
+    }
+    let mut t = target(
+        "iscsi",
+        json!({"target_portal": "192.0.2.10:3260", "target_iqn": IQN, "target_lun": 0}),
+        json!({}),
+    );
+    assert!(parse(&t).is_ok());
+    t.volume_id = "vol\x1b]0;title\x07".into();
+    assert_eq!(
+        kind(parse(&t)),
+        "invalid_volume_id",
+        "the agent refuses it too"
+    );
 }
