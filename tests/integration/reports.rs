@@ -38,7 +38,9 @@ impl Reporter {
                 json!({}),
             )
             .await;
-        let lookup: LookupResponse = reqwest::get(format!("{url}/v1/lookup?addresses={mac}"))
+        let lookup: LookupResponse = crate::harness::http()
+            .get(format!("{url}/v1/lookup?addresses={mac}"))
+            .send()
             .await
             .unwrap()
             .json()
@@ -56,7 +58,7 @@ impl Reporter {
     }
 
     async fn heartbeat(&self, volumes: Value) -> (u16, Value) {
-        let resp = reqwest::Client::new()
+        let resp = crate::harness::http()
             .post(format!("{}/v1/heartbeat/{}", self.url, self.node))
             .bearer_auth(&self.token)
             .json(&json!({"agent_version": "0.1.0", "generation": 1, "volumes": volumes}))
