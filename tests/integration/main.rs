@@ -8,4 +8,5 @@ mod layout;
 mod lifecycle;
 mod metrics;
 mod protocol_doc;
+mod refusals;
 mod secrets;

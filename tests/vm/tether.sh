@@ -2,7 +2,7 @@
 # Guest-side helpers for scenarios that run the real tether conductor and agent
 # (built on the host, on the share as $TETHER). Sourced after lib.sh.
 
-export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef
+export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef0123456789abcdef
 export TETHER_URL=http://127.0.0.1:6387
 NODE_UUID=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
 TETHER_STATE=/var/lib/tether
