@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Conductor;
 use super::auth::{Admin, Agent, MetricsReader};
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, UuidParam, parse_uuid_param};
+use super::extract::{ApiJson, ApiQuery, parse_uuid_param};
 use super::generations::Published;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
@@ -60,6 +60,7 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(super::error::json_errors))
         .layer(axum::middleware::map_response(name_the_version))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
@@ -147,10 +148,8 @@ struct TargetsQuery {
 
 async fn node_targets(
     State(c): Shared,
-    // Refused in this order: a malformed node uuid, then a malformed query, then the token.
-    _: UuidParam,
-    ApiQuery(q): ApiQuery<TargetsQuery>,
     Agent(node): Agent,
+    ApiQuery(q): ApiQuery<TargetsQuery>,
 ) -> ApiResult<Response> {
     // Subscribe before reading, so a change between the two still wakes this request.
     let mut changes = c.generations.subscribe(node);
@@ -248,16 +247,16 @@ async fn create_node(
 
 async fn show_node(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::Node>> {
     Ok(Json(c.store.find_node(&ident)?))
 }
 
 async fn delete_node(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, &ident)?;
     c.store.delete_node(uuid)?;
@@ -266,8 +265,8 @@ async fn delete_node(
 
 async fn reset_token(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, &ident)?;
     c.store.reset_token(uuid)?;
@@ -276,8 +275,8 @@ async fn reset_token(
 
 async fn node_status(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::NodeStatus>> {
     let uuid = node_uuid(&c, &ident)?;
     Ok(Json(c.store.node_status(uuid)?))
@@ -311,8 +310,8 @@ async fn create_connector(
 
 async fn delete_connector(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
     c.store.delete_connector(parse_uuid_param(&uuid)?)?;
     Ok(StatusCode::NO_CONTENT)
@@ -351,8 +350,8 @@ async fn list_targets(
 
 async fn show_target(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<Json<VolumeTarget>> {
     Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
 }
@@ -388,8 +387,8 @@ async fn create_target(
 
 async fn delete_target(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = parse_uuid_param(&uuid)?;
     let Published {

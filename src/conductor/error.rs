@@ -60,6 +60,46 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Gives every error answer the documented body: those the router and axum's own extractors
+/// make (`405`, a path that is not UTF-8…) come as plain text or empty. Their status and
+/// headers (`Allow`) stay; a short plain-text message is kept as the message.
+pub(super) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 1024)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let (kind, default) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint in protocol v1"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take this method; `Allow` lists those it takes",
+        ),
+        StatusCode::URI_TOO_LONG => ("uri_too_long", "the request's URI is too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request's header fields are too large",
+        ),
+        s if s.is_server_error() => ("internal", "the conductor failed; see its log"),
+        _ => ("invalid_request", "the request is malformed"),
+    };
+    let message = text.unwrap_or_else(|| default.to_string());
+    let answer = ApiError::new(status, kind, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(answer.headers().clone());
+    let (_, body) = answer.into_parts();
+    Response::from_parts(parts, body)
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -1,12 +1,153 @@
-//! What the conductor refuses: weak or exposed admin tokens before it starts.
+//! What the conductor refuses, in which order, and in which shape: the token before any parsing,
+//! every error as the documented JSON body, weak or exposed admin tokens before it starts.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::ADMIN;
+use serde_json::Value;
+
+use crate::harness::{ADMIN, Conductor, Operator};
 use tether::config::ConductorConfig;
+use tether::protocol::{VERSION, VERSION_HEADER};
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: not a JSON body: {text:?}"));
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_query_the_path_or_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path(), true).await;
+    let url = conductor.url();
+    let node = Operator::new(&url)
+        .create_node("n", "52:54:00:00:0a:01")
+        .await;
+    let http = reqwest::Client::new();
+    let requests = [
+        http.get(format!("{url}/v1/nodes/{node}/volume/targets?since=soon&wait=-1")),
+        http.get(format!("{url}/v1/nodes/{node}/volume/targets?detail=true&bogus=1")),
+        http.get(format!("{url}/v1/nodes/not-a-uuid/volume/targets")),
+        http.post(format!("{url}/v1/heartbeat/{node}"))
+            .header("content-type", "application/json")
+            .body("{not json"),
+        http.post(format!("{url}/v1/heartbeat/{node}"))
+            .bearer_auth("wrong-token")
+            .header("content-type", "application/json")
+            .body(r#"{"agent_version": 1, "surprise": true}"#),
+        http.post(format!("{url}/v1/heartbeat/not-a-uuid")).body("x"),
+        http.get(format!("{url}/v1/nodes/%FF")),
+        http.get(format!("{url}/v1/volume/targets?node=n&bogus=1")),
+        http.post(format!("{url}/v1/nodes")).body("{not json"),
+        http.delete(format!("{url}/v1/volume/targets/not-a-uuid")),
+    ];
+    for req in requests {
+        let described = format!("{req:?}");
+        let (status, _, body) = send(req).await;
+        assert_eq!(
+            (status, body["error"]["kind"].as_str()),
+            (401, Some("unauthorized")),
+            "{described}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path(), true).await;
+    let url = conductor.url();
+    let http = reqwest::Client::new();
+    for value in [
+        format!("bearer {ADMIN}"),
+        format!("BEARER {ADMIN}"),
+        format!("Bearer  {ADMIN}"),
+    ] {
+        let resp = http
+            .get(format!("{url}/v1/nodes"))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{value:?}");
+    }
+    for value in [format!("Basic {ADMIN}"), ADMIN.to_string(), "Bearer".into()] {
+        let resp = http
+            .get(format!("{url}/v1/nodes"))
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{value:?}");
+    }
+}
+
+#[tokio::test]
+async fn errors_the_router_makes_have_the_documented_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path(), true).await;
+    let url = conductor.url();
+    let http = reqwest::Client::new();
+
+    let (status, headers, body) = send(http.post(format!("{url}/v1/lookup"))).await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error"]["kind"], "method_not_allowed");
+    assert!(headers["allow"].to_str().unwrap().contains("GET"));
+    assert_eq!(headers[VERSION_HEADER], VERSION);
+    let (status, _, body) = send(http.delete(format!("{url}/v1/nodes")).bearer_auth(ADMIN)).await;
+    assert_eq!((status, body["error"]["kind"].as_str()), (405, Some("method_not_allowed")));
+
+    // A path segment that decodes to bytes that are not UTF-8.
+    let (status, _, body) = send(http.get(format!("{url}/v1/nodes/%FF")).bearer_auth(ADMIN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["kind"], "invalid_request");
+    assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+}
+
+/// Sends raw bytes and returns the status line of the answer. For what hyper refuses before the
+/// router sees the request.
+fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_refuses_overlong_uris_and_headers_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path(), true).await;
+    let addr = conductor.addr;
+    let long_uri = format!(
+        "GET /v1/lookup?addresses={} HTTP/1.1\r\nhost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    // Just past hyper's 408 KiB buffer, and no end of the head: hyper reads it all, then answers.
+    let long_header = format!(
+        "GET /v1 HTTP/1.1\r\nhost: x\r\nx-big: {}",
+        "a".repeat(420_000)
+    );
+    let (uri, header) = tokio::task::spawn_blocking(move || {
+        (
+            raw_status(addr, long_uri.as_bytes()),
+            raw_status(addr, long_header.as_bytes()),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(uri.starts_with("HTTP/1.1 414"), "{uri}");
+    assert!(header.starts_with("HTTP/1.1 431"), "{header}");
+}
 
 fn write_with_mode(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap();
