@@ -141,6 +141,10 @@ pub struct ConductorConfig {
     pub validate_targets: bool,
     /// File holding a token that `GET /metrics` then requires; unset, metrics need none.
     pub metrics_token_file: Option<PathBuf>,
+    /// Per client address (IPv6: per /64), lookups and failed authentications allowed at once,
+    /// then so many a minute; beyond, `429`. `rate_limit_per_minute = 0` turns it off.
+    pub rate_limit_burst: u32,
+    pub rate_limit_per_minute: u32,
 }
 
 impl Default for ConductorConfig {
@@ -153,6 +157,8 @@ impl Default for ConductorConfig {
             max_wait_s: 120,
             validate_targets: true,
             metrics_token_file: None,
+            rate_limit_burst: 20,
+            rate_limit_per_minute: 12,
         }
     }
 }
@@ -270,6 +276,9 @@ impl Config {
         if a.heartbeat_interval == Some(Duration::ZERO) || self.conductor.heartbeat_interval_s == 0
         {
             return Err("heartbeat_interval_s must be at least 1".into());
+        }
+        if self.conductor.rate_limit_burst == 0 {
+            return Err("conductor.rate_limit_burst must be at least 1".into());
         }
         if a.token.is_some() && a.token_file.is_some() {
             return Err("agent.token and agent.token_file are both set; keep one".into());

@@ -16,6 +16,7 @@ use super::auth::{Admin, Agent, MetricsReader};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, parse_uuid_param};
 use super::generations::Published;
+use super::limit::Throttled;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
     LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate, TargetList, TargetsResponse,
@@ -97,6 +98,7 @@ struct LookupQuery {
 
 async fn lookup(
     State(c): Shared,
+    Throttled(client): Throttled,
     ApiQuery(q): ApiQuery<LookupQuery>,
 ) -> ApiResult<Json<LookupResponse>> {
     let addresses: Vec<String> = q
@@ -112,6 +114,16 @@ async fn lookup(
             "give addresses=<mac>,<mac> or node_uuid=<uuid>",
         ));
     }
+    if addresses.len() > protocol::MAX_LOOKUP_ADDRESSES {
+        return Err(ApiError::bad_request(
+            "too_many_addresses",
+            format!(
+                "a lookup names at most {} MAC addresses; send those of the node's own \
+                 interfaces",
+                protocol::MAX_LOOKUP_ADDRESSES
+            ),
+        ));
+    }
     let found = c.store.lookup(&addresses, q.node_uuid)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -119,8 +131,22 @@ async fn lookup(
             "no node has these addresses; enroll the node with `tether ctl node create`",
         )
     })?;
+    let node = &found.node;
     if found.new_token.is_some() {
-        tracing::info!(node = %found.node.uuid, "issued the node's agent token");
+        tracing::info!(
+            client = %client,
+            node = %node.uuid,
+            name = %node.name,
+            "issued the node's agent token"
+        );
+    } else if !found.by_address && !node.token_issued {
+        tracing::info!(
+            client = %client,
+            node = %node.uuid,
+            name = %node.name,
+            "lookup by uuid alone: no token issued; the token goes only to a lookup that names \
+             one of the node's MAC addresses, or is provisioned"
+        );
     }
     Ok(Json(LookupResponse {
         node: NodeRef {

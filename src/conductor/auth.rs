@@ -1,6 +1,8 @@
 //! Who may call what, as extractors: a handler names the caller it needs among its arguments,
 //! first, so that nothing of a request is parsed before its caller is known. Every token is
-//! checked by [`TokenHash::matches`](super::store::TokenHash::matches).
+//! checked by [`TokenHash::matches`](super::store::TokenHash::matches); a failed check counts
+//! against the client address's allowance ([`super::limit`]), and an address without one left
+//! is refused with `429` before its token is looked at.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use uuid::Uuid;
 
 use super::Conductor;
 use super::error::{ApiError, ApiResult};
+use super::limit::{client_ip, refused};
 
 /// The operator, by the admin token.
 pub(super) struct Admin;
@@ -61,17 +64,22 @@ impl FromRequestParts<Arc<Conductor>> for MetricsReader {
     }
 }
 
-/// Checks the bearer token with `matches`.
+/// Refuses a client address that has no allowance left, then checks the bearer token with
+/// `matches`; a missing or wrong token takes from the allowance.
 fn authenticate(
-    _: &Conductor,
+    c: &Conductor,
     parts: &Parts,
     matches: impl FnOnce(&str) -> ApiResult<bool>,
 ) -> ApiResult<()> {
+    let client = client_ip(parts);
+    c.limiter.check(client).map_err(|l| refused(client, l))?;
     let authenticated = match bearer(parts) {
         Some(token) => matches(token)?,
         None => false,
     };
     if !authenticated {
+        // Refused either way; the allowance decides the next request.
+        let _ = c.limiter.charge(client);
         return Err(ApiError::unauthorized());
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! The error answer of every endpoint: a status and a stable kind that clients match on.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +15,8 @@ pub(super) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Sent as `Retry-After`, in whole seconds rounded up.
+    retry_after: Option<Duration>,
 }
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
@@ -23,6 +27,22 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(super) fn rate_limited(retry_after: Duration) -> Self {
+        let seconds = retry_after_seconds(retry_after);
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many lookups or failed authentications from this address; \
+                     retry in {seconds} s"
+                ),
+            )
         }
     }
 
@@ -56,8 +76,17 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(wait) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_seconds(wait).into());
+        }
         response
     }
+}
+
+fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Gives every error answer the documented body: those the router and axum's own extractors

@@ -5,10 +5,12 @@ mod auth;
 mod error;
 mod extract;
 mod generations;
+mod limit;
 mod metrics;
 mod store;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ struct Conductor {
     /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
     metrics_token: Option<TokenHash>,
     metrics: Arc<metrics::ConductorMetrics>,
+    /// Lookups and failed authentications per client address.
+    limiter: limit::RateLimiter,
     heartbeat_interval_s: u64,
     max_wait: Duration,
     validate_targets: bool,
@@ -50,6 +54,7 @@ impl Conductor {
             store,
             admin_token: TokenHash::of(admin_token),
             metrics_token: metrics_token.map(TokenHash::of),
+            limiter: limit::RateLimiter::new(config.rate_limit_burst, config.rate_limit_per_minute),
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,
@@ -145,16 +150,19 @@ pub async fn serve(
         "conductor serving protocol v1"
     );
     crate::notify::ready("serving protocol v1");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            crate::notify::stopping();
-            // Long-polls end now instead of holding the shutdown for their full wait.
-            let _ = stop_tx.send(true);
-            tracing::info!("conductor shutting down");
-        })
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        crate::notify::stopping();
+        // Long-polls end now instead of holding the shutdown for their full wait.
+        let _ = stop_tx.send(true);
+        tracing::info!("conductor shutting down");
+    })
+    .await
+    .context("serving HTTP")?;
     Ok(())
 }
 

@@ -72,7 +72,7 @@ impl Conductor {
             heartbeat_interval_s: 1,
             max_wait_s: 60,
             validate_targets,
-            metrics_token_file: None,
+            ..ConductorConfig::default()
         };
         Self::start_with(dir, config).await
     }

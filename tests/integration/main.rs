@@ -6,6 +6,7 @@ mod harness;
 mod auth;
 mod layout;
 mod lifecycle;
+mod lookup;
 mod metrics;
 mod protocol_doc;
 mod refusals;

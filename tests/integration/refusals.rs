@@ -32,8 +32,12 @@ async fn the_token_is_checked_before_the_query_the_path_or_the_body() {
         .await;
     let http = reqwest::Client::new();
     let requests = [
-        http.get(format!("{url}/v1/nodes/{node}/volume/targets?since=soon&wait=-1")),
-        http.get(format!("{url}/v1/nodes/{node}/volume/targets?detail=true&bogus=1")),
+        http.get(format!(
+            "{url}/v1/nodes/{node}/volume/targets?since=soon&wait=-1"
+        )),
+        http.get(format!(
+            "{url}/v1/nodes/{node}/volume/targets?detail=true&bogus=1"
+        )),
         http.get(format!("{url}/v1/nodes/not-a-uuid/volume/targets")),
         http.post(format!("{url}/v1/heartbeat/{node}"))
             .header("content-type", "application/json")
@@ -42,7 +46,8 @@ async fn the_token_is_checked_before_the_query_the_path_or_the_body() {
             .bearer_auth("wrong-token")
             .header("content-type", "application/json")
             .body(r#"{"agent_version": 1, "surprise": true}"#),
-        http.post(format!("{url}/v1/heartbeat/not-a-uuid")).body("x"),
+        http.post(format!("{url}/v1/heartbeat/not-a-uuid"))
+            .body("x"),
         http.get(format!("{url}/v1/nodes/%FF")),
         http.get(format!("{url}/v1/volume/targets?node=n&bogus=1")),
         http.post(format!("{url}/v1/nodes")).body("{not json"),
@@ -102,7 +107,10 @@ async fn errors_the_router_makes_have_the_documented_body() {
     assert!(headers["allow"].to_str().unwrap().contains("GET"));
     assert_eq!(headers[VERSION_HEADER], VERSION);
     let (status, _, body) = send(http.delete(format!("{url}/v1/nodes")).bearer_auth(ADMIN)).await;
-    assert_eq!((status, body["error"]["kind"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (status, body["error"]["kind"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 
     // A path segment that decodes to bytes that are not UTF-8.
     let (status, _, body) = send(http.get(format!("{url}/v1/nodes/%FF")).bearer_auth(ADMIN)).await;
@@ -115,7 +123,9 @@ async fn errors_the_router_makes_have_the_documented_body() {
 /// router sees the request.
 fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.write_all(request).unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -124,7 +134,7 @@ fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hyper_refuses_overlong_uris_and_headers_itself() {
+async fn hyper_refuses_overlong_uris_and_headers_and_raw_bytes_itself() {
     let dir = tempfile::tempdir().unwrap();
     let conductor = Conductor::start(dir.path(), true).await;
     let addr = conductor.addr;
@@ -137,16 +147,19 @@ async fn hyper_refuses_overlong_uris_and_headers_itself() {
         "GET /v1 HTTP/1.1\r\nhost: x\r\nx-big: {}",
         "a".repeat(420_000)
     );
-    let (uri, header) = tokio::task::spawn_blocking(move || {
+    let (uri, header, raw_byte) = tokio::task::spawn_blocking(move || {
         (
             raw_status(addr, long_uri.as_bytes()),
             raw_status(addr, long_header.as_bytes()),
+            raw_status(addr, b"GET /v1/nodes/\xff HTTP/1.1\r\nhost: x\r\n\r\n"),
         )
     })
     .await
     .unwrap();
+    // docs/protocol.md says these come without the JSON body: hyper answers them itself.
     assert!(uri.starts_with("HTTP/1.1 414"), "{uri}");
     assert!(header.starts_with("HTTP/1.1 431"), "{header}");
+    assert!(raw_byte.starts_with("HTTP/1.1 400"), "{raw_byte}");
 }
 
 fn write_with_mode(path: &Path, text: &str, mode: u32) {
@@ -169,7 +182,9 @@ fn admin_tokens_shorter_than_32_characters_are_refused() {
     let config = config_in(dir.path());
     let admin_token = tether::conductor::admin_token;
 
-    let err = admin_token(&config, Some("a".into())).unwrap_err().to_string();
+    let err = admin_token(&config, Some("a".into()))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("TETHER_ADMIN_TOKEN"), "{err}");
     assert!(err.contains("32"), "{err}");
     assert!(admin_token(&config, Some("x".repeat(31))).is_err());
@@ -209,7 +224,10 @@ fn token_files_that_group_or_others_can_read_are_refused() {
         assert!(err.contains("admin.token"), "{mode:o}: {err}");
     }
     write_with_mode(&config.admin_token_file, &token, 0o400);
-    assert_eq!(tether::conductor::admin_token(&config, None).unwrap(), token);
+    assert_eq!(
+        tether::conductor::admin_token(&config, None).unwrap(),
+        token
+    );
 }
 
 #[tokio::test]
@@ -234,7 +252,13 @@ async fn a_metrics_token_file_that_others_can_read_is_refused() {
 fn the_conductor_does_not_start_with_a_short_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["--config", "/dev/null", "conductor", "--listen", "127.0.0.1:0"])
+        .args([
+            "--config",
+            "/dev/null",
+            "conductor",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--database")
         .arg(dir.path().join("c.db"))
         .current_dir(dir.path())
