@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use crate::harness::{ADMIN, Conductor, Operator, all_logs};
+use tether::config::{ConductorConfig, Config};
 use tether::protocol::MASK;
 
 /// A client whose requests leave from `source`, one of loopback's many addresses.
@@ -36,32 +37,21 @@ async fn a_lookup_names_at_most_16_addresses() {
     let url = conductor.url();
     let op = Operator::new(&url);
     op.create_node("many-nics", "52:54:00:00:05:10").await;
-    let others =
-        |n: usize| -> Vec<String> { (0..n).map(|i| format!("52:54:00:00:06:{i:02x}")).collect() };
     let http = reqwest::Client::new();
-
-    let mut seventeen = others(16);
-    seventeen.push("52:54:00:00:05:10".into());
-    let (status, _, body) = get(
-        &http,
-        &format!("{url}/v1/lookup?addresses={}", seventeen.join(",")),
-    )
-    .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["kind"], "too_many_addresses");
-
-    let mut sixteen = others(15);
-    sixteen.push("52:54:00:00:05:10".into());
-    let (status, _, body) = get(
-        &http,
-        &format!("{url}/v1/lookup?addresses={}", sixteen.join(",")),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_ne!(
-        body["config"]["agent_token"], MASK,
-        "the refused lookup issued nothing"
-    );
+    // The node's own MAC last, after others: 17 are refused (and issue nothing), 16 find it.
+    for (count, status, kind) in [(17, 400, Some("too_many_addresses")), (16, 200, None)] {
+        let mut addresses: Vec<String> = (1..count)
+            .map(|i| format!("52:54:00:00:06:{i:02x}"))
+            .collect();
+        addresses.push("52:54:00:00:05:10".into());
+        let query = format!("{url}/v1/lookup?addresses={}", addresses.join(","));
+        let (got, _, body) = get(&http, &query).await;
+        assert_eq!(got, status, "{count}: {body}");
+        assert_eq!(body["error"]["kind"].as_str(), kind);
+        if status == 200 {
+            assert_ne!(body["config"]["agent_token"], MASK, "17 issued the token");
+        }
+    }
 }
 
 #[tokio::test]
@@ -123,6 +113,40 @@ async fn failed_authentications_count_against_the_same_limit() {
     let other = client_from("127.0.0.3");
     let resp = other.get(&url).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn the_limits_are_configurable_and_refill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |burst, per_minute| ConductorConfig {
+        listen: "127.0.0.1:0".into(),
+        database: dir.path().join(format!("c-{per_minute}.db")),
+        rate_limit_burst: burst,
+        rate_limit_per_minute: per_minute,
+        ..ConductorConfig::default()
+    };
+    // Two at once, then one a second.
+    let mut conductor = Conductor::start_with(dir.path(), config(2, 60)).await;
+    let url = format!("{}/v1/lookup?addresses=52:54:00:00:07:02", conductor.url());
+    let http = reqwest::Client::new();
+    let statuses = [get(&http, &url).await.0, get(&http, &url).await.0];
+    assert_eq!(statuses, [404, 404]);
+    let (status, retry_after, _) = get(&http, &url).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(&http, &url).await.0, 404, "refilled");
+    conductor.stop().await;
+
+    // None a minute: no limit.
+    let conductor = Conductor::start_with(dir.path(), config(1, 0)).await;
+    let url = format!("{}/v1/lookup?addresses=52:54:00:00:07:02", conductor.url());
+    for _ in 0..50 {
+        assert_eq!(get(&http, &url).await.0, 404);
+    }
+    let file = dir.path().join("zero.toml");
+    std::fs::write(&file, "[conductor]\nrate_limit_burst = 0\n").unwrap();
+    let err = Config::load(&[file]).unwrap_err().to_string();
+    assert!(err.contains("rate_limit_burst"), "{err}");
 }
 
 #[tokio::test]

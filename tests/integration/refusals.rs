@@ -70,10 +70,13 @@ async fn the_bearer_scheme_is_case_insensitive() {
     let conductor = Conductor::start(dir.path(), true).await;
     let url = conductor.url();
     let http = reqwest::Client::new();
-    for value in [
-        format!("bearer {ADMIN}"),
-        format!("BEARER {ADMIN}"),
-        format!("Bearer  {ADMIN}"),
+    for (value, expected) in [
+        (format!("bearer {ADMIN}"), 200),
+        (format!("BEARER {ADMIN}"), 200),
+        (format!("Bearer  {ADMIN}"), 200),
+        (format!("Basic {ADMIN}"), 401),
+        (ADMIN.to_string(), 401),
+        ("Bearer".into(), 401),
     ] {
         let resp = http
             .get(format!("{url}/v1/nodes"))
@@ -81,16 +84,7 @@ async fn the_bearer_scheme_is_case_insensitive() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 200, "{value:?}");
-    }
-    for value in [format!("Basic {ADMIN}"), ADMIN.to_string(), "Bearer".into()] {
-        let resp = http
-            .get(format!("{url}/v1/nodes"))
-            .header("authorization", &value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 401, "{value:?}");
+        assert_eq!(resp.status(), expected, "{value:?}");
     }
 }
 
