@@ -143,26 +143,23 @@ pub async fn serve(
         metrics_token.as_deref(),
         stop_rx,
     ));
-    let app = router(conductor);
+    let app = router(conductor).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(
         listen = %listener.local_addr()?,
         database = %config.database.display(),
         "conductor serving protocol v1"
     );
     crate::notify::ready("serving protocol v1");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        crate::notify::stopping();
-        // Long-polls end now instead of holding the shutdown for their full wait.
-        let _ = stop_tx.send(true);
-        tracing::info!("conductor shutting down");
-    })
-    .await
-    .context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            crate::notify::stopping();
+            // Long-polls end now instead of holding the shutdown for their full wait.
+            let _ = stop_tx.send(true);
+            tracing::info!("conductor shutting down");
+        })
+        .await
+        .context("serving HTTP")?;
     Ok(())
 }
 
