@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use super::Conductor;
 use super::error::ApiError;
 
-/// Most clients tracked one by one: about 64 bytes each.
+/// Most clients tracked one by one: under 100 bytes each, a few MiB in all.
 pub(super) const MAX_CLIENTS: usize = 65_536;
 
 /// How often the table is swept of full buckets when it is not full.
