@@ -160,6 +160,10 @@ pub struct ConductorConfig {
     pub max_connections_per_address: usize,
     /// How long a stopping conductor waits for running requests.
     pub shutdown_timeout_s: u64,
+    /// Per client address (IPv6: per /64), lookups and failed authentications allowed at once,
+    /// then so many a minute; beyond, `429`. `rate_limit_per_minute = 0` turns it off.
+    pub rate_limit_burst: u32,
+    pub rate_limit_per_minute: u32,
 }
 
 impl Default for ConductorConfig {
@@ -178,6 +182,8 @@ impl Default for ConductorConfig {
             max_connections: 32_768,
             max_connections_per_address: 256,
             shutdown_timeout_s: 10,
+            rate_limit_burst: 20,
+            rate_limit_per_minute: 12,
         }
     }
 }
@@ -301,6 +307,9 @@ impl Config {
         if a.heartbeat_interval == Some(Duration::ZERO) || self.conductor.heartbeat_interval_s == 0
         {
             return Err("heartbeat_interval_s must be at least 1".into());
+        }
+        if self.conductor.rate_limit_burst == 0 {
+            return Err("conductor.rate_limit_burst must be at least 1".into());
         }
         if a.token.is_some() && a.token_file.is_some() {
             return Err("agent.token and agent.token_file are both set; keep one".into());

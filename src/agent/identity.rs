@@ -30,11 +30,16 @@ pub(crate) fn collect(root: &Path) -> Identity {
             && mac != "00:00:00:00:00:00"
             && !mac.is_empty()
         {
-            macs.push(mac.to_ascii_lowercase());
+            macs.push((interface_rank(&dir), mac.to_ascii_lowercase()));
         }
     }
     macs.sort();
-    macs.dedup();
+    let mut seen = std::collections::HashSet::new();
+    let macs: Vec<String> = macs
+        .into_iter()
+        .map(|(_, mac)| mac)
+        .filter(|mac| seen.insert(mac.clone()))
+        .collect();
     let ips = if root == Path::new("/") {
         local_ips()
     } else {
@@ -49,7 +54,28 @@ pub(crate) fn collect(root: &Path) -> Identity {
     }
 }
 
+/// Network devices first, then SR-IOV virtual functions, then interfaces with no device behind
+/// them (bridges, veths, bonds, VLANs): the NICs an operator enrolls come first.
+fn interface_rank(dir: &Path) -> u8 {
+    match (
+        dir.join("device").exists(),
+        dir.join("device/physfn").exists(),
+    ) {
+        (true, false) => 0,
+        (true, true) => 1,
+        (false, _) => 2,
+    }
+}
+
 impl Identity {
+    /// The MAC addresses a lookup sends: the first [`MAX_LOOKUP_ADDRESSES`] (devices first), all
+    /// a conductor takes. A host with many veths or VFs has more.
+    ///
+    /// [`MAX_LOOKUP_ADDRESSES`]: crate::protocol::MAX_LOOKUP_ADDRESSES
+    pub(crate) fn lookup_macs(&self) -> &[String] {
+        &self.macs[..self.macs.len().min(crate::protocol::MAX_LOOKUP_ADDRESSES)]
+    }
+
     pub(crate) fn connectors(&self) -> Vec<Connector> {
         let mut out = Vec::new();
         let mut push = |t: &str, id: &str| {
@@ -153,6 +179,35 @@ mod tests {
             .map(|c| c.connector_type)
             .collect();
         assert_eq!(types, vec!["iqn", "mac"]);
+    }
+
+    #[test]
+    fn devices_come_first_and_a_lookup_sends_at_most_16() {
+        let root = tempfile::tempdir().unwrap();
+        let net = root.path().join("sys/class/net");
+        let nic = |name: &str, mac: &str, device: Option<&str>| {
+            let dir = net.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("address"), format!("{mac}\n")).unwrap();
+            std::fs::write(dir.join("type"), "1\n").unwrap();
+            if let Some(device) = device {
+                std::fs::create_dir_all(dir.join("device").join(device)).unwrap();
+            }
+        };
+        for i in 0..30 {
+            nic(
+                &format!("veth{i}"),
+                &format!("02:00:00:00:00:{i:02x}"),
+                None,
+            );
+        }
+        nic("eth0vf0", "fe:00:00:00:00:01", Some("physfn"));
+        nic("eth0", "fe:00:00:00:00:02", Some("driver"));
+        nic("bond0", "fe:00:00:00:00:02", None);
+        let id = collect(root.path());
+        assert_eq!(id.macs.len(), 32, "every address is still a connector");
+        assert_eq!(id.macs[..2], ["fe:00:00:00:00:02", "fe:00:00:00:00:01"]);
+        assert_eq!(id.lookup_macs().len(), 16);
     }
 
     #[test]

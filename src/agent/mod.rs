@@ -110,7 +110,7 @@ pub async fn run(
         &client,
         config.node_uuid,
         provisioned_token.as_ref(),
-        &identity.macs,
+        identity.lookup_macs(),
         &agent.state,
     );
     let Some(node) = until_shutdown(looking_up, &mut watchdog, &mut shutdown).await else {

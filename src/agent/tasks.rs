@@ -74,9 +74,10 @@ pub(crate) async fn lookup(
                 tracing::error!(
                     node = %found.node.uuid,
                     kind = "token_unavailable",
-                    "the node's token was issued before and is not in the state directory; \
-                     run `tether ctl node reset-token {}` or provision the token in the agent's \
-                     configuration",
+                    "the conductor issued no token: it was issued before and is not in the \
+                     state directory, or the lookup named none of the node's enrolled MAC \
+                     addresses (a uuid alone never gets it); run `tether ctl node reset-token {}` \
+                     or provision the token in the agent's configuration",
                     found.node.uuid
                 );
             }

@@ -14,8 +14,9 @@ use uuid::Uuid;
 use super::Conductor;
 use super::auth::{Admin, Agent, MetricsReader};
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, ApiQuery, UuidParam, parse_uuid_param};
+use super::extract::{ApiJson, ApiQuery, parse_uuid_param};
 use super::generations::Published;
+use super::limit::Throttled;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
     LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate, TargetList, TargetsResponse,
@@ -60,6 +61,7 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(super::error::json_errors))
         .layer(axum::middleware::map_response(name_the_version))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
@@ -96,6 +98,7 @@ struct LookupQuery {
 
 async fn lookup(
     State(c): Shared,
+    Throttled(client): Throttled,
     ApiQuery(q): ApiQuery<LookupQuery>,
 ) -> ApiResult<Json<LookupResponse>> {
     let addresses: Vec<String> = q
@@ -111,6 +114,16 @@ async fn lookup(
             "give addresses=<mac>,<mac> or node_uuid=<uuid>",
         ));
     }
+    if addresses.len() > protocol::MAX_LOOKUP_ADDRESSES {
+        return Err(ApiError::bad_request(
+            "too_many_addresses",
+            format!(
+                "a lookup names at most {} MAC addresses; send those of the node's own \
+                 interfaces",
+                protocol::MAX_LOOKUP_ADDRESSES
+            ),
+        ));
+    }
     let found = c.store.lookup(&addresses, q.node_uuid)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -118,8 +131,22 @@ async fn lookup(
             "no node has these addresses; enroll the node with `tether ctl node create`",
         )
     })?;
+    let node = &found.node;
     if found.new_token.is_some() {
-        tracing::info!(node = %found.node.uuid, "issued the node's agent token");
+        tracing::info!(
+            client = %client,
+            node = %node.uuid,
+            name = %node.name,
+            "issued the node's agent token"
+        );
+    } else if !found.by_address && !node.token_issued {
+        tracing::info!(
+            client = %client,
+            node = %node.uuid,
+            name = %node.name,
+            "lookup by uuid alone: no token issued; the token goes only to a lookup that names \
+             one of the node's MAC addresses, or is provisioned"
+        );
     }
     Ok(Json(LookupResponse {
         node: NodeRef {
@@ -147,10 +174,8 @@ struct TargetsQuery {
 
 async fn node_targets(
     State(c): Shared,
-    // Refused in this order: a malformed node uuid, then a malformed query, then the token.
-    _: UuidParam,
-    ApiQuery(q): ApiQuery<TargetsQuery>,
     Agent(node): Agent,
+    ApiQuery(q): ApiQuery<TargetsQuery>,
 ) -> ApiResult<Response> {
     // Subscribe before reading, so a change between the two still wakes this request.
     let mut changes = c.generations.subscribe(node);
@@ -270,16 +295,16 @@ async fn create_node(
 
 async fn show_node(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::Node>> {
     Ok(Json(c.store.find_node(&ident)?))
 }
 
 async fn delete_node(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, &ident)?;
     c.store.delete_node(uuid)?;
@@ -288,8 +313,8 @@ async fn delete_node(
 
 async fn reset_token(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, &ident)?;
     c.store.reset_token(uuid)?;
@@ -298,8 +323,8 @@ async fn reset_token(
 
 async fn node_status(
     State(c): Shared,
-    Path(ident): Path<String>,
     _: Admin,
+    Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::NodeStatus>> {
     let uuid = node_uuid(&c, &ident)?;
     Ok(Json(c.store.node_status(uuid)?))
@@ -333,8 +358,8 @@ async fn create_connector(
 
 async fn delete_connector(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
     c.store.delete_connector(parse_uuid_param(&uuid)?)?;
     Ok(StatusCode::NO_CONTENT)
@@ -374,8 +399,8 @@ async fn list_targets(
 
 async fn show_target(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<Json<VolumeTarget>> {
     Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
 }
@@ -416,8 +441,8 @@ async fn create_target(
 
 async fn delete_target(
     State(c): Shared,
-    Path(uuid): Path<String>,
     _: Admin,
+    Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = parse_uuid_param(&uuid)?;
     let Published {

@@ -1,17 +1,19 @@
-//! Who may call what, as extractors: a handler names the caller it needs among its arguments.
-//! Every token is checked by [`TokenHash::matches`](super::store::TokenHash::matches).
+//! Who may call what, as extractors: a handler names the caller it needs among its arguments,
+//! first, so that nothing of a request is parsed before its caller is known. Every token is
+//! checked by [`TokenHash::matches`](super::store::TokenHash::matches); a failed check counts
+//! against the client address's allowance ([`super::limit`]), and an address without one left
+//! is refused with `429` before its token is looked at.
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::Conductor;
 use super::error::{ApiError, ApiResult};
-use super::extract::UuidParam;
+use super::limit::{client_ip, refused};
 
 /// The operator, by the admin token.
 pub(super) struct Admin;
@@ -20,28 +22,31 @@ impl FromRequestParts<Arc<Conductor>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> ApiResult<Self> {
-        allow_if(bearer(parts).is_some_and(|t| c.admin_token.matches(t)))?;
+        authenticate(c, parts, |token| Ok(c.admin_token.matches(token)))?;
         Ok(Self)
     }
 }
 
 /// The node of the path's `{node}`, by its own agent token: an agent reads its own targets and
-/// reports its own volumes, and no other node's. A node that does not exist is refused alike.
+/// reports its own volumes, and no other node's. A node that does not exist, or a path that
+/// names none, is refused alike.
 pub(super) struct Agent(pub Uuid);
 
 impl FromRequestParts<Arc<Conductor>> for Agent {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> Result<Self, Response> {
-        let UuidParam(node) = UuidParam::from_request_parts(parts, c).await?;
-        check_agent(c, node, parts).map_err(IntoResponse::into_response)?;
-        Ok(Self(node))
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> ApiResult<Self> {
+        let node = Path::<String>::from_request_parts(parts, c)
+            .await
+            .ok()
+            .and_then(|Path(node)| Uuid::parse_str(&node).ok());
+        authenticate(c, parts, |token| match node {
+            Some(node) => Ok(c.store.agent_token_matches(node, token)?),
+            None => Ok(false),
+        })?;
+        // Authenticated: the path named a node.
+        node.map(Self).ok_or_else(ApiError::unauthorized)
     }
-}
-
-fn check_agent(c: &Conductor, node: Uuid, parts: &Parts) -> ApiResult<()> {
-    let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-    allow_if(c.store.agent_token_matches(node, token)?)
 }
 
 /// A scraper of `GET /metrics`: anyone, unless `conductor.metrics_token_file` is set (the
@@ -53,24 +58,38 @@ impl FromRequestParts<Arc<Conductor>> for MetricsReader {
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> ApiResult<Self> {
         if let Some(hash) = &c.metrics_token {
-            allow_if(bearer(parts).is_some_and(|t| hash.matches(t)))?;
+            authenticate(c, parts, |token| Ok(hash.matches(token)))?;
         }
         Ok(Self)
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+/// Refuses a client address that has no allowance left, then checks the bearer token with
+/// `matches`; a missing or wrong token takes from the allowance.
+fn authenticate(
+    c: &Conductor,
+    parts: &Parts,
+    matches: impl FnOnce(&str) -> ApiResult<bool>,
+) -> ApiResult<()> {
+    let client = client_ip(parts);
+    c.limiter.check(client).map_err(|l| refused(client, l))?;
+    let authenticated = match bearer(parts) {
+        Some(token) => matches(token)?,
+        None => false,
+    };
+    if !authenticated {
+        // Refused either way; the allowance decides the next request.
+        let _ = c.limiter.charge(client);
+        return Err(ApiError::unauthorized());
+    }
+    Ok(())
 }
 
-fn allow_if(authenticated: bool) -> ApiResult<()> {
-    authenticated
-        .then_some(())
-        .ok_or_else(ApiError::unauthorized)
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235).
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }

@@ -1,5 +1,7 @@
 //! The error answer of every endpoint: a status and a stable kind that clients match on.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +15,8 @@ pub(super) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Sent as `Retry-After`, in whole seconds rounded up.
+    retry_after: Option<Duration>,
 }
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
@@ -23,6 +27,22 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(super) fn rate_limited(retry_after: Duration) -> Self {
+        let seconds = retry_after_seconds(retry_after);
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many lookups or failed authentications from this address; \
+                     retry in {seconds} s"
+                ),
+            )
         }
     }
 
@@ -56,8 +76,57 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(wait) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_seconds(wait).into());
+        }
         response
     }
+}
+
+fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// Gives every error answer the documented body: those the router and axum's own extractors
+/// make (`405`, a path that is not UTF-8…) come as plain text or empty. Their status and
+/// headers (`Allow`) stay; a short plain-text message is kept as the message.
+pub(super) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 1024)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let (kind, default) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint in protocol v1"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take this method; `Allow` lists those it takes",
+        ),
+        StatusCode::URI_TOO_LONG => ("uri_too_long", "the request's URI is too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request's header fields are too large",
+        ),
+        s if s.is_server_error() => ("internal", "the conductor failed; see its log"),
+        _ => ("invalid_request", "the request is malformed"),
+    };
+    let message = text.unwrap_or_else(|| default.to_string());
+    let answer = ApiError::new(status, kind, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(answer.headers().clone());
+    let (_, body) = answer.into_parts();
+    Response::from_parts(parts, body)
 }
 
 impl From<StoreError> for ApiError {

@@ -1,9 +1,10 @@
 //! Request parts parsed into the handlers' types, refused with an [`ApiError`] of a stable kind.
+//! Handlers take them after their caller ([`super::auth`]), so they parse only what an
+//! authenticated caller sent.
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -33,23 +34,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The route's one path parameter as a UUID.
-pub(super) struct UuidParam(pub Uuid);
-
-impl<S: Send + Sync> FromRequestParts<S> for UuidParam {
-    // A path that is not UTF-8 keeps axum's own answer.
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(value) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        parse_uuid_param(&value)
-            .map(Self)
-            .map_err(IntoResponse::into_response)
-    }
-}
-
+/// A path parameter as a UUID.
 pub(super) fn parse_uuid_param(value: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(value)
         .map_err(|_| ApiError::bad_request("invalid_request", format!("{value:?} is not a UUID")))

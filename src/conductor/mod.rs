@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod generations;
+mod limit;
 mod metrics;
 mod server;
 mod store;
@@ -31,6 +32,8 @@ struct Conductor {
     /// Set when `GET /metrics` requires a token (`conductor.metrics_token_file`).
     metrics_token: Option<TokenHash>,
     metrics: Arc<metrics::ConductorMetrics>,
+    /// Lookups and failed authentications per client address.
+    limiter: limit::RateLimiter,
     heartbeat_interval_s: u64,
     max_wait: Duration,
     validate_targets: bool,
@@ -52,6 +55,7 @@ impl Conductor {
             store,
             admin_token: TokenHash::of(admin_token),
             metrics_token: metrics_token.map(TokenHash::of),
+            limiter: limit::RateLimiter::new(config.rate_limit_burst, config.rate_limit_per_minute),
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,
@@ -61,20 +65,27 @@ impl Conductor {
     }
 }
 
+/// Shortest admin token accepted: one a person made up must not be guessable. Generated ones
+/// are 64 characters.
+const ADMIN_TOKEN_MIN: usize = 32;
+
 /// The admin token from the environment, or from its file, created with a fresh token if need be.
+/// A token shorter than 32 characters, or a file that group or others may read, is refused.
 pub fn admin_token(config: &ConductorConfig, from_env: Option<String>) -> anyhow::Result<String> {
     if let Some(token) = from_env.filter(|t| !t.is_empty()) {
+        if token.trim().len() < ADMIN_TOKEN_MIN {
+            anyhow::bail!(
+                "the admin token in TETHER_ADMIN_TOKEN is shorter than {ADMIN_TOKEN_MIN} \
+                 characters; use a random one (`openssl rand -hex 32`), or unset it to have \
+                 the conductor make one in conductor.admin_token_file"
+            );
+        }
         return Ok(token);
     }
     let path = &config.admin_token_file;
-    match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("reading the admin token file {}", path.display()));
-        }
+    let key = "conductor.admin_token_file";
+    if let Some(token) = read_private_token(path, key, ADMIN_TOKEN_MIN)? {
+        return Ok(token);
     }
     let token = store::new_token();
     crate::fsutil::write_private(path, format!("{token}\n").as_bytes())
@@ -84,6 +95,33 @@ pub fn admin_token(config: &ConductorConfig, from_env: Option<String>) -> anyhow
         "generated an admin token (mode 0600); tether ctl reads it from there"
     );
     Ok(token)
+}
+
+/// The token in the file `key` names, or `None` when the file is missing or empty. Refused when
+/// group or others have any access to the file, or when the token is shorter than `min_len`.
+fn read_private_token(path: &Path, key: &str, min_len: usize) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mode = match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {key} {shown}")),
+    };
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{key} {shown} has mode {mode:04o}: group or others may read the token; \
+             run `chmod 600 {shown}` (and make a new token if others read it)"
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {key} {shown}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.len() < min_len {
+        anyhow::bail!("the token in {key} {shown} is shorter than {min_len} characters");
+    }
+    Ok(Some(token.to_string()))
 }
 
 /// Runs the conductor on `listener` until `shutdown` resolves, then drains requests.
@@ -141,19 +179,9 @@ pub async fn serve(
 }
 
 fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
-    let token = crate::fsutil::read_trimmed(path).with_context(|| {
-        format!(
-            "conductor.metrics_token_file {} is missing or empty",
-            path.display()
-        )
-    })?;
-    if token.len() < 16 {
-        anyhow::bail!(
-            "the token in conductor.metrics_token_file {} is shorter than 16 characters",
-            path.display()
-        );
-    }
-    Ok(token)
+    let key = "conductor.metrics_token_file";
+    read_private_token(path, key, 16)?
+        .with_context(|| format!("{key} {} is missing or empty", path.display()))
 }
 
 fn open_store(path: &Path) -> anyhow::Result<Store> {

@@ -18,6 +18,10 @@ pub use secret::{MASK, Secret, mask_properties};
 pub const VERSION_HEADER: &str = "tether-protocol-version";
 pub const VERSION: &str = "1";
 
+/// Most MAC addresses one lookup may name (`400 too_many_addresses` beyond): a node has a few
+/// interfaces, a guesser of addresses many.
+pub const MAX_LOOKUP_ADDRESSES: usize = 16;
+
 /// `GET /v1/lookup`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LookupResponse {

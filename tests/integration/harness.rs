@@ -90,12 +90,15 @@ pub fn pki() -> &'static TestPki {
 
 /// An HTTP client that trusts the test CA.
 pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap()
+}
+
+/// A client builder that trusts the test CA, for tests that set more.
+pub fn http_builder() -> reqwest::ClientBuilder {
     let pem = std::fs::read(&pki().ca_file).unwrap();
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
 }
 
 pub struct Conductor {

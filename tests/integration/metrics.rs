@@ -429,6 +429,11 @@ async fn conductor_metrics_need_the_metrics_token_when_one_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("metrics.token");
     std::fs::write(&token_file, "metrics-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut conductor = Conductor::start_with(
         dir.path(),
         ConductorConfig {

@@ -2,9 +2,10 @@
 # Guest-side helpers for scenarios that run the real tether conductor and agent
 # (built on the host, on the share as $TETHER). Sourced after lib.sh.
 
-export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef
+export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef0123456789abcdef
 export TETHER_URL=http://127.0.0.1:6387
 NODE_UUID=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
+NODE_TOKEN_FILE=/etc/tether/node.token
 TETHER_STATE=/var/lib/tether
 CONDUCTOR_DB=/var/lib/tether-conductor/tether.db
 CONDUCTOR_PID="" AGENT_PID=""
@@ -37,9 +38,14 @@ tether_stop_conductor() {
     CONDUCTOR_PID=""
 }
 
-# The guest has no NIC, so the agent finds its node by uuid.
+# The guest has no NIC, so the agent finds its node by uuid. A uuid alone never gets the node's
+# token, so the token is provisioned: the conductor gets it with the node (and keeps its hash),
+# the agent reads it from $NODE_TOKEN_FILE.
 tether_enroll() {
-    ctl node create vm-guest --mac 52:54:00:00:00:01 --uuid "$NODE_UUID" >/dev/null
+    mkdir -p "$(dirname "$NODE_TOKEN_FILE")"
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$NODE_TOKEN_FILE")
+    ctl node create vm-guest --mac 52:54:00:00:00:01 --uuid "$NODE_UUID" \
+        --agent-token-file "$NODE_TOKEN_FILE" >/dev/null
 }
 
 tether_start_agent() {
@@ -48,6 +54,7 @@ tether_start_agent() {
 [agent]
 conductor_url = "$TETHER_URL"
 node_uuid = "$NODE_UUID"
+token_file = "$NODE_TOKEN_FILE"
 state_dir = "$TETHER_STATE"
 device_timeout_s = 30
 retry_initial_s = 1

@@ -10,6 +10,8 @@ use crate::protocol::{Node, NodeCreate};
 pub(crate) struct LookupResult {
     pub node: Node,
     pub new_token: Option<String>,
+    /// Whether one of the node's MAC addresses named it, rather than its uuid alone.
+    pub by_address: bool,
 }
 
 impl Store {
@@ -92,8 +94,10 @@ impl Store {
         self.change_one("DELETE FROM nodes WHERE uuid = ?1", uuid, "node")
     }
 
-    /// Finds the node by any of its MAC addresses (and uuid, when given), and issues its token
-    /// the first time.
+    /// Finds the node by any of its MAC addresses, which must agree with `node_uuid` when both
+    /// are given, or else by `node_uuid` alone. Only a lookup that named one of the node's MAC
+    /// addresses is issued its token, the first time: a uuid is no secret (the metrics list
+    /// them), a MAC is at least on the node's own network.
     pub(crate) fn lookup(
         &self,
         addresses: &[String],
@@ -101,40 +105,47 @@ impl Store {
     ) -> Result<Option<LookupResult>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut found: Option<String> = None;
+        let mut by_address: Option<String> = None;
         for mac in addresses.iter().filter_map(|m| normalize_mac(m)) {
-            found = tx
+            by_address = tx
                 .query_row(
                     "SELECT node_uuid FROM node_addresses WHERE address = ?1",
                     params![mac],
                     |r| r.get(0),
                 )
                 .optional()?;
-            if found.is_some() {
+            if by_address.is_some() {
                 break;
             }
         }
-        if let Some(wanted) = node_uuid {
-            match &found {
-                Some(uuid) if *uuid != wanted.to_string() => return Ok(None),
-                Some(_) => {}
-                None if addresses.is_empty() => {
-                    found = tx
-                        .query_row(
-                            "SELECT uuid FROM nodes WHERE uuid = ?1",
-                            params![wanted.to_string()],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                }
-                None => {}
-            }
-        }
-        let Some(uuid) = found else { return Ok(None) };
-        let new_token = tokens::issue_once(&tx, &uuid)?;
+        let wanted = node_uuid.map(|u| u.to_string());
+        let found = match (by_address, wanted) {
+            (Some(uuid), Some(wanted)) if uuid != wanted => return Ok(None),
+            (Some(uuid), _) => Some((uuid, true)),
+            (None, Some(wanted)) => tx
+                .query_row(
+                    "SELECT uuid FROM nodes WHERE uuid = ?1",
+                    params![wanted],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .map(|uuid| (uuid, false)),
+            (None, None) => None,
+        };
+        let Some((uuid, by_address)) = found else {
+            return Ok(None);
+        };
+        let new_token = match by_address {
+            true => tokens::issue_once(&tx, &uuid)?,
+            false => None,
+        };
         let node = read_node(&tx, &uuid)?;
         tx.commit()?;
-        Ok(Some(LookupResult { node, new_token }))
+        Ok(Some(LookupResult {
+            node,
+            new_token,
+            by_address,
+        }))
     }
 }
 

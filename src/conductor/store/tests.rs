@@ -51,6 +51,23 @@ fn lookup_with_mismatched_uuid_finds_nothing() {
 }
 
 #[test]
+fn a_uuid_alone_finds_the_node_but_never_issues_its_token() {
+    let store = Store::open_in_memory().unwrap();
+    let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    for macs in [vec![], vec!["aa:bb:cc:dd:ee:99".to_string()]] {
+        let found = store.lookup(&macs, Some(n.uuid)).unwrap().unwrap();
+        assert_eq!(found.node.uuid, n.uuid);
+        assert!(found.new_token.is_none() && !found.by_address);
+        assert!(!found.node.token_issued, "still to be issued");
+    }
+    let found = store
+        .lookup(&["aa:bb:cc:dd:ee:01".into()], Some(n.uuid))
+        .unwrap()
+        .unwrap();
+    assert!(found.new_token.is_some() && found.by_address);
+}
+
+#[test]
 fn target_changes_bump_the_generation() {
     let store = Store::open_in_memory().unwrap();
     let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");

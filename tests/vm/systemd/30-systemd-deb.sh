@@ -94,6 +94,7 @@ boot1() {
     cat >/etc/tether/config.d/50-vm-test.toml <<EOF
 [agent]
 node_uuid = "$NODE_UUID"
+token_file = "$NODE_TOKEN_FILE"
 device_timeout_s = 30
 retry_initial_s = 1
 retry_max_s = 4
