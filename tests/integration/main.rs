@@ -7,5 +7,6 @@ mod auth;
 mod layout;
 mod lifecycle;
 mod metrics;
+mod mounts;
 mod protocol_doc;
 mod secrets;
