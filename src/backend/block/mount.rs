@@ -214,6 +214,16 @@ mod tests {
         (kernel, device)
     }
 
+    /// `ensure_mounted` under the default policy.
+    fn mounted(
+        kernel: &SimKernel,
+        device: &BlockDevice,
+        spec: &MountSpec,
+        read_only: bool,
+    ) -> Result<MountRecord, HostError> {
+        ensure_mounted(kernel, device, spec, read_only, &MountPolicy::default())
+    }
+
     fn spec(mkfs: bool) -> MountSpec {
         MountSpec {
             path: "/srv/data".into(),
@@ -226,29 +236,13 @@ mod tests {
     #[test]
     fn an_empty_device_is_formatted_only_when_asked_and_writable() {
         let (kernel, device) = kernel_with_a_lun();
-        let refused = ensure_mounted(
-            &kernel,
-            &device,
-            &spec(false),
-            false,
-            &MountPolicy::default(),
-        )
-        .unwrap_err();
+        let refused = mounted(&kernel, &device, &spec(false), false).unwrap_err();
         assert_eq!(refused.kind, ErrorKind::NoFilesystem);
         assert!(refused.message.contains("set mkfs to true"), "{refused}");
-        let read_only =
-            ensure_mounted(&kernel, &device, &spec(true), true, &MountPolicy::default())
-                .unwrap_err();
+        let read_only = mounted(&kernel, &device, &spec(true), true).unwrap_err();
         assert_eq!(read_only.kind, ErrorKind::NoFilesystem);
         assert_eq!(kernel.stats().mkfs, 0);
-        let record = ensure_mounted(
-            &kernel,
-            &device,
-            &spec(true),
-            false,
-            &MountPolicy::default(),
-        )
-        .unwrap();
+        let record = mounted(&kernel, &device, &spec(true), false).unwrap();
         assert_eq!(
             record,
             MountRecord {
@@ -257,14 +251,7 @@ mod tests {
             }
         );
         // Already mounted there: neither formatted nor mounted again.
-        ensure_mounted(
-            &kernel,
-            &device,
-            &spec(true),
-            false,
-            &MountPolicy::default(),
-        )
-        .unwrap();
+        mounted(&kernel, &device, &spec(true), false).unwrap();
         assert_eq!(kernel.stats().mkfs, 1);
         assert_eq!(kernel.mounts("sda"), vec![PathBuf::from("/srv/data")]);
     }
@@ -272,14 +259,7 @@ mod tests {
     #[test]
     fn release_unmounts_what_the_agent_mounted_and_names_any_other_mount() {
         let (kernel, device) = kernel_with_a_lun();
-        let mount = ensure_mounted(
-            &kernel,
-            &device,
-            &spec(true),
-            false,
-            &MountPolicy::default(),
-        )
-        .unwrap();
+        let mount = mounted(&kernel, &device, &spec(true), false).unwrap();
         kernel.mount_by_hand("sda", "/mnt/admin");
         let attachment = Attachment {
             device,
@@ -409,27 +389,13 @@ mod tests {
     #[test]
     fn a_refused_mount_neither_formats_nor_mounts() {
         let (kernel, device) = kernel_with_a_lun();
-        let policy = MountPolicy::default();
-        let refused = ensure_mounted(&kernel, &device, &at("/opt/x", None), false, &policy);
-        assert_eq!(refused.unwrap_err().kind, ErrorKind::MountRefused);
-        let refused = ensure_mounted(
-            &kernel,
-            &device,
-            &at("/srv/x", Some("suid")),
-            false,
-            &policy,
-        );
-        assert_eq!(refused.unwrap_err().kind, ErrorKind::MountRefused);
+        for refused in [at("/opt/x", None), at("/srv/x", Some("suid"))] {
+            let error = mounted(&kernel, &device, &refused, false).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::MountRefused);
+        }
         assert_eq!(kernel.stats().mkfs, 0);
         assert!(kernel.mounts("sda").is_empty());
-        ensure_mounted(
-            &kernel,
-            &device,
-            &at("/srv/x", Some("noatime")),
-            false,
-            &policy,
-        )
-        .unwrap();
+        mounted(&kernel, &device, &at("/srv/x", Some("noatime")), false).unwrap();
         assert_eq!(
             kernel.mount_options("/srv/x").as_deref(),
             Some("noatime,nosuid,nodev")
