@@ -68,9 +68,9 @@ pub struct AgentConfig {
     pub retry_initial: Duration,
     #[serde(rename = "retry_max_s", with = "seconds")]
     pub retry_max: Duration,
-    // Mounts (docs/operations.md, "Mounts"): mount points only below these directories (never
-    // one of them itself); `suid`/`dev` refused and `nosuid,nodev` added unless allowed.
+    /// Mount points only below these directories, never one of them (docs/operations.md).
     pub mount_prefixes: Vec<PathBuf>,
+    /// Let targets ask for `suid` and `dev`, and stop adding `nosuid,nodev` to every mount.
     pub mount_allow_suid_dev: bool,
 }
 
