@@ -39,22 +39,25 @@ pub(crate) fn prepare(root: &Path, path: &Path) -> Result<(), HostError> {
             _ => return Err(refused(format!("{} is not a normal path", path.display()))),
         };
         shown.push(name);
-        let next = match open_dir(&dir, name) {
+        let (next, made) = match open_dir(&dir, name) {
             Err(Errno::ENOENT) => {
-                match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                let made = match mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => true,
                     // Made by another attach at the same time: it is checked as any other.
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(Errno::EEXIST) => false,
                     Err(e) => return Err(failed(&shown, "create", e)),
-                }
-                let made = open_dir(&dir, name).map_err(|e| walk_error(&shown, e))?;
-                // Whatever the umask: other users may go through to what is mounted below.
-                fchmod(&made, Mode::from_bits_truncate(0o755))
-                    .map_err(|e| failed(&shown, "set the mode of", e))?;
-                made
+                };
+                (open_dir(&dir, name), made)
             }
-            other => other.map_err(|e| walk_error(&shown, e))?,
+            other => (other, false),
         };
+        let next = next.map_err(|e| walk_error(&shown, e))?;
         check_owner(&next, &shown)?;
+        if made {
+            // Whatever the umask: other users may go through to what is mounted below.
+            fchmod(&next, Mode::from_bits_truncate(0o755))
+                .map_err(|e| failed(&shown, "set the mode of", e))?;
+        }
         dir = next;
     }
     check_empty(dir, &shown)
