@@ -16,6 +16,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::protocol::Secret;
+use crate::protocol::target::mount::{DEFAULT_MOUNT_PREFIXES, SYSTEM_TREES, normal_path};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6387";
 
@@ -72,6 +73,10 @@ pub struct AgentConfig {
     pub retry_initial: Duration,
     #[serde(rename = "retry_max_s", with = "seconds")]
     pub retry_max: Duration,
+    /// Mount points only below these directories, never one of them (docs/operations.md).
+    pub mount_prefixes: Vec<PathBuf>,
+    /// Let targets ask for `suid` and `dev`, and stop adding `nosuid,nodev` to every mount.
+    pub mount_allow_suid_dev: bool,
 }
 
 impl AgentConfig {
@@ -126,8 +131,25 @@ impl Default for AgentConfig {
             device_timeout: Duration::from_secs(60),
             retry_initial: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
+            mount_prefixes: DEFAULT_MOUNT_PREFIXES.iter().map(PathBuf::from).collect(),
+            mount_allow_suid_dev: false,
         }
     }
+}
+
+/// Each of `agent.mount_prefixes` is a normal absolute path outside the system trees.
+fn check_mount_prefixes(prefixes: &[PathBuf]) -> Result<(), String> {
+    for prefix in prefixes {
+        let text = prefix.to_str().unwrap_or_default();
+        let normal = normal_path(text).map_err(|e| format!("agent.mount_prefixes: {e}"))?;
+        if let Some(tree) = SYSTEM_TREES.iter().find(|t| normal.starts_with(t)) {
+            return Err(format!(
+                "agent.mount_prefixes: {text:?} is in the system directory {tree}, where the \
+                 agent never mounts"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -323,6 +345,7 @@ impl Config {
                  max_connections_per_address must be at least 1"
                 .into());
         }
+        check_mount_prefixes(&a.mount_prefixes)?;
         self.conductor
             .listen
             .parse::<std::net::SocketAddr>()
@@ -529,6 +552,41 @@ mod tests {
                 "{shown}"
             );
             assert!(shown.contains("line "), "{shown}");
+        }
+    }
+
+    #[test]
+    fn mount_prefixes_are_normal_paths_outside_the_system_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tether.toml");
+        let agent = Config::load(&[shipped]).unwrap().agent;
+        assert_eq!(agent.mount_prefixes, AgentConfig::default().mount_prefixes);
+        assert!(!agent.mount_allow_suid_dev);
+        for good in ["\"/\"", "\"/var\", \"/data/volumes\", \"/srv/\""] {
+            let file = write(
+                dir.path(),
+                "good.toml",
+                &format!("[agent]\nmount_prefixes = [{good}]\n"),
+            );
+            Config::load(&[file]).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, why) in [
+            ("\"/etc\"", "in the system directory /etc"),
+            (
+                "\"/var/lib/tether/m\"",
+                "in the system directory /var/lib/tether",
+            ),
+            ("\"srv\"", "not absolute"),
+            ("\"/srv/../etc\"", "a . or .. component"),
+        ] {
+            let file = write(
+                dir.path(),
+                "bad.toml",
+                &format!("[agent]\nmount_prefixes = [{bad}]\n"),
+            );
+            let err = Config::load(&[file]).unwrap_err();
+            assert_eq!(err.kind(), "config_invalid");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
         }
     }
 

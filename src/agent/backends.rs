@@ -1,10 +1,11 @@
 //! The node's backends, wired to the real system or to the simulated kernel, and the one place
 //! that sends a target to the backend of its type.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::block::mount::MountPolicy;
 use crate::backend::iscsi::IscsiBackend;
 use crate::backend::iscsi::iscsiadm::SystemIscsi;
 use crate::backend::iscsi::multipath::{MultipathHost, SystemMultipath};
@@ -29,6 +30,8 @@ pub struct Backends {
     iscsi: Result<Arc<Iscsi>, HostError>,
     rbd: Result<Arc<Rbd>, HostError>,
     block: Arc<dyn BlockHost>,
+    /// Where and how the node lets volumes be mounted.
+    mount_policy: MountPolicy,
 }
 
 /// An attach that failed, with what stayed attached despite it (a device that did not mount).
@@ -44,6 +47,7 @@ impl Backends {
             iscsi: Ok(Arc::new(IscsiBackend::new(kernel.clone(), kernel.clone()))),
             rbd: Ok(Arc::new(RbdBackend::new(kernel.clone(), kernel.clone()))),
             block: Arc::new(kernel),
+            mount_policy: MountPolicy::default(),
         }
     }
 
@@ -74,7 +78,23 @@ impl Backends {
             iscsi,
             rbd: Ok(Arc::new(RbdBackend::new(rbd, block.clone()))),
             block,
+            mount_policy: MountPolicy::default(),
         })
+    }
+
+    /// The node's mount rules (`agent.mount_prefixes`, `agent.mount_allow_suid_dev`) and the
+    /// state directory no mount may cover, in place of the defaults.
+    pub(crate) fn set_mount_policy(
+        &mut self,
+        prefixes: Vec<PathBuf>,
+        allow_suid_dev: bool,
+        state_dir: PathBuf,
+    ) {
+        self.mount_policy = MountPolicy {
+            prefixes,
+            allow_suid_dev,
+            state_dir,
+        };
     }
 
     fn iscsi(&self) -> Result<&Iscsi, HostError> {
@@ -113,6 +133,7 @@ impl Backends {
                 &attachment.device,
                 mount,
                 read_only,
+                &self.mount_policy,
             ) {
                 Ok(record) => attachment.mount = Some(record),
                 // The device stays attached and owned; the mount is retried with the volume.

@@ -64,9 +64,14 @@ enum Event {
 /// Runs the agent until `shutdown` resolves. Stopping never detaches anything.
 pub async fn run(
     config: AgentConfig,
-    backends: Backends,
+    mut backends: Backends,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    backends.set_mount_policy(
+        config.mount_prefixes.clone(),
+        config.mount_allow_suid_dev,
+        config.state_dir.clone(),
+    );
     let provisioned_token = config.provisioned_token()?;
     let state = StateDir::new(&config.state_dir);
     state.create().with_context(|| {

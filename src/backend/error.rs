@@ -63,6 +63,8 @@ error_kinds! {
     MapFailed => "map_failed",
     MkfsFailed => "mkfs_failed",
     MountFailed => "mount_failed",
+    /// The node's mount rules refuse the mount point or an option; nothing was mounted.
+    MountRefused => "mount_refused",
     MountsUnreadable => "mounts_unreadable",
     MultipathFailed => "multipath_failed",
     NoFilesystem => "no_filesystem",

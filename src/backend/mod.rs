@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{MountSpec, SessionKey, VolumeType};
+use crate::protocol::target::{SessionKey, VolumeType};
 use block::DeviceMatcher;
 pub use error::{ErrorKind, HostError};
 
@@ -205,7 +205,18 @@ pub(crate) trait BlockHost: Send + Sync {
     /// Whether blkid finds any signature (filesystem, partition table, LVM…) on the device.
     fn has_signature(&self, device_path: &str) -> Result<bool, HostError>;
     fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError>;
-    fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError>;
+    /// Makes `path` (absolute on the host) ready to mount on, or refuses it
+    /// ([`ErrorKind::MountRefused`]): every directory on the way is one (never a link), only
+    /// root can change it, missing ones are made (mode 0755), and the last one is empty.
+    fn prepare_mount_point(&self, path: &Path) -> Result<(), HostError>;
+    /// Mounts the device on `path` with exactly `options` (comma-separated, may be empty).
+    fn mount(
+        &self,
+        device_path: &str,
+        path: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> Result<(), HostError>;
     fn unmount(&self, path: &Path) -> Result<(), HostError>;
 }
 
@@ -232,8 +243,17 @@ impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     fn mkfs(&self, device_path: &str, fstype: &str) -> Result<(), HostError> {
         (**self).mkfs(device_path, fstype)
     }
-    fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError> {
-        (**self).mount(device_path, spec, read_only)
+    fn prepare_mount_point(&self, path: &Path) -> Result<(), HostError> {
+        (**self).prepare_mount_point(path)
+    }
+    fn mount(
+        &self,
+        device_path: &str,
+        path: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> Result<(), HostError> {
+        (**self).mount(device_path, path, fstype, options)
     }
     fn unmount(&self, path: &Path) -> Result<(), HostError> {
         (**self).unmount(path)

@@ -16,9 +16,7 @@ use crate::backend::iscsi::{IscsiHost, Session};
 use crate::backend::rbd::device::RbdMatcher;
 use crate::backend::rbd::{Mapping, RbdHost};
 use crate::backend::{BlockDevice, BlockHost, ErrorKind, HostError};
-use crate::protocol::target::{
-    Chap, IscsiPath, MountSpec, Portal, RbdSpec, SessionKey, parse_portal,
-};
+use crate::protocol::target::{Chap, IscsiPath, Portal, RbdSpec, SessionKey, parse_portal};
 
 pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
 
@@ -65,6 +63,8 @@ struct SimState {
     maps_time_out_late: bool,
     /// Filesystem signatures on the array's volumes, by backing name.
     filesystems: BTreeMap<String, String>,
+    /// The options of each mount the agent made, by mount point.
+    mount_options: BTreeMap<PathBuf, String>,
     logins_in_flight: BTreeMap<SessionKey, u32>,
     next_sid: u32,
     next_disk: u32,
@@ -187,6 +187,12 @@ impl SimKernel {
         for dev in s.devices.values_mut() {
             dev.mounts.retain(|m| m != Path::new(path));
         }
+        s.mount_options.remove(Path::new(path));
+    }
+
+    /// The options the agent mounted `path` with, while it is mounted.
+    pub fn mount_options(&self, path: &str) -> Option<String> {
+        self.state().mount_options.get(Path::new(path)).cloned()
     }
 
     pub fn mounts(&self, kernel_name: &str) -> Vec<PathBuf> {
@@ -478,19 +484,28 @@ impl BlockHost for SimKernel {
         Ok(())
     }
 
+    /// The simulated host has no directories: only the node's policy, applied before, refuses.
+    fn prepare_mount_point(&self, _path: &Path) -> Result<(), HostError> {
+        Ok(())
+    }
+
     fn mount(
         &self,
         device_path: &str,
-        spec: &MountSpec,
-        _read_only: bool,
+        path: &Path,
+        _fstype: &str,
+        options: &str,
     ) -> Result<(), HostError> {
         let mut s = self.state();
-        if s.devices.values().any(|d| d.mounts.contains(&spec.path)) {
+        if s.devices
+            .values()
+            .any(|d| d.mounts.iter().any(|m| m == path))
+        {
             return Err(HostError::new(
                 ErrorKind::MountFailed,
                 format!(
                     "{} is already a mount point of another device",
-                    spec.path.display()
+                    path.display()
                 ),
             ));
         }
@@ -504,7 +519,9 @@ impl BlockHost for SimKernel {
                     format!("{device_path} does not exist"),
                 )
             })?;
-        dev.mounts.push(spec.path.clone());
+        dev.mounts.push(path.to_path_buf());
+        s.mount_options
+            .insert(path.to_path_buf(), options.to_string());
         Ok(())
     }
 
@@ -513,6 +530,7 @@ impl BlockHost for SimKernel {
         for dev in s.devices.values_mut() {
             dev.mounts.retain(|m| m != path);
         }
+        s.mount_options.remove(path);
         Ok(())
     }
 }

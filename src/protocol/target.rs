@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use super::VolumeTarget;
 use super::secret::Secret;
+use mount::parse_mount;
+
+pub mod mount;
 
 /// Linux addresses LUNs up to 16383 with flat addressing, which is what LIO and most arrays use.
 pub const MAX_LUN: u64 = 16383;
@@ -749,91 +752,6 @@ fn cephx_key(props: &Map<String, Value>, key: &'static str) -> Result<Secret, Ta
         });
     }
     Ok(Secret::new(value))
-}
-
-const FORBIDDEN_MOUNTPOINTS: &[&str] = &[
-    "/", "/boot", "/dev", "/etc", "/home", "/proc", "/root", "/run", "/sys", "/tmp", "/usr", "/var",
-];
-
-fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| TargetError::InvalidMount("it must be an object".into()))?;
-    for key in obj.keys() {
-        if !["path", "fstype", "options", "mkfs"].contains(&key.as_str()) {
-            return Err(TargetError::InvalidMount(format!(
-                "unknown key {:?} (known: path, fstype, options, mkfs)",
-                printable(key)
-            )));
-        }
-    }
-    let path = obj
-        .get("path")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TargetError::InvalidMount("path is missing".into()))?;
-    let path_ok = Path::new(path).is_absolute()
-        && Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
-    if !path_ok {
-        return Err(TargetError::InvalidMount(format!(
-            "path {:?} must be absolute, without '..', made of letters, digits and / . _ -",
-            printable(path)
-        )));
-    }
-    let normalized: PathBuf = Path::new(path).components().collect();
-    if FORBIDDEN_MOUNTPOINTS.contains(&normalized.to_string_lossy().as_ref()) {
-        return Err(TargetError::InvalidMount(format!(
-            "path {:?} is a system directory",
-            printable(path)
-        )));
-    }
-    let fstype = obj
-        .get("fstype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TargetError::InvalidMount("fstype is missing".into()))?;
-    if fstype.is_empty()
-        || !fstype
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(TargetError::InvalidMount(format!(
-            "fstype {:?} is not a filesystem name",
-            printable(fstype)
-        )));
-    }
-    let options = match obj.get("options") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(o))
-            if o.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "=,_.:/-".contains(c)) =>
-        {
-            Some(o.clone())
-        }
-        Some(_) => {
-            return Err(TargetError::InvalidMount(
-                "options must be a string of letters, digits and = , _ . : / -".into(),
-            ));
-        }
-    };
-    let mkfs = match obj.get("mkfs") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(TargetError::InvalidMount(
-                "mkfs must be true or false".into(),
-            ));
-        }
-    };
-    Ok(MountSpec {
-        path: normalized,
-        fstype: fstype.to_string(),
-        options,
-        mkfs,
-    })
 }
 
 // ---- small readers ----

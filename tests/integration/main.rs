@@ -8,6 +8,7 @@ mod layout;
 mod lifecycle;
 mod lookup;
 mod metrics;
+mod mounts;
 mod protocol_doc;
 mod refusals;
 mod reports;

@@ -11,6 +11,7 @@
 pub(crate) mod fixture;
 pub(crate) mod mount;
 pub(crate) mod mountinfo;
+pub(crate) mod mountpoint;
 pub(crate) mod udev;
 
 use std::any::Any;
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 use super::cmd;
 use super::{BlockDevice, BlockHost, ErrorKind, HostError};
 use crate::fsutil::read_trimmed;
-use crate::protocol::target::MountSpec;
 use udev::DeviceEvents;
 
 /// A device as its backend finds it: the kernel's name and the stable link udev makes.
@@ -238,22 +238,24 @@ impl BlockHost for SystemBlock {
         Ok(())
     }
 
-    fn mount(&self, device_path: &str, spec: &MountSpec, read_only: bool) -> Result<(), HostError> {
-        std::fs::create_dir_all(&spec.path).map_err(|e| {
-            HostError::new(
-                ErrorKind::MountFailed,
-                format!("cannot create {}: {e}", spec.path.display()),
-            )
-        })?;
-        let mut options: Vec<&str> = spec.options.iter().map(String::as_str).collect();
-        if read_only {
-            options.push("ro");
-        }
-        let joined = options.join(",");
-        let path = spec.path.to_string_lossy();
-        let mut args = vec!["-t", spec.fstype.as_str()];
-        if !joined.is_empty() {
-            args.extend(["-o", joined.as_str()]);
+    fn prepare_mount_point(&self, path: &Path) -> Result<(), HostError> {
+        mountpoint::prepare(&self.root, path)
+    }
+
+    /// mount(8) finds `path` again by name: [`mountpoint::prepare`] checked that only root can
+    /// change any directory on the way, so nobody else can swap one for a link in between.
+    fn mount(
+        &self,
+        device_path: &str,
+        path: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> Result<(), HostError> {
+        let host_path = self.root.join(path.strip_prefix("/").unwrap_or(path));
+        let path = host_path.to_string_lossy();
+        let mut args = vec!["-t", fstype];
+        if !options.is_empty() {
+            args.extend(["-o", options]);
         }
         args.extend([device_path, path.as_ref()]);
         let out = cmd::run(&self.tool("mount")?, &args)?;
