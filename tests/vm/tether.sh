@@ -37,13 +37,15 @@ tls_certs() {
     rm -rf "$dir"
     install -d -m 0755 "$dir"
     # webpki (rustls) wants a v3 leaf that is not a CA and names the address in subjectAltName.
+    # Each CA has a name of its own: a client that trusts another one finds no issuer
+    # (UnknownIssuer), as with a real foreign CA, not a namesake whose signature does not match.
     printf '%s\n' "subjectAltName=$san" "basicConstraints=critical,CA:FALSE" \
         "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/conductor.ext"
     # (&&, not set -e: errexit does not apply inside a subshell that is the left side of ||.)
     (
         umask 077
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-            -subj /CN=tether-vm-test-ca -keyout "$dir/ca.key" -out "$dir/ca.pem" &&
+            -subj "/CN=tether-vm-test-ca-$(openssl rand -hex 4)" -keyout "$dir/ca.key" -out "$dir/ca.pem" &&
         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=tether-conductor \
             -keyout "$dir/conductor.key" -out "$dir/conductor.csr" &&
         openssl x509 -req -in "$dir/conductor.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
