@@ -277,6 +277,8 @@ impl Config {
         cmdline: &cmdline::CmdlineSettings,
     ) -> Result<Self, ConfigError> {
         let mut merged = toml::Table::new();
+        // Which file set each `section.key` last, to name it when the merged value is refused.
+        let mut set_by: std::collections::HashMap<String, PathBuf> = Default::default();
         for path in files {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -285,6 +287,11 @@ impl Config {
             let fragment: toml::Table =
                 toml::from_str(&text).map_err(|e| parse_error(path, &text, e))?;
             toml::from_str::<Config>(&text).map_err(|e| parse_error(path, &text, e))?;
+            for (section, table) in &fragment {
+                for key in table.as_table().into_iter().flat_map(|t| t.keys()) {
+                    set_by.insert(format!("{section}.{key}"), path.clone());
+                }
+            }
             merge(&mut merged, fragment);
         }
         let mut config: Config =
@@ -295,67 +302,118 @@ impl Config {
                     message: e.to_string(),
                 })?;
         cmdline.apply(&mut config.agent);
-        config.validate().map_err(|message| ConfigError::Invalid {
-            path: files
-                .last()
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from("(defaults)")),
-            message,
-        })?;
+        for name in cmdline.keys() {
+            let key = cmdline::KEYS
+                .iter()
+                .find(|(k, _, _)| format!("tether.{k}") == name);
+            if let Some((_, setting, _)) = key {
+                set_by.insert(setting.to_string(), PathBuf::from("(kernel command line)"));
+            }
+        }
+        config
+            .validate()
+            .map_err(|Refused { key, message }| ConfigError::Invalid {
+                path: set_by
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from("(defaults)")),
+                message,
+            })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the merged values; a refusal names the key whose value is wrong.
+    fn validate(&self) -> Result<(), Refused> {
         let a = &self.agent;
-        match conductor_transport(&a.conductor_url)? {
+        let url = "agent.conductor_url";
+        match conductor_transport(&a.conductor_url).map_err(|e| Refused::new(url, e))? {
             Transport::Plain { loopback: false } if !a.allow_insecure_http => {
-                return Err(format!(
-                    "agent.conductor_url {:?} is plain http to another machine: tokens and \
+                return Err(Refused::new(
+                    url,
+                    format!(
+                        "agent.conductor_url {:?} is plain http to another machine: tokens and \
                      volume secrets would cross the network in clear; use https:// (with \
                      agent.conductor_ca_file), or set agent.allow_insecure_http = true",
-                    a.conductor_url
+                        a.conductor_url
+                    ),
                 ));
             }
             _ => {}
         }
         if [a.poll_wait, a.device_timeout, a.retry_initial].contains(&Duration::ZERO) {
-            return Err(
-                "agent.poll_wait_s, device_timeout_s and retry_initial_s must be at least 1".into(),
-            );
+            return Err(Refused::new(
+                "agent.poll_wait_s",
+                "agent.poll_wait_s, device_timeout_s and retry_initial_s must be at least 1",
+            ));
         }
         if a.retry_max < a.retry_initial {
-            return Err("agent.retry_max_s must be at least agent.retry_initial_s".into());
+            return Err(Refused::new(
+                "agent.retry_max_s",
+                "agent.retry_max_s must be at least agent.retry_initial_s",
+            ));
         }
         if a.heartbeat_interval == Some(Duration::ZERO) || self.conductor.heartbeat_interval_s == 0
         {
-            return Err("heartbeat_interval_s must be at least 1".into());
+            let key = match a.heartbeat_interval {
+                Some(Duration::ZERO) => "agent.heartbeat_interval_s",
+                _ => "conductor.heartbeat_interval_s",
+            };
+            return Err(Refused::new(key, "heartbeat_interval_s must be at least 1"));
         }
         if self.conductor.rate_limit_burst == 0 {
-            return Err("conductor.rate_limit_burst must be at least 1".into());
+            return Err(Refused::new(
+                "conductor.rate_limit_burst",
+                "conductor.rate_limit_burst must be at least 1",
+            ));
         }
         if a.token.is_some() && a.token_file.is_some() {
-            return Err("agent.token and agent.token_file are both set; keep one".into());
+            return Err(Refused::new(
+                "agent.token",
+                "agent.token and agent.token_file are both set; keep one",
+            ));
         }
         let c = &self.conductor;
         if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
-            return Err("conductor.tls_cert_file and conductor.tls_key_file go together".into());
+            return Err(Refused::new(
+                "conductor.tls_cert_file",
+                "conductor.tls_cert_file and conductor.tls_key_file go together",
+            ));
         }
         if c.header_timeout_s == 0 || c.max_connections == 0 || c.max_connections_per_address == 0 {
-            return Err("conductor.header_timeout_s, max_connections and \
-                 max_connections_per_address must be at least 1"
-                .into());
+            return Err(Refused::new(
+                "conductor.header_timeout_s",
+                "conductor.header_timeout_s, max_connections and \
+                 max_connections_per_address must be at least 1",
+            ));
         }
-        check_mount_prefixes(&a.mount_prefixes)?;
+        check_mount_prefixes(&a.mount_prefixes)
+            .map_err(|e| Refused::new("agent.mount_prefixes", e))?;
         self.conductor
             .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| {
-                format!(
-                    "conductor.listen {:?} is not an address:port",
-                    self.conductor.listen
+                let listen = &self.conductor.listen;
+                Refused::new(
+                    "conductor.listen",
+                    format!("conductor.listen {listen:?} is not an address:port"),
                 )
             })?;
         Ok(())
+    }
+}
+
+/// A merged value [`Config::validate`] refuses: its `section.key` and why.
+struct Refused {
+    key: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
+        }
     }
 }
 
@@ -588,6 +646,27 @@ mod tests {
             assert_eq!(err.kind(), "config_invalid");
             assert!(err.to_string().contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_refused_value_names_the_file_that_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let insecure = write(
+            dir.path(),
+            "insecure.toml",
+            "[agent]\nconductor_url = \"http://192.0.2.1:6387\"\n",
+        );
+        let later = write(dir.path(), "later.toml", "[agent]\npoll_wait_s = 7\n");
+        let err = Config::load(&[insecure, later]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:", dir.path().join("insecure.toml").display())),
+            "{err}"
+        );
+        let from_cmdline = cmdline::parse("tether.conductor=http://192.0.2.9:1").unwrap();
+        let err = Config::load_with_cmdline(&[], &from_cmdline)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("(kernel command line):"), "{err}");
     }
 
     #[test]

@@ -38,13 +38,19 @@ link_up() {
 }
 
 # ramdisk_prepare : the link up, the package installed (the module takes the binary and the
-# unit from it), tether.sh loaded for the package's binary.
+# unit from it), tether.sh loaded for the package's binary; a throwaway CA and the conductor's
+# certificate for the link address, with the drop-in that names the CA for the agent, before
+# dracut runs: the module takes the CA named by conductor_ca_file into the initramfs.
 ramdisk_prepare() {
     link_up
     expect_rc "dpkg -i of the package" 0 dpkg -i "$SHARE/deb/tether.deb"
     ((LAST_RC == 0)) || return 1
     TETHER=/usr/bin/tether
     source "$SHARE/vm/tether.sh"
+    # The node reaches the conductor over the link; ctl here goes the same way, so that the
+    # certificate's one address serves both.
+    TETHER_URL=https://$LINK_IP:6387
+    tls_setup "IP:$LINK_IP"
 }
 
 # build_initramfs MODULES : dracut with these modules and the tether module (from the share)
@@ -81,7 +87,8 @@ initramfs_lacks() {
     expect_eq "initramfs: $1" "" "$got"
 }
 
-# conductor_on_link : the conductor (tether.sh's database and admin token) on every address.
+# conductor_on_link : the conductor (tether.sh's database and admin token, HTTPS with
+# tls_setup's certificate) on every address.
 conductor_on_link() {
     rm -rf "$(dirname "$CONDUCTOR_DB")"
     tether_start_conductor --listen 0.0.0.0:6387
@@ -101,10 +108,19 @@ ramdisk_serve() {
 }
 
 # ramdisk_node_options : the kernel options every node boot gets: static address on the
-# link, the agent's settings, the initiator name.
+# link, the agent's settings (the conductor over HTTPS; the CA comes with the image's
+# configuration), the initiator name.
 ramdisk_node_options() {
     printf '%s' "ip=$NODE_IP::$LINK_IP:255.255.255.0:$RD_NODE:eth0:off net.ifnames=0" \
-        " rd.iscsi.initiator=$NODE_INITIATOR tether.conductor=http://$LINK_IP:6387 tether.allow_insecure_http=1 tether.node=$RD_NODE_UUID"
+        " rd.iscsi.initiator=$NODE_INITIATOR tether.conductor=$TETHER_URL tether.node=$RD_NODE_UUID"
+}
+
+# initramfs_has_ca : the conductor's CA is in the image, where the configuration names it; the
+# conductor's key (beside it on this guest) is not.
+initramfs_has_ca() {
+    initramfs_has "the conductor's CA (conductor_ca_file)" "${TETHER_CA_FILE#/}\$"
+    initramfs_has "the drop-in naming the CA" "${TLS_DROPIN#/}\$"
+    initramfs_lacks "no conductor key" "${TLS_DIR#/}/.*\.key\$"
 }
 
 # ramdisk_checks : once the node reported $RD_VOLUME mounted: what the conductor and the

@@ -3,7 +3,12 @@
 # (built on the host, on the share as $TETHER). Sourced after lib.sh.
 
 export TETHER_ADMIN_TOKEN=vm-admin-token-0123456789abcdef0123456789abcdef
-export TETHER_URL=http://127.0.0.1:6387
+# The conductor serves HTTPS with a throwaway certificate (tls_setup); the agent and ctl trust
+# only the throwaway CA that signed it.
+TLS_DIR=/etc/tether/tls
+TLS_DROPIN=/etc/tether/config.d/50-tls.toml
+export TETHER_URL=https://127.0.0.1:6387
+export TETHER_CA_FILE=$TLS_DIR/ca.pem
 NODE_UUID=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
 NODE_TOKEN_FILE=/etc/tether/node.token
 TETHER_STATE=/var/lib/tether
@@ -16,6 +21,64 @@ ctl() { "$TETHER" ctl "$@"; }
 
 # Stop what this scenario started, however it ends.
 trap tether_down EXIT
+
+# tls_certs DIR SAN... : a throwaway CA (DIR/ca.pem) and a conductor certificate it signed for
+# these subjectAltNames (DIR/conductor.pem, key DIR/conductor.key), e.g. `tls_certs DIR
+# IP:127.0.0.1`. Made with openssl at test time, so no key is ever in the repository; every
+# call makes a new CA (ECDSA P-256, valid 2 days), whose key is deleted once it signed. The
+# conductor's key is mode 0600. openssl's output goes to $RESULT_DIR/tls.log.
+tls_certs() {
+    local dir=$1 san rc=0
+    shift
+    san=$(IFS=,; printf '%s' "$*")
+    if ! command -v openssl >/dev/null; then
+        fail "openssl in the guest" "the openssl CLI (GUEST_PACKAGES in scripts/vm/build-image)" "none"
+        return 1
+    fi
+    rm -rf "$dir"
+    install -d -m 0755 "$dir"
+    # webpki (rustls) wants a v3 leaf that is not a CA and names the address in subjectAltName.
+    # Each CA has a name of its own: a client that trusts another one finds no issuer
+    # (UnknownIssuer), as with a real foreign CA, not a namesake whose signature does not match.
+    printf '%s\n' "subjectAltName=$san" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$dir/conductor.ext"
+    # (&&, not set -e: errexit does not apply inside a subshell that is the left side of ||.)
+    (
+        umask 077
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=tether-vm-test-ca-$(openssl rand -hex 4)" -keyout "$dir/ca.key" -out "$dir/ca.pem" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=tether-conductor \
+            -keyout "$dir/conductor.key" -out "$dir/conductor.csr" &&
+        openssl x509 -req -in "$dir/conductor.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -set_serial "0x$(openssl rand -hex 8)" -days 2 -extfile "$dir/conductor.ext" \
+            -out "$dir/conductor.pem"
+    ) >>"$RESULT_DIR/tls.log" 2>&1 || rc=$?
+    # Nothing else is ever signed with the CA's key.
+    rm -f "$dir/conductor.csr" "$dir/conductor.ext" "$dir/ca.key"
+    if ((rc != 0)); then
+        fail "throwaway CA and conductor certificate for $san" "openssl exit 0" \
+            "exit $rc: $(tail -n 5 "$RESULT_DIR/tls.log")"
+        return 1
+    fi
+    chmod 0644 "$dir/ca.pem" "$dir/conductor.pem"
+    log "tls: a CA and a conductor certificate for $san in $dir"
+}
+
+# tls_setup SAN... : certificates in $TLS_DIR (tls_certs) and the drop-in with which the
+# conductor serves them and the agent trusts their CA (the dracut module takes that CA into
+# the initramfs). Under /etc, not /tmp: the packaged conductor unit has a private /tmp.
+tls_setup() {
+    tls_certs "$TLS_DIR" "$@" || return 1
+    install -d -m 0755 "$(dirname "$TLS_DROPIN")"
+    cat >"$TLS_DROPIN" <<EOF
+[agent]
+conductor_ca_file = "$TETHER_CA_FILE"
+
+[conductor]
+tls_cert_file = "$TLS_DIR/conductor.pem"
+tls_key_file = "$TLS_DIR/conductor.key"
+EOF
+}
 
 # tether_start_conductor [CONDUCTOR_ARGS...] : starts it and waits until it answers.
 tether_start_conductor() {
@@ -71,11 +134,12 @@ tether_stop_agent() {
     AGENT_PID=""
 }
 
-# tether_up : a fresh conductor with the guest enrolled, and the agent running.
+# tether_up : a fresh conductor (HTTPS, a new CA) with the guest enrolled, and the agent running.
 tether_up() {
     # Whatever an earlier scenario left running goes first.
     pkill -TERM -x tether 2>/dev/null && sleep 1
     rm -rf "$TETHER_STATE" "$(dirname "$CONDUCTOR_DB")"
+    tls_setup IP:127.0.0.1
     tether_start_conductor
     tether_enroll
     tether_start_agent

@@ -41,15 +41,15 @@ impl MountPolicy {
         self.check_path(path)
             .map_err(|why| refused(format!("{} {why}", path.display())))?;
         let mut options: Vec<&str> = spec.options.iter().flat_map(|o| o.split(',')).collect();
-        if !self.allow_suid_dev {
-            if let Some(option) = options.iter().find(|o| SUID_DEV_OPTIONS.contains(o)) {
-                return Err(refused(format!(
-                    "option {option:?} is not allowed on this node: set-user-ID programs or \
-                     device files on the volume would take effect; remove it from \
-                     extra.mount.options, or set agent.mount_allow_suid_dev = true in the \
-                     node's configuration"
-                )));
-            }
+        if !self.allow_suid_dev
+            && let Some(option) = options.iter().find(|o| SUID_DEV_OPTIONS.contains(o))
+        {
+            return Err(refused(format!(
+                "option {option:?} is not allowed on this node: set-user-ID programs or \
+                 device files on the volume would take effect; remove it from \
+                 extra.mount.options, or set agent.mount_allow_suid_dev = true in the \
+                 node's configuration"
+            )));
         }
         if read_only {
             // Last, so that it wins over a "rw" in the target's options.
@@ -172,14 +172,13 @@ pub(crate) fn release(
     let kernel = &attachment.device.kernel_name;
     if let Some(mount) = attachment.mount.as_ref().filter(|m| m.by_agent)
         && block.mounts_of(kernel)?.contains(&mount.path)
+        && let Err(e) = block.unmount(&mount.path)
     {
-        if let Err(e) = block.unmount(&mount.path) {
-            return Ok(Some(format!(
-                "{} could not be unmounted: {}",
-                mount.path.display(),
-                e.message
-            )));
-        }
+        return Ok(Some(format!(
+            "{} could not be unmounted: {}",
+            mount.path.display(),
+            e.message
+        )));
     }
     if let Some(path) = block.mounts_of(kernel)?.first() {
         return Ok(Some(format!("mounted at {}", path.display())));

@@ -19,7 +19,8 @@ lio_target "$IQN"
 lio_lun "$IQN" demo0 256M
 lio_acl "$IQN" "$GUEST_INITIATOR"
 lio_apply
-say "The conductor runs with no configuration; the node is enrolled and the agent started."
+say "The conductor serves HTTPS with a throwaway certificate; the agent and ctl trust its CA."
+say "The node is enrolled and the agent started."
 tether_up
 tether() { "$TETHER" "$@"; }
 show tether ctl node list

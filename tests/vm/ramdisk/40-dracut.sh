@@ -1,16 +1,18 @@
 # shellcheck shell=bash disable=SC2154
 # The dracut module on a diskless node, systemd in the initramfs: this guest installs the
 # package, builds an initramfs with dracut (systemd, systemd-networkd for ip=, the tether
-# module), serves a LUN with LIO on the link to the node and runs the conductor.
-# scripts/vm/run-ramdisk boots the node from that initramfs alone: no root file system. Its
-# agent (the packaged unit), configured by the kernel command line, logs in, formats and
-# mounts the volume; the report reaches the conductor here.
+# module), serves a LUN with LIO on the link to the node and runs the conductor (HTTPS, a
+# throwaway CA). scripts/vm/run-ramdisk boots the node from that initramfs alone: no root file
+# system. Its agent (the packaged unit), configured by the kernel command line and trusting the
+# CA the image carries, logs in, formats and mounts the volume; the report reaches the
+# conductor here.
 # vm-timeout: 420
 source "$SHARE/vm/ramdisk.sh"
 
 ramdisk_prepare
 build_initramfs "systemd systemd-initrd dracut-systemd base udev-rules"
 initramfs_has "the tether binary" usr/bin/tether
+initramfs_has_ca
 initramfs_has "the agent's unit" 'lib/systemd/system/tether-agent.service$'
 initramfs_has "the unit's initramfs drop-in" 'tether-agent.service.d/50-initrd.conf'
 initramfs_has "the unit wanted by initrd.target" 'initrd.target.wants/tether-agent.service'

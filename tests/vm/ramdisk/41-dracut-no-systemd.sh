@@ -8,6 +8,7 @@ source "$SHARE/vm/ramdisk.sh"
 ramdisk_prepare
 build_initramfs "base udev-rules network-legacy rootfs-block"
 initramfs_has "the tether binary" usr/bin/tether
+initramfs_has_ca
 initramfs_has "the start hook" 'hooks/initqueue/online/90-tether-start.sh'
 initramfs_has "the initiator name hook" 'hooks/cmdline/95-tether-cmdline.sh'
 initramfs_has "iscsid" 'bin/iscsid$'

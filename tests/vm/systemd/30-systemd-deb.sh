@@ -2,7 +2,8 @@
 # systemd as PID 1 and the Debian package, over three boots of one guest:
 #  1. `dpkg -i` on the clean image gives an enabled, not yet started agent unit; LIO is set up
 #     and saved (Debian's rtslib-fb-targetctl.service restores it at boot); the packaged
-#     conductor unit is enabled and started; the node is enrolled and a volume assigned; the
+#     conductor unit is enabled and started, serving HTTPS with a throwaway certificate that
+#     the agent and ctl verify against its CA; the node is enrolled and a volume assigned; the
 #     agent attaches it and data is written through it. Reboot.
 #  2. The agent attached the volume at boot: active, notified ready, report at the conductor,
 #     data back. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
@@ -88,11 +89,18 @@ boot1() {
     mkdir -p /etc/systemd/system/rtslib-fb-targetctl.service.d
     printf '[Service]\nExecStop=\n' >/etc/systemd/system/rtslib-fb-targetctl.service.d/50-vm-test.conf
 
-    # The conductor from the package's unit, with the test's admin token provisioned.
+    # The conductor from the package's unit, with the test's admin token provisioned, serving
+    # HTTPS (tls_setup's drop-in; the agent's URL below and ctl's are https://).
     install -d -m 0755 /etc/tether/config.d
     (umask 077 && printf '%s\n' "$TETHER_ADMIN_TOKEN" >/etc/tether/admin.token)
+    tls_setup IP:127.0.0.1
+    # The key is mode 0600: a unit that runs the conductor as another user must own it.
+    local user
+    user=$(unit_prop tether-conductor.service User)
+    [[ -z $user ]] || chown "$user" "$TLS_DIR/conductor.key" /etc/tether/admin.token
     cat >/etc/tether/config.d/50-vm-test.toml <<EOF
 [agent]
+conductor_url = "$TETHER_URL"
 node_uuid = "$NODE_UUID"
 token_file = "$NODE_TOKEN_FILE"
 device_timeout_s = 30
@@ -105,6 +113,8 @@ EOF
     expect_rc "tether check-config" 0 "$TETHER" check-config
     expect_rc "systemctl enable --now tether-conductor" 0 systemctl enable --now tether-conductor.service
     expect_eq "conductor active (READY)" active "$(unit_prop tether-conductor.service ActiveState)"
+    expect_match "the conductor unit serves HTTPS" 'tls=true' \
+        "$(journalctl -b -u tether-conductor.service --no-pager -g 'conductor serving' 2>&1 || true)"
     tether_enroll
     assign "$VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 0 >/dev/null
 
