@@ -90,10 +90,18 @@ boot_info >"$OUT/boot.txt"
 say "ready"
 
 mapfile -t scenarios < <(grep -v '^[[:space:]]*$' "$SHARE/scenarios.list")
+oopsed=""
 for name in "${scenarios[@]}"; do
     dir=$OUT/$name
     mkdir -p "$dir"
     : >"$dir/checks"
+    # After a kernel oops the iSCSI stack is wedged: later scenarios would only time out.
+    if [[ -n $oopsed ]]; then
+        printf 'FAIL %s 0s\nFAIL: not run\n  expected: a working guest kernel\n  saw: the kernel oopsed during %s (see %s/dmesg.log)\n' \
+            "$name" "$oopsed" "$oopsed" >"$dir/result"
+        say "scenario $name: FAIL (not run: the kernel oopsed during $oopsed)"
+        continue
+    fi
     t=$(grep -m1 -oE '^# vm-timeout: [0-9]+' "$SHARE/scenarios/$name.sh" | grep -oE '[0-9]+$' || true)
     t=${t:-$SCENARIO_TIMEOUT}
     dmesg_before=$(dmesg | wc -l)
@@ -125,6 +133,13 @@ for name in "${scenarios[@]}"; do
         timeout -k 5 120 bash -c 'source "$SHARE/vm/lib.sh" && vm_cleanup' >"$dir/cleanup.log" 2>&1 \
         || say "cleanup after $name failed (see $name/cleanup.log)"
     dmesg | tail -n +"$((dmesg_before + 1))" >"$dir/dmesg.log"
+    if grep -qE '^\[[ 0-9.]+\] (BUG:|Oops:|kernel BUG)' "$dir/dmesg.log"; then
+        oopsed=$name
+        status=FAIL
+        sed -i '1s/^PASS/FAIL/' "$dir/result"
+        printf 'FAIL: the guest kernel ran without an oops\n  expected: no BUG/Oops in dmesg\n  saw: %s\n' \
+            "$(grep -m1 -E 'BUG:|Oops:' "$dir/dmesg.log")" >>"$dir/result"
+    fi
     say "scenario $name: $status in ${secs}s"
 done
 

@@ -120,8 +120,8 @@ node_uuid = "$NODE_UUID"
 token_file = "$NODE_TOKEN_FILE"
 state_dir = "$TETHER_STATE"
 device_timeout_s = 30
-retry_initial_s = 1
-retry_max_s = 4
+retry_initial_s = ${RETRY_INITIAL_S:-1}
+retry_max_s = ${RETRY_MAX_S:-4}
 EOF
     TETHER_LOG=tether=debug "$TETHER" agent >>"$RESULT_DIR/agent.log" 2>&1 &
     AGENT_PID=$!

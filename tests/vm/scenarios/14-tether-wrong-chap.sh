@@ -16,6 +16,11 @@ lio_target "$IQN_CHAP"
 lio_lun "$IQN_CHAP" locked0 16M
 lio_acl "$IQN_CHAP" "$GUEST_INITIATOR" chap tether-user right-secret-0001
 lio_apply
+# Failed logins are retried after 3 to 6 s, not 1: the guest's 6.1 iscsi_tcp can oops
+# (NULL pointer in iscsi_sw_tcp_release_conn) when a refused login closes its connection while
+# another target's session is being set up, and an oops wedges iscsid for every later scenario.
+# A slower retry keeps the refused logins few and apart from vol-fine's login.
+RETRY_INITIAL_S=6 RETRY_MAX_S=12
 tether_up
 printf 'wrong-secret-9999' >"$WORK/wrong.pw"
 assign vol-locked --portal "$PORTAL" --iqn "$IQN_CHAP" --lun 0 \
