@@ -2,19 +2,8 @@
 
 use serde_json::json;
 
-use crate::harness::{ADMIN, Conductor, Operator};
-use tether::protocol::{LookupResponse, MASK, VERSION, VERSION_HEADER};
-
-async fn lookup(url: &str, mac: &str) -> LookupResponse {
-    crate::harness::http()
-        .get(format!("{url}/v1/lookup?addresses={mac}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use crate::harness::{ADMIN, Conductor, Operator, lookup};
+use tether::protocol::{MASK, VERSION, VERSION_HEADER};
 
 async fn get_targets(url: &str, node: uuid::Uuid, token: Option<&str>) -> reqwest::Response {
     let mut req = crate::harness::http().get(format!("{url}/v1/nodes/{node}/volume/targets"));

@@ -93,12 +93,32 @@ pub fn http() -> reqwest::Client {
     http_builder().build().unwrap()
 }
 
-/// A client builder that trusts the test CA, for tests that set more.
+/// A client builder that trusts the test CA (as the agent and ctl trust theirs), for tests that
+/// set more.
 pub fn http_builder() -> reqwest::ClientBuilder {
-    let pem = std::fs::read(&pki().ca_file).unwrap();
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+    tether::agent::trusting(reqwest::Client::builder(), Some(&pki().ca_file)).unwrap()
+}
+
+/// A conductor's configuration with its files in `dir`, on a free loopback port.
+pub fn conductor_config(dir: &Path) -> ConductorConfig {
+    ConductorConfig {
+        listen: "127.0.0.1:0".into(),
+        database: dir.join("conductor.db"),
+        admin_token_file: dir.join("admin.token"),
+        ..ConductorConfig::default()
+    }
+}
+
+/// An agent's lookup by one MAC address.
+pub async fn lookup(url: &str, mac: &str) -> tether::protocol::LookupResponse {
+    http()
+        .get(format!("{url}/v1/lookup?addresses={mac}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 pub struct Conductor {
@@ -117,12 +137,10 @@ impl Conductor {
     pub async fn start_at(dir: &Path, addr: SocketAddr, validate_targets: bool) -> Self {
         let config = ConductorConfig {
             listen: addr.to_string(),
-            database: dir.join("conductor.db"),
-            admin_token_file: dir.join("admin.token"),
             heartbeat_interval_s: 1,
             max_wait_s: 60,
             validate_targets,
-            ..ConductorConfig::default()
+            ..conductor_config(dir)
         };
         Self::start_with(dir, config).await
     }

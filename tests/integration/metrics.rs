@@ -437,11 +437,8 @@ async fn conductor_metrics_need_the_metrics_token_when_one_is_configured() {
     let mut conductor = Conductor::start_with(
         dir.path(),
         ConductorConfig {
-            listen: "127.0.0.1:0".into(),
-            database: dir.path().join("conductor.db"),
-            admin_token_file: dir.path().join("admin.token"),
             metrics_token_file: Some(token_file),
-            ..ConductorConfig::default()
+            ..crate::harness::conductor_config(dir.path())
         },
     )
     .await;

@@ -131,12 +131,7 @@ fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
 async fn hyper_refuses_overlong_uris_and_headers_and_raw_bytes_itself() {
     let dir = tempfile::tempdir().unwrap();
     // Plain HTTP, to write raw bytes: what hyper refuses does not depend on TLS.
-    let config = tether::config::ConductorConfig {
-        listen: "127.0.0.1:0".into(),
-        database: dir.path().join("conductor.db"),
-        admin_token_file: dir.path().join("admin.token"),
-        ..Default::default()
-    };
+    let config = crate::harness::conductor_config(dir.path());
     let conductor = Conductor::start_exactly(dir.path(), config).await;
     let addr = conductor.addr;
     let long_uri = format!(
@@ -168,19 +163,10 @@ fn write_with_mode(path: &Path, text: &str, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn config_in(dir: &Path) -> ConductorConfig {
-    ConductorConfig {
-        listen: "127.0.0.1:0".into(),
-        database: dir.join("conductor.db"),
-        admin_token_file: dir.join("admin.token"),
-        ..ConductorConfig::default()
-    }
-}
-
 #[test]
 fn admin_tokens_shorter_than_32_characters_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_in(dir.path());
+    let config = crate::harness::conductor_config(dir.path());
     let admin_token = tether::conductor::admin_token;
 
     let err = admin_token(&config, Some("a".into()))
@@ -214,7 +200,7 @@ fn admin_tokens_shorter_than_32_characters_are_refused() {
 #[test]
 fn token_files_that_group_or_others_can_read_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_in(dir.path());
+    let config = crate::harness::conductor_config(dir.path());
     let token = "t".repeat(40);
     for mode in [0o644, 0o640, 0o604, 0o660] {
         write_with_mode(&config.admin_token_file, &token, mode);
@@ -238,7 +224,7 @@ async fn a_metrics_token_file_that_others_can_read_is_refused() {
     write_with_mode(&path, "metrics-token-0123456789abcdef\n", 0o644);
     let config = ConductorConfig {
         metrics_token_file: Some(path),
-        ..config_in(dir.path())
+        ..crate::harness::conductor_config(dir.path())
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let serving = tether::conductor::serve(&config, ADMIN, listener, std::future::pending());

@@ -4,7 +4,6 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::{Conductor, Operator, all_logs, iscsi_props};
-use tether::protocol::LookupResponse;
 
 const PORTAL: &str = "192.0.2.10:3260";
 const IQN: &str = "iqn.2003-01.org.linux-iscsi.array:reports";
@@ -38,14 +37,7 @@ impl Reporter {
                 json!({}),
             )
             .await;
-        let lookup: LookupResponse = crate::harness::http()
-            .get(format!("{url}/v1/lookup?addresses={mac}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let lookup = crate::harness::lookup(&url, mac).await;
         Self {
             _dir: dir,
             _conductor: conductor,

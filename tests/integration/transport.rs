@@ -1,23 +1,13 @@
 //! The conductor's transport: HTTPS with a certificate that can be renewed in place, and a
 //! server that slow or idle clients cannot stall.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Conductor, http, pki};
+use crate::harness::{Conductor, conductor_config, http, pki};
 use tether::config::ConductorConfig;
-
-fn config(dir: &Path) -> ConductorConfig {
-    ConductorConfig {
-        listen: "127.0.0.1:0".into(),
-        database: dir.join("conductor.db"),
-        admin_token_file: dir.join("admin.token"),
-        ..ConductorConfig::default()
-    }
-}
 
 /// Waits until the server closes `stream`; returns how long that took, or None if it did not
 /// within `limit`.
@@ -86,7 +76,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         ConductorConfig {
             tls_cert_file: Some(cert_file.clone()),
             tls_key_file: Some(key_file.clone()),
-            ..config(dir.path())
+            ..conductor_config(dir.path())
         },
     )
     .await;
@@ -130,7 +120,7 @@ async fn half_sent_and_idle_connections_are_closed_after_the_header_timeout() {
         dir.path(),
         ConductorConfig {
             header_timeout_s: 1,
-            ..config(dir.path())
+            ..conductor_config(dir.path())
         },
     )
     .await;
@@ -159,7 +149,7 @@ async fn idle_sockets_cannot_crowd_out_real_requests() {
         ConductorConfig {
             header_timeout_s: 1,
             max_connections_per_address: 50,
-            ..config(dir.path())
+            ..conductor_config(dir.path())
         },
     )
     .await;
@@ -197,7 +187,7 @@ async fn a_half_sent_request_cannot_hold_the_shutdown() {
         ConductorConfig {
             header_timeout_s: 30,
             shutdown_timeout_s: 2,
-            ..config(dir.path())
+            ..conductor_config(dir.path())
         },
     )
     .await;

@@ -289,8 +289,6 @@ struct DiscoveryJournal {
 }
 
 impl DiscoveryJournal {
-    const NONE_BEFORE: &[u8] = b"";
-
     /// The entry's file: a record directory's name has dots in it (an address), so the
     /// suffix is appended, never taken for an extension.
     fn entry(&self, record_dir: &str, suffix: &str) -> PathBuf {
@@ -301,7 +299,7 @@ impl DiscoveryJournal {
         let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
             let (suffix, bytes) = match original {
                 Some(bytes) => ("orig", bytes),
-                None => ("new", Self::NONE_BEFORE),
+                None => ("new", &[][..]),
             };
             crate::fsutil::write_private(&self.entry(record_dir, suffix), bytes)
         });
