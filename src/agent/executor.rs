@@ -41,6 +41,12 @@ pub(crate) struct Agent {
     pub(crate) conductor_note: String,
     pub(crate) node: Option<NodeLogin>,
     pub(crate) metrics: Arc<AgentMetrics>,
+    /// Set while the ownership record cannot be written: no attach starts meanwhile, since
+    /// what it attached could not be recorded as the agent's.
+    record_unwritable: Option<String>,
+    /// What was last written, so that a pass that changed nothing writes nothing.
+    written_record: Option<Record>,
+    written_status: Option<(String, Heartbeat)>,
 }
 
 impl Agent {
@@ -54,7 +60,7 @@ impl Agent {
         connectors: Vec<Connector>,
         metrics: Arc<AgentMetrics>,
     ) -> Self {
-        let agent = Self {
+        let mut agent = Self {
             volumes,
             desired: Desired::Unknown,
             backends,
@@ -66,9 +72,13 @@ impl Agent {
             conductor_note: "not contacted yet".into(),
             node: None,
             metrics,
+            record_unwritable: None,
+            written_record: None,
+            written_status: None,
         };
         agent.persist();
-        agent.publish_status(&agent.report());
+        let report = agent.report();
+        agent.publish_status(&report);
         agent
             .metrics
             .set_volumes(agent.volumes.values().map(Volume::state));
@@ -82,7 +92,7 @@ impl Agent {
 
     /// Makes the current state known: the record, metrics, the heartbeat (when it changed)
     /// and the status file.
-    pub(crate) fn publish(&self, reports: &watch::Sender<Heartbeat>) {
+    pub(crate) fn publish(&mut self, reports: &watch::Sender<Heartbeat>) {
         self.persist();
         self.metrics
             .set_volumes(self.volumes.values().map(Volume::state));
@@ -106,7 +116,7 @@ impl Agent {
     }
 
     /// Applies one of reconcile's actions and starts the host operation it needs.
-    pub(crate) fn start(&mut self, action: Action, events: &mpsc::Sender<Event>) {
+    pub(crate) fn start(&mut self, action: Action, events: &mpsc::Sender<Event>, now_ms: Millis) {
         let now = SystemTime::now();
         let op = match apply::apply(&mut self.volumes, &self.desired, &action, now) {
             Ok(op) => op,
@@ -158,8 +168,32 @@ impl Agent {
             }
             Action::Forget(_) => {}
         }
-        if let Some(op) = op {
-            self.spawn(uuid, op, events);
+        if matches!(op, Some(HostOp::Attach { .. })) {
+            // The record is written before anything is created: an attach whose result could
+            // not be recorded as the agent's does not start.
+            self.written_record = None;
+            self.persist();
+        }
+        match (op, &self.record_unwritable) {
+            (Some(HostOp::Attach { .. }), Some(why)) => {
+                let error = HostError::new(
+                    ErrorKind::RecordUnwritable,
+                    format!(
+                        "the ownership record in {} cannot be written ({why}); no attach starts \
+                         until it can, so that nothing is attached that the agent would not \
+                         know as its own",
+                        self.state.path.display()
+                    ),
+                );
+                self.in_flight += 1;
+                let failed = OpResult::Attached(Err(AttachFailure {
+                    error,
+                    leftover: None,
+                }));
+                self.finish(uuid, failed, Duration::ZERO, now_ms);
+            }
+            (Some(op), _) => self.spawn(uuid, op, events),
+            (None, _) => {}
         }
     }
 
@@ -305,10 +339,11 @@ impl Agent {
         }
     }
 
-    /// Writes the ownership record: every volume the agent has on the host.
-    fn persist(&self) {
+    /// Writes the ownership record, every volume the agent has on the host, when it changed or
+    /// the last write failed.
+    fn persist(&mut self) {
         let record = Record {
-            version: 1,
+            version: super::record::RECORD_VERSION,
             volumes: self
                 .volumes
                 .iter()
@@ -325,8 +360,29 @@ impl Agent {
                 })
                 .collect(),
         };
-        if let Err(e) = self.state.save_record(&record) {
-            tracing::error!(error = %e, "cannot write the ownership record");
+        if self.record_unwritable.is_none() && self.written_record.as_ref() == Some(&record) {
+            return;
+        }
+        match self.state.save_record(&record) {
+            Ok(()) => {
+                if self.record_unwritable.take().is_some() {
+                    tracing::info!("the ownership record can be written again; attaches resume");
+                }
+                self.metrics.set_record_writable(true);
+                self.written_record = Some(record);
+            }
+            Err(e) => {
+                if self.record_unwritable.is_none() {
+                    tracing::error!(
+                        kind = ErrorKind::RecordUnwritable.as_str(),
+                        path = %self.state.path.display(),
+                        error = %e,
+                        "cannot write the ownership record; no attach starts until it can"
+                    );
+                }
+                self.metrics.set_record_writable(false);
+                self.record_unwritable = Some(e.to_string());
+            }
         }
     }
 
@@ -366,8 +422,12 @@ impl Agent {
         report
     }
 
-    /// Writes the status file that `tether status` reads.
-    fn publish_status(&self, report: &Heartbeat) {
+    /// Writes the status file that `tether status` reads, when what it says changed.
+    fn publish_status(&mut self, report: &Heartbeat) {
+        let said = (self.conductor_note.clone(), report.clone());
+        if self.written_status.as_ref() == Some(&said) {
+            return;
+        }
         let status = LocalStatus {
             node_uuid: self.node.as_ref().map(|n| n.uuid),
             node_name: self.node.as_ref().map(|n| n.name.clone()),
@@ -376,8 +436,9 @@ impl Agent {
             updated_at: timestamp(SystemTime::now()),
             report: report.clone(),
         };
-        if let Err(e) = self.state.save_status(&status) {
-            tracing::warn!(error = %e, "cannot write the status file");
+        match self.state.save_status(&status) {
+            Ok(()) => self.written_status = Some(said),
+            Err(e) => tracing::warn!(error = %e, "cannot write the status file"),
         }
     }
 }
@@ -386,5 +447,128 @@ fn report(e: &HostError) -> ErrorReport {
     ErrorReport {
         kind: e.kind.to_string(),
         message: e.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::agent::reconcile::{DesiredTarget, reconcile};
+    use crate::agent::record::{RECORD_FILE, STATUS_FILE};
+    use crate::backend::simulated::SimKernel;
+    use crate::protocol::VolumeState;
+
+    fn agent(dir: &Path) -> Agent {
+        let config = AgentConfig {
+            state_dir: dir.to_path_buf(),
+            ..AgentConfig::default()
+        };
+        Agent::new(
+            Volumes::default(),
+            Backends::simulated(Arc::new(SimKernel::default())),
+            config,
+            StateDir::new(dir),
+            Vec::new(),
+            Arc::new(AgentMetrics::new()),
+        )
+    }
+
+    fn inode(dir: &Path, name: &str) -> u64 {
+        std::fs::metadata(dir.join(name)).unwrap().ino()
+    }
+
+    /// Every pass of the main loop, a watchdog tick included, rewrote and fsynced both files.
+    #[test]
+    fn a_pass_that_changes_nothing_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let (reports, _) = watch::channel(agent.report());
+        agent.publish(&reports);
+        let (record, status) = (
+            inode(dir.path(), RECORD_FILE),
+            inode(dir.path(), STATUS_FILE),
+        );
+        for _ in 0..5 {
+            agent.publish(&reports);
+        }
+        // Written atomically (a new file renamed over the old): a write changes the inode.
+        assert_eq!(inode(dir.path(), RECORD_FILE), record, "record rewritten");
+        assert_eq!(inode(dir.path(), STATUS_FILE), status, "status rewritten");
+        agent.conductor_note = "assignment generation 7".into();
+        agent.publish(&reports);
+        assert_ne!(
+            inode(dir.path(), STATUS_FILE),
+            status,
+            "a change is written"
+        );
+        assert_eq!(inode(dir.path(), RECORD_FILE), record);
+    }
+
+    fn assignment() -> Assignment {
+        let target = crate::protocol::VolumeTarget {
+            uuid: Uuid::new_v4(),
+            node_uuid: Uuid::new_v4(),
+            volume_type: "iscsi".into(),
+            volume_id: "vol-1".into(),
+            boot_index: None,
+            properties: serde_json::json!({
+                "target_portal": "192.0.2.1:3260",
+                "target_iqn": "iqn.2003-01.org.example:t",
+                "target_lun": 0
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+            extra: Default::default(),
+        };
+        Assignment {
+            generation: 1,
+            targets: vec![DesiredTarget {
+                uuid: target.uuid,
+                volume_id: target.volume_id.clone(),
+                volume_type: target.volume_type.clone(),
+                spec: crate::protocol::target::parse(&target),
+            }],
+        }
+    }
+
+    /// A failed write of the record was only logged while attaches went on.
+    #[tokio::test]
+    async fn no_attach_starts_while_the_record_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let (events, mut done) = mpsc::channel(4);
+        // A directory where the record goes: renaming a file over it fails, even for root.
+        std::fs::remove_file(dir.path().join(RECORD_FILE)).unwrap();
+        std::fs::create_dir_all(dir.path().join(RECORD_FILE).join("blocker")).unwrap();
+        agent.apply_assignment(assignment());
+        let plan = reconcile(&agent.desired, &agent.volumes, 0);
+        assert_eq!(plan.actions.len(), 1, "{:?}", plan.actions);
+        for action in plan.actions {
+            agent.start(action, &events, 0);
+        }
+        let volume = agent.volumes.values().next().unwrap();
+        assert_eq!(volume.state(), VolumeState::Failed);
+        assert_eq!(volume.error().unwrap().kind, "record_unwritable");
+        assert!(done.try_recv().is_err(), "nothing ran on the host");
+        assert_eq!(agent.in_flight, 0);
+        let report = agent.report();
+        assert_eq!(
+            report.volumes[0].error.as_ref().unwrap().kind,
+            "record_unwritable"
+        );
+
+        // Writable again: the retry attaches.
+        std::fs::remove_dir_all(dir.path().join(RECORD_FILE)).unwrap();
+        let retry_at = agent.volumes.values().next().unwrap().retry_at().unwrap();
+        let plan = reconcile(&agent.desired, &agent.volumes, retry_at);
+        for action in plan.actions {
+            agent.start(action, &events, retry_at);
+        }
+        assert_eq!(agent.in_flight, 1, "the attach runs");
+        assert!(dir.path().join(RECORD_FILE).is_file());
     }
 }

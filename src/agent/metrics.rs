@@ -12,7 +12,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -69,6 +73,7 @@ pub(crate) struct AgentMetrics {
     volumes: Family<StateLabels, Gauge>,
     heartbeats: Family<ResultLabels, Counter>,
     last_heartbeat: Gauge,
+    record_writable: Gauge,
 }
 
 impl Default for AgentMetrics {
@@ -114,6 +119,8 @@ impl AgentMetrics {
             let _ = heartbeats.get_or_create(&ResultLabels { result });
         }
         let last_heartbeat = Gauge::default();
+        let record_writable = Gauge::default();
+        record_writable.set(1);
 
         registry.register(
             "tether_agent_attaches",
@@ -159,6 +166,13 @@ impl AgentMetrics {
             Unit::Seconds,
             last_heartbeat.clone(),
         );
+        registry.register(
+            "tether_agent_record_writable",
+            "1 while the ownership record can be written; at 0 no attach starts \
+             (kind record_unwritable)",
+            record_writable.clone(),
+        );
+        registry.register_collector(Box::new(UdevRestarts));
         Self {
             registry,
             attaches,
@@ -169,7 +183,12 @@ impl AgentMetrics {
             volumes,
             heartbeats,
             last_heartbeat,
+            record_writable,
         }
+    }
+
+    pub(crate) fn set_record_writable(&self, writable: bool) {
+        self.record_writable.set(i64::from(writable));
     }
 
     /// An attach finished; `failure` is its error kind when it failed.
@@ -265,6 +284,24 @@ impl AgentMetrics {
                 .map_or(0, |d| d.as_secs() as i64);
             self.last_heartbeat.set(now);
         }
+    }
+}
+
+/// Restarts of the udev monitor, read from the monitor's own counter at scrape time.
+#[derive(Debug)]
+struct UdevRestarts;
+
+impl Collector for UdevRestarts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let restarts = ConstCounter::new(crate::backend::block::monitor_restarts());
+        let metric = encoder.encode_descriptor(
+            "tether_agent_udev_monitor_restarts",
+            "Times the udev monitor failed and was opened again; device waits meanwhile may \
+             have timed out",
+            None,
+            MetricType::Counter,
+        )?;
+        restarts.encode(metric)
     }
 }
 

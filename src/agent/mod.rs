@@ -98,7 +98,7 @@ pub async fn run(
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
     };
-    let volumes = recovery::recover(&backends, state.load_record()).await;
+    let volumes = recovery::recover(&backends, state.load_record()?).await;
     let mut agent = Agent::new(
         volumes,
         backends,
@@ -223,7 +223,7 @@ async fn main_loop(
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
         next_wake = plan.next_wake;
         for action in plan.actions {
-            agent.start(action, events_tx);
+            agent.start(action, events_tx, clock.now());
         }
         agent.publish(report_tx);
         if !ready && agent.desired.generation().is_some() {

@@ -5,7 +5,7 @@
 //! attached, so a crash never leaves an attachment that the agent would not recognise.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,6 +17,56 @@ use crate::protocol::Heartbeat;
 pub const RECORD_FILE: &str = "volumes.json";
 pub const TOKEN_FILE: &str = "token";
 pub const STATUS_FILE: &str = "status.json";
+/// The record format this agent writes; it refuses to start on a newer one.
+pub(crate) const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error(
+        "cannot read the ownership record {}: {source}; the agent does not start without \
+         knowing which attachments are its own (fix the state directory, then start it again)",
+        path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the ownership record {} has version {version}, written by a newer tether (this one \
+         reads {RECORD_VERSION}); run that version, or move the file aside to start without it",
+        path.display()
+    )]
+    Newer { path: PathBuf, version: u32 },
+}
+
+/// Moves a corrupt record to `<name>.corrupt-<unix seconds>[-n]`, a name no earlier copy has.
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for n in 0..1000u32 {
+        let suffix = match n {
+            0 => format!("corrupt-{stamp}"),
+            n => format!("corrupt-{stamp}-{n}"),
+        };
+        let mut name = path.as_os_str().to_owned();
+        name.push(".");
+        name.push(&suffix);
+        let aside = PathBuf::from(name);
+        // A hard link fails if the name exists: no copy is ever overwritten.
+        match std::fs::hard_link(path, &aside) {
+            Ok(()) => {
+                std::fs::remove_file(path)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "too many set-aside copies of the record",
+    ))
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Record {
@@ -65,35 +115,42 @@ impl StateDir {
         self.path.join(name)
     }
 
-    /// Reads the ownership record. A corrupt record is moved aside, and the agent starts with
-    /// none: it then treats what it finds on the host as foreign, which never detaches anything.
-    pub(crate) fn load_record(&self) -> Record {
+    /// Reads the ownership record. A record that cannot be parsed (bytes that are not UTF-8,
+    /// JSON that is not a record) is moved aside under a name of its own, never over an
+    /// earlier one, and the agent starts with none: it then treats what it finds on the host as
+    /// foreign, which never detaches anything. Any other failure to read it, or a record from a
+    /// newer tether, is an error: starting blind, or overwriting it, would lose what it says.
+    pub(crate) fn load_record(&self) -> Result<Record, RecordError> {
         let path = self.file(RECORD_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Record::default(),
-            Err(e) => {
-                tracing::error!(
-                    path = %path.display(),
-                    error = %e,
-                    "cannot read the ownership record; starting without it"
-                );
-                return Record::default();
-            }
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
+            Err(e) => return Err(RecordError::Unreadable { path, source: e }),
         };
-        match serde_json::from_str(&text) {
-            Ok(record) => record,
-            Err(e) => {
-                let aside = path.with_extension("json.corrupt");
-                let _ = std::fs::rename(&path, &aside);
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Record>(text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) if record.version > RECORD_VERSION => Err(RecordError::Newer {
+                path,
+                version: record.version,
+            }),
+            Ok(record) => Ok(record),
+            Err(problem) => {
+                let aside = set_aside(&path).map_err(|e| RecordError::Unreadable {
+                    path: path.clone(),
+                    source: e,
+                })?;
                 tracing::error!(
                     path = %path.display(),
                     moved_to = %aside.display(),
-                    error = %e,
-                    "the ownership record is corrupt; \
-                     existing attachments will be reported as foreign"
+                    error = %problem,
+                    "THE OWNERSHIP RECORD IS CORRUPT and was set aside; the attachments it \
+                     listed are now reported as foreign and are never detached by the agent: \
+                     compare the set-aside copy with the host, and detach by hand what it lists \
+                     and is no longer assigned"
                 );
-                Record::default()
+                Ok(Record::default())
             }
         }
     }
@@ -182,5 +239,60 @@ mod tests {
         let original: serde_json::Value = serde_json::from_str(FIRST_RELEASE).unwrap();
         let written = serde_json::to_value(&record).unwrap();
         assert_eq!(written, original);
+    }
+
+    fn set_aside_copies(dir: &Path) -> Vec<Vec<u8>> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("volumes.json.corrupt-"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| std::fs::read(dir.join(n)).unwrap())
+            .collect()
+    }
+
+    /// Bytes that are not UTF-8 were once overwritten with an empty record, and a second
+    /// corruption overwrote the copy of the first.
+    #[test]
+    fn every_unparseable_record_is_set_aside_under_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dir.path().join(RECORD_FILE);
+        let corruptions: [&[u8]; 3] = [b"\xff\xfe{\"version\": 1", b"{\"version\": ", b"[]"];
+        for bytes in corruptions {
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(state.load_record().unwrap(), Record::default());
+            assert!(!path.exists(), "moved, not left to be overwritten");
+        }
+        assert_eq!(
+            set_aside_copies(dir.path()),
+            corruptions.map(<[u8]>::to_vec)
+        );
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_or_is_newer_stops_the_agent_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dir.path().join(RECORD_FILE);
+        std::fs::create_dir(&path).unwrap();
+        let e = state.load_record().unwrap_err();
+        assert!(matches!(e, RecordError::Unreadable { .. }), "{e}");
+        assert!(e.to_string().contains("does not start"), "{e}");
+        std::fs::remove_dir(&path).unwrap();
+
+        let newer = r#"{"version": 2, "volumes": {}, "what_v2_adds": []}"#;
+        std::fs::write(&path, newer).unwrap();
+        let e = state.load_record().unwrap_err();
+        assert!(matches!(e, RecordError::Newer { version: 2, .. }), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            newer,
+            "left as it was"
+        );
+        assert!(set_aside_copies(dir.path()).is_empty());
     }
 }

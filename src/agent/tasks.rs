@@ -100,10 +100,21 @@ pub(crate) async fn poll_targets(
     let mut since = None;
     let mut last: Option<Assignment> = None;
     let mut failures = 0u32;
+    let mut quick_answers = 0u32;
     loop {
+        let asked = tokio::time::Instant::now();
         match client.targets(node.uuid, &node.token, since, wait).await {
             Ok(answer) => {
                 failures = 0;
+                if let Some(pause) =
+                    poll_pause(since.is_some(), asked.elapsed(), &mut quick_answers)
+                {
+                    tracing::debug!(
+                        pause_ms = pause.as_millis() as u64,
+                        "the conductor answered a long-poll at once; pausing before the next"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
                 since = Some(answer.generation);
                 let assignment = Assignment {
                     generation: answer.generation,
@@ -133,6 +144,27 @@ pub(crate) async fn poll_targets(
             }
         }
     }
+}
+
+/// A long-poll answered sooner than this counts as answered at once.
+const QUICK_ANSWER: Duration = Duration::from_secs(1);
+
+/// The pause before the next long-poll. A conductor that answers every long-poll at once (its
+/// generations keep changing, or it does not wait) must not make the agent spin: after such an
+/// answer the agent waits 1 s, then 2, 4… up to 30 s, until a long-poll waits again. The first
+/// poll (`waited_before` false) is always answered at once.
+fn poll_pause(waited_before: bool, took: Duration, quick_answers: &mut u32) -> Option<Duration> {
+    if !waited_before || took >= QUICK_ANSWER {
+        *quick_answers = 0;
+        return None;
+    }
+    *quick_answers += 1;
+    Some(retry_delay(
+        *quick_answers,
+        QUICK_ANSWER,
+        Duration::from_secs(30),
+        jitter().max(0.9),
+    ))
 }
 
 /// Validates each target and names its portals by address, as sessions are keyed.
@@ -232,5 +264,65 @@ pub(crate) async fn send_heartbeats(
             changed = reports.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::Router;
+    use axum::routing::get;
+
+    use super::*;
+
+    #[test]
+    fn quick_answers_pause_longer_and_longer_until_a_poll_waits() {
+        let mut quick = 0;
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            poll_pause(false, Duration::ZERO, &mut quick),
+            None,
+            "first poll"
+        );
+        let pauses: Vec<Duration> = (0..8)
+            .map(|_| poll_pause(true, Duration::from_millis(3), &mut quick).unwrap())
+            .collect();
+        assert!(pauses[0] >= second.mul_f64(0.9) && pauses[0] <= second);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0].mul_f64(0.9)));
+        assert!(pauses[7] <= Duration::from_secs(30) && pauses[7] >= Duration::from_secs(27));
+        assert_eq!(poll_pause(true, Duration::from_secs(20), &mut quick), None);
+        assert_eq!(quick, 0, "a poll that waited starts the count again");
+    }
+
+    /// A conductor that answers every long-poll at once, each time with a new generation (as
+    /// one did for a node enrolled again): the agent must not spin.
+    #[tokio::test]
+    async fn a_conductor_that_never_waits_does_not_make_the_agent_spin() {
+        let polls = Arc::new(AtomicU64::new(0));
+        let counter = polls.clone();
+        let app = Router::new().route(
+            "/v1/nodes/{node}/volume/targets",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                async move { axum::Json(serde_json::json!({"generation": n, "targets": []})) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = Client::new(&url, None).unwrap();
+        let node = NodeLogin {
+            uuid: Uuid::new_v4(),
+            name: "n".into(),
+            token: Secret::new("t"),
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let poll = poll_targets(client, node, Duration::from_secs(30), tx);
+        let _ = tokio::time::timeout(Duration::from_secs(4), poll).await;
+        let n = polls.load(Ordering::Relaxed);
+        // 0 s, then pauses of about 1, 2 (and the start of 4): 3 or 4 polls in 4 s.
+        assert!((2..=5).contains(&n), "{n} polls in 4 s");
     }
 }

@@ -72,6 +72,8 @@ error_kinds! {
     PortalUnreachable => "portal_unreachable",
     ProbeFailed => "probe_failed",
     RecordFailed => "record_failed",
+    /// The agent's ownership record cannot be written: no attach starts until it can.
+    RecordUnwritable => "record_unwritable",
     ScanFailed => "scan_failed",
     SessionGone => "session_gone",
     Sysfs => "sysfs",

@@ -79,7 +79,12 @@ async fn name_the_version(mut response: Response) -> Response {
 }
 
 async fn metrics_endpoint(State(c): Shared, _: MetricsReader, headers: HeaderMap) -> Response {
-    crate::metrics::exposition(c.metrics.registry(), &headers)
+    // The scrape reads the database: off the async workers, as every database call.
+    let encode = move || crate::metrics::exposition(c.metrics.registry(), &headers);
+    match tokio::task::spawn_blocking(encode).await {
+        Ok(response) => response,
+        Err(_) => ApiError::internal().into_response(),
+    }
 }
 
 // ---- agent endpoints ----
@@ -124,13 +129,17 @@ async fn lookup(
             ),
         ));
     }
-    let found = c.store.lookup(&addresses, q.node_uuid)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "node_not_found",
-            "no node has these addresses; enroll the node with `tether ctl node create`",
-        )
-    })?;
+    let by_uuid = q.node_uuid;
+    let found = c
+        .db(move |s| s.lookup(&addresses, by_uuid))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "node_not_found",
+                "no node has these addresses; enroll the node with `tether ctl node create`",
+            )
+        })?;
     let node = &found.node;
     if found.new_token.is_some() {
         tracing::info!(
@@ -182,7 +191,7 @@ async fn node_targets(
     let mut waited = false;
     if let (Some(since), Some(wait)) = (q.since, q.wait)
         && wait > 0
-        && c.store.generation(node)? == since
+        && c.db(move |s| s.generation(node)).await? == since
     {
         // Only the generation is read before the wait: a fleet of waiting agents holds no
         // copies of their targets.
@@ -202,7 +211,7 @@ async fn node_targets(
         waited = true;
     }
     drop(changes);
-    let (generation, targets) = c.store.node_targets(node)?;
+    let (generation, targets) = c.db(move |s| s.node_targets(node)).await?;
     let mut response = Json(TargetsResponse {
         generation,
         targets,
@@ -240,7 +249,9 @@ async fn heartbeat(
         tracing::warn!(node = %node, error = %e, "refused a malformed report");
         ApiError::bad_request(e.kind(), e.to_string())
     })?;
-    let unknown = c.store.store_report(node, &report)?;
+    let report = Arc::new(report);
+    let stored = report.clone();
+    let unknown = c.db(move |s| s.store_report(node, &stored)).await?;
     c.metrics.heartbeats.inc();
     // Kept and flagged, never refused: an agent detaching a volume whose target was just
     // deleted reports it until it is gone.
@@ -278,7 +289,7 @@ async fn heartbeat(
 
 async fn list_nodes(State(c): Shared, _: Admin) -> ApiResult<Json<NodeList>> {
     Ok(Json(NodeList {
-        nodes: c.store.list_nodes()?,
+        nodes: c.db(|s| s.list_nodes()).await?,
     }))
 }
 
@@ -290,7 +301,10 @@ async fn create_node(
     if req.agent_token.as_deref() == Some(MASK) {
         return Err(masked_secret("agent_token"));
     }
-    Ok((StatusCode::CREATED, Json(c.store.create_node(&req)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(c.db(move |s| s.create_node(&req)).await?),
+    ))
 }
 
 async fn show_node(
@@ -298,7 +312,7 @@ async fn show_node(
     _: Admin,
     Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::Node>> {
-    Ok(Json(c.store.find_node(&ident)?))
+    Ok(Json(c.db(move |s| s.find_node(&ident)).await?))
 }
 
 async fn delete_node(
@@ -306,8 +320,8 @@ async fn delete_node(
     _: Admin,
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let uuid = node_uuid(&c, &ident)?;
-    c.store.delete_node(uuid)?;
+    let uuid = node_uuid(&c, ident).await?;
+    c.db(move |s| s.delete_node(uuid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -316,8 +330,8 @@ async fn reset_token(
     _: Admin,
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let uuid = node_uuid(&c, &ident)?;
-    c.store.reset_token(uuid)?;
+    let uuid = node_uuid(&c, ident).await?;
+    c.db(move |s| s.reset_token(uuid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -326,8 +340,8 @@ async fn node_status(
     _: Admin,
     Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::NodeStatus>> {
-    let uuid = node_uuid(&c, &ident)?;
-    Ok(Json(c.store.node_status(uuid)?))
+    let uuid = node_uuid(&c, ident).await?;
+    Ok(Json(c.db(move |s| s.node_status(uuid)).await?))
 }
 
 #[derive(Deserialize)]
@@ -341,9 +355,12 @@ async fn list_connectors(
     _: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ConnectorList>> {
-    let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
+    let node = match q.node {
+        Some(n) => Some(node_uuid(&c, n).await?),
+        None => None,
+    };
     Ok(Json(ConnectorList {
-        connectors: c.store.list_connectors(node)?,
+        connectors: c.db(move |s| s.list_connectors(node)).await?,
     }))
 }
 
@@ -352,8 +369,11 @@ async fn create_connector(
     _: Admin,
     ApiJson(req): ApiJson<ConnectorCreate>,
 ) -> ApiResult<(StatusCode, Json<protocol::VolumeConnector>)> {
-    c.store.find_node(&req.node_uuid.to_string())?;
-    Ok((StatusCode::CREATED, Json(c.store.create_connector(&req)?)))
+    node_uuid(&c, req.node_uuid.to_string()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(c.db(move |s| s.create_connector(&req)).await?),
+    ))
 }
 
 async fn delete_connector(
@@ -361,12 +381,13 @@ async fn delete_connector(
     _: Admin,
     Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
-    c.store.delete_connector(parse_uuid_param(&uuid)?)?;
+    let uuid = parse_uuid_param(&uuid)?;
+    c.db(move |s| s.delete_connector(uuid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn node_uuid(c: &Conductor, ident: &str) -> ApiResult<Uuid> {
-    Ok(c.store.find_node(ident)?.uuid)
+async fn node_uuid(c: &Conductor, ident: String) -> ApiResult<Uuid> {
+    Ok(c.db(move |s| s.find_node(&ident)).await?.uuid)
 }
 
 fn masked(mut target: VolumeTarget) -> VolumeTarget {
@@ -387,10 +408,13 @@ async fn list_targets(
     _: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<TargetList>> {
-    let node = q.node.as_deref().map(|n| node_uuid(&c, n)).transpose()?;
+    let node = match q.node {
+        Some(n) => Some(node_uuid(&c, n).await?),
+        None => None,
+    };
     let targets = c
-        .store
-        .list_targets(node)?
+        .db(move |s| s.list_targets(node))
+        .await?
         .into_iter()
         .map(masked)
         .collect();
@@ -402,7 +426,8 @@ async fn show_target(
     _: Admin,
     Path(uuid): Path<String>,
 ) -> ApiResult<Json<VolumeTarget>> {
-    Ok(Json(masked(c.store.get_target(parse_uuid_param(&uuid)?)?)))
+    let uuid = parse_uuid_param(&uuid)?;
+    Ok(Json(masked(c.db(move |s| s.get_target(uuid)).await?)))
 }
 
 async fn create_target(
@@ -418,7 +443,7 @@ async fn create_target(
     }
     protocol::target::check_volume_id(&req.volume_id)
         .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
-    c.store.find_node(&req.node_uuid.to_string())?;
+    node_uuid(&c, req.node_uuid.to_string()).await?;
     if c.validate_targets {
         let candidate = req.target(req.uuid.unwrap_or_else(Uuid::nil));
         protocol::target::parse(&candidate)
@@ -428,7 +453,9 @@ async fn create_target(
         generation,
         value: target,
         ..
-    } = c.generations.publish(c.store.create_target(&req)?);
+    } = c
+        .generations
+        .publish(c.db(move |s| s.create_target(&req)).await?);
     tracing::info!(
         target = %target.uuid,
         node = %target.node_uuid,
@@ -447,7 +474,9 @@ async fn delete_target(
     let uuid = parse_uuid_param(&uuid)?;
     let Published {
         node, generation, ..
-    } = c.generations.publish(c.store.delete_target(uuid)?);
+    } = c
+        .generations
+        .publish(c.db(move |s| s.delete_target(uuid)).await?);
     tracing::info!(target = %uuid, node = %node, generation, "target unassigned");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,7 @@ impl FromRequestParts<Arc<Conductor>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> ApiResult<Self> {
-        authenticate(c, parts, |token| Ok(c.admin_token.matches(token)))?;
+        authenticate(c, parts, async |token| Ok(c.admin_token.matches(&token))).await?;
         Ok(Self)
     }
 }
@@ -40,10 +40,11 @@ impl FromRequestParts<Arc<Conductor>> for Agent {
             .await
             .ok()
             .and_then(|Path(node)| Uuid::parse_str(&node).ok());
-        authenticate(c, parts, |token| match node {
-            Some(node) => Ok(c.store.agent_token_matches(node, token)?),
+        authenticate(c, parts, async |token| match node {
+            Some(node) => c.db(move |s| s.agent_token_matches(node, &token)).await,
             None => Ok(false),
-        })?;
+        })
+        .await?;
         // Authenticated: the path named a node.
         node.map(Self).ok_or_else(ApiError::unauthorized)
     }
@@ -58,7 +59,7 @@ impl FromRequestParts<Arc<Conductor>> for MetricsReader {
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Conductor>) -> ApiResult<Self> {
         if let Some(hash) = &c.metrics_token {
-            authenticate(c, parts, |token| Ok(hash.matches(token)))?;
+            authenticate(c, parts, async |token| Ok(hash.matches(&token))).await?;
         }
         Ok(Self)
     }
@@ -66,15 +67,15 @@ impl FromRequestParts<Arc<Conductor>> for MetricsReader {
 
 /// Refuses a client address that has no allowance left, then checks the bearer token with
 /// `matches`; a missing or wrong token takes from the allowance.
-fn authenticate(
+async fn authenticate(
     c: &Conductor,
     parts: &Parts,
-    matches: impl FnOnce(&str) -> ApiResult<bool>,
+    matches: impl AsyncFnOnce(String) -> ApiResult<bool>,
 ) -> ApiResult<()> {
     let client = client_ip(parts);
     c.limiter.check(client).map_err(|l| refused(client, l))?;
     let authenticated = match bearer(parts) {
-        Some(token) => matches(token)?,
+        Some(token) => matches(token.to_string()).await?,
         None => false,
     };
     if !authenticated {

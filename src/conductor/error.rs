@@ -54,6 +54,14 @@ impl ApiError {
         )
     }
 
+    pub(super) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the conductor failed; see its log",
+        )
+    }
+
     pub(super) fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, kind, message)
     }
@@ -139,6 +147,22 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             StoreError::Invalid { kind, message } => Self::bad_request(kind, message),
+            StoreError::Db(rusqlite::Error::SqliteFailure(code, _))
+                if matches!(
+                    code.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                tracing::warn!("the database stayed locked past the busy timeout");
+                Self {
+                    retry_after: Some(Duration::from_secs(1)),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_busy",
+                        "the conductor's database is locked by another process; retry shortly",
+                    )
+                }
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(

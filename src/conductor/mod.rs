@@ -38,6 +38,8 @@ struct Conductor {
     max_wait: Duration,
     validate_targets: bool,
     generations: Generations,
+    /// Database calls waiting for a blocking thread (see [`Conductor::db`]).
+    db_slots: tokio::sync::Semaphore,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -60,10 +62,37 @@ impl Conductor {
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,
             generations: Generations::default(),
+            db_slots: tokio::sync::Semaphore::new(DB_THREADS),
             shutdown,
         }
     }
+
+    /// Runs `work` against the database on a blocking thread. A SQLite call can wait on a lock
+    /// held by another process, a checkpoint or the disk; on an async worker it would stall every
+    /// request that worker serves, those that need no database included. The store has one
+    /// connection, so a few threads suffice: the rest of the waiting is done as tasks.
+    async fn db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
+    ) -> Result<T, error::ApiError> {
+        let _slot = self
+            .db_slots
+            .acquire()
+            .await
+            .map_err(|_| error::ApiError::internal())?;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(result) => Ok(result?),
+            Err(e) => {
+                tracing::error!(error = %e, "a database call failed");
+                Err(error::ApiError::internal())
+            }
+        }
+    }
 }
+
+/// Blocking threads that may wait on the database at once.
+const DB_THREADS: usize = 4;
 
 /// Shortest admin token accepted: one a person made up must not be guessable. Generated ones
 /// are 64 characters.

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod database;
 mod layout;
 mod lifecycle;
 mod lookup;

@@ -123,8 +123,35 @@ device_timeout_s = 30
 retry_initial_s = ${RETRY_INITIAL_S:-1}
 retry_max_s = ${RETRY_MAX_S:-4}
 EOF
-    TETHER_LOG=tether=debug "$TETHER" agent >>"$RESULT_DIR/agent.log" 2>&1 &
+    # Within its unit's capability bounding set: every scenario proves the set is enough.
+    TETHER_LOG=tether=debug setpriv --bounding-set "$(agent_capabilities setpriv)" \
+        "$TETHER" agent >>"$RESULT_DIR/agent.log" 2>&1 &
     AGENT_PID=$!
+}
+
+# The kernel's capability numbers (include/uapi/linux/capability.h): CAP_CHOWN is 0.
+CAPABILITY_NAMES=(chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap
+    linux_immutable net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner
+    sys_module sys_rawio sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice
+    sys_resource sys_time sys_tty_config mknod lease audit_write audit_control setfcap
+    mac_override mac_admin syslog wake_alarm block_suspend audit_read perfmon bpf
+    checkpoint_restore)
+
+# agent_capabilities setpriv|hex : the CapabilityBoundingSet= of the agent's unit (the
+# package's once installed, else the repository's on the share), as setpriv's --bounding-set
+# argument or as the hex mask of /proc/PID/status.
+agent_capabilities() {
+    local unit=/lib/systemd/system/tether-agent.service names name i mask=0 arg=-all
+    [[ -f $unit ]] || unit=$SHARE/vm/tether-agent.service
+    names=$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z ' 'a-z\n' | sed 's/^cap_//')
+    for name in $names; do
+        for i in "${!CAPABILITY_NAMES[@]}"; do
+            [[ ${CAPABILITY_NAMES[$i]} == "$name" ]] || continue
+            mask=$((mask | 1 << i))
+            arg+=",+$name"
+        done
+    done
+    if [[ $1 == hex ]]; then printf '%016x\n' "$mask"; else printf '%s\n' "$arg"; fi
 }
 
 tether_stop_agent() {

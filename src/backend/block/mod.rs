@@ -14,6 +14,8 @@ pub(crate) mod mountinfo;
 pub(crate) mod mountpoint;
 pub(crate) mod udev;
 
+pub(crate) use udev::monitor_restarts;
+
 use std::any::Any;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

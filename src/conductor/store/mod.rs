@@ -36,6 +36,8 @@ pub(crate) enum StoreError {
     Corrupt(String),
 }
 
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
 pub(crate) struct Store {
     conn: Mutex<Connection>,
 }
@@ -53,9 +55,13 @@ impl Store {
     }
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(Duration::from_secs(5))?;
+        // Only another process can hold the lock (this one has a single connection): a request
+        // waits this long, then is answered 503 `database_busy` instead of hanging.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a change acknowledged to an operator survives a power loss (NORMAL in WAL mode
+        // may lose the last transactions).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::migrate(&mut conn)?;
         Ok(Self {

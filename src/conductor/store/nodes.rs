@@ -30,15 +30,17 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let created = now_secs();
+        let generation = super::targets::next_generation(&tx)? as i64;
         tx.execute(
-            "INSERT INTO nodes (uuid, name, created_at, token_hash, token_issued) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO nodes (uuid, name, created_at, token_hash, token_issued, generation) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 uuid.to_string(),
                 req.name,
                 created,
                 token_hash,
-                token_issued
+                token_issued,
+                generation
             ],
         )
         .map_err(|e| {
@@ -89,7 +91,8 @@ impl Store {
     }
 
     /// Deletes the node and, by cascade, its addresses, connectors, targets and report. Its
-    /// generation goes with it, so there is no change to publish.
+    /// generation goes with it, so there is no change to publish; a node enrolled again under
+    /// the same uuid starts from a generation never given before.
     pub(crate) fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
         self.change_one("DELETE FROM nodes WHERE uuid = ?1", uuid, "node")
     }

@@ -58,6 +58,17 @@ UPDATE reports SET volume_states = COALESCE((
 ), '{}');
 CREATE INDEX reports_summary ON reports(node_uuid, received_at, volume_states);
 "#,
+    // One sequence for every node's generation, so that a node deleted and enrolled again under
+    // its uuid never repeats a generation its agent saw (see `next_generation`). It starts past
+    // every generation given so far.
+    r#"
+CREATE TABLE generation_sequence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT INTO generation_sequence (id, value)
+    SELECT 1, COALESCE(MAX(generation), 0) FROM nodes;
+"#,
 ];
 
 /// Runs the migrations this database has not had yet, each in its own transaction.

@@ -115,8 +115,31 @@ pub(super) fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreErro
 }
 
 fn bump_generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
-    let sql = "UPDATE nodes SET generation = generation + 1 WHERE uuid = ?1 RETURNING generation";
-    node_generation(conn, sql, node)
+    let next = next_generation(conn)?;
+    let sql = "UPDATE nodes SET generation = ?2 WHERE uuid = ?1 RETURNING generation";
+    conn.query_row(sql, params![node.to_string(), next as i64], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()?
+    .map(|g| g as u64)
+    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+}
+
+/// The next value of the one generation sequence: the microseconds since the epoch, or one past
+/// the last value if that is larger. A node's generations therefore never repeat: not when it
+/// is deleted and enrolled again under its uuid (its agent would take the new node's first
+/// generation for one it applied), nor when the database is restored from an older backup.
+pub(super) fn next_generation(conn: &Connection) -> Result<u64, StoreError> {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let value: i64 = conn.query_row(
+        "UPDATE generation_sequence SET value = MAX(value + 1, ?1) WHERE id = 1 RETURNING value",
+        params![now_us],
+        |r| r.get(0),
+    )?;
+    Ok(value as u64)
 }
 
 /// The generation a query on the node's row returns; no row is `NotFound`.

@@ -67,37 +67,90 @@ fn a_uuid_alone_finds_the_node_but_never_issues_its_token() {
     assert!(found.new_token.is_some() && found.by_address);
 }
 
+fn target_create(node: Uuid, volume_id: &str) -> TargetCreate {
+    TargetCreate {
+        node_uuid: node,
+        volume_type: "iscsi".into(),
+        volume_id: volume_id.into(),
+        uuid: None,
+        boot_index: None,
+        properties: json!({"a": 1}).as_object().unwrap().clone(),
+        extra: Map::new(),
+    }
+}
+
 #[test]
 fn target_changes_bump_the_generation() {
     let store = Store::open_in_memory().unwrap();
     let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
-    assert_eq!(store.generation(n.uuid).unwrap(), 0);
+    let enrolled = store.generation(n.uuid).unwrap();
+    assert!(enrolled > 0, "a node starts from the sequence");
     let generations = Generations::default();
-    let created = store
-        .create_target(&TargetCreate {
-            node_uuid: n.uuid,
-            volume_type: "iscsi".into(),
-            volume_id: "v1".into(),
-            uuid: None,
-            boot_index: None,
-            properties: json!({"a": 1}).as_object().unwrap().clone(),
-            extra: Map::new(),
-        })
-        .unwrap();
+    let created = store.create_target(&target_create(n.uuid, "v1")).unwrap();
     let Published {
         node: node_uuid,
         generation,
         value: t,
     } = generations.publish(created);
-    assert_eq!((node_uuid, generation, t.node_uuid), (n.uuid, 1, n.uuid));
+    assert_eq!((node_uuid, t.node_uuid), (n.uuid, n.uuid));
+    assert!(generation > enrolled);
     let (gen_read, targets) = store.node_targets(n.uuid).unwrap();
-    assert_eq!((gen_read, targets.len()), (1, 1));
+    assert_eq!((gen_read, targets.len()), (generation, 1));
     let deleted = generations.publish(store.delete_target(t.uuid).unwrap());
-    assert_eq!((deleted.node, deleted.generation), (n.uuid, 2));
+    assert_eq!(deleted.node, n.uuid);
+    assert!(deleted.generation > generation);
     assert!(matches!(
         store.delete_target(t.uuid),
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A node deleted and enrolled again under its uuid must not repeat a generation: its agent
+/// would take the new node's first answer for one it applied, and ignore it.
+#[test]
+fn a_node_enrolled_again_never_repeats_a_generation() {
+    let store = Store::open_in_memory().unwrap();
+    let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    let generations = Generations::default();
+    let mut seen = vec![store.generation(n.uuid).unwrap()];
+    for round in 0..5 {
+        let created = store.create_target(&target_create(n.uuid, "v1")).unwrap();
+        seen.push(generations.publish(created).generation);
+        store.delete_node(n.uuid).unwrap();
+        let again = store
+            .create_node(&NodeCreate {
+                uuid: Some(n.uuid),
+                name: "n1".into(),
+                addresses: vec!["aa:bb:cc:dd:ee:01".into()],
+                agent_token: None,
+            })
+            .unwrap();
+        assert_eq!(again.uuid, n.uuid, "round {round}");
+        let g = store.generation(n.uuid).unwrap();
+        assert!(
+            !seen.contains(&g),
+            "generation {g} repeated in round {round}: {seen:?}"
+        );
+        assert!(g > *seen.last().unwrap());
+        seen.push(g);
+    }
+}
+
+/// A database restored from an older backup goes on from the clock, not from its old counter.
+#[test]
+fn generations_go_on_from_the_clock_after_a_restore() {
+    let store = Store::open_in_memory().unwrap();
+    store
+        .conn()
+        .execute("UPDATE generation_sequence SET value = 7", [])
+        .unwrap();
+    let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    let g = store.generation(n.uuid).unwrap();
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(g > 7 && g.abs_diff(now_us) < 60_000_000, "{g} vs {now_us}");
 }
 
 fn heartbeat(states: &[VolumeState]) -> Heartbeat {

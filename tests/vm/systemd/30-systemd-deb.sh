@@ -4,9 +4,11 @@
 #     and saved (Debian's rtslib-fb-targetctl.service restores it at boot); the packaged
 #     conductor unit is enabled and started, serving HTTPS with a throwaway certificate that
 #     the agent and ctl verify against its CA; the node is enrolled and a volume assigned; the
-#     agent attaches it and data is written through it. Reboot.
-#  2. The agent attached the volume at boot: active, notified ready, report at the conductor,
-#     data back. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
+#     agent attaches it and data is written through it. Both units run sandboxed: the conductor
+#     as its own user, the agent with a reduced capability bounding set, its mount of a second
+#     volume visible on the host; `systemd-analyze security` exposure is recorded. Reboot.
+#  2. The agent attached both volumes at boot: active, notified ready, report at the conductor,
+#     data back, the filesystem mounted on the host. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
 #     Reboot.
 #  3. The volume is back through the agent's own login (node.startup=manual, session created
 #     after the agent started), not through iscsid's automatic login.
@@ -16,6 +18,8 @@ source "$SHARE/vm/systemd.sh"
 PORTAL=127.0.0.1:3260
 IQN=iqn.2003-01.test.tether:boot
 VOLUME=vol-boot
+FS_VOLUME=vol-boot-fs
+FS_MOUNT=/srv/vm-boot-fs
 DEV=$(by_path "$PORTAL" "$IQN" 0)
 DATA=/var/tmp/vm-boot-data
 UNIT=tether-agent.service
@@ -39,8 +43,12 @@ agent_up_at_boot() {
     wait_volume "$VOLUME" attached 60
     expect_eq "reported device path is the by-path link" "$DEV" "$(field device_path)"
     expect_true "by-path device present" test -b "$DEV"
-    expect_eq "one session to the target" 1 "$(sessions_to "$IQN")"
+    wait_volume "$FS_VOLUME" attached 60
+    expect_eq "one session to the target (two LUNs)" 1 "$(sessions_to "$IQN")"
     data_back "boot $VM_BOOT"
+    mounted_on_host "boot $VM_BOOT"
+    expect_eq "boot $VM_BOOT: file written through the agent's mount reads back" \
+        "written in boot 1" "$(cat "$FS_MOUNT/proof" 2>&1)"
     started=$(unit_prop $UNIT ExecMainStartTimestampMonotonic)
     ready=$(unit_prop $UNIT ActiveEnterTimestampMonotonic)
     attached=$(journal_first_us $UNIT '(^|INFO )attached( |$)')
@@ -65,6 +73,50 @@ agent_up_at_boot() {
         "$(iscsiadm -m node -T "$IQN" -p "$PORTAL" 2>&1 || true)"
 }
 
+# mounted_on_host WHEN : the agent's mount, made inside its unit's namespace, is in PID 1's.
+mounted_on_host() {
+    expect_eq "$1: the agent's mount is in the host's mount namespace" ext4 \
+        "$(findmnt -N 1 -n -o FSTYPE "$FS_MOUNT" 2>&1 || true)"
+    expect_match "$1: mounted nosuid,nodev" 'nosuid,nodev' \
+        "$(findmnt -N 1 -n -o OPTIONS "$FS_MOUNT" 2>&1 || true)"
+    # ProtectHome's and ProtectSystem's read-only views stay the unit's own.
+    expect_eq "$1: /home is not read-only on the host" "" \
+        "$(findmnt -N 1 -n -o OPTIONS /home 2>/dev/null | grep -o '^ro' || true)"
+    expect_eq "$1: /usr is not read-only on the host" "" \
+        "$(findmnt -N 1 -n -o OPTIONS /usr 2>/dev/null | grep -o '^ro' || true)"
+}
+
+# sandboxed : the two units run as their files say.
+sandboxed() {
+    local pid user exposure unit
+    pid=$(unit_prop tether-conductor.service MainPID)
+    user=$(unit_prop tether-conductor.service User)
+    expect_eq "the conductor unit names its own user" tether-conductor "$user"
+    expect_eq "the conductor runs as that user" "$user" "$(ps -o user= -p "$pid" 2>&1 | tr -d ' ')"
+    expect_eq "the conductor has no capability" 0000000000000000 \
+        "$(awk '/^CapEff:/{print $2}' "/proc/$pid/status")"
+    expect_eq "its state directory is its own, mode 0700" "tether-conductor 700" \
+        "$(stat -c '%U %a' /var/lib/tether-conductor)"
+    expect_eq "the database is its own, mode 0600 (UMask)" "tether-conductor 600" \
+        "$(stat -c '%U %a' /var/lib/tether-conductor/tether.db)"
+    expect_eq "a file left by the root-owned conductor of an older package is chowned" \
+        tether-conductor "$(stat -c '%U' /var/lib/tether-conductor/left-by-root)"
+    # The agent: root, with the bounding set its unit names (and its children with it).
+    pid=$(unit_prop $UNIT MainPID)
+    expect_eq "the agent's capability bounding set is its unit's" "$(agent_capabilities hex)" \
+        "$(awk '/^CapBnd:/{print $2}' "/proc/$pid/status")"
+    for unit in tether-conductor.service $UNIT; do
+        exposure=$(systemd-analyze security --no-pager "$unit" 2>&1 | tail -n1 |
+            grep -oE '[0-9]+\.[0-9]+' || true)
+        note "exposure_${unit%%.service}" "${exposure:-none}"
+        expect_true "$unit: systemd-analyze security gives an exposure level" test -n "$exposure"
+    done
+    exposure=$(systemd-analyze security --no-pager tether-conductor.service 2>&1 | tail -n1)
+    expect_match "the conductor's exposure is OK (below 2.0)" 'level for .*: 1\.[0-9] OK' "$exposure"
+    exposure=$(systemd-analyze security --no-pager $UNIT 2>&1 | tail -n1)
+    expect_match "the agent's exposure is OK (below 5.0)" 'level for .*: [0-4]\.[0-9] OK' "$exposure"
+}
+
 boot1() {
     expect_eq "systemd is PID 1" systemd "$(cat /proc/1/comm)"
     expect_rc "dpkg -i of the package" 0 dpkg -i "$SHARE/deb/tether.deb"
@@ -79,6 +131,7 @@ boot1() {
     # The target, saved for rtslib-fb-targetctl.service to restore at boot.
     lio_target "$IQN"
     lio_lun "$IQN" boot0 64M
+    lio_lun "$IQN" boot1 64M
     lio_acl "$IQN" "$GUEST_INITIATOR"
     lio_cmd "saveconfig"
     LIO_OK_OUTPUT='^(Configuration saved to|Last [0-9]+ configs saved)' lio_apply
@@ -94,10 +147,14 @@ boot1() {
     install -d -m 0755 /etc/tether/config.d
     (umask 077 && printf '%s\n' "$TETHER_ADMIN_TOKEN" >/etc/tether/admin.token)
     tls_setup IP:127.0.0.1
-    # The key is mode 0600: a unit that runs the conductor as another user must own it.
-    local user
-    user=$(unit_prop tether-conductor.service User)
-    [[ -z $user ]] || chown "$user" "$TLS_DIR/conductor.key" /etc/tether/admin.token
+    # The conductor runs as its own user (made by the package), who must own its key and
+    # token files, mode 0600 (docs/operations.md).
+    expect_eq "the package made the conductor's system user" /usr/sbin/nologin \
+        "$(getent passwd tether-conductor | cut -d: -f7)"
+    chown tether-conductor: "$TLS_DIR/conductor.key" /etc/tether/admin.token
+    # What an older package's conductor, run as root, left behind.
+    install -d -m 0700 /var/lib/tether-conductor
+    : >/var/lib/tether-conductor/left-by-root
     cat >/etc/tether/config.d/50-vm-test.toml <<EOF
 [agent]
 conductor_url = "$TETHER_URL"
@@ -117,6 +174,8 @@ EOF
         "$(journalctl -b -u tether-conductor.service --no-pager -g 'conductor serving' 2>&1 || true)"
     tether_enroll
     assign "$VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 0 >/dev/null
+    assign "$FS_VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 1 --mount "$FS_MOUNT" \
+        --fstype ext4 --mkfs >/dev/null
 
     # The test's target and conductor run on this node, so the agent starts after them; the
     # watchdog is shortened so that the hung-agent check takes seconds.
@@ -134,6 +193,11 @@ EOF
     dd if=/dev/urandom of="$DATA" bs=1M count=1 status=none
     dd if="$DATA" of="$DEV" bs=1M oflag=direct conv=fsync status=none
     data_back "boot 1"
+    wait_volume "$FS_VOLUME" attached 60
+    mounted_on_host "boot 1"
+    echo "written in boot 1" >"$FS_MOUNT/proof"
+    sync
+    sandboxed
     vm_reboot
 }
 
