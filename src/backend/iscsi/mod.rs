@@ -309,21 +309,27 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         let path = &resolved;
         let key = path.session();
         let lock = self.session_lock(&key);
-        let (session, session_created) = {
-            let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.establish(spec, path, &key)?
+        // Held until the LUN is scanned: a detach of another LUN of the session, which takes
+        // the same lock to log out, then sees this LUN and keeps the session.
+        let (session_created, device_created) = {
+            let _session = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (session, created) = self.establish(spec, path, &key)?;
+            let device_created = session.lun_device(path.lun).is_none();
+            if device_created && let Err(e) = self.host.scan_lun(&session, path.lun) {
+                if created {
+                    self.abandon(&key, path.lun);
+                }
+                return Err(e);
+            }
+            (created, device_created)
         };
         let cleanup = |e: HostError| {
             if session_created {
-                let _one_login = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let _session = lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.abandon(&key, path.lun);
             }
             e
         };
-        let device_created = session.lun_device(path.lun).is_none();
-        if device_created {
-            self.host.scan_lun(&session, path.lun).map_err(cleanup)?;
-        }
         let what = sysfs::LunMatcher {
             session: key.clone(),
             lun: path.lun,
@@ -491,6 +497,9 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 }
                 continue;
             }
+            // No login or LUN scan of this session runs while it is logged out (see attach_path).
+            let lock = self.session_lock(key);
+            let _session = lock.lock().unwrap_or_else(|e| e.into_inner());
             if session.is_some() {
                 // LUNs still on the session belong to someone: logging out would yank them.
                 let remaining = self.find_session(key)?.map(|s| s.luns).unwrap_or_default();

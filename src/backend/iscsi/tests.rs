@@ -208,3 +208,116 @@ fn discovery_must_offer_the_target_before_any_record_or_login() {
     assert!(attached.record.paths[0].session_created);
     assert_eq!(kernel.session_count("127.0.0.1:3260", IQN), 1);
 }
+
+/// The simulated kernel, with a LUN scan that takes a while and says when it starts.
+struct SlowScan {
+    kernel: Arc<SimKernel>,
+    scanning: std::sync::mpsc::SyncSender<()>,
+}
+
+impl IscsiHost for SlowScan {
+    fn sessions(&self) -> Result<Vec<Session>, HostError> {
+        self.kernel.sessions()
+    }
+    fn discover(
+        &self,
+        portal: &Portal,
+        chap: Option<&Chap>,
+    ) -> Result<Vec<(String, String)>, HostError> {
+        self.kernel.discover(portal, chap)
+    }
+    fn create_record(&self, path: &IscsiPath, chap: Option<&Chap>) -> Result<(), HostError> {
+        self.kernel.create_record(path, chap)
+    }
+    fn login(&self, session: &SessionKey) -> Result<(), HostError> {
+        self.kernel.login(session)
+    }
+    fn logout(&self, session: &SessionKey) -> Result<(), HostError> {
+        self.kernel.logout(session)
+    }
+    fn delete_record(&self, session: &SessionKey) -> Result<(), HostError> {
+        self.kernel.delete_record(session)
+    }
+    fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError> {
+        let _ = self.scanning.try_send(());
+        std::thread::sleep(Duration::from_millis(300));
+        self.kernel.scan_lun(session, lun)
+    }
+    fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        self.kernel.delete_device(kernel_name)
+    }
+}
+
+fn one_lun(lun: u16) -> IscsiSpec {
+    let target: VolumeTarget = serde_json::from_value(serde_json::json!({
+        "uuid": "5b1f1a1e-0000-4000-8000-000000000004",
+        "node_uuid": "5b1f1a1e-0000-4000-8000-000000000002",
+        "volume_type": "iscsi",
+        "volume_id": format!("vol-{lun}"),
+        "properties": {"target_portal": "127.0.0.1:3260", "target_iqn": IQN, "target_lun": lun},
+    }))
+    .unwrap();
+    match crate::protocol::target::parse(&target).unwrap().backend {
+        crate::protocol::target::BackendSpec::Iscsi(spec) => spec,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A logout could pull a session from under the attach of another of its LUNs: detach took no
+/// session lock, and the new LUN was not on the session yet when detach looked.
+#[test]
+fn a_detach_never_logs_out_a_session_while_another_lun_of_it_is_being_scanned() {
+    let kernel = Arc::new(SimKernel::new(Duration::ZERO));
+    let (scanning, scan_started) = std::sync::mpsc::sync_channel(4);
+    let backend = Arc::new(IscsiBackend::new(
+        SlowScan {
+            kernel: kernel.clone(),
+            scanning,
+        },
+        kernel.clone(),
+    ));
+    let timeout = Duration::from_secs(5);
+    let first = backend
+        .attach(&one_lun(0), false, &Ownership::default(), timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(first.record.paths[0].session_created);
+    scan_started.recv().unwrap();
+
+    let attaching = backend.clone();
+    let second = std::thread::spawn(move || {
+        attaching.attach(&one_lun(1), false, &Ownership::default(), timeout)
+    });
+    scan_started.recv().unwrap();
+    // The second LUN is being scanned: detach the first, as its only owner.
+    let ownership = Ownership {
+        owned_sessions: first
+            .record
+            .paths
+            .iter()
+            .map(|p| p.session.clone())
+            .collect(),
+        sessions_used_by_others: Default::default(),
+    };
+    backend
+        .detach(&first.device, &first.record, &ownership)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = second
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the attach beside the detach failed: {e}"));
+    assert!(
+        !second.record.paths[0].session_created,
+        "it found the session"
+    );
+    assert_eq!(
+        kernel.session_count("127.0.0.1:3260", IQN),
+        1,
+        "still logged in"
+    );
+    let sessions = kernel.sessions().unwrap();
+    assert!(sessions[0].lun_device(1).is_some());
+    assert!(
+        sessions[0].lun_device(0).is_none(),
+        "the first LUN's device is gone"
+    );
+}
