@@ -13,11 +13,11 @@ use crate::backend::rbd::RbdBackend;
 use crate::backend::rbd::system::SystemRbd;
 use crate::backend::simulated::SimKernel;
 use crate::backend::{
-    self, Attachment, BackendAttachment, BlockHost, DetachOutcome, HostError, IscsiAttachment,
-    Ownership, RbdAttachment, VolumeBackend,
+    self, Attachment, BackendAttachment, BlockHost, Creations, DetachOutcome, HostError,
+    IscsiAttachment, MountRecord, Ownership, RbdAttachment, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{BackendSpec, IscsiSpec, RbdSpec, TargetSpec};
+use crate::protocol::target::{BackendSpec, IscsiSpec, RbdSpec, TargetSpec, VolumeType};
 
 type Iscsi = dyn VolumeBackend<Spec = IscsiSpec, Record = IscsiAttachment>;
 type Rbd = dyn VolumeBackend<Spec = RbdSpec, Record = RbdAttachment>;
@@ -163,6 +163,50 @@ impl Backends {
             BackendAttachment::Iscsi(r) => self.iscsi()?.detach(device, r, ownership),
             BackendAttachment::Rbd(r) => self.rbd()?.detach(device, r, ownership),
         }
+    }
+
+    /// What an attach of `spec` may create: the parts the host lacks now, and its mount.
+    pub(crate) fn creations(&self, spec: &TargetSpec) -> Result<Creations, HostError> {
+        let mut creations = match &spec.backend {
+            BackendSpec::Iscsi(s) => self.iscsi()?.creations(s)?,
+            BackendSpec::Rbd(s) => self.rbd()?.creations(s)?,
+        };
+        // A mount at this path of this volume's device is only ever the agent's.
+        creations.mount = spec.mount.as_ref().map(|m| m.path.clone());
+        Ok(creations)
+    }
+
+    /// What an interrupted attach of `volume_type` left of `creations` on the host, as an
+    /// attachment that marks exactly those parts as the agent's.
+    pub(crate) fn leftover(
+        &self,
+        volume_type: VolumeType,
+        creations: &Creations,
+    ) -> Result<Option<Attachment>, HostError> {
+        let attached = match volume_type {
+            VolumeType::Iscsi => self
+                .iscsi()?
+                .leftover(creations)?
+                .map(|a| a.into_attachment(BackendAttachment::Iscsi)),
+            VolumeType::Rbd => self
+                .rbd()?
+                .leftover(creations)?
+                .map(|a| a.into_attachment(BackendAttachment::Rbd)),
+        };
+        let Some(mut attachment) = attached else {
+            return Ok(None);
+        };
+        let kernel = &attachment.device.kernel_name;
+        if let Some(path) = &creations.mount
+            && !kernel.is_empty()
+            && self.block.mounts_of(kernel)?.contains(path)
+        {
+            attachment.mount = Some(MountRecord {
+                path: path.clone(),
+                by_agent: true,
+            });
+        }
+        Ok(Some(attachment))
     }
 
     pub(crate) fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {

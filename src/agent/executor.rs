@@ -2,6 +2,7 @@
 //! [`apply`](super::apply), runs the host operations they start on blocking threads, and turns
 //! their results into outcomes, logs, metrics, the ownership record and the status file.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,11 +13,12 @@ use super::apply::{self, HostOp, Outcome, Volumes};
 use super::backends::{AttachFailure, Backends};
 use super::metrics::{AgentMetrics, DetachResult};
 use super::reconcile::{Action, Assignment, Desired};
-use super::record::{LocalStatus, OwnedVolume, Record, StateDir};
+use super::record::{Intent, LocalStatus, OwnedVolume, Record, StateDir};
+use super::recovery::Recovered;
 use super::tasks::{NodeLogin, jitter};
 use super::volume::{Millis, Volume, retry_delay};
 use super::{AGENT_VERSION, Event};
-use crate::backend::{Attachment, DetachOutcome, ErrorKind, HostError};
+use crate::backend::{Attachment, Creations, DetachOutcome, ErrorKind, HostError};
 use crate::config::AgentConfig;
 use crate::protocol::{
     Connector, ErrorReport, ForeignAttachment, Heartbeat, VolumeReport, timestamp,
@@ -44,6 +46,8 @@ pub(crate) struct Agent {
     /// Set while the ownership record cannot be written: no attach starts meanwhile, since
     /// what it attached could not be recorded as the agent's.
     record_unwritable: Option<String>,
+    /// Attaches under way, each recorded before it starts with what it may create.
+    intents: BTreeMap<Uuid, Intent>,
     /// What was last written, so that a pass that changed nothing writes nothing.
     written_record: Option<Record>,
     written_status: Option<(String, Heartbeat)>,
@@ -53,7 +57,7 @@ impl Agent {
     /// The agent before lookup, with the volumes recovered from the record; they show in the
     /// status file and metrics while the conductor is looked up.
     pub(crate) fn new(
-        volumes: Volumes,
+        recovered: Recovered,
         backends: Backends,
         config: AgentConfig,
         state: StateDir,
@@ -61,7 +65,7 @@ impl Agent {
         metrics: Arc<AgentMetrics>,
     ) -> Self {
         let mut agent = Self {
-            volumes,
+            volumes: recovered.volumes,
             desired: Desired::Unknown,
             backends,
             config,
@@ -73,6 +77,7 @@ impl Agent {
             node: None,
             metrics,
             record_unwritable: None,
+            intents: recovered.unresolved,
             written_record: None,
             written_status: None,
         };
@@ -168,11 +173,31 @@ impl Agent {
             }
             Action::Forget(_) => {}
         }
-        if matches!(op, Some(HostOp::Attach { .. })) {
-            // The record is written before anything is created: an attach whose result could
-            // not be recorded as the agent's does not start.
+        if let Some(HostOp::Attach { spec, .. }) = &op {
+            // The intent is written before anything is created: after a crash the agent knows
+            // what of the host it made. An attach whose intent could not be written does not
+            // start.
+            let creates = self.backends.creations(spec).unwrap_or_else(|e| {
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    kind = %e.kind,
+                    error = %e,
+                    "cannot see what the host has before an attach; recording no intent"
+                );
+                Creations::default()
+            });
+            let volume = &self.volumes[&uuid];
+            let intent = Intent {
+                volume_id: volume.volume_id.clone(),
+                volume_type: volume.volume_type.clone(),
+                creates,
+            };
+            self.intents.insert(uuid, intent);
             self.written_record = None;
             self.persist();
+            if self.record_unwritable.is_some() {
+                self.intents.remove(&uuid);
+            }
         }
         match (op, &self.record_unwritable) {
             (Some(HostOp::Attach { .. }), Some(why)) => {
@@ -245,6 +270,10 @@ impl Agent {
     /// Records how a host operation ended: logs, metrics, then the volume's new state.
     pub(crate) fn finish(&mut self, uuid: Uuid, result: OpResult, took: Duration, now_ms: Millis) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if matches!(result, OpResult::Attached(_)) {
+            // Its result, recorded below in the same write, says what it made.
+            self.intents.remove(&uuid);
+        }
         let Some(volume) = self.volumes.get(&uuid) else {
             return;
         };
@@ -359,6 +388,7 @@ impl Agent {
                     ))
                 })
                 .collect(),
+            intents: self.intents.clone(),
         };
         if self.record_unwritable.is_none() && self.written_record.as_ref() == Some(&record) {
             return;
@@ -467,7 +497,7 @@ mod tests {
             ..AgentConfig::default()
         };
         Agent::new(
-            Volumes::default(),
+            Recovered::default(),
             Backends::simulated(Arc::new(SimKernel::default())),
             config,
             StateDir::new(dir),

@@ -98,9 +98,9 @@ pub async fn run(
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
     };
-    let volumes = recovery::recover(&backends, state.load_record()?).await;
+    let recovered = recovery::recover(&backends, state.load_record()?).await;
     let mut agent = Agent::new(
-        volumes,
+        recovered,
         backends,
         config.clone(),
         state,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::backend::Attachment;
+use crate::backend::{Attachment, Creations};
 use crate::fsutil::{write_atomic, write_private};
 use crate::protocol::Heartbeat;
 
@@ -72,6 +72,18 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 pub(crate) struct Record {
     pub(crate) version: u32,
     pub(crate) volumes: BTreeMap<Uuid, OwnedVolume>,
+    /// Attaches under way, written before each starts: what each may create.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) intents: BTreeMap<Uuid, Intent>,
+}
+
+/// An attach under way and what it may create on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Intent {
+    pub(crate) volume_id: String,
+    pub(crate) volume_type: String,
+    #[serde(flatten)]
+    pub(crate) creates: Creations,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,15 +1,29 @@
 //! Start-up: rebuilding volume state from the ownership record and what the host really has.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
+
+use uuid::Uuid;
 
 use super::apply::Volumes;
 use super::backends::Backends;
-use super::record::Record;
+use super::record::{Intent, Record};
 use super::volume::Volume;
+use crate::backend::ErrorKind;
+use crate::protocol::target::VolumeType;
+
+/// What the agent starts with: its volumes, and the intents it could not resolve yet (kept in
+/// the record for the next start).
+#[derive(Default)]
+pub(crate) struct Recovered {
+    pub(crate) volumes: Volumes,
+    pub(crate) unresolved: BTreeMap<Uuid, Intent>,
+}
 
 /// Volumes of the record still on the host come back as attached; those gone are dropped (they
 /// attach again when assigned); those that cannot be checked are kept, never taken for foreign.
-pub(crate) async fn recover(backends: &Backends, record: Record) -> Volumes {
+/// Attaches that were under way come back as what they left on the host.
+pub(crate) async fn recover(backends: &Backends, record: Record) -> Recovered {
     let backends = backends.clone();
     tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();
@@ -47,8 +61,82 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Volumes {
             let volume = Volume::recovered(uuid, owned.volume_id, owned.attachment, now);
             volumes.insert(uuid, volume);
         }
-        volumes
+        let mut unresolved = BTreeMap::new();
+        for (uuid, intent) in record.intents {
+            if volumes.contains_key(&uuid) {
+                continue;
+            }
+            match interrupted(&backends, uuid, &intent, now) {
+                Ok(Some(volume)) => {
+                    volumes.insert(uuid, volume);
+                }
+                Ok(None) => {}
+                Err(()) => {
+                    unresolved.insert(uuid, intent);
+                }
+            }
+        }
+        Recovered {
+            volumes,
+            unresolved,
+        }
     })
     .await
     .unwrap_or_default()
+}
+
+/// An attach the agent did not see finish: what of its intent the host has is the agent's own.
+/// Nothing else is touched: a part the host had before the attach began was never in the intent.
+/// `Err` when that cannot be known now: the intent is kept for the next start.
+fn interrupted(
+    backends: &Backends,
+    uuid: Uuid,
+    intent: &Intent,
+    now: SystemTime,
+) -> Result<Option<Volume>, ()> {
+    let Some(volume_type) = VolumeType::parse(&intent.volume_type) else {
+        tracing::error!(
+            target_uuid = %uuid,
+            volume_type = %intent.volume_type,
+            "an interrupted attach of a volume type this agent does not know; kept in the record"
+        );
+        return Err(());
+    };
+    match backends.leftover(volume_type, &intent.creates) {
+        Ok(Some(attachment)) => {
+            tracing::warn!(
+                target_uuid = %uuid,
+                volume_id = %intent.volume_id,
+                kind = ErrorKind::Interrupted.as_str(),
+                leftover = ?attachment.backend,
+                "an attach was interrupted; what it made is the agent's: completed if the volume \
+                 is still assigned, removed if not"
+            );
+            Ok(Some(Volume::interrupted(
+                uuid,
+                intent.volume_id.clone(),
+                attachment,
+                now,
+            )))
+        }
+        Ok(None) => {
+            tracing::info!(
+                target_uuid = %uuid,
+                volume_id = %intent.volume_id,
+                "an attach was interrupted before it made anything"
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            // Kept in the record; meanwhile what it made is listed as foreign, never touched.
+            tracing::error!(
+                target_uuid = %uuid,
+                volume_id = %intent.volume_id,
+                kind = %e.kind,
+                error = %e,
+                "cannot check what an interrupted attach left; looking again at the next start"
+            );
+            Err(())
+        }
+    }
 }

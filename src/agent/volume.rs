@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::backend::Attachment;
+use crate::backend::{Attachment, ErrorKind};
 use crate::protocol::target::SessionKey;
 use crate::protocol::{ErrorReport, VolumeState};
 
@@ -117,6 +117,33 @@ impl Volume {
         }
     }
 
+    /// What an attach interrupted by a crash left on the host, the agent's own: attached
+    /// again (completing it) when still assigned, detached otherwise. It waits as a failed
+    /// attach due for a retry.
+    pub(crate) fn interrupted(
+        target_uuid: Uuid,
+        volume_id: String,
+        attachment: Attachment,
+        now: SystemTime,
+    ) -> Self {
+        let error = ErrorReport {
+            kind: ErrorKind::Interrupted.to_string(),
+            message: "the agent stopped during this attach; what it had made is its own".into(),
+        };
+        Self {
+            volume_type: attachment.volume_type().to_string(),
+            sessions: attachment.sessions(),
+            phase: Phase::Failed {
+                error,
+                during: Operation::Attach,
+                retry_at: Some(0),
+            },
+            failures: 1,
+            attachment: Some(attachment),
+            ..Self::new(target_uuid, volume_id, String::new(), now)
+        }
+    }
+
     pub(crate) fn state(&self) -> VolumeState {
         match &self.phase {
             Phase::Pending => VolumeState::Pending,
@@ -197,6 +224,11 @@ impl Volume {
     ) -> Result<(), InvalidTransition> {
         if self.phase != Phase::Attaching {
             return Err(self.invalid("finish attach"));
+        }
+        let mut attachment = attachment;
+        if let Some(previous) = &self.attachment {
+            // What an earlier, unfinished attach of this volume made is still the agent's.
+            attachment.inherit_ownership(previous);
         }
         self.sessions = attachment.sessions();
         self.attachment = Some(attachment);

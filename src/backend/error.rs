@@ -55,6 +55,8 @@ error_kinds! {
     ImageNotFound => "image_not_found",
     /// A bug in the agent, not something an operator can fix.
     Internal => "internal",
+    /// The agent stopped (crashed, was killed) during this attach; it completes it or undoes it.
+    Interrupted => "interrupted",
     IscsiadmFailed => "iscsiadm_failed",
     IscsidNotRunning => "iscsid_not_running",
     KeyFile => "key_file",

@@ -34,6 +34,18 @@ pub(crate) struct BlockDevice {
     pub(crate) wwn: Option<String>,
 }
 
+impl BlockDevice {
+    /// No device: what an interrupted attach left before its device appeared.
+    pub(crate) fn none() -> Self {
+        Self {
+            kernel_name: String::new(),
+            device_path: String::new(),
+            size_bytes: 0,
+            wwn: None,
+        }
+    }
+}
+
 /// What the agent attached: kept in the ownership record (no secrets), enough to detach it
 /// after a restart and to recognise it on the host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -105,7 +117,68 @@ pub(crate) struct MountRecord {
     pub(crate) by_agent: bool,
 }
 
+/// The parts of a target that an attach may create, because the host lacked them when it
+/// began. The agent records them before the attach starts: after a crash, those the host has
+/// are the agent's own, and nothing else is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Creations {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sessions: Vec<SessionKey>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) luns: Vec<LunRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) image: Option<RbdImage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mount: Option<PathBuf>,
+}
+
+/// One LUN of one session, recorded as `portal`, `iqn` and `lun`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct LunRef {
+    #[serde(flatten)]
+    pub(crate) session: SessionKey,
+    pub(crate) lun: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct RbdImage {
+    pub(crate) pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) namespace: Option<String>,
+    pub(crate) image: String,
+}
+
 impl Attachment {
+    /// Keeps what `previous`, an earlier attachment of the same volume, says the agent made: an
+    /// attach that completes one that failed halfway, or that a crash interrupted, finds those
+    /// parts on the host and would otherwise take them for someone else's, and never remove them.
+    pub(crate) fn inherit_ownership(&mut self, previous: &Attachment) {
+        match (&mut self.backend, &previous.backend) {
+            (BackendAttachment::Iscsi(now), BackendAttachment::Iscsi(before)) => {
+                for path in &mut now.paths {
+                    for old in before.paths.iter().filter(|o| o.session == path.session) {
+                        path.session_created |= old.session_created;
+                        if old.lun == path.lun {
+                            path.device_created |= old.device_created;
+                        }
+                    }
+                }
+            }
+            (BackendAttachment::Rbd(now), BackendAttachment::Rbd(before))
+                if (&now.pool, &now.namespace, &now.image)
+                    == (&before.pool, &before.namespace, &before.image) =>
+            {
+                now.mapped_by_agent |= before.mapped_by_agent;
+            }
+            _ => {}
+        }
+        if let (Some(now), Some(before)) = (&mut self.mount, &previous.mount)
+            && now.path == before.path
+        {
+            now.by_agent |= before.by_agent;
+        }
+    }
+
     /// Sessions this volume's paths run over.
     pub(crate) fn sessions(&self) -> Vec<SessionKey> {
         match &self.backend {
@@ -187,6 +260,11 @@ pub(crate) trait VolumeBackend: Send + Sync {
     fn is_present(&self, record: &Self::Record) -> Result<bool, HostError>;
     /// Attachments of this type on the host that none of `owned` accounts for.
     fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
+    /// The parts of `spec` the host lacks now: what an attach of it may create.
+    fn creations(&self, spec: &Self::Spec) -> Result<Creations, HostError>;
+    /// What of an interrupted attach's `creations` the host has, as an attachment whose flags
+    /// mark exactly those parts as the agent's; `None` when the host has none of them.
+    fn leftover(&self, creations: &Creations) -> Result<Option<Attached<Self::Record>>, HostError>;
 }
 
 /// Block devices, udev and mounts: shared by every backend and by the mount step.

@@ -404,6 +404,14 @@ impl Node {
         self.agent = Some((stop, task));
     }
 
+    /// Stops the agent at once, as SIGKILL does: nothing drains, and the host operations it
+    /// started run on without it (as a login iscsid carries out does).
+    pub fn kill_agent(&mut self) {
+        if let Some((_, task)) = self.agent.take() {
+            task.abort();
+        }
+    }
+
     /// Stops the agent the way SIGTERM does.
     pub async fn stop_agent(&mut self) {
         if let Some((stop, task)) = self.agent.take() {

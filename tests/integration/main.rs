@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod crashes;
 mod database;
 mod layout;
 mod lifecycle;

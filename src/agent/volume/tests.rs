@@ -1,5 +1,5 @@
 use super::*;
-use crate::backend::{BackendAttachment, BlockDevice, RbdAttachment};
+use crate::backend::{BackendAttachment, BlockDevice, MountRecord, RbdAttachment};
 
 fn t0() -> SystemTime {
     SystemTime::UNIX_EPOCH
@@ -208,4 +208,79 @@ fn retry_delay_doubles_caps_and_jitters() {
         s(1),
         "jitter is clamped to at least half"
     );
+}
+
+/// An attach that failed after mapping (its mount failed) leaves the mapping as the volume's;
+/// the retry finds it mapped, and must not take it for someone else's: it was never unmapped.
+#[test]
+fn an_attach_that_completes_an_earlier_one_keeps_what_that_one_made() {
+    let mut v = Volume::new(Uuid::nil(), "v".into(), "rbd".into(), t0());
+    v.start_attach(Vec::new(), t0()).unwrap();
+    let mut leftover = attachment();
+    leftover.mount = Some(MountRecord {
+        path: "/srv/v".into(),
+        by_agent: true,
+    });
+    v.attach_failed(err("mount_failed"), Some(leftover), 1, t0())
+        .unwrap();
+    v.start_attach(Vec::new(), t0()).unwrap();
+    let mut found = attachment();
+    let BackendAttachment::Rbd(rbd) = &mut found.backend else {
+        unreachable!()
+    };
+    rbd.mapped_by_agent = false;
+    found.mount = Some(MountRecord {
+        path: "/srv/v".into(),
+        by_agent: false,
+    });
+    v.attach_succeeded(found, t0()).unwrap();
+    let now = v.attachment.as_ref().unwrap();
+    assert!(matches!(&now.backend, BackendAttachment::Rbd(r) if r.mapped_by_agent));
+    assert!(now.mount.as_ref().unwrap().by_agent);
+}
+
+/// Ownership passes only between the same parts: another image, session or LUN stays foreign.
+#[test]
+fn only_the_same_parts_inherit_ownership() {
+    use crate::backend::{IscsiAttachment, IscsiPathAttachment};
+    use crate::protocol::target::{SessionKey, parse_portal};
+    let key = |host: &str| SessionKey::new(&parse_portal(host).unwrap(), "iqn.2003-01.t:x");
+    let path = |host: &str, lun, created| IscsiPathAttachment {
+        session: key(host),
+        lun,
+        kernel_name: "sdb".into(),
+        session_created: created,
+        device_created: created,
+    };
+    let iscsi = |paths| Attachment {
+        backend: BackendAttachment::Iscsi(IscsiAttachment {
+            paths,
+            multipath: None,
+        }),
+        ..attachment()
+    };
+    let before = iscsi(vec![path("192.0.2.1:3260", 0, true)]);
+    let mut now = iscsi(vec![
+        path("192.0.2.1:3260", 1, false),
+        path("192.0.2.2:3260", 0, false),
+    ]);
+    now.inherit_ownership(&before);
+    let BackendAttachment::Iscsi(now) = &now.backend else {
+        unreachable!()
+    };
+    let flags: Vec<_> = now
+        .paths
+        .iter()
+        .map(|p| (p.session_created, p.device_created))
+        .collect();
+    // Same session, other LUN: the session is ours, the LUN's device is not.
+    assert_eq!(flags, [(true, false), (false, false)]);
+
+    let mut other_image = attachment();
+    if let BackendAttachment::Rbd(r) = &mut other_image.backend {
+        r.image = "j".into();
+        r.mapped_by_agent = false;
+    }
+    other_image.inherit_ownership(&attachment());
+    assert!(matches!(&other_image.backend, BackendAttachment::Rbd(r) if !r.mapped_by_agent));
 }

@@ -170,6 +170,10 @@ pub(crate) fn release(
     attachment: &Attachment,
 ) -> Result<Option<String>, HostError> {
     let kernel = &attachment.device.kernel_name;
+    if kernel.is_empty() {
+        // What an interrupted attach left before its device appeared: nothing to hold.
+        return Ok(None);
+    }
     if let Some(mount) = attachment.mount.as_ref().filter(|m| m.by_agent)
         && block.mounts_of(kernel)?.contains(&mount.path)
         && let Err(e) = block.unmount(&mount.path)

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{
-    Attached, BlockDevice, BlockHost, DetachOutcome, ErrorKind, HostError, IscsiAttachment,
-    IscsiPathAttachment, MultipathMap, Ownership, VolumeBackend,
+    Attached, BlockDevice, BlockHost, Creations, DetachOutcome, ErrorKind, HostError,
+    IscsiAttachment, IscsiPathAttachment, LunRef, MultipathMap, Ownership, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{Chap, IscsiPath, IscsiSpec, Portal, SessionKey, VolumeType};
@@ -525,6 +525,89 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
             sessions
                 .iter()
                 .any(|s| s.key == p.session && s.lun_device(p.lun) == Some(p.kernel_name.as_str()))
+        }))
+    }
+
+    fn creations(&self, spec: &IscsiSpec) -> Result<Creations, HostError> {
+        let sessions = self.host.sessions()?;
+        let mut creations = Creations::default();
+        for path in &spec.paths {
+            // Named as attach_path names it; a name that does not resolve creates nothing.
+            let Ok(portal) = resolve_portal(&path.portal) else {
+                continue;
+            };
+            let key = SessionKey::new(&portal, &path.iqn);
+            let lun = LunRef {
+                session: key.clone(),
+                lun: path.lun,
+            };
+            match sessions.iter().find(|s| s.key == key) {
+                None => {
+                    creations.sessions.push(key);
+                    creations.luns.push(lun);
+                }
+                Some(session) if session.lun_device(path.lun).is_none() => creations.luns.push(lun),
+                Some(_) => {}
+            }
+        }
+        Ok(creations)
+    }
+
+    fn leftover(
+        &self,
+        creations: &Creations,
+    ) -> Result<Option<Attached<IscsiAttachment>>, HostError> {
+        let sessions = self.host.sessions()?;
+        let mut paths = Vec::new();
+        let mut devices = Vec::new();
+        for lun in &creations.luns {
+            let session = sessions.iter().find(|s| s.key == lun.session);
+            let created = creations.sessions.contains(&lun.session);
+            if session.is_none() && !created {
+                continue;
+            }
+            // A session it meant to create and that is not there may still have left its node
+            // record (CHAP secret included): the path stays, so that a detach deletes it.
+            let kernel_name = session
+                .and_then(|s| s.lun_device(lun.lun))
+                .unwrap_or_default()
+                .to_string();
+            if !kernel_name.is_empty() {
+                let matcher = sysfs::LunMatcher {
+                    session: lun.session.clone(),
+                    lun: lun.lun,
+                };
+                // Present now, or described by its kernel name if udev has not linked it yet.
+                let device = self
+                    .block
+                    .wait_for_device(&matcher, Duration::ZERO)
+                    .unwrap_or_else(|_| BlockDevice {
+                        kernel_name: kernel_name.clone(),
+                        device_path: format!("/dev/{kernel_name}"),
+                        size_bytes: 0,
+                        wwn: None,
+                    });
+                devices.push(device);
+            }
+            paths.push(IscsiPathAttachment {
+                session: lun.session.clone(),
+                lun: lun.lun,
+                device_created: !kernel_name.is_empty(),
+                kernel_name,
+                session_created: created,
+            });
+        }
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let device = devices.first().cloned().unwrap_or_else(BlockDevice::none);
+        Ok(Some(Attached {
+            device,
+            paths: devices.into_iter().map(|d| d.device_path).collect(),
+            record: IscsiAttachment {
+                paths,
+                multipath: None,
+            },
         }))
     }
 

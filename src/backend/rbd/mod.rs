@@ -6,8 +6,8 @@ pub(crate) mod system;
 use std::time::Duration;
 
 use crate::backend::{
-    Attached, BlockDevice, BlockHost, DetachOutcome, ErrorKind, HostError, Ownership,
-    RbdAttachment, VolumeBackend,
+    Attached, BlockDevice, BlockHost, Creations, DetachOutcome, ErrorKind, HostError, Ownership,
+    RbdAttachment, RbdImage, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{RbdSpec, VolumeType};
@@ -152,6 +152,59 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         Ok(self.host.mappings()?.iter().any(|m| {
             m.device_id == mapping.device_id
                 && m.is(&mapping.pool, mapping.namespace.as_deref(), &mapping.image)
+        }))
+    }
+
+    fn creations(&self, rbd: &RbdSpec) -> Result<Creations, HostError> {
+        let mapped = self
+            .host
+            .mappings()?
+            .iter()
+            .any(|m| m.is(&rbd.pool, rbd.namespace.as_deref(), &rbd.image));
+        Ok(Creations {
+            image: (!mapped).then(|| RbdImage {
+                pool: rbd.pool.clone(),
+                namespace: rbd.namespace.clone(),
+                image: rbd.image.clone(),
+            }),
+            ..Creations::default()
+        })
+    }
+
+    fn leftover(
+        &self,
+        creations: &Creations,
+    ) -> Result<Option<Attached<RbdAttachment>>, HostError> {
+        let Some(image) = &creations.image else {
+            return Ok(None);
+        };
+        let mappings = self.host.mappings()?;
+        let Some(mapping) = mappings
+            .iter()
+            .find(|m| m.is(&image.pool, image.namespace.as_deref(), &image.image))
+        else {
+            return Ok(None);
+        };
+        let device_id = mapping.device_id;
+        let device = self
+            .block
+            .wait_for_device(&RbdMatcher { device_id }, Duration::ZERO)
+            .unwrap_or_else(|_| BlockDevice {
+                kernel_name: format!("rbd{device_id}"),
+                device_path: format!("/dev/rbd{device_id}"),
+                size_bytes: 0,
+                wwn: None,
+            });
+        Ok(Some(Attached {
+            paths: vec![device.device_path.clone()],
+            device,
+            record: RbdAttachment {
+                device_id,
+                pool: image.pool.clone(),
+                namespace: image.namespace.clone(),
+                image: image.image.clone(),
+                mapped_by_agent: true,
+            },
         }))
     }
 

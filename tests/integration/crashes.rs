@@ -1,0 +1,156 @@
+//! The agent killed (as by SIGKILL) in the middle of its work: after a restart, what it made is
+//! its own, attached once, and removed when unassigned; nothing it did not make is touched.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{World, iscsi_props};
+use tether::backend::simulated::SimKernel;
+use tether::protocol::VolumeState;
+
+const PORTAL: &str = "192.0.2.30:3260";
+const IQNS: [&str; 4] = [
+    "iqn.2003-01.org.example.array:crash-a",
+    "iqn.2003-01.org.example.array:crash-b",
+    "iqn.2003-01.org.example.array:crash-c",
+    "iqn.2003-01.org.example.array:crash-d",
+];
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Killed while four volumes on four targets were being attached, after their logins had
+/// begun: the restarted agent took the sessions for someone else's, and left all four behind
+/// for good once the volumes were unassigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_an_attach_made_before_a_crash_are_removed_at_unassign() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:31", true).await;
+    // Logins slow enough to kill the agent in the middle of them.
+    node.kernel = Arc::new(SimKernel::new(Duration::from_millis(1500)));
+    let mut targets = Vec::new();
+    for (i, iqn) in IQNS.iter().enumerate() {
+        let props = iscsi_props(PORTAL, iqn, 0);
+        targets.push(
+            op.assign(node_uuid, "iscsi", &format!("vol-{i}"), props, json!({}))
+                .await,
+        );
+    }
+    // A session someone logged in by hand to a fifth target: never the agent's to remove.
+    let foreign = "iqn.2003-01.org.example.array:by-hand";
+    node.kernel.login_by_hand(PORTAL, foreign, &[0]);
+
+    node.start_agent();
+    let record = node.state_dir().join("volumes.json");
+    until("the four intents in the record", || {
+        std::fs::read_to_string(&record).is_ok_and(|r| r.matches("\"volume_type\"").count() == 4)
+    })
+    .await;
+    node.kill_agent();
+    let kernel = node.kernel.clone();
+    until("the logins the killed agent began", || {
+        IQNS.iter()
+            .all(|iqn| kernel.session_count(PORTAL, iqn) == 1)
+    })
+    .await;
+    // Their LUN scans too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    node.start_agent();
+    for target in &targets {
+        op.wait_state(node_uuid, *target, VolumeState::Attached)
+            .await;
+    }
+    for iqn in IQNS {
+        assert_eq!(
+            node.kernel.session_count(PORTAL, iqn),
+            1,
+            "{iqn}: attached once"
+        );
+    }
+    for target in &targets {
+        op.unassign(*target).await;
+    }
+    for target in &targets {
+        op.wait_gone(node_uuid, *target).await;
+    }
+    for iqn in IQNS {
+        assert_eq!(
+            node.kernel.session_count(PORTAL, iqn),
+            0,
+            "{iqn}: logged out"
+        );
+        assert!(
+            !node.kernel.record_exists(PORTAL, iqn),
+            "{iqn}: node record deleted"
+        );
+    }
+    assert_eq!(
+        node.kernel.session_count(PORTAL, foreign),
+        1,
+        "the foreign session stays"
+    );
+    node.stop_agent().await;
+}
+
+/// Killed after an attach began, and the volume unassigned while the agent was down: what the
+/// attach made is removed at the next start, not left as foreign for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_interrupted_attach_made_goes_when_the_volume_was_unassigned_meanwhile() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:32", true).await;
+    node.kernel = Arc::new(SimKernel::new(Duration::from_millis(1000)));
+    let target = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "vol-gone",
+            iscsi_props(PORTAL, IQNS[0], 0),
+            json!({}),
+        )
+        .await;
+    node.start_agent();
+    let record = node.state_dir().join("volumes.json");
+    until("the intent in the record", || {
+        std::fs::read_to_string(&record).is_ok_and(|r| r.contains("\"intents\""))
+    })
+    .await;
+    node.kill_agent();
+    let kernel = node.kernel.clone();
+    until("the login", || kernel.session_count(PORTAL, IQNS[0]) == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    op.unassign(target).await;
+
+    node.start_agent();
+    op.wait_report(node_uuid, "a report without the volume", |s| {
+        s.report
+            .as_ref()
+            .is_some_and(|r| r.generation.is_some() && r.volumes.is_empty())
+    })
+    .await;
+    until("the logout", || kernel.session_count(PORTAL, IQNS[0]) == 0).await;
+    assert!(
+        !node.kernel.record_exists(PORTAL, IQNS[0]),
+        "node record deleted"
+    );
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("intents"), "no intent left: {text}");
+    node.stop_agent().await;
+}
