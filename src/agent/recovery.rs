@@ -38,6 +38,19 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Recovered {
                         "volume still attached from before"
                     );
                 }
+                Ok(false) if owned.attachment.may_leave_traces() => {
+                    // A reboot, or a detach that stopped halfway: what is left (a session, a
+                    // node record) is the agent's, completed if assigned, removed if not.
+                    tracing::info!(
+                        target_uuid = %uuid,
+                        volume_id = %owned.volume_id,
+                        "volume from before is no longer on the host, not whole; it will attach \
+                         again when assigned, and what is left of it goes if not"
+                    );
+                    let volume = Volume::interrupted(uuid, owned.volume_id, owned.attachment, now);
+                    volumes.insert(uuid, volume);
+                    continue;
+                }
                 Ok(false) => {
                     tracing::info!(
                         target_uuid = %uuid,

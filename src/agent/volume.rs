@@ -128,7 +128,10 @@ impl Volume {
     ) -> Self {
         let error = ErrorReport {
             kind: ErrorKind::Interrupted.to_string(),
-            message: "the agent stopped during this attach; what it had made is its own".into(),
+            message: "the host does not have all of this volume: the agent stopped during an \
+                      attach or detach, or the node restarted; it attaches it again if assigned, \
+                      and removes what is left if not"
+                .into(),
         };
         Self {
             volume_type: attachment.volume_type().to_string(),

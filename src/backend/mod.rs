@@ -179,6 +179,16 @@ impl Attachment {
         }
     }
 
+    /// Whether the agent may have left something of this attachment on the host when the host
+    /// no longer shows it whole: a session it logged in keeps its node record (and CHAP secret)
+    /// in /etc/iscsi across a logout that did not finish, and across a reboot.
+    pub(crate) fn may_leave_traces(&self) -> bool {
+        match &self.backend {
+            BackendAttachment::Iscsi(iscsi) => iscsi.paths.iter().any(|p| p.session_created),
+            BackendAttachment::Rbd(_) => false,
+        }
+    }
+
     /// Sessions this volume's paths run over.
     pub(crate) fn sessions(&self) -> Vec<SessionKey> {
         match &self.backend {

@@ -174,6 +174,31 @@ impl SimKernel {
         self.changed.notify_all();
     }
 
+    /// A reboot: every session, device, mapping and mount is gone; node records (files in
+    /// /etc/iscsi) and the arrays' data stay.
+    pub fn reboot(&self) {
+        let mut s = self.state();
+        s.sessions.clear();
+        s.devices.clear();
+        s.mappings.clear();
+        s.mount_options.clear();
+        self.changed.notify_all();
+    }
+
+    /// Deletes a LUN's device as a detach does first (a detach stopped right after it).
+    pub fn delete_lun_by_hand(&self, portal: &str, iqn: &str, lun: u16) {
+        let mut s = self.state();
+        let key = session_key(portal, iqn);
+        let mut gone = Vec::new();
+        for session in s.sessions.iter_mut().filter(|x| x.key == key) {
+            gone.extend(session.luns.remove(&lun));
+        }
+        for name in gone {
+            s.devices.remove(&name);
+        }
+        self.changed.notify_all();
+    }
+
     /// Mounts a device the way an administrator would, outside the agent.
     pub fn mount_by_hand(&self, kernel_name: &str, path: &str) {
         let mut s = self.state();

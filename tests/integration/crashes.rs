@@ -154,3 +154,94 @@ async fn what_an_interrupted_attach_made_goes_when_the_volume_was_unassigned_mea
     assert!(!text.contains("intents"), "no intent left: {text}");
     node.stop_agent().await;
 }
+
+/// A detach stopped after it deleted the LUN's device, before its logout: the record still
+/// lists the volume, the host no longer shows it whole, and the session stayed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_that_stopped_halfway_is_finished_at_the_next_start() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:33", true).await;
+    let target = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "vol-half",
+            iscsi_props(PORTAL, IQNS[1], 0),
+            json!({}),
+        )
+        .await;
+    node.start_agent();
+    op.wait_state(node_uuid, target, VolumeState::Attached)
+        .await;
+    node.kill_agent();
+    node.kernel.delete_lun_by_hand(PORTAL, IQNS[1], 0);
+    op.unassign(target).await;
+
+    node.start_agent();
+    op.wait_gone(node_uuid, target).await;
+    let kernel = node.kernel.clone();
+    until("the logout", || kernel.session_count(PORTAL, IQNS[1]) == 0).await;
+    assert!(
+        !node.kernel.record_exists(PORTAL, IQNS[1]),
+        "node record deleted"
+    );
+    node.stop_agent().await;
+}
+
+/// The node restarted, and its volume was unassigned meanwhile: the node record the agent made
+/// (with the target's CHAP secret) stayed in /etc/iscsi for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_records_of_volumes_unassigned_across_a_reboot_are_deleted() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:34", true).await;
+    let kept = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "vol-kept",
+            iscsi_props(PORTAL, IQNS[2], 0),
+            json!({}),
+        )
+        .await;
+    let dropped = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "vol-dropped",
+            iscsi_props(PORTAL, IQNS[3], 0),
+            json!({}),
+        )
+        .await;
+    node.start_agent();
+    op.wait_state(node_uuid, kept, VolumeState::Attached).await;
+    op.wait_state(node_uuid, dropped, VolumeState::Attached)
+        .await;
+    node.kill_agent();
+    node.kernel.reboot();
+    op.unassign(dropped).await;
+
+    node.start_agent();
+    op.wait_gone(node_uuid, dropped).await;
+    let kernel = node.kernel.clone();
+    until("the dropped volume's node record deleted", || {
+        !kernel.record_exists(PORTAL, IQNS[3])
+    })
+    .await;
+    until("the kept volume logged in again", || {
+        kernel.session_count(PORTAL, IQNS[2]) == 1
+    })
+    .await;
+    op.wait_state(node_uuid, kept, VolumeState::Attached).await;
+    assert!(node.kernel.record_exists(PORTAL, IQNS[2]));
+    node.stop_agent().await;
+}

@@ -39,11 +39,11 @@ agent_up_at_boot() {
     expect_eq "agent unit running" running "$(unit_prop $UNIT SubState)"
     # Type=notify: active only once READY=1 arrived; the status line comes with it.
     expect_eq "agent unit is Type=notify" notify "$(unit_prop $UNIT Type)"
-    expect_eq "agent's status line (sent with READY)" "1 volumes" "$(unit_prop $UNIT StatusText)"
+    expect_eq "agent's status line (sent with READY)" "2 volumes" "$(unit_prop $UNIT StatusText)"
     wait_volume "$VOLUME" attached 60
     expect_eq "reported device path is the by-path link" "$DEV" "$(field device_path)"
     expect_true "by-path device present" test -b "$DEV"
-    wait_volume "$FS_VOLUME" attached 60
+    wait_volume "$FS_VOLUME" mounted 60
     expect_eq "one session to the target (two LUNs)" 1 "$(sessions_to "$IQN")"
     data_back "boot $VM_BOOT"
     mounted_on_host "boot $VM_BOOT"
@@ -193,7 +193,7 @@ EOF
     dd if=/dev/urandom of="$DATA" bs=1M count=1 status=none
     dd if="$DATA" of="$DEV" bs=1M oflag=direct conv=fsync status=none
     data_back "boot 1"
-    wait_volume "$FS_VOLUME" attached 60
+    wait_volume "$FS_VOLUME" mounted 60
     mounted_on_host "boot 1"
     echo "written in boot 1" >"$FS_MOUNT/proof"
     sync
