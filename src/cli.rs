@@ -239,6 +239,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             host_root,
         } => {
+            tether::failpoints::setup();
             let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
             let flags = AgentFlags {
                 conductor_url,

@@ -9,11 +9,13 @@
 //! - [`metrics`]: what the two metrics endpoints share.
 //! - [`journal`], [`notify`], [`fsutil`]: journald entries, systemd notifications, private and
 //!   atomic files.
+//! - [`failpoints`]: crash points for the fault matrix (compiled in only for tests).
 
 pub mod agent;
 pub mod backend;
 pub mod conductor;
 pub mod config;
+pub mod failpoints;
 pub mod fsutil;
 pub mod journal;
 pub mod metrics;

@@ -51,6 +51,8 @@ pub(crate) struct Agent {
     /// What was last written, so that a pass that changed nothing writes nothing.
     written_record: Option<Record>,
     written_status: Option<(String, Heartbeat)>,
+    /// The crash point of the fault matrix to reach once the next record write is done.
+    crash_after_write: Option<&'static str>,
 }
 
 impl Agent {
@@ -80,6 +82,7 @@ impl Agent {
             intents: recovered.unresolved,
             written_record: None,
             written_status: None,
+            crash_after_write: None,
         };
         agent.persist();
         let report = agent.report();
@@ -274,6 +277,10 @@ impl Agent {
             // Its result, recorded below in the same write, says what it made.
             self.intents.remove(&uuid);
         }
+        self.crash_after_write = Some(match result {
+            OpResult::Attached(_) => "agent.attach_recorded",
+            OpResult::Detached(_) => "agent.detach_recorded",
+        });
         let Some(volume) = self.volumes.get(&uuid) else {
             return;
         };
@@ -400,6 +407,9 @@ impl Agent {
                 }
                 self.metrics.set_record_writable(true);
                 self.written_record = Some(record);
+                if let Some(point) = self.crash_after_write.take() {
+                    crate::failpoints::crash(point);
+                }
             }
             Err(e) => {
                 if self.record_unwritable.is_none() {

@@ -245,6 +245,9 @@ pub(crate) async fn send_heartbeats(
         let report = reports.borrow_and_update().clone();
         let sent = client.heartbeat(node.uuid, &node.token, &report).await;
         metrics.heartbeat(sent.is_ok());
+        if sent.is_ok() && report.volumes.iter().any(|v| v.device_path.is_some()) {
+            crate::failpoints::crash("agent.report_sent");
+        }
         let delay = match sent {
             Ok(accepted) => {
                 failures = 0;

@@ -57,11 +57,18 @@ fn each_module_uses_only_what_its_row_allows() {
         ("fsutil", &[]),
         ("metrics", &["protocol"]),
         ("config", &["protocol", "metrics", "fsutil"]),
-        ("backend", &["protocol", "fsutil"]),
+        ("failpoints", &[]),
+        ("backend", &["protocol", "fsutil", "failpoints"]),
         (
             "agent",
             &[
-                "protocol", "backend", "config", "metrics", "notify", "fsutil",
+                "protocol",
+                "backend",
+                "config",
+                "metrics",
+                "notify",
+                "fsutil",
+                "failpoints",
             ],
         ),
         (

@@ -155,8 +155,10 @@ pub(crate) fn ensure_mounted(
             ));
         }
         block.mkfs(&device.device_path, &spec.fstype)?;
+        crate::failpoints::crash("mount.mkfs_done");
     }
     block.mount(&device.device_path, &spec.path, &spec.fstype, &options)?;
+    crate::failpoints::crash("mount.mounted");
     Ok(MountRecord {
         path: spec.path.clone(),
         by_agent: true,
@@ -183,6 +185,9 @@ pub(crate) fn release(
             mount.path.display(),
             e.message
         )));
+    }
+    if attachment.mount.as_ref().is_some_and(|m| m.by_agent) {
+        crate::failpoints::crash("mount.unmounted");
     }
     if let Some(path) = block.mounts_of(kernel)?.first() {
         return Ok(Some(format!("mounted at {}", path.display())));

@@ -253,6 +253,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             }
         }
         self.host.create_record(path, spec.chap.as_ref())?;
+        crate::failpoints::crash("iscsi.record_created");
         let started = std::time::Instant::now();
         if let Err(e) = self.host.login(key) {
             // iscsiadm can fail after the kernel logged in (a database error on another
@@ -268,6 +269,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "logged in"
         );
+        crate::failpoints::crash("iscsi.logged_in");
         let session = self.find_session(key)?.ok_or_else(|| {
             HostError::new(
                 ErrorKind::LoginFailed,
@@ -344,6 +346,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
             device = %device.kernel_name,
             "device ready"
         );
+        crate::failpoints::crash("iscsi.device_seen");
         let handle = IscsiPathAttachment {
             session: key,
             lun: path.lun,
@@ -485,7 +488,9 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 && session.lun_device(path.lun) == Some(path.kernel_name.as_str())
             {
                 self.block.flush(&path.kernel_name)?;
+                crate::failpoints::crash("iscsi.flushed");
                 self.host.delete_device(&path.kernel_name)?;
+                crate::failpoints::crash("iscsi.device_deleted");
             }
             let ours = path.session_created || ownership.owned_sessions.contains(key);
             if !ours {
@@ -513,6 +518,7 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                     continue;
                 }
                 self.host.logout(key)?;
+                crate::failpoints::crash("iscsi.logged_out");
             }
             self.host.delete_record(key)?;
         }

@@ -78,7 +78,10 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
         let (device_id, mapped_by_agent) = match existing {
             Some(m) => (m.device_id, false),
             None => match self.host.map(rbd, read_only) {
-                Ok(id) => (id, true),
+                Ok(id) => {
+                    crate::failpoints::crash("rbd.mapped");
+                    (id, true)
+                }
                 Err(e) => {
                     // A map that gave up (timed out, killed) may still have mapped the image:
                     // undo it now, or it would later look like someone else's mapping.
@@ -114,6 +117,7 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
                 return Err(e);
             }
         };
+        crate::failpoints::crash("rbd.device_seen");
         Ok(Attached {
             paths: vec![device.device_path.clone()],
             device,
@@ -135,8 +139,9 @@ impl<H: RbdHost, B: BlockHost> VolumeBackend for RbdBackend<H, B> {
     ) -> Result<DetachOutcome, HostError> {
         if mapping.mapped_by_agent && self.is_present(mapping)? {
             self.block.flush(&device.kernel_name)?;
+            crate::failpoints::crash("rbd.flushed");
             match self.host.unmap(mapping.device_id) {
-                Ok(()) => {}
+                Ok(()) => crate::failpoints::crash("rbd.unmapped"),
                 Err(e) if e.kind == ErrorKind::DeviceBusy => {
                     return Ok(DetachOutcome::Blocked { holder: e.message });
                 }
