@@ -124,7 +124,9 @@ retry_initial_s = ${RETRY_INITIAL_S:-1}
 retry_max_s = ${RETRY_MAX_S:-4}
 EOF
     # Within its unit's capability bounding set: every scenario proves the set is enough.
-    TETHER_LOG=tether=debug setpriv --bounding-set "$(agent_capabilities setpriv)" \
+    local caps
+    caps=$(agent_capabilities setpriv)
+    TETHER_LOG=tether=debug setpriv --bounding-set "$caps" \
         "$TETHER" agent >>"$RESULT_DIR/agent.log" 2>&1 &
     AGENT_PID=$!
 }
@@ -173,6 +175,8 @@ tether_up() {
 }
 
 tether_down() {
+    # Only the scenario's own shell stops them: a subshell that exits must not.
+    [[ $BASHPID == "$$" ]] || return 0
     tether_stop_agent
     tether_stop_conductor
 }
