@@ -89,7 +89,7 @@ expect_gone() {
     expect_eq "$1: not mounted" "" "$(findmnt -n -o TARGET "$MOUNT" 2>/dev/null || true)"
     expect_eq "$1: the record lists nothing" "" \
         "$(grep -oE '"(volume_id|intents)"' "$TETHER_STATE/volumes.json" || true)"
-    expect_eq "$1: no key file" "" "$(find /run/tether -name '*rbd-key*' 2>/dev/null)"
+    expect_eq "$1: no key file" "" "$(find /run/tether -name '*rbd-key*' 2>/dev/null || true)"
 }
 
 # attach_cell POINT : killed at POINT while attaching; started again, the volume is attached.

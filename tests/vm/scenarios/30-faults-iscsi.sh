@@ -20,7 +20,7 @@ lio_apply
 iscsi_node_new "$FOREIGN" "$PORTAL" >/dev/null
 iscsiadm -m node -T "$FOREIGN" -p "$PORTAL" --login >/dev/null
 foreign_session=$(session_ids "$FOREIGN")
-set -x; trap -p; tether_up; set +x
+tether_up
 
 ASSIGN="--portal $PORTAL --iqn $IQN --lun 0"
 MOUNT=/srv/fault-iscsi

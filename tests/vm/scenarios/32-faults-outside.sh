@@ -53,8 +53,14 @@ expect_eq "a LUN unassigned after iscsid came back: the session stays for the ot
 # --- the conductor ------------------------------------------------------------------------
 tether_stop_conductor
 sleep 40
-still_attached "conductor down for 40 s (heartbeats every 30 s)"
+# Nothing to ask the conductor: the host and the agent's own status say it.
+expect_eq "conductor down for 40 s (heartbeats every 30 s): the same session" "$session" \
+    "$(session_ids "$IQN")"
+expect_true "conductor down: LUN 1 still there" test -b "$(by_path "$PORTAL" "$IQN" 1)"
+expect_match "conductor down: the agent still has LUN 1 attached" '"state": "attached"' \
+    "$(grep -A3 '"volume_id": "vol-o1"' "$TETHER_STATE/status.json" || true)"
 tether_start_conductor
+still_attached "conductor back" 
 unassign "$first"
 three=$(assign vol-o2 --portal "$PORTAL" --iqn "$IQN" --lun 2)
 wait_volume vol-o0 gone 60
