@@ -35,7 +35,7 @@ use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
 use reconcile::{Assignment, reconcile};
 pub use record::{LocalStatus, StateDir};
-use volume::Millis;
+use volume::{Millis, Volume};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -221,10 +221,17 @@ async fn main_loop(
             _ = shutdown.as_mut() => return,
         }
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
-        next_wake = plan.next_wake;
         for action in plan.actions {
             agent.start(action, events_tx, clock.now());
         }
+        // An action can fail at once (no attach while the record cannot be written): its retry
+        // was not in the plan, and no event will come to wake the loop for it.
+        // (One already due waits for the operation that holds it back, whose end is an event.)
+        let now = clock.now();
+        let retries = agent.volumes.values().filter_map(Volume::retry_at);
+        next_wake = (plan.next_wake.into_iter())
+            .chain(retries.filter(|at| *at > now))
+            .min();
         agent.publish(report_tx);
         if !ready && agent.desired.generation().is_some() {
             // Ready once the first assignment has been reconciled: units ordered after the

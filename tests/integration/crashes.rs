@@ -245,3 +245,52 @@ async fn node_records_of_volumes_unassigned_across_a_reboot_are_deleted() {
     assert!(node.kernel.record_exists(PORTAL, IQNS[2]));
     node.stop_agent().await;
 }
+
+/// The state directory refuses the record: the attach does not start, and it starts by itself
+/// once the record can be written again (no other event comes to wake the agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_waits_for_a_writable_record_and_then_goes_on_alone() {
+    let World {
+        dir: _dir,
+        conductor: _conductor,
+        op,
+        node_uuid,
+        mut node,
+    } = World::start("52:54:00:00:00:35", true).await;
+    node.start_agent();
+    op.wait_report(node_uuid, "a first report", |s| {
+        s.report.as_ref().is_some_and(|r| r.generation.is_some())
+    })
+    .await;
+    // A directory where the record goes: no write of it can succeed.
+    let record = node.state_dir().join("volumes.json");
+    std::fs::remove_file(&record).unwrap();
+    std::fs::create_dir_all(record.join("blocker")).unwrap();
+    let target = op
+        .assign(
+            node_uuid,
+            "iscsi",
+            "vol-wait",
+            iscsi_props(PORTAL, IQNS[0], 0),
+            json!({}),
+        )
+        .await;
+    let failed = op.wait_state(node_uuid, target, VolumeState::Failed).await;
+    assert_eq!(failed.error.unwrap().kind, "record_unwritable");
+    assert_eq!(
+        node.kernel.session_count(PORTAL, IQNS[0]),
+        0,
+        "nothing attached"
+    );
+    std::fs::remove_dir_all(&record).unwrap();
+    let started = Instant::now();
+    op.wait_state(node_uuid, target, VolumeState::Attached)
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(record.is_file());
+    node.stop_agent().await;
+}

@@ -30,7 +30,8 @@ session=$(session_ids "$IQN")
 still_attached() {
     wait_volume vol-o1 attached 60
     expect_eq "$1: the same session" "$session" "$(session_ids "$IQN")"
-    expect_eq "$1: nothing detached" 0 "$(grep -c 'detaching: the conductor no longer' "$RESULT_DIR/agent.log" || true)"
+    expect_eq "$1: LUN 1 never detached" 0 \
+        "$(grep -ac 'detaching: the conductor no longer.*volume_id=vol-o1 ' "$RESULT_DIR/agent.log" || true)"
 }
 
 # --- iscsid -------------------------------------------------------------------------------
