@@ -9,12 +9,15 @@
 //! - [`metrics`]: what the two metrics endpoints share.
 //! - [`journal`], [`notify`], [`fsutil`]: journald entries, systemd notifications, private and
 //!   atomic files.
+//! - `fuzzing` (hidden): the private parsers of outside input, for the fuzz targets in fuzz/.
 
 pub mod agent;
 pub mod backend;
 pub mod conductor;
 pub mod config;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
