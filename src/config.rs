@@ -276,17 +276,29 @@ impl Config {
         files: &[PathBuf],
         cmdline: &cmdline::CmdlineSettings,
     ) -> Result<Self, ConfigError> {
-        let mut merged = toml::Table::new();
-        // Which file set each `section.key` last, to name it when the merged value is refused.
-        let mut set_by: std::collections::HashMap<String, PathBuf> = Default::default();
+        let mut fragments = Vec::new();
         for path in files {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
+            fragments.push((path.clone(), text));
+        }
+        Self::from_fragments(&fragments, cmdline)
+    }
+
+    /// [`Config::load_with_cmdline`] of fragments already read: each text with its file.
+    pub fn from_fragments(
+        fragments: &[(PathBuf, String)],
+        cmdline: &cmdline::CmdlineSettings,
+    ) -> Result<Self, ConfigError> {
+        let mut merged = toml::Table::new();
+        // Which file set each `section.key` last, to name it when the merged value is refused.
+        let mut set_by: std::collections::HashMap<String, PathBuf> = Default::default();
+        for (path, text) in fragments {
             let fragment: toml::Table =
-                toml::from_str(&text).map_err(|e| parse_error(path, &text, e))?;
-            toml::from_str::<Config>(&text).map_err(|e| parse_error(path, &text, e))?;
+                toml::from_str(text).map_err(|e| parse_error(path, text, e))?;
+            toml::from_str::<Config>(text).map_err(|e| parse_error(path, text, e))?;
             for (section, table) in &fragment {
                 for key in table.as_table().into_iter().flat_map(|t| t.keys()) {
                     set_by.insert(format!("{section}.{key}"), path.clone());

@@ -10,6 +10,7 @@
 //! - [`journal`], [`notify`], [`fsutil`]: journald entries, systemd notifications, private and
 //!   atomic files.
 //! - [`failpoints`]: crash points for the fault matrix (compiled in only for tests).
+//! - `fuzzing` (hidden): the private parsers of outside input, for the fuzz targets in fuzz/.
 
 pub mod agent;
 pub mod backend;
@@ -17,6 +18,8 @@ pub mod conductor;
 pub mod config;
 pub mod failpoints;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -8,7 +8,7 @@ mod apply;
 mod backends;
 mod client;
 mod executor;
-mod identity;
+pub(crate) mod identity;
 mod metrics;
 mod reconcile;
 mod record;

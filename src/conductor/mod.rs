@@ -207,6 +207,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// The router `serve` runs, over a fresh in-memory database and without a socket: for driving
+/// requests straight through every extractor and handler (the fuzz targets in fuzz/). Long-polls
+/// end when `shutdown` turns true; requests without `ConnectInfo` share one client address.
+#[doc(hidden)]
+pub fn in_memory_router(
+    config: &ConductorConfig,
+    admin_token: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<axum::Router> {
+    let store = Store::open_in_memory().context("opening an in-memory database")?;
+    let conductor = Conductor::new(store, config, admin_token, None, shutdown);
+    Ok(router(Arc::new(conductor)))
+}
+
 fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
     let key = "conductor.metrics_token_file";
     read_private_token(path, key, 16)?

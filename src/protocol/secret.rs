@@ -46,22 +46,23 @@ fn mask_value(value: &mut Value) {
     }
 }
 
-/// The path (`a.b`) of the first secret whose value is the mask, at any depth, if any.
+/// The path (`a.b`) of the first secret whose value is the mask, at any depth, if any: wherever
+/// [`mask_properties`] puts a mask, arrays in arrays included.
 pub fn masked_property(properties: &Map<String, Value>) -> Option<String> {
     properties.iter().find_map(|(key, value)| {
         if is_secret_property(key) && value.as_str() == Some(MASK) {
             return Some(key.clone());
         }
-        let nested = match value {
-            Value::Object(map) => masked_property(map),
-            Value::Array(items) => items.iter().find_map(|item| match item {
-                Value::Object(map) => masked_property(map),
-                _ => None,
-            }),
-            _ => None,
-        };
-        nested.map(|inner| format!("{key}.{inner}"))
+        masked_in(value).map(|inner| format!("{key}.{inner}"))
     })
+}
+
+fn masked_in(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(map) => masked_property(map),
+        Value::Array(items) => items.iter().find_map(masked_in),
+        _ => None,
+    }
 }
 
 /// A secret string whose Debug and Display never show it.
@@ -139,6 +140,19 @@ mod tests {
         }
         assert_eq!(extra["mount"]["path"], "/srv/a");
         assert_eq!(masked_property(&extra).as_deref(), Some("backup.api_token"));
+    }
+
+    /// Found by fuzzing (fuzz/seeds/secret_mask/nested.json): a mask sent back in an array of
+    /// arrays was not found, so it would have been stored as the secret.
+    #[test]
+    fn a_mask_sent_back_is_found_in_arrays_of_arrays() {
+        let mut extra = json!({"notes": [[{"password": "p1"}]]})
+            .as_object()
+            .unwrap()
+            .clone();
+        mask_properties(&mut extra);
+        assert_eq!(extra["notes"][0][0]["password"], MASK);
+        assert_eq!(masked_property(&extra).as_deref(), Some("notes.password"));
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn each_module_uses_only_what_its_row_allows() {
             "conductor",
             &["protocol", "config", "metrics", "notify", "fsutil"],
         ),
+        ("fuzzing", &["protocol", "backend", "agent"]),
     ];
     for (module, allowed) in rows {
         for (name, path) in uses(module) {

@@ -63,7 +63,6 @@ impl SystemBlock {
     }
 
     /// A host that hears no udev events: a wait sees only what is there when it looks.
-    #[cfg(test)]
     pub(crate) fn without_udev(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),

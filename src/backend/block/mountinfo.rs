@@ -18,7 +18,8 @@ pub(crate) fn mount_points(mountinfo: &str, numbers: &[String]) -> Vec<PathBuf> 
         .collect()
 }
 
-/// The kernel writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
+/// The kernel writes space, tab, newline and backslash in paths as `\ooo` octal escapes. What
+/// is no byte (`\400` to `\777`) is no escape, and stays as it is.
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -26,7 +27,8 @@ fn unescape(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 4 <= bytes.len()
-            && bytes[i + 1..i + 4]
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
@@ -64,5 +66,15 @@ mod tests {
             vec![PathBuf::from("/mnt/with space")]
         );
         assert!(mount_points(SAMPLE, &["8:32".into()]).is_empty());
+    }
+
+    /// Found by fuzzing (fuzz/seeds/mountinfo/octal-overflow): `\777` overflowed a byte.
+    #[test]
+    fn an_escape_beyond_a_byte_is_kept_as_written() {
+        assert_eq!(
+            unescape("/mnt/with\\777\\400\\377"),
+            "/mnt/with\\777\\400\u{fffd}"
+        );
+        assert_eq!(unescape("/a\\134b\\040c\\1"), "/a\\b c\\1");
     }
 }

@@ -377,37 +377,34 @@ fn record_portal(portal: &str) -> String {
     }
 }
 
-/// Sets `key = value` lines in an open-iscsi record, appending keys it lacks.
+/// Sets `key = value` lines in an open-iscsi record, appending keys it lacks before its
+/// `# END RECORD` line.
 pub(crate) fn set_record_values(text: &str, values: &[(&str, &str)]) -> String {
-    let mut out = String::new();
+    let mut lines = Vec::new();
     let mut done = vec![false; values.len()];
     for line in text.lines() {
         let key = line.split_once('=').map(|(k, _)| k.trim());
         match values.iter().position(|(k, _)| Some(*k) == key) {
             Some(i) => {
-                out.push_str(&format!("{} = {}\n", values[i].0, values[i].1));
+                lines.push(format!("{} = {}", values[i].0, values[i].1));
                 done[i] = true;
             }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+            None => lines.push(line.to_string()),
         }
     }
-    let mut trailer = String::new();
-    for (i, (k, v)) in values.iter().enumerate() {
-        if !done[i] {
-            trailer.push_str(&format!("{k} = {v}\n"));
-        }
-    }
-    // Keep the "# END RECORD" marker last, as iscsiadm writes it.
-    match out.rfind("# END RECORD") {
-        Some(at) if !trailer.is_empty() => {
-            out.insert_str(at, &trailer);
-            out
-        }
-        _ => out + &trailer,
-    }
+    let missing = values
+        .iter()
+        .zip(done)
+        .filter(|(_, done)| !done)
+        .map(|((k, v), _)| format!("{k} = {v}"));
+    // Keep the "# END RECORD" line last, as iscsiadm writes it; a line that only ends with those
+    // words is not the marker.
+    let end = lines
+        .iter()
+        .rposition(|l| l == "# END RECORD")
+        .unwrap_or(lines.len());
+    lines.splice(end..end, missing);
+    lines.into_iter().map(|line| line + "\n").collect()
 }
 
 /// Turns iscsiadm's exit code and message into a stable kind and a sentence.
@@ -650,6 +647,25 @@ mod tests {
             out,
             "# BEGIN RECORD 2.1.8\nnode.name = iqn.x\nnode.session.auth.password = new\n\
              node.session.auth.password_in = in\n# END RECORD\n"
+        );
+    }
+
+    /// Found by fuzzing (fuzz/seeds/iscsi_output/end-marker-mid-line): a setting was inserted
+    /// in the middle of a line that ended with the end marker's words, so it was never set.
+    #[test]
+    fn missing_settings_go_before_the_end_marker_line_only() {
+        let record = "node.name = iqn.x\nnode.conn[0].port = 3260 # END RECORD\n";
+        let out = set_record_values(record, &[("node.session.auth.password", "new")]);
+        assert_eq!(
+            out,
+            "node.name = iqn.x\nnode.conn[0].port = 3260 # END RECORD\n\
+             node.session.auth.password = new\n"
+        );
+        let record = "node.name = iqn.x\n# END RECORD\ntrailing = 1\n";
+        let out = set_record_values(record, &[("node.session.auth.password", "new")]);
+        assert_eq!(
+            out,
+            "node.name = iqn.x\nnode.session.auth.password = new\n# END RECORD\ntrailing = 1\n"
         );
     }
 

@@ -150,7 +150,7 @@ impl MultipathHost for SystemMultipath {
 }
 
 /// The WWID in `multipath -a`'s "wwid 'ID' added".
-fn added_wwid(stdout: &str) -> Option<&str> {
+pub(crate) fn added_wwid(stdout: &str) -> Option<&str> {
     stdout
         .lines()
         .find_map(|l| l.strip_prefix("wwid '")?.strip_suffix("' added"))

@@ -117,16 +117,7 @@ impl SystemRbd {
         if out.code != 0 {
             return Err(classify_map(&out, spec));
         }
-        let device = out.stdout.trim();
-        device
-            .strip_prefix("/dev/rbd")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| {
-                HostError::new(
-                    ErrorKind::MapFailed,
-                    format!("rbd map printed {device:?}, not /dev/rbdN"),
-                )
-            })
+        mapped_device(&out.stdout)
     }
 
     fn map_with_sysfs(&self, spec: &RbdSpec, read_only: bool) -> Result<u32, HostError> {
@@ -177,6 +168,20 @@ impl SystemRbd {
                 )
             })
     }
+}
+
+/// The device id in what a successful `rbd device map` printed: `/dev/rbdN`.
+pub(crate) fn mapped_device(stdout: &str) -> Result<u32, HostError> {
+    let device = stdout.trim();
+    device
+        .strip_prefix("/dev/rbd")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            HostError::new(
+                ErrorKind::MapFailed,
+                format!("rbd map printed {device:?}, not /dev/rbdN"),
+            )
+        })
 }
 
 /// A key file that exists only while it is needed.

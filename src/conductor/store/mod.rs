@@ -49,7 +49,6 @@ impl Store {
         Self::init(conn)
     }
 
-    #[cfg(test)]
     pub(crate) fn open_in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory()?)
     }
