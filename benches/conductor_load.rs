@@ -146,12 +146,15 @@ where
 
 #[derive(Default)]
 struct Stats {
-    heartbeat_us: Mutex<Vec<u64>>,
+    /// (ms into the measurement when sent, µs it took)
+    heartbeat_us: Mutex<Vec<(u64, u64)>>,
     propagation_us: Mutex<Vec<u64>>,
     failures: AtomicU64,
-    /// The first few failures, to say what went wrong.
-    errors: Mutex<Vec<String>>,
+    /// Failures by kind (what failed and why, without the URL), to say what went wrong.
+    errors: Mutex<HashMap<String, u64>>,
     requests: AtomicU64,
+    /// When the measurement began.
+    epoch: std::sync::OnceLock<Instant>,
     /// node -> when the operator sent a change of its targets
     pending: Mutex<HashMap<Uuid, Instant>>,
 }
@@ -162,12 +165,10 @@ struct Agent {
 }
 
 impl Stats {
-    fn fail(&self, what: &str, e: &(dyn std::error::Error + 'static)) {
+    fn fail(&self, what: &str, e: reqwest::Error) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().unwrap();
-        if errors.len() < 5 {
-            errors.push(format!("{what}: {}", tether::agent::error_chain(e)));
-        }
+        let kind = format!("{what}: {}", tether::agent::error_chain(&e.without_url()));
+        *self.errors.lock().unwrap().entry(kind).or_default() += 1;
     }
 }
 
@@ -348,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
                                 since = Some(generation);
                             }
                             Err(e) => {
-                                stats.fail("long-poll", &e);
+                                stats.fail("long-poll", e);
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
@@ -379,13 +380,14 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(_) if measuring.load(Ordering::Relaxed) => stats
-                        .heartbeat_us
-                        .lock()
-                        .unwrap()
-                        .push(started.elapsed().as_micros() as u64),
+                    Ok(_) if measuring.load(Ordering::Relaxed) => {
+                        let epoch = stats.epoch.get().copied().unwrap_or(started);
+                        let at = started.saturating_duration_since(epoch).as_millis() as u64;
+                        let took = started.elapsed().as_micros() as u64;
+                        stats.heartbeat_us.lock().unwrap().push((at, took));
+                    }
                     Ok(_) => {}
-                    Err(e) => stats.fail("heartbeat", &e),
+                    Err(e) => stats.fail("heartbeat", e),
                 }
                 let jitter = rand::random_range(0.8..=1.0);
                 tokio::time::sleep(interval.mul_f64(jitter)).await;
@@ -403,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
     let before_self = proc_sample(std::process::id());
     let opened_before = opened.load(Ordering::Relaxed);
     let started = Instant::now();
+    stats.epoch.get_or_init(|| started);
     measuring.store(true, Ordering::Relaxed);
     let mut max_rss = before.map(|b| b.0).unwrap_or(0);
     let mut max_fds = 0;
@@ -448,7 +451,7 @@ async fn main() -> anyhow::Result<()> {
         };
         match result {
             Ok(()) => changes += 1,
-            Err(e) => stats.fail("operator", &e),
+            Err(e) => stats.fail("operator", e),
         }
         if let Some((rss, _)) = args.conductor_pid.and_then(proc_sample) {
             max_rss = max_rss.max(rss);
@@ -466,7 +469,29 @@ async fn main() -> anyhow::Result<()> {
         t.abort();
     }
 
-    let mut hb = stats.heartbeat_us.lock().unwrap().clone();
+    let timed = stats.heartbeat_us.lock().unwrap().clone();
+    // Latency by 10 s of the measurement (by when each heartbeat was sent), to show stalls.
+    for bucket in 0..elapsed.as_secs().div_ceil(10) {
+        let mut in_bucket: Vec<u64> = timed
+            .iter()
+            .filter(|(at, _)| at / 10_000 == bucket)
+            .map(|(_, took)| *took)
+            .collect();
+        in_bucket.sort_unstable();
+        eprintln!(
+            "heartbeats sent at {:>3}-{:>3} s: {:>6}, p50 / p99 / max {:.2} / {:.2} / {:.2} ms",
+            bucket * 10,
+            bucket * 10 + 10,
+            in_bucket.len(),
+            percentile(&in_bucket, 0.5),
+            percentile(&in_bucket, 0.99),
+            in_bucket
+                .last()
+                .map(|v| *v as f64 / 1000.0)
+                .unwrap_or(f64::NAN)
+        );
+    }
+    let mut hb: Vec<u64> = timed.iter().map(|(_, took)| *took).collect();
     hb.sort_unstable();
     let mut prop = stats.propagation_us.lock().unwrap().clone();
     prop.sort_unstable();
@@ -497,8 +522,10 @@ async fn main() -> anyhow::Result<()> {
         "failed_requests: {}",
         stats.failures.load(Ordering::Relaxed)
     );
-    for e in stats.errors.lock().unwrap().iter() {
-        eprintln!("failure: {e}");
+    let mut errors: Vec<_> = stats.errors.lock().unwrap().clone().into_iter().collect();
+    errors.sort_unstable_by_key(|(_, count)| std::cmp::Reverse(*count));
+    for (kind, count) in errors {
+        eprintln!("failed {count}x: {kind}");
     }
     println!(
         "conductor_rss_max_mib: {:.1}",
