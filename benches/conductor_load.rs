@@ -3,10 +3,19 @@
 //! heartbeating on a jittered interval; meanwhile an operator changes one node's targets every
 //! 100 ms. Measures heartbeat latency, assignment propagation and failures, and samples the
 //! conductor's RSS and CPU from /proc. Bounded in time; talks to loopback only.
+//!
+//! Over https (`--ca-file`), every connection makes a full TLS handshake: session resumption is
+//! off, as it would fail for a real fleet, where each agent comes back with its own ticket long
+//! after the conductor's session cache (256 entries) let it go. `--write-pki DIR` makes the
+//! throwaway CA and the certificate for 127.0.0.1 that `scripts/bench-conductor --tls` uses.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -17,10 +26,18 @@ use uuid::Uuid;
 #[derive(Parser, Debug)]
 struct Args {
     /// Conductor base URL; must be a loopback address.
+    #[arg(long, required_unless_present = "write_pki")]
+    url: Option<String>,
+    #[arg(long, required_unless_present = "write_pki")]
+    admin_token: Option<String>,
+    /// PEM file of the CA that signed an https:// conductor's certificate.
     #[arg(long)]
-    url: String,
-    #[arg(long)]
-    admin_token: String,
+    ca_file: Option<PathBuf>,
+    /// How heartbeats reach the conductor: `fresh`, a new connection for each (what a real
+    /// agent does: its idle connections close after 5 s, and it heartbeats every 30 s), or
+    /// `pooled`, a keep-alive pool shared by all agents (cheaper for the load generator).
+    #[arg(long, default_value = "fresh", value_parser = ["fresh", "pooled"])]
+    heartbeat_connections: String,
     #[arg(long, default_value_t = 1000)]
     agents: usize,
     /// Seconds of measurement once every agent is polling.
@@ -31,19 +48,113 @@ struct Args {
     /// The conductor's pid, for RSS and CPU.
     #[arg(long)]
     conductor_pid: Option<u32>,
+    /// Writes ca.pem, conductor.pem and conductor.key (mode 0600; for 127.0.0.1) into this
+    /// directory and exits.
+    #[arg(long, value_name = "DIR")]
+    write_pki: Option<PathBuf>,
     /// Accepted and ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
 }
 
+/// A throwaway CA and the conductor's certificate for 127.0.0.1 that it signed.
+fn write_pki(dir: &Path) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "tether bench CA");
+    let ca_key = KeyPair::generate()?;
+    let ca = ca.self_signed(&ca_key)?;
+    let server_key = KeyPair::generate()?;
+    let server =
+        CertificateParams::new(vec!["127.0.0.1".into()])?.signed_by(&server_key, &ca, &ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("conductor.pem"), server.pem())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("conductor.key"))?
+        .write_all(server_key.serialize_pem().as_bytes())?;
+    Ok(())
+}
+
+/// A client builder that counts the connections it opens (and, over https, the TLS handshakes
+/// it completes: each opened connection made one) in `opened`.
+fn client(ca: Option<&Path>, opened: &Arc<AtomicU64>) -> anyhow::Result<reqwest::ClientBuilder> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .connector_layer(CountConnections(opened.clone()));
+    let Some(ca) = ca else {
+        return Ok(builder);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(builder.use_preconfigured_tls(config))
+}
+
+/// Counts the connections a client's connector completes.
+#[derive(Clone)]
+struct CountConnections(Arc<AtomicU64>);
+
+impl<S> tower::Layer<S> for CountConnections {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted(inner, self.0.clone())
+    }
+}
+
+#[derive(Clone)]
+struct Counted<S>(S, Arc<AtomicU64>);
+
+impl<S, R> tower::Service<R> for Counted<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, request: R) -> Self::Future {
+        let (connecting, opened) = (self.0.call(request), self.1.clone());
+        Box::pin(async move {
+            let connection = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(connection)
+        })
+    }
+}
+
 #[derive(Default)]
 struct Stats {
-    heartbeat_us: Mutex<Vec<u64>>,
+    /// (ms into the measurement when sent, µs it took)
+    heartbeat_us: Mutex<Vec<(u64, u64)>>,
     propagation_us: Mutex<Vec<u64>>,
     failures: AtomicU64,
-    /// The first few failures, to say what went wrong.
-    errors: Mutex<Vec<String>>,
+    /// Failures by kind (what failed and why, without the URL), to say what went wrong.
+    errors: Mutex<HashMap<String, u64>>,
     requests: AtomicU64,
+    /// When the measurement began.
+    epoch: std::sync::OnceLock<Instant>,
     /// node -> when the operator sent a change of its targets
     pending: Mutex<HashMap<Uuid, Instant>>,
 }
@@ -54,12 +165,10 @@ struct Agent {
 }
 
 impl Stats {
-    fn fail(&self, what: &str, e: &(dyn std::error::Error + 'static)) {
+    fn fail(&self, what: &str, e: reqwest::Error) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().unwrap();
-        if errors.len() < 5 {
-            errors.push(format!("{what}: {}", tether::agent::error_chain(e)));
-        }
+        let kind = format!("{what}: {}", tether::agent::error_chain(&e.without_url()));
+        *self.errors.lock().unwrap().entry(kind).or_default() += 1;
     }
 }
 
@@ -69,6 +178,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as f64 / 1000.0
+}
+
+/// The number of open file descriptors of `pid` (the conductor's are its connections, the
+/// database and a few more).
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 fn proc_sample(pid: u32) -> Option<(u64, u64)> {
@@ -92,7 +207,12 @@ fn proc_sample(pid: u32) -> Option<(u64, u64)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let host = reqwest::Url::parse(&args.url)?;
+    if let Some(dir) = &args.write_pki {
+        return write_pki(dir);
+    }
+    let url = args.url.clone().unwrap_or_default();
+    let admin_token = args.admin_token.clone().unwrap_or_default();
+    let host = reqwest::Url::parse(&url)?;
     let loopback = matches!(
         host.host_str(),
         Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]"
@@ -101,14 +221,21 @@ async fn main() -> anyhow::Result<()> {
         loopback,
         "the load generator only targets loopback addresses"
     );
-    let http = reqwest::Client::builder()
+    let ca = args.ca_file.as_deref();
+    let opened = Arc::new(AtomicU64::new(0));
+    // Enrolment and the operator.
+    let http = client(ca, &opened)?
         .pool_max_idle_per_host(usize::MAX)
-        .timeout(Duration::from_secs(120))
         .build()?;
-    // Long-polls hold a connection each; heartbeats share a few from a pool of their own.
-    let polls = reqwest::Client::builder()
+    // Heartbeats: a new connection each, or a few shared from a pool of their own.
+    let heartbeats = match args.heartbeat_connections.as_str() {
+        "pooled" => client(ca, &opened)?.pool_max_idle_per_host(usize::MAX),
+        _ => client(ca, &opened)?.pool_max_idle_per_host(0),
+    }
+    .build()?;
+    // Long-polls hold a connection each, kept alive from one poll to the next.
+    let polls = client(ca, &opened)?
         .pool_max_idle_per_host(usize::MAX)
-        .timeout(Duration::from_secs(120))
         .build()?;
     let stats = Arc::new(Stats::default());
 
@@ -119,8 +246,8 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.agents {
         let (http, url, admin, limit) = (
             http.clone(),
-            args.url.clone(),
-            args.admin_token.clone(),
+            url.clone(),
+            admin_token.clone(),
             limit.clone(),
         );
         enrolls.push(tokio::spawn(async move {
@@ -174,8 +301,8 @@ async fn main() -> anyhow::Result<()> {
     for (i, agent) in agents.iter().enumerate() {
         let polls = polls.clone();
         let (http, url, stats, measuring) = (
-            http.clone(),
-            args.url.clone(),
+            heartbeats.clone(),
+            url.clone(),
             stats.clone(),
             measuring.clone(),
         );
@@ -222,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
                                 since = Some(generation);
                             }
                             Err(e) => {
-                                stats.fail("long-poll", &e);
+                                stats.fail("long-poll", e);
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
@@ -253,13 +380,14 @@ async fn main() -> anyhow::Result<()> {
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(_) if measuring.load(Ordering::Relaxed) => stats
-                        .heartbeat_us
-                        .lock()
-                        .unwrap()
-                        .push(started.elapsed().as_micros() as u64),
+                    Ok(_) if measuring.load(Ordering::Relaxed) => {
+                        let epoch = stats.epoch.get().copied().unwrap_or(started);
+                        let at = started.saturating_duration_since(epoch).as_millis() as u64;
+                        let took = started.elapsed().as_micros() as u64;
+                        stats.heartbeat_us.lock().unwrap().push((at, took));
+                    }
                     Ok(_) => {}
-                    Err(e) => stats.fail("heartbeat", &e),
+                    Err(e) => stats.fail("heartbeat", e),
                 }
                 let jitter = rand::random_range(0.8..=1.0);
                 tokio::time::sleep(interval.mul_f64(jitter)).await;
@@ -274,9 +402,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(5) + Duration::from_secs(args.heartbeat_interval_s))
         .await;
     let before = args.conductor_pid.and_then(proc_sample);
+    let before_self = proc_sample(std::process::id());
+    let opened_before = opened.load(Ordering::Relaxed);
     let started = Instant::now();
+    stats.epoch.get_or_init(|| started);
     measuring.store(true, Ordering::Relaxed);
     let mut max_rss = before.map(|b| b.0).unwrap_or(0);
+    let mut max_fds = 0;
 
     // The operator: every 100 ms one node's targets change (create, then delete next time).
     let mut created: HashMap<Uuid, String> = HashMap::new();
@@ -293,15 +425,15 @@ async fn main() -> anyhow::Result<()> {
             .insert(agent.node, Instant::now());
         let result = match created.remove(&agent.node) {
             Some(target) => http
-                .delete(format!("{}/v1/volume/targets/{target}", args.url))
-                .bearer_auth(&args.admin_token)
+                .delete(format!("{url}/v1/volume/targets/{target}"))
+                .bearer_auth(&admin_token)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
                 .map(|_| ()),
             None => match http
-                .post(format!("{}/v1/volume/targets", args.url))
-                .bearer_auth(&args.admin_token)
+                .post(format!("{url}/v1/volume/targets"))
+                .bearer_auth(&admin_token)
                 .json(&target(agent.node, &format!("extra-{changes}"), 10))
                 .send()
                 .await
@@ -319,24 +451,51 @@ async fn main() -> anyhow::Result<()> {
         };
         match result {
             Ok(()) => changes += 1,
-            Err(e) => stats.fail("operator", &e),
+            Err(e) => stats.fail("operator", e),
         }
         if let Some((rss, _)) = args.conductor_pid.and_then(proc_sample) {
             max_rss = max_rss.max(rss);
+        }
+        if let Some(fds) = args.conductor_pid.and_then(open_fds) {
+            max_fds = max_fds.max(fds);
         }
     }
     let elapsed = started.elapsed();
     measuring.store(false, Ordering::Relaxed);
     let after = args.conductor_pid.and_then(proc_sample);
+    let after_self = proc_sample(std::process::id());
+    let opened_measured = opened.load(Ordering::Relaxed) - opened_before;
     for t in &tasks {
         t.abort();
     }
 
-    let mut hb = stats.heartbeat_us.lock().unwrap().clone();
+    let timed = stats.heartbeat_us.lock().unwrap().clone();
+    // Latency by 10 s of the measurement (by when each heartbeat was sent), to show stalls.
+    for bucket in 0..elapsed.as_secs().div_ceil(10) {
+        let mut in_bucket: Vec<u64> = timed
+            .iter()
+            .filter(|(at, _)| at / 10_000 == bucket)
+            .map(|(_, took)| *took)
+            .collect();
+        in_bucket.sort_unstable();
+        eprintln!(
+            "heartbeats sent at {:>3}-{:>3} s: {:>6}, p50 / p99 / max {:.2} / {:.2} / {:.2} ms",
+            bucket * 10,
+            bucket * 10 + 10,
+            in_bucket.len(),
+            percentile(&in_bucket, 0.5),
+            percentile(&in_bucket, 0.99),
+            in_bucket
+                .last()
+                .map(|v| *v as f64 / 1000.0)
+                .unwrap_or(f64::NAN)
+        );
+    }
+    let mut hb: Vec<u64> = timed.iter().map(|(_, took)| *took).collect();
     hb.sort_unstable();
     let mut prop = stats.propagation_us.lock().unwrap().clone();
     prop.sort_unstable();
-    let cpu = match (before, after) {
+    let cpu = |before: Option<(u64, u64)>, after: Option<(u64, u64)>| match (before, after) {
         (Some(b), Some(a)) => format!(
             "{:.1}",
             100.0 * (a.1 - b.1) as f64 / elapsed.as_nanos() as f64
@@ -344,6 +503,8 @@ async fn main() -> anyhow::Result<()> {
         _ => "n/a".into(),
     };
     println!("agents: {}", args.agents);
+    println!("tls: {}", if ca.is_some() { "yes" } else { "no" });
+    println!("heartbeat_connections: {}", args.heartbeat_connections);
     println!("measured_s: {:.0}", elapsed.as_secs_f64());
     println!("heartbeats: {}", hb.len());
     println!("heartbeat_ms_p50: {:.2}", percentile(&hb, 0.50));
@@ -361,14 +522,26 @@ async fn main() -> anyhow::Result<()> {
         "failed_requests: {}",
         stats.failures.load(Ordering::Relaxed)
     );
-    for e in stats.errors.lock().unwrap().iter() {
-        eprintln!("failure: {e}");
+    let mut errors: Vec<_> = stats.errors.lock().unwrap().clone().into_iter().collect();
+    errors.sort_unstable_by_key(|(_, count)| std::cmp::Reverse(*count));
+    for (kind, count) in errors {
+        eprintln!("failed {count}x: {kind}");
     }
     println!(
         "conductor_rss_max_mib: {:.1}",
         max_rss.max(after.map(|a| a.0).unwrap_or(0)) as f64 / 1024.0
     );
-    println!("conductor_cpu_percent_of_one_core: {cpu}");
+    println!("conductor_cpu_percent_of_one_core: {}", cpu(before, after));
+    println!("conductor_fds_max: {max_fds}");
+    println!("connections_opened_measured: {opened_measured}");
+    println!(
+        "connections_opened_total: {}",
+        opened.load(Ordering::Relaxed)
+    );
+    println!(
+        "loadgen_cpu_percent_of_one_core: {}",
+        cpu(before_self, after_self)
+    );
     std::process::exit(0);
 }
 
