@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{World, iscsi_props};
+use uuid::Uuid;
+
+use crate::harness::{Node, Operator, World, iscsi_props};
 use tether::backend::simulated::SimKernel;
 use tether::protocol::VolumeState;
 
@@ -24,6 +26,25 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Assigns LUN 0 of `iqn` at the test portal to the node as `volume`.
+async fn assign(op: &Operator, node: Uuid, volume: &str, iqn: &str) -> Uuid {
+    let props = iscsi_props(PORTAL, iqn, 0);
+    op.assign(node, "iscsi", volume, props, json!({})).await
+}
+
+/// Waits until the node has no session to `iqn` and no node record for it.
+async fn gone_from(node: &Node, iqn: &str) {
+    let kernel = node.kernel.clone();
+    until(&format!("no session to {iqn}"), || {
+        kernel.session_count(PORTAL, iqn) == 0
+    })
+    .await;
+    assert!(
+        !kernel.record_exists(PORTAL, iqn),
+        "{iqn}: node record deleted"
+    );
 }
 
 /// Killed while four volumes on four targets were being attached, after their logins had
@@ -87,15 +108,7 @@ async fn sessions_an_attach_made_before_a_crash_are_removed_at_unassign() {
         op.wait_gone(node_uuid, *target).await;
     }
     for iqn in IQNS {
-        assert_eq!(
-            node.kernel.session_count(PORTAL, iqn),
-            0,
-            "{iqn}: logged out"
-        );
-        assert!(
-            !node.kernel.record_exists(PORTAL, iqn),
-            "{iqn}: node record deleted"
-        );
+        gone_from(&node, iqn).await;
     }
     assert_eq!(
         node.kernel.session_count(PORTAL, foreign),
@@ -117,15 +130,7 @@ async fn what_an_interrupted_attach_made_goes_when_the_volume_was_unassigned_mea
         mut node,
     } = World::start("52:54:00:00:00:32", true).await;
     node.kernel = Arc::new(SimKernel::new(Duration::from_millis(1000)));
-    let target = op
-        .assign(
-            node_uuid,
-            "iscsi",
-            "vol-gone",
-            iscsi_props(PORTAL, IQNS[0], 0),
-            json!({}),
-        )
-        .await;
+    let target = assign(&op, node_uuid, "vol-gone", IQNS[0]).await;
     node.start_agent();
     let record = node.state_dir().join("volumes.json");
     until("the intent in the record", || {
@@ -145,11 +150,7 @@ async fn what_an_interrupted_attach_made_goes_when_the_volume_was_unassigned_mea
             .is_some_and(|r| r.generation.is_some() && r.volumes.is_empty())
     })
     .await;
-    until("the logout", || kernel.session_count(PORTAL, IQNS[0]) == 0).await;
-    assert!(
-        !node.kernel.record_exists(PORTAL, IQNS[0]),
-        "node record deleted"
-    );
+    gone_from(&node, IQNS[0]).await;
     let text = std::fs::read_to_string(&record).unwrap();
     assert!(!text.contains("intents"), "no intent left: {text}");
     node.stop_agent().await;
@@ -166,15 +167,7 @@ async fn a_detach_that_stopped_halfway_is_finished_at_the_next_start() {
         node_uuid,
         mut node,
     } = World::start("52:54:00:00:00:33", true).await;
-    let target = op
-        .assign(
-            node_uuid,
-            "iscsi",
-            "vol-half",
-            iscsi_props(PORTAL, IQNS[1], 0),
-            json!({}),
-        )
-        .await;
+    let target = assign(&op, node_uuid, "vol-half", IQNS[1]).await;
     node.start_agent();
     op.wait_state(node_uuid, target, VolumeState::Attached)
         .await;
@@ -184,12 +177,7 @@ async fn a_detach_that_stopped_halfway_is_finished_at_the_next_start() {
 
     node.start_agent();
     op.wait_gone(node_uuid, target).await;
-    let kernel = node.kernel.clone();
-    until("the logout", || kernel.session_count(PORTAL, IQNS[1]) == 0).await;
-    assert!(
-        !node.kernel.record_exists(PORTAL, IQNS[1]),
-        "node record deleted"
-    );
+    gone_from(&node, IQNS[1]).await;
     node.stop_agent().await;
 }
 
@@ -204,24 +192,8 @@ async fn node_records_of_volumes_unassigned_across_a_reboot_are_deleted() {
         node_uuid,
         mut node,
     } = World::start("52:54:00:00:00:34", true).await;
-    let kept = op
-        .assign(
-            node_uuid,
-            "iscsi",
-            "vol-kept",
-            iscsi_props(PORTAL, IQNS[2], 0),
-            json!({}),
-        )
-        .await;
-    let dropped = op
-        .assign(
-            node_uuid,
-            "iscsi",
-            "vol-dropped",
-            iscsi_props(PORTAL, IQNS[3], 0),
-            json!({}),
-        )
-        .await;
+    let kept = assign(&op, node_uuid, "vol-kept", IQNS[2]).await;
+    let dropped = assign(&op, node_uuid, "vol-dropped", IQNS[3]).await;
     node.start_agent();
     op.wait_state(node_uuid, kept, VolumeState::Attached).await;
     op.wait_state(node_uuid, dropped, VolumeState::Attached)
@@ -266,15 +238,7 @@ async fn an_attach_waits_for_a_writable_record_and_then_goes_on_alone() {
     let record = node.state_dir().join("volumes.json");
     std::fs::remove_file(&record).unwrap();
     std::fs::create_dir_all(record.join("blocker")).unwrap();
-    let target = op
-        .assign(
-            node_uuid,
-            "iscsi",
-            "vol-wait",
-            iscsi_props(PORTAL, IQNS[0], 0),
-            json!({}),
-        )
-        .await;
+    let target = assign(&op, node_uuid, "vol-wait", IQNS[0]).await;
     let failed = op.wait_state(node_uuid, target, VolumeState::Failed).await;
     assert_eq!(failed.error.unwrap().kind, "record_unwritable");
     assert_eq!(
