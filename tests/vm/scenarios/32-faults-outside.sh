@@ -128,13 +128,13 @@ wait_volume vol-o2 gone 60
 
 # --- the portal ---------------------------------------------------------------------------
 lio_cmd "/iscsi/$IQN/tpg1 disable"
-lio_apply
+LIO_OK_OUTPUT='^The TPGT has been disabled' lio_apply
 sleep 8
 expect_eq "portal gone: the session is no longer logged in" yes \
     "$([[ $(cat /sys/class/iscsi_session/"$session"/state 2>/dev/null) != LOGGED_IN ]] && echo yes || echo no)"
 wait_volume vol-o1 attached 5
 lio_cmd "/iscsi/$IQN/tpg1 enable"
-lio_apply
+LIO_OK_OUTPUT='^The TPGT has been enabled' lio_apply
 for _ in $(seq 60); do
     [[ $(cat /sys/class/iscsi_session/"$session"/state 2>/dev/null) == LOGGED_IN ]] && break
     sleep 1
