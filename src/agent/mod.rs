@@ -33,9 +33,9 @@ use client::Client;
 pub use client::{error_chain, trusting};
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
-use reconcile::{Assignment, reconcile};
+use reconcile::{Action, Assignment, reconcile};
 pub use record::{LocalStatus, StateDir};
-use volume::{Millis, Volume};
+use volume::Millis;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -224,14 +224,19 @@ async fn main_loop(
         for action in plan.actions {
             agent.start(action, events_tx, clock.now());
         }
-        // An action can fail at once (no attach while the record cannot be written): its retry
-        // was not in the plan, and no event will come to wake the loop for it.
-        // (One already due waits for the operation that holds it back, whose end is an event.)
-        let now = clock.now();
-        let retries = agent.volumes.values().filter_map(Volume::retry_at);
-        next_wake = (plan.next_wake.into_iter())
-            .chain(retries.filter(|at| *at > now))
-            .min();
+        // An action can fail at once (no attach while the record cannot be written), and its
+        // retry may even be due already: plan again for when to wake, since no event will come
+        // for it. (A step due now wakes the loop shortly, not at once: a step that cannot start
+        // must not spin it.)
+        let after = reconcile(&agent.desired, &agent.volumes, clock.now());
+        let due = after
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Attach(_) | Action::Detach(_)));
+        next_wake = match due {
+            true => Some(clock.now() + 50),
+            false => after.next_wake,
+        };
         agent.publish(report_tx);
         if !ready && agent.desired.generation().is_some() {
             // Ready once the first assignment has been reconciled: units ordered after the
