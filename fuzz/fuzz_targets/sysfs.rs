@@ -165,9 +165,12 @@ fuzz_target!(|data: &[u8]| {
     let mut devices = view.devices.iter();
     for session in &view.sessions {
         assert!(session.luns.is_sorted());
-        // A LUN's device, where one is found, is the LUN's block device.
-        for (_, kernel_name) in &session.luns {
+        // A LUN's device, where one is found, is that LUN's block device in the first session
+        // to the same target (sysfs may show two, a session one LUN number twice).
+        let first = view.sessions.iter().find(|s| s.key == session.key).unwrap();
+        for (lun, _) in &session.luns {
             if let Ok(device) = devices.next().unwrap() {
+                let (_, kernel_name) = first.luns.iter().find(|(l, _)| l == lun).unwrap();
                 assert_eq!(&device.kernel_name, kernel_name);
                 assert!(device.device_path.starts_with("/dev/disk/by-path/ip-"));
             }
