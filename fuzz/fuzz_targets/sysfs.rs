@@ -20,16 +20,12 @@ use tether::fuzzing::host_view;
 /// Most lines of a dump that are built: a run stays fast.
 const MAX_LINES: usize = 1024;
 
+/// Under `$TMPDIR`, which scripts/fuzz points at a directory of its own and removes after the run.
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        base.join(format!("tether-fuzz-sysfs-{}", std::process::id()))
+        let name = format!("tether-fuzz-sysfs-{}", std::process::id());
+        std::env::temp_dir().join(name)
     })
 }
 
