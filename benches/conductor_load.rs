@@ -45,6 +45,11 @@ struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 10)]
     heartbeat_interval_s: u64,
+    /// Seconds over which the agents start; by default 5, or 500 agents a second if that is
+    /// longer: 10,000 agents started in 5 s (a long-poll and a heartbeat each, over TLS) took
+    /// the 2-core machine of BENCHMARKS.md half a minute and more to recover from.
+    #[arg(long)]
+    ramp_s: Option<u64>,
     /// The conductor's pid, for RSS and CPU.
     #[arg(long)]
     conductor_pid: Option<u32>,
@@ -296,8 +301,9 @@ async fn main() -> anyhow::Result<()> {
 
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    // Agents start over 5 s, as a fleet coming up would.
-    let stagger = Duration::from_micros(5_000_000 / args.agents.max(1) as u64);
+    // Agents start over the ramp, as a fleet coming up would.
+    let ramp = Duration::from_secs(args.ramp_s.unwrap_or((args.agents as u64 / 500).max(5)));
+    let stagger = ramp / args.agents.max(1) as u32;
     for (i, agent) in agents.iter().enumerate() {
         let polls = polls.clone();
         let (http, url, stats, measuring) = (
@@ -398,9 +404,9 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
-    // Warm up: every agent started, and one full heartbeat interval.
-    tokio::time::sleep(Duration::from_secs(5) + Duration::from_secs(args.heartbeat_interval_s))
-        .await;
+    // Warm up: every agent started, and two full heartbeat intervals.
+    let warm_up = ramp + 2 * Duration::from_secs(args.heartbeat_interval_s);
+    tokio::time::sleep(warm_up).await;
     let before = args.conductor_pid.and_then(proc_sample);
     let before_self = proc_sample(std::process::id());
     let opened_before = opened.load(Ordering::Relaxed);
@@ -505,6 +511,8 @@ async fn main() -> anyhow::Result<()> {
     println!("agents: {}", args.agents);
     println!("tls: {}", if ca.is_some() { "yes" } else { "no" });
     println!("heartbeat_connections: {}", args.heartbeat_connections);
+    println!("ramp_s: {}", ramp.as_secs());
+    println!("warm_up_s: {}", warm_up.as_secs());
     println!("measured_s: {:.0}", elapsed.as_secs_f64());
     println!("heartbeats: {}", hb.len());
     println!("heartbeat_ms_p50: {:.2}", percentile(&hb, 0.50));
