@@ -159,7 +159,19 @@ impl Conductor {
     pub async fn start_exactly(dir: &Path, config: ConductorConfig) -> Self {
         logs();
         let addr: SocketAddr = config.listen.parse().expect("listen address");
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        // A restart binds its old port again: another process's short-lived connection may
+        // hold it for a moment (the machine's ephemeral ports are shared).
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task_config = config.clone();
