@@ -20,6 +20,7 @@ use super::volume::{Millis, Volume, retry_delay};
 use super::{AGENT_VERSION, Event};
 use crate::backend::{Attachment, Creations, DetachOutcome, ErrorKind, HostError};
 use crate::config::AgentConfig;
+use crate::protocol::target::TargetSpec;
 use crate::protocol::{
     Connector, ErrorReport, ForeignAttachment, Heartbeat, VolumeReport, timestamp,
 };
@@ -176,52 +177,60 @@ impl Agent {
             }
             Action::Forget(_) => {}
         }
-        if let Some(HostOp::Attach { spec, .. }) = &op {
-            // The intent is written before anything is created: after a crash the agent knows
-            // what of the host it made. An attach whose intent could not be written does not
-            // start.
-            let creates = self.backends.creations(spec).unwrap_or_else(|e| {
-                tracing::warn!(
-                    target_uuid = %uuid,
-                    kind = %e.kind,
-                    error = %e,
-                    "cannot see what the host has before an attach; recording no intent"
-                );
-                Creations::default()
-            });
-            let volume = &self.volumes[&uuid];
-            let intent = Intent {
-                volume_id: volume.volume_id.clone(),
-                volume_type: volume.volume_type.clone(),
-                creates,
-            };
-            self.intents.insert(uuid, intent);
-            self.written_record = None;
-            self.persist();
-            if self.record_unwritable.is_some() {
-                self.intents.remove(&uuid);
-            }
+        let Some(op) = op else {
+            return;
+        };
+        if let HostOp::Attach { spec, .. } = &op
+            && let Err(why) = self.record_intent(uuid, spec)
+        {
+            let error = HostError::new(
+                ErrorKind::RecordUnwritable,
+                format!(
+                    "the ownership record in {} cannot be written ({why}); no attach starts \
+                     until it can, so that nothing is attached that the agent would not know \
+                     as its own",
+                    self.state.path.display()
+                ),
+            );
+            self.in_flight += 1;
+            let failed = OpResult::Attached(Err(AttachFailure {
+                error,
+                leftover: None,
+            }));
+            self.finish(uuid, failed, Duration::ZERO, now_ms);
+            return;
         }
-        match (op, &self.record_unwritable) {
-            (Some(HostOp::Attach { .. }), Some(why)) => {
-                let error = HostError::new(
-                    ErrorKind::RecordUnwritable,
-                    format!(
-                        "the ownership record in {} cannot be written ({why}); no attach starts \
-                         until it can, so that nothing is attached that the agent would not \
-                         know as its own",
-                        self.state.path.display()
-                    ),
-                );
-                self.in_flight += 1;
-                let failed = OpResult::Attached(Err(AttachFailure {
-                    error,
-                    leftover: None,
-                }));
-                self.finish(uuid, failed, Duration::ZERO, now_ms);
+        self.spawn(uuid, op, events);
+    }
+
+    /// Writes the intent of an attach of `uuid` before anything is created, so that after a
+    /// crash the agent knows what of the host it made. `Err` (the write's error) when the
+    /// record cannot be written: the attach must not start.
+    fn record_intent(&mut self, uuid: Uuid, spec: &TargetSpec) -> Result<(), String> {
+        let creates = self.backends.creations(spec).unwrap_or_else(|e| {
+            tracing::warn!(
+                target_uuid = %uuid,
+                kind = %e.kind,
+                error = %e,
+                "cannot see what the host has before an attach; recording no intent"
+            );
+            Creations::default()
+        });
+        let volume = &self.volumes[&uuid];
+        let intent = Intent {
+            volume_id: volume.volume_id.clone(),
+            volume_type: volume.volume_type.clone(),
+            creates,
+        };
+        self.intents.insert(uuid, intent);
+        // Written even if nothing else changed: this write is the proof that the next one can be.
+        self.write_record(true);
+        match self.record_unwritable.clone() {
+            Some(why) => {
+                self.intents.remove(&uuid);
+                Err(why)
             }
-            (Some(op), _) => self.spawn(uuid, op, events),
-            (None, _) => {}
+            None => Ok(()),
         }
     }
 
@@ -378,6 +387,12 @@ impl Agent {
     /// Writes the ownership record, every volume the agent has on the host, when it changed or
     /// the last write failed.
     fn persist(&mut self) {
+        self.write_record(false);
+    }
+
+    /// Writes the ownership record; unless `always`, only when it changed or the last write
+    /// failed.
+    fn write_record(&mut self, always: bool) {
         let record = Record {
             version: super::record::RECORD_VERSION,
             volumes: self
@@ -397,7 +412,8 @@ impl Agent {
                 .collect(),
             intents: self.intents.clone(),
         };
-        if self.record_unwritable.is_none() && self.written_record.as_ref() == Some(&record) {
+        let unchanged = self.written_record.as_ref() == Some(&record);
+        if !always && self.record_unwritable.is_none() && unchanged {
             return;
         }
         match self.state.save_record(&record) {

@@ -63,11 +63,7 @@ async fn sessions_an_attach_made_before_a_crash_are_removed_at_unassign() {
     node.kernel = Arc::new(SimKernel::new(Duration::from_millis(1500)));
     let mut targets = Vec::new();
     for (i, iqn) in IQNS.iter().enumerate() {
-        let props = iscsi_props(PORTAL, iqn, 0);
-        targets.push(
-            op.assign(node_uuid, "iscsi", &format!("vol-{i}"), props, json!({}))
-                .await,
-        );
+        targets.push(assign(&op, node_uuid, &format!("vol-{i}"), iqn).await);
     }
     // A session someone logged in by hand to a fifth target: never the agent's to remove.
     let foreign = "iqn.2003-01.org.example.array:by-hand";

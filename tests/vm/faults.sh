@@ -92,14 +92,19 @@ expect_gone() {
     expect_eq "$1: no key file" "" "$(find /run/tether -name '*rbd-key*' 2>/dev/null || true)"
 }
 
+# assign_fault_volume : the cell's one volume, formatted and mounted; sets TARGET.
+assign_fault_volume() {
+    # shellcheck disable=SC2086 # ASSIGN is a list of options
+    TARGET=$(assign "$FAULT_VOLUME" $ASSIGN --mount "$MOUNT" --fstype ext4 --mkfs)
+}
+
 # attach_cell POINT : killed at POINT while attaching; started again, the volume is attached.
 attach_cell() {
     local point=$1
     log "cell: attach, killed at $point"
     reset_volume
     start_agent_at "$point"
-    # shellcheck disable=SC2086 # ASSIGN is a list of options
-    TARGET=$(assign "$FAULT_VOLUME" $ASSIGN --mount "$MOUNT" --fstype ext4 --mkfs)
+    assign_fault_volume
     died_at "$point" || return 0
     start_agent_at ""
     wait_local mounted "attach killed at $point" || return 0
@@ -115,8 +120,7 @@ detach_cell() {
     log "cell: detach, killed at $point"
     reset_volume
     start_agent_at ""
-    # shellcheck disable=SC2086
-    TARGET=$(assign "$FAULT_VOLUME" $ASSIGN --mount "$MOUNT" --fstype ext4 --mkfs)
+    assign_fault_volume
     wait_local mounted "before the detach killed at $point" || return 0
     start_agent_at "$point"
     wait_local mounted "the agent with the crash point adopted it" || return 0

@@ -538,11 +538,10 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
         let sessions = self.host.sessions()?;
         let mut creations = Creations::default();
         for path in &spec.paths {
-            // Named as attach_path names it; a name that does not resolve creates nothing.
-            let Ok(portal) = resolve_portal(&path.portal) else {
-                continue;
-            };
-            let key = SessionKey::new(&portal, &path.iqn);
+            // Called on the agent's main loop: no name lookup here. Portals were resolved when
+            // the assignment arrived; one that did not resolve then keeps its name, matches no
+            // session, and so explains nothing after a crash (never too much).
+            let key = path.session();
             let lun = LunRef {
                 session: key.clone(),
                 lun: path.lun,

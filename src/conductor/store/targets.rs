@@ -116,13 +116,11 @@ pub(super) fn generation(conn: &Connection, node: Uuid) -> Result<u64, StoreErro
 
 fn bump_generation(conn: &Connection, node: Uuid) -> Result<u64, StoreError> {
     let next = next_generation(conn)?;
-    let sql = "UPDATE nodes SET generation = ?2 WHERE uuid = ?1 RETURNING generation";
-    conn.query_row(sql, params![node.to_string(), next as i64], |r| {
-        r.get::<_, i64>(0)
-    })
-    .optional()?
-    .map(|g| g as u64)
-    .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
+    let sql = "UPDATE nodes SET generation = ?2 WHERE uuid = ?1";
+    match conn.execute(sql, params![node.to_string(), next as i64])? {
+        0 => Err(StoreError::NotFound(format!("node {node}"))),
+        _ => Ok(next),
+    }
 }
 
 /// The next value of the one generation sequence: the microseconds since the epoch, or one past
