@@ -642,7 +642,7 @@ mod tests {
         };
         let printed = format_node_status(&status);
         // Node, agent, then header, volume, error, not-assigned note, foreign.
-        assert_inert(&printed, 2 + 5);
+        assert_inert(&printed, 2 + 6);
         assert!(printed.contains("agent 0.1\\u{1b}]0;title"), "{printed}");
         assert!(
             printed.contains("is not assigned to this node"),

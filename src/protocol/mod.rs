@@ -144,6 +144,11 @@ pub struct VolumeReport {
     pub mountpoint: Option<String>,
     #[serde(default)]
     pub error: Option<ErrorReport>,
+    /// An attached volume with a path down (kind `path_down`): it stays attached, I/O waits or
+    /// goes through other paths. Absent while every path is up, so that conductors older than
+    /// the field accept the reports of a healthy node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<ErrorReport>,
     /// RFC 3339 time at which the volume entered `state`.
     pub since: String,
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::protocol::timestamp;
 
-pub(crate) use reports::MetricsSnapshot;
+pub(crate) use reports::{DEGRADED, MetricsSnapshot};
 pub(crate) use tokens::{TokenHash, new_token};
 
 #[derive(Debug, Error)]

@@ -171,6 +171,7 @@ fn heartbeat(states: &[VolumeState]) -> Heartbeat {
                 wwn: None,
                 mountpoint: None,
                 error: None,
+                degraded: None,
                 since: "2026-01-01T00:00:00Z".into(),
             })
             .collect(),
