@@ -3,6 +3,7 @@
 //! docs/protocol.md is the contract; its examples are parsed by tests against these types.
 //! Readers of responses tolerate unknown fields; requests that change state refuse them.
 
+pub mod cinder;
 pub mod report;
 pub mod secret;
 pub mod target;

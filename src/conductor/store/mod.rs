@@ -1,5 +1,6 @@
 //! SQLite store of nodes, connectors, targets and the last report of every node.
 
+mod cinder;
 mod connectors;
 mod nodes;
 mod reports;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 use crate::protocol::timestamp;
 
+pub(crate) use cinder::CinderRow;
 pub(crate) use reports::{DEGRADED, MetricsSnapshot};
 pub(crate) use tokens::{TokenHash, new_token};
 
