@@ -628,3 +628,41 @@ pub(crate) fn agent_view(
         .find(|v| v.target_uuid == target)
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Connector;
+
+    #[test]
+    fn the_connector_is_what_the_agent_reported() {
+        let c = |t: &str, id: &str| Connector {
+            connector_type: t.into(),
+            connector_id: id.into(),
+        };
+        let report = Heartbeat {
+            agent_version: "0.1.0".into(),
+            generation: None,
+            connectors: vec![
+                c("mac", "52:54:00:00:00:01"),
+                c("iqn", "iqn.1993-08.org.debian:01:node"),
+                c("ip", "192.0.2.50"),
+                c("ip", "192.0.2.51"),
+            ],
+            volumes: vec![],
+            foreign: vec![],
+        };
+        let connector = connector("compute-17", &report, true);
+        assert_eq!(connector["initiator"], "iqn.1993-08.org.debian:01:node");
+        assert_eq!(connector["ip"], "192.0.2.50");
+        assert_eq!(connector["host"], "compute-17");
+        assert_eq!(connector["multipath"], true);
+        assert_eq!(connector["os_type"], "linux");
+        let bare = Heartbeat {
+            connectors: vec![],
+            ..report
+        };
+        let connector = super::connector("n", &bare, false);
+        assert!(connector.get("initiator").is_none(), "RBD needs none");
+    }
+}
