@@ -47,6 +47,8 @@ pub(crate) struct CinderService {
     backoff: Mutex<HashMap<Key, (u32, Instant)>>,
     in_flight: Mutex<HashSet<Key>>,
     refreshed: Mutex<HashMap<Key, Instant>>,
+    /// Nodes with Cinder volumes: only their heartbeats wake the worker.
+    nodes: Mutex<HashSet<Uuid>>,
 }
 
 impl CinderService {
@@ -58,7 +60,27 @@ impl CinderService {
             backoff: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             refreshed: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A heartbeat of `node` arrived: a volume of it may wait for this report.
+    pub(crate) fn reported(&self, node: Uuid) {
+        if self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&node)
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a volume in a steady phase (attached, failed) is due for a look at Cinder: only
+    /// an operator's request (which wakes the worker) changes it otherwise.
+    fn refresh_due(&self, key: &Key) -> bool {
+        let refreshed = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        refreshed.get(key).is_none_or(|at| at.elapsed() >= REFRESH)
     }
 
     async fn cinder(&self) -> Result<Cinder, OpenStackError> {
@@ -191,9 +213,16 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<CinderService>) {
     loop {
         match c.db(|s| s.cinder_volumes(None)).await {
             Ok(rows) => {
+                *svc.nodes.lock().unwrap_or_else(|e| e.into_inner()) =
+                    rows.iter().map(|r| r.node_uuid).collect();
                 for row in rows {
                     let key = (row.node_uuid, row.volume_id.clone());
                     if !svc.due(&key) {
+                        continue;
+                    }
+                    let steady = row.want_attached
+                        && matches!(row.phase, CinderPhase::Attached | CinderPhase::Failed);
+                    if steady && !svc.refresh_due(&key) {
                         continue;
                     }
                     if !svc
