@@ -143,6 +143,24 @@ impl Cinder {
         self.client.base()
     }
 
+    /// Sends a request at tether's microversion; an error answer is an [`OpenStackError`].
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<reqwest::Response, OpenStackError> {
+        let mut request = self
+            .client
+            .request(method, path)?
+            .header("OpenStack-API-Version", MICROVERSION);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        self.client.send(request, what).await
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
@@ -150,37 +168,13 @@ impl Cinder {
         body: Option<Value>,
         what: &str,
     ) -> Result<T, OpenStackError> {
-        let mut request = self
-            .client
-            .request(method, path)?
-            .header("OpenStack-API-Version", MICROVERSION);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let response = self.client.send(request, what).await?;
+        let response = self.send(method, path, body, what).await?;
         response.json::<T>().await.map_err(|e| {
             OpenStackError::new(
                 OpenStackErrorKind::BadAnswer,
                 format!("{what}: the answer does not parse: {e}"),
             )
         })
-    }
-
-    async fn call_no_answer(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        what: &str,
-    ) -> Result<(), OpenStackError> {
-        let mut request = self
-            .client
-            .request(method, path)?
-            .header("OpenStack-API-Version", MICROVERSION);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        self.client.send(request, what).await.map(|_| ())
     }
 }
 
@@ -277,28 +271,22 @@ impl CinderApi for Cinder {
 
     async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
         let path = format!("attachments/{}/action", segment(id));
-        self.call_no_answer(
+        self.send(
             Method::POST,
             &path,
             Some(json!({"os-complete": null})),
             &format!("completing attachment {id}"),
         )
         .await
+        .map(|_| ())
     }
 
     async fn delete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
         let path = format!("attachments/{}", segment(id));
-        match self
-            .call_no_answer(
-                Method::DELETE,
-                &path,
-                None,
-                &format!("deleting attachment {id}"),
-            )
-            .await
-        {
+        let what = format!("deleting attachment {id}");
+        match self.send(Method::DELETE, &path, None, &what).await {
             Err(e) if e.kind == OpenStackErrorKind::NotFound => Ok(()),
-            other => other,
+            other => other.map(|_| ()),
         }
     }
 }
