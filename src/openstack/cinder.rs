@@ -290,3 +290,135 @@ impl CinderApi for Cinder {
         }
     }
 }
+
+#[cfg(test)]
+mod fixtures {
+    //! Answers of a real Cinder 21.3 (tests/fixtures/cinder/, scripts/vm/capture-fixtures
+    //! --cinder), read the way the client reads them.
+    use super::*;
+    use crate::openstack::connection::{CephKey, map_connection_info};
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/cinder/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn attachment(name: &str) -> Attachment {
+        serde_json::from_str::<OneAttachment>(&fixture(name))
+            .unwrap()
+            .attachment
+    }
+
+    fn as_target(
+        mapped: &crate::openstack::connection::MappedTarget,
+    ) -> crate::protocol::VolumeTarget {
+        crate::protocol::VolumeTarget {
+            uuid: uuid::Uuid::nil(),
+            node_uuid: uuid::Uuid::nil(),
+            volume_type: mapped.volume_type.into(),
+            volume_id: "vol".into(),
+            boot_index: None,
+            properties: mapped.properties.clone(),
+            extra: Map::new(),
+        }
+    }
+
+    #[test]
+    fn an_lvm_attachment_becomes_an_iscsi_target_with_cinders_chap() {
+        let created = attachment("attachment-create-lvm.json");
+        assert_eq!(created.status, "reserved");
+        assert_eq!(created.attach_mode.as_deref(), Some("rw"));
+        let shown = format!("{created:?}");
+        assert!(!shown.contains("FakeChapPass16ch"), "{shown}");
+        let info = created.connection_info.unwrap();
+        let mapped = map_connection_info(&info, &[], false).unwrap();
+        assert_eq!(mapped.volume_type, "iscsi");
+        let mut kept: Vec<&str> = mapped.properties.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                "access_mode",
+                "auth_method",
+                "auth_password",
+                "auth_username",
+                "target_iqn",
+                "target_lun",
+                "target_portal"
+            ]
+        );
+        assert_eq!(
+            mapped.ignored,
+            [
+                "attachment_id",
+                "cacheable",
+                "encrypted",
+                "qos_specs",
+                "target_discovered",
+                "volume_id"
+            ]
+        );
+        let spec = crate::protocol::target::parse(&as_target(&mapped)).unwrap();
+        assert!(format!("{spec:?}").contains("iqn.2010-10.org.openstack:volume-"));
+    }
+
+    #[test]
+    fn an_rbd_attachment_becomes_an_rbd_target_with_the_conductors_key() {
+        let info = attachment("attachment-create-rbd.json")
+            .connection_info
+            .unwrap();
+        assert!(info.get("auth_key").is_none(), "Cinder sends no cephx key");
+        let keys = [CephKey {
+            monitors: vec!["127.0.0.1:6789".into()],
+            cluster_name: None,
+            user: "cinder".into(),
+            key_file: "/etc/tether/ceph/cinder.key".into(),
+        }];
+        let mut mapped = map_connection_info(&info, &keys, true).unwrap();
+        assert_eq!(mapped.volume_type, "rbd");
+        assert_eq!(mapped.key_file, Some("/etc/tether/ceph/cinder.key".into()));
+        assert_eq!(mapped.properties["access_mode"], "ro", "--read-only wins");
+        for ignored in [
+            "secret_type",
+            "secret_uuid",
+            "discard",
+            "volume_id",
+            "attachment_id",
+        ] {
+            assert!(
+                mapped.ignored.iter().any(|k| k == ignored),
+                "{ignored}: {:?}",
+                mapped.ignored
+            );
+        }
+        mapped.properties.insert(
+            "auth_key".into(),
+            Value::from("AQBIkAdrAAAAABAAdGV0aGVyLWRvY3Mtb25seQ=="),
+        );
+        crate::protocol::target::parse(&as_target(&mapped)).unwrap();
+    }
+
+    #[test]
+    fn volumes_and_lists_parse() {
+        let volume: OneVolume = serde_json::from_str(&fixture("volume-lvm-in-use.json")).unwrap();
+        assert_eq!(volume.volume.status, "in-use");
+        assert!(!volume.volume.attachments.is_empty());
+        let available: OneVolume =
+            serde_json::from_str(&fixture("volume-rbd-available.json")).unwrap();
+        assert_eq!(available.volume.status, "available");
+        let by_name: Volumes =
+            serde_json::from_str(&fixture("volumes-detail-by-name.json")).unwrap();
+        assert_eq!(by_name.volumes.len(), 1);
+        let none: Volumes =
+            serde_json::from_str(&fixture("volumes-detail-by-name-none.json")).unwrap();
+        assert!(none.volumes.is_empty());
+        let listed: Attachments =
+            serde_json::from_str(&fixture("attachments-detail-by-volume-lvm.json")).unwrap();
+        assert!(!listed.attachments.is_empty());
+        let after = attachment("attachment-lvm-after-complete.json");
+        assert_eq!(after.status, "attached");
+    }
+}
