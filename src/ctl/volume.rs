@@ -118,7 +118,8 @@ fn attach_verdict(v: &CinderVolume, mounting: bool) -> Option<Result<String, Str
     if v.phase == CinderPhase::Failed {
         let (kind, message) = error_of(v);
         return Some(Err(format!(
-            "failed while {}: {kind}: {message}\n(`tether ctl volume detach` cleans up what was made)",
+            "failed while {}: {kind}: {message}\n\
+             (`tether ctl volume detach` cleans up what was made)",
             last_phase(v)
         )));
     }

@@ -101,8 +101,11 @@ async fn reported_node(op: &Operator, name: &str, mac: &str) {
         .http
         .post(format!("{}/v1/heartbeat/{uuid}", op.url))
         .bearer_auth(NODE_TOKEN)
-        .json(&json!({"agent_version": "0.1.0", "generation": null,
-                      "connectors": [{"type": "iqn", "connector_id": "iqn.1993-08.org.debian:01:n1"}]}))
+        .json(&json!({
+            "agent_version": "0.1.0",
+            "generation": null,
+            "connectors": [{"type": "iqn", "connector_id": "iqn.1993-08.org.debian:01:n1"}],
+        }))
         .send()
         .await
         .unwrap();
@@ -136,11 +139,22 @@ async fn keystone_credentials_never_reach_an_answer_the_log_or_the_metrics() {
     std::fs::write(
         clouds.join("clouds.yaml"),
         format!(
-            "clouds:\n  by-password:\n    auth:\n      auth_url: {keystone}\n      username: tether\n      \
-             password: {PASSWORD}\n      project_name: baremetal\n      user_domain_name: Default\n      \
-             project_domain_name: Default\n  by-app:\n    auth_type: v3applicationcredential\n    \
-             auth:\n      auth_url: {keystone}\n      application_credential_id: 0123abcd\n      \
-             application_credential_secret: {APP_SECRET}\n"
+            "clouds:
+  by-password:
+    auth:
+      auth_url: {keystone}
+      username: tether
+      password: {PASSWORD}
+      project_name: baremetal
+      user_domain_name: Default
+      project_domain_name: Default
+  by-app:
+    auth_type: v3applicationcredential
+    auth:
+      auth_url: {keystone}
+      application_credential_id: 0123abcd
+      application_credential_secret: {APP_SECRET}
+"
         ),
     )
     .unwrap();
@@ -217,7 +231,8 @@ async fn without_cinder_or_a_report_an_attach_is_refused_and_nothing_is_assigned
     let conductor = Process::start(
         dir.path(),
         &format!(
-            "[cinder]\nauth = \"noauth\"\nendpoint = \"{endpoint}\"\nproject_id = \"0123456789abcdef0123456789abcdef\""
+            "[cinder]\nauth = \"noauth\"\nendpoint = \"{endpoint}\"\n\
+             project_id = \"0123456789abcdef0123456789abcdef\""
         ),
     );
     let op = Operator {

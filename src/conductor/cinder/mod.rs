@@ -334,7 +334,12 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
         }
         Err(StepError::Store(e)) => {
             svc.failed(&key);
-            tracing::warn!(node = %node, volume_id = %volume, error = %e, "Cinder flow step failed");
+            tracing::warn!(
+                node = %node,
+                volume_id = %volume,
+                error = %e,
+                "Cinder flow step failed",
+            );
         }
     }
 }
@@ -397,7 +402,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 }
             };
             let id = attachment.id.clone();
-            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment created");
+            tracing::info!(
+                node = %node,
+                volume_id = %volume,
+                attachment = %id,
+                "Cinder attachment created",
+            );
             let (v, recorded) = (volume.clone(), id.clone());
             c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = Some(recorded)))
                 .await?;
@@ -412,7 +422,11 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 }
             };
             if !mapped.ignored.is_empty() {
-                tracing::debug!(volume_id = %volume, ignored = ?mapped.ignored, "connection_info keys tether does not use");
+                tracing::debug!(
+                    volume_id = %volume,
+                    ignored = ?mapped.ignored,
+                    "connection_info keys tether does not use",
+                );
             }
             let mut properties = mapped.properties;
             if let Some(file) = &mapped.key_file {
@@ -474,7 +488,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 })
             })
             .await?;
-            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment completed: in-use");
+            tracing::info!(
+                node = %node,
+                volume_id = %volume,
+                attachment = %id,
+                "Cinder attachment completed: in-use",
+            );
             Ok(true)
         }
         Step::TargetLost => Err(StepError::Refused(ErrorReport {
@@ -508,7 +527,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
             };
             for id in &ids {
                 svc.delete_attachment(id).await?;
-                tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment deleted");
+                tracing::info!(
+                    node = %node,
+                    volume_id = %volume,
+                    attachment = %id,
+                    "Cinder attachment deleted",
+                );
             }
             let v = volume.clone();
             c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
@@ -535,7 +559,11 @@ async fn adopt(
     else {
         return Ok(None);
     };
-    tracing::info!(volume_id = %volume, attachment = %summary.id, "adopting a Cinder attachment made before a restart");
+    tracing::info!(
+        volume_id = %volume,
+        attachment = %summary.id,
+        "adopting a Cinder attachment made before a restart",
+    );
     // Listings may leave connection_info out: read the attachment itself.
     Ok(svc.attachment(&summary.id).await?.or(Some(summary)))
 }
@@ -577,7 +605,11 @@ async fn compare_with_cinder(c: Arc<Conductor>, svc: Arc<CinderService>) {
         match compare_once(&c, &svc).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot compare the attachments with Cinder yet");
+                tracing::warn!(
+                    error = %e,
+                    retry_in_s = delay.as_secs(),
+                    "cannot compare the attachments with Cinder yet",
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
@@ -604,8 +636,12 @@ async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> 
                         && attachment.volume_id.as_deref() == Some(r.volume_id.as_str()))
             });
             if !known {
-                tracing::warn!(node = %node, attachment = %attachment.id, volume_id = ?attachment.volume_id,
-                    "Cinder has an attachment for this node that tether does not know; left alone");
+                tracing::warn!(
+                    node = %node,
+                    attachment = %attachment.id,
+                    volume_id = ?attachment.volume_id,
+                    "Cinder has an attachment for this node that tether does not know; left alone"
+                );
             }
         }
         for row in ours {
@@ -613,14 +649,16 @@ async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> 
                 continue;
             };
             if row.phase == CinderPhase::Attached && !theirs.iter().any(|a| &a.id == id) {
-                tracing::error!(node = %node, volume_id = %row.volume_id, attachment = %id,
-                    "Cinder no longer has this volume's attachment, but the node still has the volume");
-                let (v, message) = (
-                    row.volume_id.clone(),
-                    format!(
-                        "Cinder no longer has attachment {id} while the volume is attached to the node: \
-                     Cinder may hand the volume to someone else; detach it"
-                    ),
+                tracing::error!(
+                    node = %node,
+                    volume_id = %row.volume_id,
+                    attachment = %id,
+                    "Cinder no longer has this volume's attachment; the node still has the volume"
+                );
+                let v = row.volume_id.clone();
+                let message = format!(
+                    "Cinder no longer has attachment {id} while the volume is attached to the \
+                     node: Cinder may hand the volume to someone else; detach it"
                 );
                 let _ = c
                     .db(move |s| {
