@@ -79,17 +79,18 @@ impl std::fmt::Debug for Attachment {
 pub trait CinderApi: Send + Sync {
     /// A volume by id, or by name when no volume has that id (a name must be unique).
     async fn find_volume(&self, id_or_name: &str) -> Result<Volume, OpenStackError>;
-    async fn create_attachment(
-        &self,
-        volume_id: &str,
-        instance: &str,
-        connector: &Value,
-        read_only: bool,
-    ) -> Result<Attachment, OpenStackError>;
+    /// Reserves the volume: an attachment with no connector yet, so that its id is known (and
+    /// recorded) before Cinder exports anything. No `instance_uuid`: with one, Cinder (since
+    /// OSSA-2023-003) lets only Nova or a service delete the attachment.
+    async fn reserve(&self, volume_id: &str, read_only: bool)
+    -> Result<Attachment, OpenStackError>;
+    /// Gives the reserved attachment the node's connector: Cinder exports the volume to it and
+    /// answers with the connection_info.
+    async fn connect(&self, id: &str, connector: &Value) -> Result<Attachment, OpenStackError>;
     /// `None` when Cinder has no such attachment (any more).
     async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError>;
-    /// The attachments made for `instance` (a node's uuid), on every volume.
-    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError>;
+    /// The volume's attachments, whoever made them.
+    async fn attachments_of(&self, volume_id: &str) -> Result<Vec<Attachment>, OpenStackError>;
     /// Marks the attachment attached: the volume becomes `in-use`.
     async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError>;
     /// Deletes the attachment (Cinder unexports the volume); one already gone is success.
@@ -222,24 +223,28 @@ impl CinderApi for Cinder {
         }
     }
 
-    async fn create_attachment(
+    async fn reserve(
         &self,
         volume_id: &str,
-        instance: &str,
-        connector: &Value,
         read_only: bool,
     ) -> Result<Attachment, OpenStackError> {
         let body = json!({"attachment": {
             "volume_uuid": volume_id,
-            "instance_uuid": instance,
-            "connector": connector,
             "mode": if read_only { "ro" } else { "rw" },
         }});
-        let what = format!("creating an attachment of volume {volume_id}");
+        let what = format!("reserving volume {volume_id}");
         let created: OneAttachment = self
             .call(Method::POST, "attachments", Some(body), &what)
             .await?;
         Ok(created.attachment)
+    }
+
+    async fn connect(&self, id: &str, connector: &Value) -> Result<Attachment, OpenStackError> {
+        let path = format!("attachments/{}", segment(id));
+        let body = json!({"attachment": {"connector": connector}});
+        let what = format!("exporting the volume of attachment {id}");
+        let updated: OneAttachment = self.call(Method::PUT, &path, Some(body), &what).await?;
+        Ok(updated.attachment)
     }
 
     async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError> {
@@ -254,18 +259,12 @@ impl CinderApi for Cinder {
         }
     }
 
-    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError> {
-        let query = reqwest::Url::parse_with_params("http://x/", [("instance_id", instance)])
+    async fn attachments_of(&self, volume_id: &str) -> Result<Vec<Attachment>, OpenStackError> {
+        let query = reqwest::Url::parse_with_params("http://x/", [("volume_id", volume_id)])
             .expect("a valid URL");
-        let path = format!("attachments/detail?{}", query.query().unwrap_or_default());
-        let found: Attachments = self
-            .call(
-                Method::GET,
-                &path,
-                None,
-                &format!("attachments of {instance}"),
-            )
-            .await?;
+        let path = format!("attachments?{}", query.query().unwrap_or_default());
+        let what = format!("attachments of volume {volume_id}");
+        let found: Attachments = self.call(Method::GET, &path, None, &what).await?;
         Ok(found.attachments)
     }
 
