@@ -1,0 +1,587 @@
+//! The conductor against a real Keystone: password and application-credential clouds from
+//! `clouds.yaml` authenticate, find Cinder in Keystone's catalog (in their region, on the public
+//! interface, with the project id Keystone puts in the URL) and call it with a token Keystone
+//! itself says is valid for user `tether` in project `baremetal`; wrong credentials are refused
+//! as `cinder_auth_failed`; no credential and no token reaches the log, an answer or /metrics.
+//!
+//! Keystone is real (from PyPI, started by scripts/test-keystone, which passes it in
+//! `TETHER_KEYSTONE_*`); only Cinder is stood in for, by a small server here that records the
+//! tokens it is sent. Without that script the tests are ignored.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const IGNORED: &str = "needs a real Keystone: scripts/test-keystone";
+const ADMIN: &str = "admin-token-for-the-keystone-tests-0123";
+const NODE_TOKEN: &str = "node-token-for-the-keystone-tests-0123456789";
+const WRONG_PASSWORD: &str = "wrong-password-never-shown-5d21";
+const WRONG_SECRET: &str = "wrong-app-secret-never-shown-e7a0";
+
+/// What scripts/test-keystone made in its Keystone.
+struct Seeded {
+    url: String,
+    admin_password: String,
+    project_id: String,
+    user_id: String,
+    password: String,
+    app_cred_id: String,
+    app_cred_secret: String,
+    service_id: String,
+}
+
+impl Seeded {
+    fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(format!("TETHER_KEYSTONE_{name}"))
+                .unwrap_or_else(|_| panic!("TETHER_KEYSTONE_{name} is not set: {IGNORED}"))
+        };
+        Self {
+            url: var("URL").trim_end_matches('/').to_string(),
+            admin_password: var("ADMIN_PASSWORD"),
+            project_id: var("PROJECT_ID"),
+            user_id: var("USER_ID"),
+            password: var("PASSWORD"),
+            app_cred_id: var("APP_CRED_ID"),
+            app_cred_secret: var("APP_CRED_SECRET"),
+            service_id: var("SERVICE_ID"),
+        }
+    }
+}
+
+/// Keystone's REST API, as its admin.
+struct Keystone {
+    http: reqwest::Client,
+    seeded: Seeded,
+    admin_token: String,
+}
+
+impl Keystone {
+    async fn connect() -> Self {
+        let seeded = Seeded::from_env();
+        let http = reqwest::Client::new();
+        let auth = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"id": "default"}, "password": seeded.admin_password}}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}});
+        let answer = http
+            .post(format!("{}/auth/tokens", seeded.url))
+            .json(&auth)
+            .send()
+            .await
+            .expect("Keystone answers");
+        assert_eq!(answer.status().as_u16(), 201, "the admin logs in");
+        let admin_token = answer.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        Self {
+            http,
+            seeded,
+            admin_token,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.seeded.url))
+            .header("X-Auth-Token", &self.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status();
+        let text = answer.text().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// A region of its own with Cinder's endpoint `url` (public), so that tests running at the
+    /// same time do not see each other's endpoints.
+    async fn region_with_cinder(&self, region: &str, endpoints: &[(&str, String)]) {
+        self.call(
+            reqwest::Method::POST,
+            "/regions",
+            Some(json!({"region": {"id": region}})),
+        )
+        .await;
+        for (interface, url) in endpoints {
+            self.call(
+                reqwest::Method::POST,
+                "/endpoints",
+                Some(json!({"endpoint": {"service_id": self.seeded.service_id,
+                    "interface": interface, "region_id": region, "url": url}})),
+            )
+            .await;
+        }
+    }
+
+    /// What Keystone says about a token: 200 and its body, or the refusal's status.
+    async fn validate(&self, token: &str) -> (u16, Value) {
+        let answer = self
+            .http
+            .get(format!("{}/auth/tokens", self.seeded.url))
+            .header("X-Auth-Token", &self.admin_token)
+            .header("X-Subject-Token", token)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// One request the stand-in for Cinder received.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path_and_query: String,
+    token: Option<String>,
+}
+
+/// Stands in for Cinder, on loopback: no volume exists. Records every request.
+struct StandIn {
+    root: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl StandIn {
+    async fn start() -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move { cinder_answer(&record, request) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let root = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { root, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn cinder_answer(
+    record: &Mutex<Vec<Seen>>,
+    request: axum::extract::Request,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    let uri = request.uri();
+    let path = uri.path().to_string();
+    record.lock().unwrap().push(Seen {
+        method: request.method().to_string(),
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or(path.clone()),
+        token: request
+            .headers()
+            .get("x-auth-token")
+            .map(|t| t.to_str().unwrap().to_string()),
+    });
+    let not_found = axum::http::StatusCode::NOT_FOUND;
+    if request.method() != axum::http::Method::GET {
+        return (not_found, axum::Json(json!({})));
+    }
+    if path.ends_with("/volumes/detail") {
+        return (
+            axum::http::StatusCode::OK,
+            axum::Json(json!({"volumes": []})),
+        );
+    }
+    match path.rsplit_once("/volumes/") {
+        Some((_, id)) => (
+            not_found,
+            axum::Json(json!({"itemNotFound": {"code": 404,
+                "message": format!("Volume {id} could not be found.")}})),
+        ),
+        None => (not_found, axum::Json(json!({}))),
+    }
+}
+
+/// A conductor process with `[cinder] cloud = CLOUD`, its home in `home` (where osauth finds
+/// `.config/openstack/clouds.yaml`), over plain HTTP on loopback, logging at trace level for
+/// every crate (osauth, reqwest and hyper included) to a file.
+struct Process {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(home: &Path, cloud: &str) -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let config = home.join(format!("{cloud}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[conductor]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\n\n\
+                 [cinder]\ncloud = \"{cloud}\"\n",
+                db = home.join(format!("{cloud}.db")).display()
+            ),
+        )
+        .unwrap();
+        let log = home.join(format!("{cloud}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("--config")
+            .arg(&config)
+            .arg("conductor")
+            .env("HOME", home)
+            .env("TETHER_ADMIN_TOKEN", ADMIN)
+            .env("TETHER_LOG", "trace")
+            .env("TETHER_LOG_FORMAT", "text")
+            .env_remove("OS_CLOUD")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Stops it and returns what it logged (kept in `TETHER_KEYSTONE_LOGS` when that is set).
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        if let Ok(keep) = std::env::var("TETHER_KEYSTONE_LOGS") {
+            let name = self.log.file_name().unwrap();
+            let _ = std::fs::copy(&self.log, Path::new(&keep).join(name));
+        }
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// The conductor's operator API, and every body it answered (searched for secrets at the end).
+struct Operator {
+    http: reqwest::Client,
+    url: String,
+    answers: Vec<String>,
+}
+
+impl Operator {
+    async fn new(url: &str) -> Self {
+        let op = Self {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            answers: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while op.http.get(format!("{url}/v1")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the conductor did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        op
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let answer = request.send().await.expect("the conductor answers");
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        self.answers.push(text.clone());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn admin(&mut self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN)
+            .json(&body);
+        self.send(request).await
+    }
+
+    /// A node whose agent has reported once, so that its connector is known.
+    async fn reported_node(&mut self, name: &str, mac: &str) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/nodes",
+                json!({"name": name, "addresses": [mac], "agent_token": NODE_TOKEN}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let uuid = body["uuid"].as_str().unwrap().to_string();
+        let beat = self
+            .http
+            .post(format!("{}/v1/heartbeat/{uuid}", self.url))
+            .bearer_auth(NODE_TOKEN)
+            .json(
+                &json!({"agent_version": "0.1.0", "generation": null, "connectors":
+                [{"type": "iqn", "connector_id": "iqn.1993-08.org.debian:01:keystone"}]}),
+            );
+        let (status, body) = self.send(beat).await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    /// Asks for `volume` on `node`: the error kind it is refused with.
+    async fn attach_refused(&mut self, node: &str, volume: &str, status: u16) -> String {
+        let (got, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/nodes/{node}/volumes"),
+                json!({"volume": volume}),
+            )
+            .await;
+        assert_eq!(got, status, "{body}");
+        body["error"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn metrics(&mut self) -> String {
+        let request = self.http.get(format!("{}/metrics", self.url));
+        let (status, _) = self.send(request).await;
+        assert_eq!(status, 200);
+        self.answers.last().unwrap().clone()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Password,
+    ApplicationCredential,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::ApplicationCredential => "application_credential",
+        }
+    }
+
+    /// A cloud of clouds.yaml, authenticating at `auth_url` with this method.
+    fn cloud(
+        self,
+        name: &str,
+        seeded: &Seeded,
+        auth_url: &str,
+        region: &str,
+        right: bool,
+    ) -> String {
+        let auth = match self {
+            Self::Password => format!(
+                "    auth:\n      auth_url: {auth_url}\n      username: tether\n      \
+                 password: {}\n      project_name: baremetal\n      \
+                 user_domain_name: Default\n      project_domain_name: Default\n",
+                if right {
+                    &seeded.password
+                } else {
+                    WRONG_PASSWORD
+                }
+            ),
+            Self::ApplicationCredential => format!(
+                "    auth_type: v3applicationcredential\n    auth:\n      \
+                 auth_url: {auth_url}\n      application_credential_id: {}\n      \
+                 application_credential_secret: {}\n",
+                seeded.app_cred_id,
+                if right {
+                    &seeded.app_cred_secret
+                } else {
+                    WRONG_SECRET
+                }
+            ),
+        };
+        format!("  {name}:\n    region_name: {region}\n{auth}")
+    }
+}
+
+/// Everything a run showed outside: the log, the answers (metrics included).
+struct Shown {
+    what: String,
+    text: String,
+}
+
+fn assert_nothing_secret(shown: &[Shown], secrets: &[&str]) {
+    for s in shown {
+        for secret in secrets {
+            assert!(
+                !s.text.contains(secret),
+                "{} shows a credential or a token ({}…): {}",
+                s.what,
+                &secret[..6.min(secret.len())],
+                s.text
+            );
+        }
+    }
+}
+
+/// One authentication method, end to end: right credentials reach the stand-in for Cinder
+/// with a token Keystone vouches for; wrong ones are refused; nothing secret is shown.
+async fn scenario(method: Method) {
+    let keystone = Keystone::connect().await;
+    let seeded = &keystone.seeded;
+    let cinder = StandIn::start().await;
+    let root = &cinder.root;
+    let region = format!("tether-{}-{}", method.name(), std::process::id());
+    // Keystone substitutes the project id, as real clouds register Cinder. The internal
+    // endpoint and the other region's are decoys that must not be called.
+    keystone
+        .region_with_cinder(
+            &format!("{region}-decoy"),
+            &[("public", format!("{root}/decoy/%(project_id)s"))],
+        )
+        .await;
+    keystone
+        .region_with_cinder(
+            &region,
+            &[
+                ("internal", format!("{root}/internal/%(project_id)s")),
+                ("public", format!("{root}/v3/%(project_id)s")),
+            ],
+        )
+        .await;
+
+    let home = tempfile::tempdir().unwrap();
+    let unversioned = seeded.url.trim_end_matches("/v3");
+    let mut clouds = String::from("clouds:\n");
+    clouds += &method.cloud("right", seeded, &seeded.url, &region, true);
+    clouds += &method.cloud("unversioned", seeded, unversioned, &region, true);
+    clouds += &method.cloud("wrong", seeded, &seeded.url, &region, false);
+    let dir = home.path().join(".config/openstack");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("clouds.yaml"), clouds).unwrap();
+
+    let mut shown = Vec::new();
+    let volume_id = uuid::Uuid::new_v4().to_string();
+    for cloud in ["right", "unversioned"] {
+        let conductor = Process::start(home.path(), cloud);
+        let mut op = Operator::new(&conductor.url).await;
+        op.reported_node("n1", "52:54:00:00:0b:01").await;
+        // By id (GET volumes/{id}, then by name), and by name (GET volumes/detail?name=).
+        for volume in [volume_id.as_str(), "db-data"] {
+            let kind = op.attach_refused("n1", volume, 404).await;
+            assert_eq!(
+                kind,
+                "volume_not_found",
+                "{cloud}: {}",
+                op.answers.last().unwrap()
+            );
+        }
+        let metrics = op.metrics().await;
+        let log = conductor.stop();
+        shown.push(Shown {
+            what: format!("{cloud}: the log"),
+            text: log.clone(),
+        });
+        shown.push(Shown {
+            what: format!("{cloud}: the answers"),
+            text: op.answers.join("\n"),
+        });
+        assert!(
+            log.contains(&format!("{root}/v3/{}/", seeded.project_id)),
+            "{cloud}: the log names the endpoint Keystone's catalog gave: {log}"
+        );
+        assert!(metrics.contains("tether_"), "{metrics}");
+    }
+
+    // Cinder was called on the public endpoint of the region, with the project in the path.
+    let seen = cinder.seen();
+    let volumes = format!("/v3/{}/volumes", seeded.project_id);
+    let expected = [
+        format!("{volumes}/{volume_id}"),
+        format!("{volumes}/detail?name={volume_id}"),
+        format!("{volumes}/detail?name=db-data"),
+    ];
+    let calls: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path_and_query))
+        .collect();
+    let once: Vec<String> = expected.iter().map(|p| format!("GET {p}")).collect();
+    assert_eq!(calls, [once.clone(), once].concat(), "{seen:#?}");
+
+    // Keystone vouches for every token the stand-in received: user tether, project baremetal,
+    // the method asked for.
+    let mut tokens: Vec<String> = seen.iter().map(|s| s.token.clone().unwrap()).collect();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 2, "one token per conductor: {tokens:?}");
+    for token in &tokens {
+        let (status, body) = keystone.validate(token).await;
+        assert_eq!(status, 200, "Keystone knows the token: {body}");
+        let t = &body["token"];
+        assert_eq!(t["user"]["id"], seeded.user_id.as_str(), "{body}");
+        assert_eq!(t["user"]["name"], "tether", "{body}");
+        assert_eq!(t["project"]["id"], seeded.project_id.as_str(), "{body}");
+        assert_eq!(t["project"]["name"], "baremetal", "{body}");
+        assert_eq!(t["methods"], json!([method.name()]), "{body}");
+        let roles: Vec<&str> = t["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert!(roles.contains(&"member"), "{body}");
+        if method == Method::ApplicationCredential {
+            assert_eq!(
+                t["application_credential"]["id"],
+                seeded.app_cred_id.as_str(),
+                "{body}"
+            );
+        }
+    }
+
+    // Wrong credentials: refused by Keystone, so Cinder is never called.
+    let conductor = Process::start(home.path(), "wrong");
+    let mut op = Operator::new(&conductor.url).await;
+    op.reported_node("n1", "52:54:00:00:0b:01").await;
+    let kind = op.attach_refused("n1", "db-data", 502).await;
+    assert_eq!(kind, "cinder_auth_failed", "{}", op.answers.last().unwrap());
+    let (status, volumes) = op
+        .admin(reqwest::Method::GET, "/v1/volumes", Value::Null)
+        .await;
+    assert_eq!(
+        (status, &volumes["volumes"]),
+        (200, &json!([])),
+        "nothing recorded"
+    );
+    op.metrics().await;
+    let log = conductor.stop();
+    assert_eq!(cinder.seen().len(), seen.len(), "Cinder was not called");
+    shown.push(Shown {
+        what: "wrong: the log".into(),
+        text: log,
+    });
+    shown.push(Shown {
+        what: "wrong: the answers".into(),
+        text: op.answers.join("\n"),
+    });
+
+    let mut secrets = vec![
+        seeded.password.as_str(),
+        seeded.app_cred_secret.as_str(),
+        seeded.admin_password.as_str(),
+        keystone.admin_token.as_str(),
+        WRONG_PASSWORD,
+        WRONG_SECRET,
+    ];
+    secrets.extend(tokens.iter().map(String::as_str));
+    assert_nothing_secret(&shown, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real Keystone: scripts/test-keystone"]
+async fn password_auth_finds_cinder_in_keystones_catalog_and_shows_no_secret() {
+    scenario(Method::Password).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real Keystone: scripts/test-keystone"]
+async fn application_credential_auth_finds_cinder_in_keystones_catalog_and_shows_no_secret() {
+    scenario(Method::ApplicationCredential).await;
+}
