@@ -13,6 +13,8 @@ use super::{CloudSource, OpenStackError, OpenStackErrorKind, ServiceClient};
 /// The microversion tether speaks: 3.54 (attach mode) is the least it needs; 3.70 is the
 /// highest of Cinder 21 (2023.1). Cinders older than 3.54 refuse it with 406.
 pub const MICROVERSION: &str = "volume 3.54";
+/// At an endpoint without a project in its path: URLs without one exist from 3.67 on.
+pub const PROJECTLESS_MICROVERSION: &str = "volume 3.67";
 
 /// A volume as Cinder shows it (the fields tether reads).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -101,6 +103,47 @@ pub trait CinderApi: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct Cinder {
     client: ServiceClient,
+    microversion: &'static str,
+}
+
+/// Where Cinder's v3 API is, given its endpoint (from the catalog, or configured), and the
+/// microversion to speak there. An endpoint naming no version is refused: joined as it is, every
+/// volume would look missing. With `project` (noauth) and no project in the path, it is added.
+pub fn v3_base(
+    endpoint: &reqwest::Url,
+    project: Option<&str>,
+) -> Result<(reqwest::Url, &'static str), OpenStackError> {
+    let segments: Vec<&str> = endpoint
+        .path_segments()
+        .map(|s| s.filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
+    let Some(v3) = segments.iter().position(|s| *s == "v3") else {
+        return Err(OpenStackError::new(
+            OpenStackErrorKind::Config,
+            format!(
+                "Cinder's endpoint {endpoint} names no API version: it must end in /v3 or \
+                 /v3/<project> (check the catalog's block-storage endpoint, or [cinder] endpoint)"
+            ),
+        ));
+    };
+    let mut base = endpoint.clone();
+    let mut path = format!("/{}/", segments.join("/"));
+    if v3 + 1 < segments.len() {
+        base.set_path(&path);
+        return Ok((base, MICROVERSION));
+    }
+    match project {
+        Some(project) => {
+            path.push_str(project);
+            path.push('/');
+            base.set_path(&path);
+            Ok((base, MICROVERSION))
+        }
+        None => {
+            base.set_path(&path);
+            Ok((base, PROJECTLESS_MICROVERSION))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,8 +178,11 @@ impl Cinder {
         service_type: &str,
         timeout: Duration,
     ) -> Result<Self, OpenStackError> {
+        let client = ServiceClient::connect(source, service_type, timeout).await?;
+        let (base, microversion) = v3_base(client.base(), source.project_id.as_deref())?;
         Ok(Self {
-            client: ServiceClient::connect(source, service_type, timeout).await?,
+            client: client.with_base(base),
+            microversion,
         })
     }
 
@@ -155,7 +201,7 @@ impl Cinder {
         let mut request = self
             .client
             .request(method, path)?
-            .header("OpenStack-API-Version", MICROVERSION);
+            .header("OpenStack-API-Version", self.microversion);
         if let Some(body) = &body {
             request = request.json(body);
         }
@@ -286,6 +332,48 @@ impl CinderApi for Cinder {
         match self.send(Method::DELETE, &path, None, &what).await {
             Err(e) if e.kind == OpenStackErrorKind::NotFound => Ok(()),
             other => other.map(|_| ()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod endpoints {
+    use super::*;
+
+    fn base(endpoint: &str, project: Option<&str>) -> Result<(String, &'static str), String> {
+        let url = reqwest::Url::parse(endpoint).unwrap();
+        v3_base(&url, project)
+            .map(|(u, m)| (u.to_string(), m))
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_v3_api_is_found_below_every_usual_endpoint() {
+        let p = "0123456789abcdef0123456789abcdef";
+        let with = format!("http://c:8776/v3/{p}/");
+        assert_eq!(
+            base(&format!("http://c:8776/v3/{p}"), None),
+            Ok((with.clone(), MICROVERSION))
+        );
+        assert_eq!(
+            base("http://c:8776/v3", Some(p)),
+            Ok((with.clone(), MICROVERSION))
+        );
+        assert_eq!(base("http://c:8776/v3/", Some(p)), Ok((with, MICROVERSION)));
+        assert_eq!(
+            base("https://api.example/volume/v3", None),
+            Ok((
+                "https://api.example/volume/v3/".into(),
+                PROJECTLESS_MICROVERSION
+            ))
+        );
+        for unversioned in [
+            "http://c:8776",
+            "http://c:8776/",
+            "https://api.example/volume/",
+        ] {
+            let err = base(unversioned, None).unwrap_err();
+            assert!(err.contains("names no API version"), "{unversioned}: {err}");
         }
     }
 }

@@ -198,6 +198,11 @@ impl ServiceClient {
         &self.base
     }
 
+    /// The same session with requests going below `base` instead.
+    pub fn with_base(self, base: reqwest::Url) -> Self {
+        Self { base, ..self }
+    }
+
     /// A request to `path` below the endpoint (no leading `/`).
     pub fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, OpenStackError> {
         let url = self

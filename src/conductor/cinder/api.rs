@@ -32,7 +32,12 @@ fn service(c: &Conductor) -> ApiResult<Arc<CinderService>> {
     })
 }
 
+/// A failed call to Cinder as the answer to the operator, logged unless it only says the volume
+/// is not there.
 fn cinder_error(e: crate::openstack::OpenStackError) -> ApiError {
+    if e.kind != OpenStackErrorKind::NotFound {
+        tracing::warn!(kind = e.kind.as_str(), error = %e, "a call to Cinder failed");
+    }
     let (status, kind) = match e.kind {
         OpenStackErrorKind::NotFound => (StatusCode::NOT_FOUND, "volume_not_found"),
         OpenStackErrorKind::Conflict => (StatusCode::CONFLICT, "volume_ambiguous"),
