@@ -158,7 +158,7 @@ impl AgentFlags {
 }
 
 pub enum Invocation {
-    Run(Cli),
+    Run(Box<Cli>),
     Generate(Generated),
 }
 
@@ -173,7 +173,7 @@ pub fn parse() -> Invocation {
     let matches = Cli::command().subcommand(generate).get_matches();
     let parsed = match matches.subcommand() {
         Some(("generate", sub)) => Generated::from_arg_matches(sub).map(Invocation::Generate),
-        _ => Cli::from_arg_matches(&matches).map(Invocation::Run),
+        _ => Cli::from_arg_matches(&matches).map(|cli| Invocation::Run(Box::new(cli))),
     };
     parsed.unwrap_or_else(|e| e.exit())
 }
@@ -216,7 +216,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Conductor { listen, database } => {
             let no_cmdline = cmdline::CmdlineSettings::default();
-            let mut config = load_config(cli.config.as_deref(), &no_cmdline)?.conductor;
+            let loaded = load_config(cli.config.as_deref(), &no_cmdline)?;
+            let mut config = loaded.conductor;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -229,7 +230,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let listener = listen_for_fleet(&config.listen)
                     .await
                     .with_context(|| format!("listening on {}", config.listen))?;
-                tether::conductor::serve(&config, &token, listener, shutdown_signal()).await
+                let cinder = loaded.cinder.as_ref();
+                tether::conductor::serve_with_cinder(
+                    &config,
+                    cinder,
+                    &token,
+                    listener,
+                    shutdown_signal(),
+                )
+                .await
             })?;
             Ok(ExitCode::SUCCESS)
         }

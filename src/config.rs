@@ -25,6 +25,57 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6387";
 pub struct Config {
     pub agent: AgentConfig,
     pub conductor: ConductorConfig,
+    /// Cinder volumes attached through the conductor (docs/openstack.md); unset, none.
+    pub cinder: Option<CinderConfig>,
+}
+
+/// `[cinder]`: where Cinder is, how to authenticate, and the cephx keys it does not send.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CinderConfig {
+    /// `cloud` (Keystone through clouds.yaml, the default) or `noauth`.
+    #[serde(default)]
+    pub auth: crate::openstack::AuthKind,
+    /// The cloud's name in clouds.yaml; unset, `$OS_CLOUD`.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// noauth: Cinder's versioned endpoint (`http://host:8776/v3`). With a cloud: overrides the
+    /// catalog.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// noauth: the project to act in (32 hex digits for Cinder's noauth).
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// Cinder's type in the service catalog (`volumev3` on some older clouds).
+    #[serde(default = "default_cinder_service_type")]
+    pub service_type: String,
+    /// Sent in the connector: Cinder then exports every path of a multipath backend.
+    #[serde(default)]
+    pub multipath: bool,
+    /// Longest a call to Cinder may take (an LVM attachment takes a minute on a slow host).
+    #[serde(default = "default_cinder_timeout_s")]
+    pub timeout_s: u64,
+    #[serde(default)]
+    pub ceph_keys: Vec<crate::openstack::connection::CephKey>,
+}
+
+fn default_cinder_service_type() -> String {
+    "block-storage".into()
+}
+
+fn default_cinder_timeout_s() -> u64 {
+    300
+}
+
+impl CinderConfig {
+    pub fn source(&self) -> crate::openstack::CloudSource {
+        crate::openstack::CloudSource {
+            auth: self.auth.clone(),
+            cloud: self.cloud.clone(),
+            endpoint: self.endpoint.clone(),
+            project_id: self.project_id.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -1,5 +1,7 @@
 //! `tether ctl`: the operator's client for the conductor's API.
 
+mod volume;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -44,6 +46,9 @@ enum CtlCommand {
     /// Assign and unassign volume targets.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Attach and detach Cinder volumes (the conductor's [cinder] section).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
     /// Wait until the node's agent reports a volume in a state; print its report as JSON.
     /// Exits 1 if the state is not reached in time.
     Wait {
@@ -301,6 +306,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Node(cmd) => node(&api, cmd).await?,
         CtlCommand::Connector(cmd) => connector(&api, cmd).await?,
         CtlCommand::Target(cmd) => target(&api, cmd).await?,
+        CtlCommand::Volume(cmd) => return volume::run(&api, cmd).await,
         CtlCommand::Wait {
             node,
             volume,
@@ -642,7 +648,7 @@ mod tests {
         };
         let printed = format_node_status(&status);
         // Node, agent, then header, volume, error, not-assigned note, foreign.
-        assert_inert(&printed, 2 + 5);
+        assert_inert(&printed, 2 + 6);
         assert!(printed.contains("agent 0.1\\u{1b}]0;title"), "{printed}");
         assert!(
             printed.contains("is not assigned to this node"),

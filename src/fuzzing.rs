@@ -83,6 +83,7 @@ pub struct IscsiSession {
     pub host_no: u32,
     /// LUNs and their block devices' kernel names.
     pub luns: Vec<(u16, String)>,
+    pub state: Option<String>,
 }
 
 #[derive(Debug)]
@@ -132,6 +133,7 @@ pub fn host_view(root: &Path) -> Result<HostView, HostError> {
             key: session.key,
             host_no: session.host_no,
             luns: session.luns,
+            state: session.state,
         });
     }
     for mapping in SystemRbd::new(root, &root.join("run/tether")).mappings()? {

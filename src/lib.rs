@@ -23,4 +23,5 @@ pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod openstack;
 pub mod protocol;

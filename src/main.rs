@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         cli::Invocation::Generate(what) => cli::generate(what).map(|()| ExitCode::SUCCESS),
         cli::Invocation::Run(cli) => {
             init_logging(cli.verbose);
-            cli::run(cli)
+            cli::run(*cli)
         }
     };
     match result {

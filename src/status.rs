@@ -24,11 +24,14 @@ pub fn show(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", format_status(&status));
+    // Degraded counts too: a volume with no path up is as good as gone to its users.
     let failing = status.report.volumes.iter().any(|v| {
-        matches!(
-            v.state,
-            tether::protocol::VolumeState::Failed | tether::protocol::VolumeState::DetachBlocked
-        )
+        v.degraded.is_some()
+            || matches!(
+                v.state,
+                tether::protocol::VolumeState::Failed
+                    | tether::protocol::VolumeState::DetachBlocked
+            )
     });
     Ok(if failing {
         ExitCode::from(3)
@@ -97,6 +100,15 @@ pub fn format_volumes(report: &Heartbeat, unknown: &[Uuid]) -> String {
                     escape_controls(&e.message)
                 );
             }
+            if let Some(d) = &v.degraded {
+                let _ = writeln!(
+                    out,
+                    "{:<20}  degraded, {}: {}",
+                    "",
+                    escape_controls(&d.kind),
+                    escape_controls(&d.message)
+                );
+            }
             if unknown.contains(&v.target_uuid) {
                 let _ = writeln!(
                     out,
@@ -144,6 +156,10 @@ pub(crate) mod tests {
                     kind: format!("kind{evil}"),
                     message: format!("line\nERROR {evil}\u{9b}2J"),
                 }),
+                degraded: Some(ErrorReport {
+                    kind: format!("path_down{evil}"),
+                    message: format!("session 1{evil}"),
+                }),
                 since: format!("2026{evil}"),
             }],
             foreign: vec![ForeignAttachment {
@@ -172,8 +188,8 @@ pub(crate) mod tests {
     fn remote_text_is_printed_escaped() {
         let report = hostile_report();
         let printed = format_volumes(&report, &[Uuid::nil()]);
-        // Header, volume, error, not-assigned note, foreign.
-        assert_inert(&printed, 5);
+        // Header, volume, error, degraded, not-assigned note, foreign.
+        assert_inert(&printed, 6);
         assert!(printed.contains("line\\nERROR"), "{printed}");
         assert!(printed.contains("\\u{9b}2J"), "{printed}");
         assert!(
@@ -189,7 +205,7 @@ pub(crate) mod tests {
             report,
         };
         let printed = format_status(&status);
-        assert_inert(&printed, 3 + 4);
+        assert_inert(&printed, 3 + 5);
         assert!(printed.contains("n\\u{1b}[2Jame"), "{printed}");
     }
 
@@ -198,6 +214,7 @@ pub(crate) mod tests {
         let mut report = hostile_report();
         report.volumes[0].volume_id = "vol-données".into();
         report.volumes[0].error = None;
+        report.volumes[0].degraded = None;
         report.foreign.clear();
         let printed = format_volumes(&report, &[]);
         assert!(printed.contains("vol-données "), "{printed}");

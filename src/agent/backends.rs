@@ -13,7 +13,7 @@ use crate::backend::rbd::RbdBackend;
 use crate::backend::rbd::system::SystemRbd;
 use crate::backend::simulated::SimKernel;
 use crate::backend::{
-    self, Attachment, BackendAttachment, BlockHost, Creations, DetachOutcome, HostError,
+    self, Attachment, BackendAttachment, BlockHost, Creations, DetachOutcome, ErrorKind, HostError,
     IscsiAttachment, MountRecord, Ownership, RbdAttachment, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
@@ -207,6 +207,31 @@ impl Backends {
             });
         }
         Ok(Some(attachment))
+    }
+
+    /// Why the attached volume is degraded (some of its paths are down), or `None`.
+    pub(crate) fn degraded(&self, attachment: &Attachment) -> Result<Option<HostError>, HostError> {
+        let down = match &attachment.backend {
+            BackendAttachment::Iscsi(r) => self.iscsi()?.paths_down(r)?,
+            BackendAttachment::Rbd(r) => self.rbd()?.paths_down(r)?,
+        };
+        if down.is_empty() {
+            return Ok(None);
+        }
+        let paths = attachment.paths.len().max(down.len());
+        let message = match down.len() == paths {
+            true => format!(
+                "no path is up ({}): I/O waits until the target answers again (and fails after \
+                 open-iscsi's replacement_timeout); the volume stays attached",
+                down.join("; ")
+            ),
+            false => format!(
+                "{} of {paths} paths down ({}): I/O goes through the others",
+                down.len(),
+                down.join("; ")
+            ),
+        };
+        Ok(Some(HostError::new(ErrorKind::PathDown, message)))
     }
 
     pub(crate) fn is_present(&self, attachment: &Attachment) -> Result<bool, HostError> {

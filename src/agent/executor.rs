@@ -54,6 +54,9 @@ pub(crate) struct Agent {
     written_status: Option<(String, Heartbeat)>,
     /// The crash point of the fault matrix to reach once the next record write is done.
     crash_after_write: Option<&'static str>,
+    /// Attached volumes with a path down, and why (see [`super::health`]).
+    pub(crate) degraded: BTreeMap<Uuid, ErrorReport>,
+    pub(crate) health_checking: bool,
 }
 
 impl Agent {
@@ -84,6 +87,8 @@ impl Agent {
             written_record: None,
             written_status: None,
             crash_after_write: None,
+            degraded: BTreeMap::new(),
+            health_checking: false,
         };
         agent.persist();
         let report = agent.report();
@@ -461,6 +466,7 @@ impl Agent {
                         .and_then(|a| a.mount.as_ref())
                         .map(|m| m.path.display().to_string()),
                     error: v.error().cloned(),
+                    degraded: self.degraded.get(&v.target_uuid).cloned(),
                     since: timestamp(v.since),
                 }
             })

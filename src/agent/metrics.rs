@@ -74,6 +74,7 @@ pub(crate) struct AgentMetrics {
     heartbeats: Family<ResultLabels, Counter>,
     last_heartbeat: Gauge,
     record_writable: Gauge,
+    degraded: Gauge,
 }
 
 impl Default for AgentMetrics {
@@ -121,6 +122,7 @@ impl AgentMetrics {
         let last_heartbeat = Gauge::default();
         let record_writable = Gauge::default();
         record_writable.set(1);
+        let degraded = Gauge::default();
 
         registry.register(
             "tether_agent_attaches",
@@ -172,6 +174,11 @@ impl AgentMetrics {
              (kind record_unwritable)",
             record_writable.clone(),
         );
+        registry.register(
+            "tether_agent_volumes_degraded",
+            "Attached volumes with a path down (kind path_down); they stay attached",
+            degraded.clone(),
+        );
         registry.register_collector(Box::new(UdevRestarts));
         Self {
             registry,
@@ -184,7 +191,12 @@ impl AgentMetrics {
             heartbeats,
             last_heartbeat,
             record_writable,
+            degraded,
         }
+    }
+
+    pub(crate) fn set_degraded(&self, volumes: usize) {
+        self.degraded.set(volumes as i64);
     }
 
     pub(crate) fn set_record_writable(&self, writable: bool) {

@@ -8,6 +8,7 @@ mod apply;
 mod backends;
 mod client;
 mod executor;
+mod health;
 pub(crate) mod identity;
 mod metrics;
 mod reconcile;
@@ -59,6 +60,7 @@ enum Event {
     /// A host operation finished, with how long it took.
     Done(Uuid, Box<OpResult>, Duration),
     Foreign(Vec<ForeignAttachment>),
+    Health(health::Health),
 }
 
 /// Runs the agent until `shutdown` resolves. Stopping never detaches anything.
@@ -198,6 +200,8 @@ async fn main_loop(
     } = channels;
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
+    let mut health = tokio::time::interval(health::HEALTH_INTERVAL);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = async {
             match next_wake {
@@ -213,8 +217,10 @@ async fn main_loop(
                     agent.refresh_foreign(events_tx);
                 }
                 Some(Event::Foreign(found)) => agent.foreign = found,
+                Some(Event::Health(found)) => agent.health_found(found),
                 None => return,
             },
+            _ = health.tick() => agent.check_health(events_tx),
             _ = wake => {}
             // Pinged from this loop, so a hung loop is restarted by systemd.
             _ = watchdog.tick() => notify::watchdog(),

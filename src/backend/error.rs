@@ -71,6 +71,9 @@ error_kinds! {
     MultipathFailed => "multipath_failed",
     NoFilesystem => "no_filesystem",
     NoRecord => "no_record",
+    /// An attached volume's path is down (its iSCSI session lost its connection): not an
+    /// error of an operation, but the reason a volume is reported degraded.
+    PathDown => "path_down",
     PortalUnreachable => "portal_unreachable",
     ProbeFailed => "probe_failed",
     RecordFailed => "record_failed",

@@ -268,6 +268,11 @@ pub(crate) trait VolumeBackend: Send + Sync {
     ) -> Result<DetachOutcome, HostError>;
     /// Whether the attachment is still on the host (after a restart, say).
     fn is_present(&self, record: &Self::Record) -> Result<bool, HostError>;
+    /// The attachment's paths that are down now, each said in a sentence; empty while every
+    /// path is up, or where the backend cannot tell (the kernel's RBD client shows no health).
+    fn paths_down(&self, _record: &Self::Record) -> Result<Vec<String>, HostError> {
+        Ok(Vec::new())
+    }
     /// Attachments of this type on the host that none of `owned` accounts for.
     fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
     /// The parts of `spec` the host lacks now: what an attach of it may create.

@@ -311,6 +311,11 @@ fn sessions(s: &SimState) -> Vec<Session> {
             key: x.key.clone(),
             host_no: x.sid,
             luns: x.luns.iter().map(|(l, k)| (*l, k.clone())).collect(),
+            // The kernel keeps a session whose portal went away, and reconnects it.
+            state: Some(match s.unreachable.contains(x.key.portal()) {
+                true => "FAILED".into(),
+                false => "LOGGED_IN".into(),
+            }),
         })
         .collect()
 }

@@ -41,6 +41,15 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/nodes/{node}/volume/targets", get(node_targets))
         .route("/v1/nodes/{node}/volume/status", get(node_status))
         .route(
+            "/v1/nodes/{node}/volumes",
+            get(super::cinder::api::list_of_node).post(super::cinder::api::attach),
+        )
+        .route(
+            "/v1/nodes/{node}/volumes/{volume}",
+            axum::routing::delete(super::cinder::api::detach),
+        )
+        .route("/v1/volumes", get(super::cinder::api::list))
+        .route(
             "/v1/volume/connectors",
             get(list_connectors).post(create_connector),
         )
@@ -253,6 +262,10 @@ async fn heartbeat(
     let stored = report.clone();
     let unknown = c.db(move |s| s.store_report(node, &stored)).await?;
     c.metrics.heartbeats.inc();
+    if let Some(cinder) = &c.cinder {
+        // A volume may be waiting for this report (attached: complete; gone: delete).
+        cinder.wake.notify_one();
+    }
     // Kept and flagged, never refused: an agent detaching a volume whose target was just
     // deleted reports it until it is gone.
     for volume in report

@@ -220,6 +220,19 @@ fn encode_snapshot(
             .encode_family(&[("state", state.as_str())])?
             .encode_gauge(&count)?;
     }
+    let degraded = s
+        .volume_states
+        .iter()
+        .find(|(name, _)| name == super::store::DEGRADED)
+        .map_or(0, |(_, n)| *n);
+    encoder
+        .encode_descriptor(
+            "tether_conductor_volumes_degraded",
+            "Attached volumes reported with a path down, summed over every node's latest report.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&degraded)?;
     let mut targets = encoder.encode_descriptor(
         "tether_conductor_targets",
         "Volume targets assigned to nodes, by volume type.",
@@ -265,10 +278,15 @@ mod tests {
             now: 1_000,
             nodes: 3,
             last_seen: vec![("n-a".into(), 990), ("n-b".into(), 1_002)],
-            volume_states: vec![("attached".into(), 4), ("failed".into(), 1)],
+            volume_states: vec![
+                ("attached".into(), 4),
+                ("failed".into(), 1),
+                ("degraded".into(), 2),
+            ],
             targets_by_type: vec![("iscsi".into(), 4), ("rbd".into(), 1), ("nvme".into(), 2)],
         });
         for line in [
+            "tether_conductor_volumes_degraded 2",
             "tether_conductor_nodes 3",
             "tether_conductor_nodes_never_seen 1",
             "tether_conductor_node_last_seen_age_seconds{node_uuid=\"n-a\"} 10",
@@ -331,6 +349,10 @@ mod scale {
                 wwn: Some("naa.6001405abcdef0123".into()),
                 mountpoint: None,
                 error: None,
+                degraded: (j == 1).then(|| crate::protocol::ErrorReport {
+                    kind: "path_down".into(),
+                    message: "no path is up".into(),
+                }),
                 since: "2026-01-01T00:00:00Z".into(),
             };
             let report = Heartbeat {
@@ -367,6 +389,7 @@ mod scale {
             assert_eq!(ages, NODES as usize);
             assert!(text.contains("\ntether_conductor_volumes{state=\"attached\"} 20000\n"));
             assert!(text.contains("\ntether_conductor_volumes{state=\"failed\"} 10000\n"));
+            assert!(text.contains("\ntether_conductor_volumes_degraded 10000\n"));
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod cinder;
 mod error;
 mod extract;
 mod generations;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::ConductorConfig;
+use crate::config::{CinderConfig, ConductorConfig};
 use api::router;
 use generations::Generations;
 use store::{Store, TokenHash};
@@ -41,6 +42,8 @@ struct Conductor {
     /// Database calls waiting for a blocking thread (see [`Conductor::db`]).
     db_slots: tokio::sync::Semaphore,
     shutdown: watch::Receiver<bool>,
+    /// Set with a `[cinder]` section: Cinder volumes attached through the conductor.
+    cinder: Option<Arc<cinder::CinderService>>,
 }
 
 impl Conductor {
@@ -64,6 +67,7 @@ impl Conductor {
             generations: Generations::default(),
             db_slots: tokio::sync::Semaphore::new(DB_THREADS),
             shutdown,
+            cinder: None,
         }
     }
 
@@ -160,19 +164,36 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_cinder(config, None, admin_token, listener, shutdown).await
+}
+
+/// [`serve`], attaching Cinder volumes too when `cinder` is set.
+pub async fn serve_with_cinder(
+    config: &ConductorConfig,
+    cinder: Option<&CinderConfig>,
+    admin_token: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics_token = match &config.metrics_token_file {
         Some(path) => Some(read_metrics_token(path)?),
         None => None,
     };
     let store = open_store(&config.database)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let conductor = Arc::new(Conductor::new(
+    let mut conductor = Conductor::new(
         store,
         config,
         admin_token,
         metrics_token.as_deref(),
         stop_rx,
-    ));
+    );
+    conductor.cinder = cinder.map(|c| Arc::new(cinder::CinderService::new(c.clone())));
+    let conductor = Arc::new(conductor);
+    let cinder_worker = conductor
+        .cinder
+        .clone()
+        .map(|svc| tokio::spawn(cinder::run(conductor.clone(), svc)));
     let app = router(conductor);
     let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => Some(tls::ReloadingCert::open(cert, key)?),
@@ -202,6 +223,9 @@ pub async fn serve(
     };
     server::run(listener, app, acceptor, limits, stopping).await;
     if let Some(task) = reloading {
+        task.abort();
+    }
+    if let Some(task) = cinder_worker {
         task.abort();
     }
     Ok(())

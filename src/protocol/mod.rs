@@ -3,6 +3,7 @@
 //! docs/protocol.md is the contract; its examples are parsed by tests against these types.
 //! Readers of responses tolerate unknown fields; requests that change state refuse them.
 
+pub mod cinder;
 pub mod report;
 pub mod secret;
 pub mod target;
@@ -144,6 +145,11 @@ pub struct VolumeReport {
     pub mountpoint: Option<String>,
     #[serde(default)]
     pub error: Option<ErrorReport>,
+    /// An attached volume with a path down (kind `path_down`): it stays attached, I/O waits or
+    /// goes through other paths. Absent while every path is up, so that conductors older than
+    /// the field accept the reports of a healthy node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<ErrorReport>,
     /// RFC 3339 time at which the volume entered `state`.
     pub since: String,
 }

@@ -174,6 +174,7 @@ fn each_text<E>(
             wwn,
             mountpoint,
             error,
+            degraded,
             since,
         } = volume;
         f(at("volume_id"), MAX_NAME, volume_id)?;
@@ -193,6 +194,10 @@ fn each_text<E>(
         if let Some(ErrorReport { kind, message }) = error {
             f(at("error.kind"), MAX_NAME, kind)?;
             f(at("error.message"), MAX_TEXT, message)?;
+        }
+        if let Some(ErrorReport { kind, message }) = degraded {
+            f(at("degraded.kind"), MAX_NAME, kind)?;
+            f(at("degraded.message"), MAX_TEXT, message)?;
         }
         f(at("since"), MAX_NAME, since)?;
     }
@@ -232,6 +237,7 @@ mod tests {
                 kind: "login_failed".into(),
                 message: "iscsiadm: login failed".into(),
             }),
+            degraded: None,
             since: "2026-11-26T01:52:37Z".into(),
         }
     }
@@ -279,6 +285,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("foreign[0].description")
+        );
+        let mut forged = report(vec![volume("vol-1")]);
+        forged.volumes[0].degraded = Some(ErrorReport {
+            kind: "path_down".into(),
+            message: "session 1 is \x1b[31mFAILED".into(),
+        });
+        assert!(
+            checked(forged)
+                .unwrap_err()
+                .to_string()
+                .contains("volumes[0].degraded.message")
         );
         let mut forged = report(vec![]);
         forged.agent_version = "1\u{9b}".into();

@@ -296,6 +296,11 @@ pub fn check_volume_id(value: &str) -> Result<(), TargetError> {
 }
 
 /// Validates a target. Secrets are moved into [`Secret`]s and never appear in an error.
+/// Checks a target's `extra.mount` alone (as `parse` would), before any target exists.
+pub fn check_mount(value: &Value) -> Result<(), TargetError> {
+    parse_mount(value).map(|_| ())
+}
+
 pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
     check_volume_id(&target.volume_id)?;
     let props = &target.properties;

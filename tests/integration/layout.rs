@@ -56,7 +56,8 @@ fn each_module_uses_only_what_its_row_allows() {
         ("protocol", &[]),
         ("fsutil", &[]),
         ("metrics", &["protocol"]),
-        ("config", &["protocol", "metrics", "fsutil"]),
+        ("openstack", &[]),
+        ("config", &["protocol", "metrics", "fsutil", "openstack"]),
         ("failpoints", &[]),
         ("backend", &["protocol", "fsutil", "failpoints"]),
         (
@@ -73,7 +74,14 @@ fn each_module_uses_only_what_its_row_allows() {
         ),
         (
             "conductor",
-            &["protocol", "config", "metrics", "notify", "fsutil"],
+            &[
+                "protocol",
+                "config",
+                "metrics",
+                "notify",
+                "fsutil",
+                "openstack",
+            ],
         ),
         ("fuzzing", &["protocol", "backend", "agent"]),
     ];

@@ -11,6 +11,7 @@ mod lifecycle;
 mod lookup;
 mod metrics;
 mod mounts;
+mod paths;
 mod protocol_doc;
 mod refusals;
 mod reports;

@@ -44,6 +44,8 @@ fn every_example_parses_as_its_type() {
         "TargetCreate",
         "VolumeTarget",
         "NodeStatus",
+        "VolumeAttach",
+        "CinderVolume",
     ] {
         assert!(
             names.contains(&expected),
@@ -80,6 +82,8 @@ fn every_example_parses_as_its_type() {
                 );
             }
             "NodeStatus" => drop(check::<NodeStatus>(name, body)),
+            "VolumeAttach" => drop(check::<tether::protocol::cinder::VolumeAttach>(name, body)),
+            "CinderVolume" => drop(check::<tether::protocol::cinder::CinderVolume>(name, body)),
             other => panic!("docs/protocol.md names an unknown type {other}"),
         }
     }

@@ -33,9 +33,18 @@ pub(crate) struct Session {
     pub(crate) host_no: u32,
     /// LUNs the kernel has for this session, with their block device's kernel name.
     pub(crate) luns: Vec<(u16, String)>,
+    /// The kernel's session state (`LOGGED_IN`, `FAILED` while it reconnects, `FREE`); `None`
+    /// when sysfs has no `state` file.
+    pub(crate) state: Option<String>,
 }
 
 impl Session {
+    /// The connection is lost and the kernel is trying to log in again: I/O to its LUNs waits
+    /// (and fails after open-iscsi's `replacement_timeout`).
+    pub(crate) fn is_down(&self) -> bool {
+        self.state.as_deref().is_some_and(|s| s != "LOGGED_IN")
+    }
+
     pub(crate) fn lun_device(&self, lun: u16) -> Option<&str> {
         self.luns
             .iter()
@@ -532,6 +541,26 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 .iter()
                 .any(|s| s.key == p.session && s.lun_device(p.lun) == Some(p.kernel_name.as_str()))
         }))
+    }
+
+    fn paths_down(&self, record: &IscsiAttachment) -> Result<Vec<String>, HostError> {
+        let sessions = self.host.sessions()?;
+        Ok(record
+            .paths
+            .iter()
+            .filter_map(|p| {
+                let (iqn, portal) = (p.session.iqn(), p.session.portal());
+                match sessions.iter().find(|s| s.key == p.session) {
+                    None => Some(format!("no session to {iqn} at {portal}")),
+                    Some(s) if s.is_down() => Some(format!(
+                        "session {} to {iqn} at {portal} is {}",
+                        s.sid,
+                        s.state.as_deref().unwrap_or_default()
+                    )),
+                    Some(_) => None,
+                }
+            })
+            .collect())
     }
 
     fn creations(&self, spec: &IscsiSpec) -> Result<Creations, HostError> {

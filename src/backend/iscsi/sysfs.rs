@@ -117,6 +117,7 @@ fn read_session(sys: &Path, sid: u32) -> Result<Option<Session>, HostError> {
         key,
         host_no,
         luns: read_luns(&dir.join("device"))?,
+        state: read_trimmed(&dir.join("state")),
     }))
 }
 

@@ -1,5 +1,6 @@
 //! SQLite store of nodes, connectors, targets and the last report of every node.
 
+mod cinder;
 mod connectors;
 mod nodes;
 mod reports;
@@ -19,7 +20,8 @@ use uuid::Uuid;
 
 use crate::protocol::timestamp;
 
-pub(crate) use reports::MetricsSnapshot;
+pub(crate) use cinder::CinderRow;
+pub(crate) use reports::{DEGRADED, MetricsSnapshot};
 pub(crate) use tokens::{TokenHash, new_token};
 
 #[derive(Debug, Error)]

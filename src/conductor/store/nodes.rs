@@ -93,8 +93,19 @@ impl Store {
     /// Deletes the node and, by cascade, its addresses, connectors, targets and report. Its
     /// generation goes with it, so there is no change to publish; a node enrolled again under
     /// the same uuid starts from a generation never given before.
+    /// Deletes the node, unless it has Cinder volumes: their attachments would stay in Cinder.
     pub(crate) fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
         self.change_one("DELETE FROM nodes WHERE uuid = ?1", uuid, "node")
+            .map_err(|e| match e {
+                StoreError::Db(e) => conflict(
+                    e,
+                    format!(
+                        "node {uuid} has Cinder volumes: detach them first \
+                         (tether ctl volume detach), so that no attachment stays in Cinder"
+                    ),
+                ),
+                other => other,
+            })
     }
 
     /// Finds the node by any of its MAC addresses, which must agree with `node_uuid` when both

@@ -18,11 +18,15 @@ pub(crate) struct MetricsSnapshot {
     pub nodes: u64,
     /// (node uuid, time of its last report) for every node that reported.
     pub last_seen: Vec<(String, i64)>,
-    /// (state, volumes in that state) summed over the latest reports.
+    /// (state, volumes in that state) summed over the latest reports, and
+    /// ([`DEGRADED`], attached volumes reported degraded).
     pub volume_states: Vec<(String, u64)>,
     /// (volume type, targets) as stored.
     pub targets_by_type: Vec<(String, u64)>,
 }
+
+/// The key in a report's volume summary that counts degraded volumes (never a state's name).
+pub(crate) const DEGRADED: &str = "degraded";
 
 /// The targets a report lists that its node does not have.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,10 +45,14 @@ impl Store {
     ) -> Result<UnknownTargets, StoreError> {
         let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut states = Map::new();
-        for volume in &report.volumes {
-            let n = states
-                .entry(volume.state.as_str())
-                .or_insert(Value::from(0u64));
+        let degraded = report.volumes.iter().filter(|v| v.degraded.is_some());
+        let keys = report
+            .volumes
+            .iter()
+            .map(|v| v.state.as_str())
+            .chain(degraded.map(|_| DEGRADED));
+        for key in keys {
+            let n = states.entry(key).or_insert(Value::from(0u64));
             *n = Value::from(n.as_u64().unwrap_or(0) + 1);
         }
         let conn = self.conn();

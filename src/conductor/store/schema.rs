@@ -69,6 +69,27 @@ CREATE TABLE generation_sequence (
 INSERT INTO generation_sequence (id, value)
     SELECT 1, COALESCE(MAX(generation), 0) FROM nodes;
 "#,
+    // Cinder volumes attached through the conductor (store/cinder.rs). A node with Cinder
+    // volumes cannot be deleted: its attachments would be left in Cinder.
+    r#"
+CREATE TABLE cinder_volumes (
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE RESTRICT,
+    volume_id TEXT NOT NULL,
+    volume_name TEXT,
+    want_attached INTEGER NOT NULL DEFAULT 1,
+    phase TEXT NOT NULL DEFAULT 'creating',
+    attachment_id TEXT,
+    target_uuid TEXT,
+    read_only INTEGER NOT NULL DEFAULT 0,
+    mount TEXT,
+    cinder_status TEXT,
+    cinder_error TEXT,
+    error_kind TEXT,
+    error_message TEXT,
+    phases TEXT NOT NULL,
+    PRIMARY KEY (node_uuid, volume_id)
+);
+"#,
 ];
 
 /// Runs the migrations this database has not had yet, each in its own transaction.

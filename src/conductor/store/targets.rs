@@ -16,34 +16,9 @@ impl Store {
         &self,
         req: &TargetCreate,
     ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
-        let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, \
-             properties, extra, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                uuid.to_string(),
-                req.node_uuid.to_string(),
-                req.volume_type,
-                req.volume_id,
-                req.boot_index,
-                Value::Object(req.properties.clone()).to_string(),
-                Value::Object(req.extra.clone()).to_string(),
-                now_secs(),
-            ],
-        )
-        .map_err(|e| {
-            conflict(
-                e,
-                format!(
-                    "target {uuid} or volume {:?} on node {} exists, or the node does not",
-                    req.volume_id, req.node_uuid
-                ),
-            )
-        })?;
-        let generation = bump_generation(&tx, req.node_uuid)?;
+        let (uuid, generation) = insert_target(&tx, req)?;
         tx.commit()?;
         Ok(GenerationChange::new(
             req.node_uuid,
@@ -56,16 +31,8 @@ impl Store {
     pub(crate) fn delete_target(&self, uuid: Uuid) -> Result<GenerationChange, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let node: Option<String> = tx
-            .query_row(
-                "DELETE FROM targets WHERE uuid = ?1 RETURNING node_uuid",
-                params![uuid.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let node =
-            parse_uuid(&node.ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?)?;
-        let generation = bump_generation(&tx, node)?;
+        let (node, generation) = remove_target(&tx, uuid)?
+            .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?;
         tx.commit()?;
         Ok(GenerationChange::new(node, generation, ()))
     }
@@ -99,6 +66,59 @@ impl Store {
     pub(crate) fn generation(&self, node: Uuid) -> Result<u64, StoreError> {
         generation(&self.conn(), node)
     }
+}
+
+/// Inserts a target and bumps its node's generation, within the caller's transaction.
+pub(super) fn insert_target(
+    conn: &Connection,
+    req: &TargetCreate,
+) -> Result<(Uuid, u64), StoreError> {
+    let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
+    conn.execute(
+        "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, \
+         properties, extra, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            uuid.to_string(),
+            req.node_uuid.to_string(),
+            req.volume_type,
+            req.volume_id,
+            req.boot_index,
+            Value::Object(req.properties.clone()).to_string(),
+            Value::Object(req.extra.clone()).to_string(),
+            now_secs(),
+        ],
+    )
+    .map_err(|e| {
+        conflict(
+            e,
+            format!(
+                "target {uuid} or volume {:?} on node {} exists, or the node does not",
+                req.volume_id, req.node_uuid
+            ),
+        )
+    })?;
+    Ok((uuid, bump_generation(conn, req.node_uuid)?))
+}
+
+/// Deletes a target and bumps its node's generation, within the caller's transaction; `None`
+/// when there is no such target.
+pub(super) fn remove_target(
+    conn: &Connection,
+    uuid: Uuid,
+) -> Result<Option<(Uuid, u64)>, StoreError> {
+    let node: Option<String> = conn
+        .query_row(
+            "DELETE FROM targets WHERE uuid = ?1 RETURNING node_uuid",
+            params![uuid.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(node) = node else {
+        return Ok(None);
+    };
+    let node = parse_uuid(&node)?;
+    Ok(Some((node, bump_generation(conn, node)?)))
 }
 
 /// The uuids of the node's targets.

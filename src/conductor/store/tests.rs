@@ -171,6 +171,7 @@ fn heartbeat(states: &[VolumeState]) -> Heartbeat {
                 wwn: None,
                 mountpoint: None,
                 error: None,
+                degraded: None,
                 since: "2026-01-01T00:00:00Z".into(),
             })
             .collect(),
@@ -270,4 +271,64 @@ fn a_token_hash_matches_its_token_only() {
     for other in ["admin-token-012345678", "admin-token-01234567890", "", "x"] {
         assert!(!hash.matches(other), "{other:?}");
     }
+}
+
+#[test]
+fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
+    use crate::protocol::cinder::CinderPhase;
+    let store = Store::open_in_memory().unwrap();
+    let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
+    let row = CinderRow::new(n.uuid, "vol-1".into(), Some("data".into()), false, None, None);
+    store.insert_cinder_volume(&row).unwrap();
+    assert!(matches!(
+        store.insert_cinder_volume(&row),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.cinder_volumes(Some(n.uuid)).unwrap(), vec![row.clone()]);
+    assert!(
+        matches!(store.delete_node(n.uuid), Err(StoreError::Conflict(m)) if m.contains("Cinder")),
+        "a node with Cinder volumes stays"
+    );
+
+    let before = store.generation(n.uuid).unwrap();
+    let target = TargetCreate {
+        node_uuid: n.uuid,
+        volume_type: "iscsi".into(),
+        volume_id: "vol-1".into(),
+        uuid: None,
+        boot_index: None,
+        properties: Map::new(),
+        extra: Map::new(),
+    };
+    let assigned = Generations::default()
+        .publish(store.assign_cinder_target(n.uuid, "vol-1", &target).unwrap());
+    assert!(assigned.generation > before, "the node's agent is told");
+    let row = assigned.value;
+    assert_eq!(row.phase, CinderPhase::Attaching);
+    let target_uuid = row.target_uuid.unwrap();
+    assert!(store.target_exists(target_uuid).unwrap());
+    let phases: Vec<_> = row.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(phases, [CinderPhase::Creating, CinderPhase::Attaching]);
+
+    let row = store
+        .update_cinder_volume(n.uuid, "vol-1", |r| {
+            r.attachment_id = Some("att".into());
+            r.want_attached = false;
+        })
+        .unwrap();
+    assert!(!row.want_attached);
+    let (row, change) = store.unassign_cinder_target(n.uuid, "vol-1").unwrap();
+    assert!(change.is_some(), "the target was deleted");
+    assert_eq!(row.phase, CinderPhase::Detaching);
+    assert!(!store.target_exists(target_uuid).unwrap());
+    let (_, again) = store.unassign_cinder_target(n.uuid, "vol-1").unwrap();
+    assert!(again.is_none(), "an unassign repeated after a crash changes nothing");
+    assert_eq!(
+        store.cinder_volumes(None).unwrap()[0].attachment_id.as_deref(),
+        Some("att")
+    );
+
+    store.forget_cinder_volume(n.uuid, "vol-1").unwrap();
+    assert!(store.cinder_volumes(None).unwrap().is_empty());
+    store.delete_node(n.uuid).unwrap();
 }

@@ -127,6 +127,22 @@ unassign "$five"
 wait_volume vol-o2 gone 60
 
 # --- the portal ---------------------------------------------------------------------------
+# degraded_kind : why the conductor has vol-o1 as degraded (empty while every path is up).
+degraded_kind() {
+    ctl wait vm-guest vol-o1 --state attached --timeout 5 2>/dev/null \
+        | python3 -c 'import json, sys; print((json.load(sys.stdin).get("degraded") or {}).get("kind", ""))'
+}
+# wait_degraded KIND : waits up to 30 s for degraded_kind to say KIND.
+wait_degraded() {
+    local seen="" i
+    for ((i = 0; i < 30; i++)); do
+        seen=$(degraded_kind || true)
+        [[ $seen == "$1" ]] && break
+        sleep 1
+    done
+    expect_eq "portal ${2}: the report's degraded kind" "$1" "$seen"
+}
+expect_eq "portal up: not degraded" "" "$(degraded_kind)"
 sid=${session%% *}
 lio_cmd "/iscsi/$IQN/tpg1 disable"
 LIO_OK_OUTPUT='^The TPGT has been disabled' lio_apply
@@ -134,6 +150,9 @@ sleep 8
 expect_match "portal gone: the session is failed, not logged out" '^(FAILED|FREE)$' \
     "$(cat /sys/class/iscsi_session/"$sid"/state 2>/dev/null || true)"
 wait_volume vol-o1 attached 5
+wait_degraded path_down gone
+expect_match "portal gone: tether status says degraded" 'degraded, path_down: no path is up' \
+    "$("$TETHER" status --state-dir "$TETHER_STATE" 2>&1 || true)"
 lio_cmd "/iscsi/$IQN/tpg1 enable"
 LIO_OK_OUTPUT='^The TPGT has been enabled' lio_apply
 for _ in $(seq 60); do
@@ -143,5 +162,6 @@ done
 expect_eq "portal back: the session logged in again" LOGGED_IN \
     "$(cat /sys/class/iscsi_session/"$sid"/state 2>/dev/null || true)"
 roundtrip "$(by_path "$PORTAL" "$IQN" 1)" "$LIO_BACKING_DIR/o1.img"
+wait_degraded "" back
 still_attached "portal back"
 tether_down

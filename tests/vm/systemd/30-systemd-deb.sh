@@ -11,9 +11,13 @@
 #     data back, the filesystem mounted on the host. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
 #     Reboot.
 #  3. The volume is back through the agent's own login (node.startup=manual, session created
-#     after the agent started), not through iscsid's automatic login.
+#     after the agent started), not through iscsid's automatic login. The conductor is
+#     disabled. Reboot.
+#  4. The node boots with the conductor unreachable: the agent waits for it (not ready, not
+#     failed), detaches nothing and keeps its record; once the conductor is started both
+#     volumes come back, data and file intact.
 # vm-timeout: 240
-# vm-boots: 3
+# vm-boots: 4
 source "$SHARE/vm/systemd.sh"
 PORTAL=127.0.0.1:3260
 IQN=iqn.2003-01.test.tether:boot
@@ -237,6 +241,44 @@ boot3() {
         "$(cat /var/lib/tether/volumes.json 2>&1 || true)"
     expect_match "journald has the agent's structured fields" "\"VOLUME_ID\":\"$VOLUME\"" \
         "$(journalctl -b -u $UNIT -o json --no-pager 2>&1 | grep -m1 "\"VOLUME_ID\":\"$VOLUME\"" || true)"
+    expect_rc "systemctl disable tether-conductor (unreachable at the next boot)" 0 \
+        systemctl disable tether-conductor.service
+    vm_reboot
+}
+
+boot4() {
+    source "$SHARE/vm/tether.sh"
+    local t0
+    expect_eq "conductor down this boot" inactive \
+        "$(systemctl is-active tether-conductor.service 2>&1 || true)"
+    # Long enough for several failed lookups (backoff from 0.5 s).
+    sleep 20
+    expect_eq "agent waits for the conductor: activating, not failed" activating \
+        "$(unit_prop $UNIT ActiveState)"
+    expect_eq "agent never restarted meanwhile" 0 "$(unit_prop $UNIT NRestarts)"
+    expect_eq "no session while the assignment is unknown" 0 "$(sessions_to "$IQN")"
+    expect_eq "the node record is kept (nothing detached)" yes "$(has_record "$IQN" "$PORTAL")"
+    expect_match "the ownership record keeps both volumes" \
+        "\"volume_id\": *\"$VOLUME\".*\"volume_id\": *\"$FS_VOLUME\"|\"volume_id\": *\"$FS_VOLUME\".*\"volume_id\": *\"$VOLUME\"" \
+        "$(tr -d '\n' </var/lib/tether/volumes.json 2>&1 || true)"
+    expect_eq "nothing detached while the conductor is unreachable" "" \
+        "$(journalctl -b -u $UNIT --no-pager -o cat -g 'detaching|detached' 2>&1 | grep -v '^-- No entries --$' || true)"
+    expect_match "tether status: the conductor not reached yet" 'not contacted yet' \
+        "$($TETHER status 2>&1 | sed -n 2p || true)"
+    expect_match "the agent retries its lookup" 'lookup failed; retrying' \
+        "$(journalctl -b -u $UNIT --no-pager -o cat -g 'lookup failed' 2>&1 || true)"
+
+    t0=$(now_ms)
+    expect_rc "systemctl start tether-conductor" 0 systemctl start tether-conductor.service
+    wait_volume "$VOLUME" attached 120
+    wait_volume "$FS_VOLUME" mounted 60
+    note conductor_back_to_mounted_ms $(($(now_ms) - t0))
+    expect_eq "agent active once the conductor answered" active "$(unit_prop $UNIT ActiveState)"
+    expect_eq "one session to the target (two LUNs)" 1 "$(sessions_to "$IQN")"
+    data_back "boot 4, after the conductor came back"
+    mounted_on_host "boot 4"
+    expect_eq "boot 4: file written in boot 1 reads back (no mkfs over it)" \
+        "written in boot 1" "$(cat "$FS_MOUNT/proof" 2>&1)"
 }
 
 "boot$VM_BOOT"

@@ -1,0 +1,668 @@
+//! The conductor as a Cinder attachments client (docs/openstack.md): an operator asks for a
+//! Cinder volume on a node; the conductor creates the attachment for the node's connector,
+//! assigns the target, completes the attachment once the agent has the device, and on detach
+//! deletes the attachment only after the agent let the volume go.
+//!
+//! Every volume's flow lives in the database (`store/cinder.rs`); a worker task takes each one
+//! step further ([`flow::next_step`]) when woken (a request, a heartbeat) and every few seconds,
+//! so a restarted conductor resumes where it stopped.
+
+pub(super) mod api;
+pub(crate) mod flow;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::Conductor;
+use super::store::{CinderRow, StoreError};
+use crate::config::CinderConfig;
+use crate::openstack::cinder::{Attachment, Cinder, CinderApi, Volume};
+use crate::openstack::connection::map_connection_info;
+use crate::openstack::{OpenStackError, OpenStackErrorKind};
+use crate::protocol::cinder::CinderPhase;
+use crate::protocol::{ErrorReport, Heartbeat, TargetCreate};
+use flow::{Seen, Step, next_step};
+
+/// How often every volume's flow is looked at without being woken.
+const TICK: Duration = Duration::from_secs(2);
+/// How often Cinder's status of each volume is read again, for `list`.
+const REFRESH: Duration = Duration::from_secs(30);
+/// Flows advanced at once (an LVM attachment takes a minute in Cinder).
+const PARALLEL: usize = 8;
+
+type Key = (Uuid, String);
+
+/// Cinder, connected on first use (and again after a failed connection), and the worker's
+/// bookkeeping.
+pub(crate) struct CinderService {
+    pub(crate) config: CinderConfig,
+    client: tokio::sync::Mutex<Option<Cinder>>,
+    pub(crate) wake: Notify,
+    /// Per volume: consecutive transient failures, and when to try again.
+    backoff: Mutex<HashMap<Key, (u32, Instant)>>,
+    in_flight: Mutex<HashSet<Key>>,
+    refreshed: Mutex<HashMap<Key, Instant>>,
+}
+
+impl CinderService {
+    pub(crate) fn new(config: CinderConfig) -> Self {
+        Self {
+            config,
+            client: tokio::sync::Mutex::new(None),
+            wake: Notify::new(),
+            backoff: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            refreshed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn cinder(&self) -> Result<Cinder, OpenStackError> {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let timeout = Duration::from_secs(self.config.timeout_s);
+        let connected =
+            Cinder::connect(&self.config.source(), &self.config.service_type, timeout).await?;
+        tracing::info!(endpoint = %connected.endpoint(), "connected to Cinder");
+        *client = Some(connected.clone());
+        Ok(connected)
+    }
+
+    /// Drops the connection after an authentication failure, so that the next call logs in
+    /// again (a rotated application credential, a changed clouds.yaml).
+    async fn forget_client(&self, e: &OpenStackError) {
+        if e.kind == OpenStackErrorKind::AuthFailed {
+            *self.client.lock().await = None;
+        }
+    }
+
+    fn due(&self, key: &Key) -> bool {
+        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        backoff.get(key).is_none_or(|(_, at)| Instant::now() >= *at)
+    }
+
+    fn succeeded(&self, key: &Key) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Schedules the next try: 2 s, 4 s, … up to a minute.
+    fn failed(&self, key: &Key) -> Duration {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = backoff.get(key).map_or(0, |(n, _)| *n) + 1;
+        let delay = Duration::from_secs(2u64.saturating_pow(failures.min(6)).min(60));
+        backoff.insert(key.clone(), (failures, Instant::now() + delay));
+        delay
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $call:ident($($arg:expr),*)) => {{
+        let cinder = $self.cinder().await?;
+        let result = cinder.$call($($arg),*).await;
+        if let Err(e) = &result {
+            $self.forget_client(e).await;
+        }
+        result
+    }};
+}
+
+impl CinderApi for CinderService {
+    async fn find_volume(&self, id_or_name: &str) -> Result<Volume, OpenStackError> {
+        delegate!(self, find_volume(id_or_name))
+    }
+    async fn create_attachment(
+        &self,
+        volume_id: &str,
+        instance: &str,
+        connector: &Value,
+        read_only: bool,
+    ) -> Result<Attachment, OpenStackError> {
+        delegate!(
+            self,
+            create_attachment(volume_id, instance, connector, read_only)
+        )
+    }
+    async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError> {
+        delegate!(self, attachment(id))
+    }
+    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError> {
+        delegate!(self, attachments_of(instance))
+    }
+    async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
+        delegate!(self, complete_attachment(id))
+    }
+    async fn delete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
+        delegate!(self, delete_attachment(id))
+    }
+}
+
+/// The connector Cinder exports a volume to, from what the node's agent last reported.
+pub(crate) fn connector(node_name: &str, report: &Heartbeat, multipath: bool) -> Value {
+    let first = |kind: &str| {
+        report
+            .connectors
+            .iter()
+            .find(|c| c.connector_type == kind)
+            .map(|c| c.connector_id.clone())
+    };
+    let mut connector = json!({
+        "host": node_name,
+        "platform": std::env::consts::ARCH,
+        "os_type": "linux",
+        "multipath": multipath,
+        "do_local_attach": false,
+    });
+    if let Some(iqn) = first("iqn") {
+        connector["initiator"] = Value::from(iqn);
+    }
+    if let Some(ip) = first("ip") {
+        connector["ip"] = Value::from(ip);
+    }
+    connector
+}
+
+/// The error a refusal from Cinder gives the volume (`phase` failed).
+fn refusal(e: &OpenStackError) -> ErrorReport {
+    let kind = match e.kind {
+        OpenStackErrorKind::NotFound => "volume_not_found",
+        OpenStackErrorKind::Conflict => "volume_not_available",
+        other => other.as_str(),
+    };
+    ErrorReport {
+        kind: kind.into(),
+        message: e.message.clone(),
+    }
+}
+
+/// Runs until the conductor stops: advances every volume's flow when woken and every tick.
+pub(super) async fn run(c: Arc<Conductor>, svc: Arc<CinderService>) {
+    let mut shutdown = c.shutdown.clone();
+    tokio::spawn(compare_with_cinder(c.clone(), svc.clone()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    loop {
+        match c.db(|s| s.cinder_volumes(None)).await {
+            Ok(rows) => {
+                for row in rows {
+                    let key = (row.node_uuid, row.volume_id.clone());
+                    if !svc.due(&key) {
+                        continue;
+                    }
+                    if !svc
+                        .in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone())
+                    {
+                        continue;
+                    }
+                    let (c, svc, slots) = (c.clone(), svc.clone(), slots.clone());
+                    tokio::spawn(async move {
+                        let _slot = slots.acquire().await;
+                        advance(&c, &svc, row).await;
+                        svc.in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "cannot read the Cinder volumes"),
+        }
+        tokio::select! {
+            _ = svc.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// A step's failure: a transient one retries later, a refusal stops the flow.
+enum StepError {
+    Cinder(OpenStackError),
+    Store(String),
+    Refused(ErrorReport),
+}
+
+impl From<OpenStackError> for StepError {
+    fn from(e: OpenStackError) -> Self {
+        Self::Cinder(e)
+    }
+}
+
+impl From<super::error::ApiError> for StepError {
+    fn from(e: super::error::ApiError) -> Self {
+        Self::Store(format!("{e:?}"))
+    }
+}
+
+/// Takes one volume's flow one step further, and records how that went.
+async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
+    let key = (row.node_uuid, row.volume_id.clone());
+    let result = step(c, svc, &row).await;
+    let (node, volume) = (row.node_uuid, row.volume_id.clone());
+    match result {
+        Ok(progressed) => {
+            svc.succeeded(&key);
+            if row.cinder_error.is_some() {
+                let _ = c
+                    .db(move |s| s.update_cinder_volume(node, &volume, |r| r.cinder_error = None))
+                    .await;
+            }
+            if progressed {
+                svc.wake.notify_one();
+            }
+        }
+        Err(StepError::Cinder(e))
+            if e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed =>
+        {
+            let retry = svc.failed(&key);
+            tracing::warn!(
+                node = %node,
+                volume_id = %volume,
+                phase = %row.phase,
+                error = %e,
+                retry_in_s = retry.as_secs(),
+                "Cinder call failed; retrying"
+            );
+            let message = e.message.clone();
+            let _ = c
+                .db(move |s| {
+                    s.update_cinder_volume(node, &volume, |r| r.cinder_error = Some(message))
+                })
+                .await;
+        }
+        Err(StepError::Cinder(e)) => {
+            // Refused in a later step (completing, deleting): shown, retried slowly, since
+            // the attachment must not be forgotten.
+            let retry = svc.failed(&key);
+            tracing::warn!(node = %node, volume_id = %volume, phase = %row.phase, error = %e,
+                retry_in_s = retry.as_secs(), "Cinder refused a step; retrying");
+            let error = refusal(&e);
+            let _ = c
+                .db(move |s| s.update_cinder_volume(node, &volume, |r| r.error = Some(error)))
+                .await;
+        }
+        Err(StepError::Refused(error)) => {
+            tracing::warn!(node = %node, volume_id = %volume, kind = %error.kind,
+                error = %error.message, "Cinder volume attach failed");
+            let _ = c
+                .db(move |s| {
+                    s.update_cinder_volume(node, &volume, |r| {
+                        r.error = Some(error);
+                        r.enter(CinderPhase::Failed);
+                    })
+                })
+                .await;
+        }
+        Err(StepError::Store(e)) => {
+            svc.failed(&key);
+            tracing::warn!(node = %node, volume_id = %volume, error = %e, "Cinder flow step failed");
+        }
+    }
+}
+
+/// One step; `Ok(true)` when the flow moved on (so the next step may follow at once).
+async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<bool, StepError> {
+    let (node, volume) = (row.node_uuid, row.volume_id.clone());
+    let target = row.target_uuid;
+    let status = c.db(move |s| s.node_status(node)).await?;
+    let target_exists = match target {
+        Some(uuid) => c.db(move |s| s.target_exists(uuid)).await?,
+        None => false,
+    };
+    let reported = target.and_then(|uuid| {
+        status
+            .report
+            .as_ref()?
+            .volumes
+            .iter()
+            .find(|v| v.target_uuid == uuid)
+            .cloned()
+    });
+    let seen = Seen {
+        target_exists,
+        agent: reported.as_ref().map(|v| v.state),
+    };
+    let instance = node.to_string();
+    match next_step(row, seen) {
+        Step::Wait => {
+            refresh_status(c, svc, row).await;
+            Ok(false)
+        }
+        Step::CreateAttachment => {
+            let report = status.report.as_ref().ok_or_else(|| {
+                StepError::Refused(ErrorReport {
+                    kind: "node_never_reported".into(),
+                    message: format!(
+                        "node {} has not reported yet: its connector is unknown",
+                        status.node_name
+                    ),
+                })
+            })?;
+            let attachment = match adopt(svc, &instance, &volume).await? {
+                Some(found) => found,
+                None => {
+                    let connector = connector(&status.node_name, report, svc.config.multipath);
+                    match svc
+                        .create_attachment(&volume, &instance, &connector, row.read_only)
+                        .await
+                    {
+                        Ok(created) => created,
+                        Err(e)
+                            if !e.kind.is_transient()
+                                && e.kind != OpenStackErrorKind::AuthFailed =>
+                        {
+                            return Err(StepError::Refused(refusal(&e)));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            let id = attachment.id.clone();
+            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment created");
+            let (v, recorded) = (volume.clone(), id.clone());
+            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = Some(recorded)))
+                .await?;
+            let info = attachment.connection_info.clone().unwrap_or_default();
+            let mapped = match map_connection_info(&info, &svc.config.ceph_keys, row.read_only) {
+                Ok(mapped) => mapped,
+                Err(e) => {
+                    return Err(StepError::Refused(ErrorReport {
+                        kind: e.kind().into(),
+                        message: e.to_string(),
+                    }));
+                }
+            };
+            if !mapped.ignored.is_empty() {
+                tracing::debug!(volume_id = %volume, ignored = ?mapped.ignored, "connection_info keys tether does not use");
+            }
+            let mut properties = mapped.properties;
+            if let Some(file) = &mapped.key_file {
+                let key = std::fs::read_to_string(file).map_err(|e| {
+                    StepError::Refused(ErrorReport {
+                        kind: "key_file".into(),
+                        message: format!("cannot read the cephx key file {}: {e}", file.display()),
+                    })
+                })?;
+                properties.insert("auth_key".into(), Value::from(key.trim()));
+            }
+            let mut extra = serde_json::Map::new();
+            if let Some(mount) = &row.mount {
+                extra.insert("mount".into(), Value::Object(mount.clone()));
+            }
+            extra.insert("cinder_attachment_id".into(), Value::from(id));
+            let request = TargetCreate {
+                node_uuid: node,
+                volume_type: mapped.volume_type.into(),
+                volume_id: volume.clone(),
+                uuid: None,
+                boot_index: None,
+                properties,
+                extra,
+            };
+            if c.validate_targets {
+                let candidate = request.target(Uuid::nil());
+                if let Err(e) = crate::protocol::target::parse(&candidate) {
+                    return Err(StepError::Refused(ErrorReport {
+                        kind: e.kind().into(),
+                        message: format!(
+                            "Cinder's connection_info makes a target tether refuses: {e}"
+                        ),
+                    }));
+                }
+            }
+            let v = volume.clone();
+            let published = c.generations.publish(
+                c.db(move |s| s.assign_cinder_target(node, &v, &request))
+                    .await?,
+            );
+            tracing::info!(node = %node, volume_id = %volume, generation = published.generation,
+                target = ?published.value.target_uuid, "Cinder volume assigned to the node");
+            Ok(true)
+        }
+        Step::Complete => {
+            let id = row.attachment_id.clone().unwrap_or_default();
+            let v = volume.clone();
+            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.enter(CinderPhase::Completing)))
+                .await?;
+            svc.complete_attachment(&id).await?;
+            let found = svc.find_volume(&volume).await.ok();
+            let v = volume.clone();
+            c.db(move |s| {
+                s.update_cinder_volume(node, &v, |r| {
+                    r.enter(CinderPhase::Attached);
+                    r.error = None;
+                    r.cinder_status = found.map(|f| f.status).or(Some("in-use".into()));
+                })
+            })
+            .await?;
+            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment completed: in-use");
+            Ok(true)
+        }
+        Step::TargetLost => Err(StepError::Refused(ErrorReport {
+            kind: "target_deleted".into(),
+            message: "the volume's target was deleted by hand while the volume was attached; \
+                      detach the volume (tether ctl volume detach) to delete its Cinder attachment"
+                .into(),
+        })),
+        Step::Unassign => {
+            let v = volume.clone();
+            let (_, change) = c.db(move |s| s.unassign_cinder_target(node, &v)).await?;
+            if let Some(change) = change {
+                let published = c.generations.publish(change);
+                tracing::info!(node = %node, volume_id = %volume, generation = published.generation,
+                    "Cinder volume unassigned; the agent detaches it");
+            }
+            Ok(true)
+        }
+        Step::DeleteAttachment => {
+            let v = volume.clone();
+            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.enter(CinderPhase::Deleting)))
+                .await?;
+            let ids: Vec<String> = match &row.attachment_id {
+                Some(id) => vec![id.clone()],
+                // A crash may have come between Cinder's answer and the row's update.
+                None => adopt(svc, &instance, &volume)
+                    .await?
+                    .map(|a| a.id)
+                    .into_iter()
+                    .collect(),
+            };
+            for id in &ids {
+                svc.delete_attachment(id).await?;
+                tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment deleted");
+            }
+            let v = volume.clone();
+            c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
+            Ok(true)
+        }
+        Step::Forget => {
+            let v = volume.clone();
+            c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The attachment of `volume` for `instance` that a conductor made before it could record it.
+async fn adopt(
+    svc: &CinderService,
+    instance: &str,
+    volume: &str,
+) -> Result<Option<Attachment>, OpenStackError> {
+    let found = svc.attachments_of(instance).await?;
+    let Some(summary) = found
+        .into_iter()
+        .find(|a| a.volume_id.as_deref() == Some(volume) && a.status != "deleted")
+    else {
+        return Ok(None);
+    };
+    tracing::info!(volume_id = %volume, attachment = %summary.id, "adopting a Cinder attachment made before a restart");
+    // Listings may leave connection_info out: read the attachment itself.
+    Ok(svc.attachment(&summary.id).await?.or(Some(summary)))
+}
+
+/// Reads Cinder's status of the volume again, at most every [`REFRESH`].
+async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
+    let key = (row.node_uuid, row.volume_id.clone());
+    {
+        let mut refreshed = svc.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if refreshed.get(&key).is_some_and(|at| at.elapsed() < REFRESH) {
+            return;
+        }
+        refreshed.insert(key, Instant::now());
+    }
+    let (node, volume) = (row.node_uuid, row.volume_id.clone());
+    let (status, error) = match svc.find_volume(&volume).await {
+        Ok(found) => (Some(found.status), None),
+        Err(e) if e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed => {
+            (row.cinder_status.clone(), Some(e.message))
+        }
+        Err(e) => (Some(format!("({})", e.kind.as_str())), None),
+    };
+    let _ = c
+        .db(move |s| {
+            s.update_cinder_volume(node, &volume, |r| {
+                r.cinder_status = status;
+                r.cinder_error = error;
+            })
+        })
+        .await;
+}
+
+/// At start, and until Cinder answers: every recorded attachment still exists in Cinder, and
+/// every attachment Cinder has for a node with Cinder volumes is one of them. Differences are
+/// logged (and shown in `list`), never acted on blindly.
+async fn compare_with_cinder(c: Arc<Conductor>, svc: Arc<CinderService>) {
+    let mut delay = Duration::from_secs(2);
+    loop {
+        match compare_once(&c, &svc).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot compare the attachments with Cinder yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> {
+    let rows = c
+        .db(|s| s.cinder_volumes(None))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let nodes: HashSet<Uuid> = rows.iter().map(|r| r.node_uuid).collect();
+    for node in nodes {
+        let theirs = svc
+            .attachments_of(&node.to_string())
+            .await
+            .map_err(|e| e.message)?;
+        let ours: Vec<&CinderRow> = rows.iter().filter(|r| r.node_uuid == node).collect();
+        for attachment in &theirs {
+            let known = ours.iter().any(|r| {
+                r.attachment_id.as_deref() == Some(attachment.id.as_str())
+                    || (r.phase == CinderPhase::Creating
+                        && attachment.volume_id.as_deref() == Some(r.volume_id.as_str()))
+            });
+            if !known {
+                tracing::warn!(node = %node, attachment = %attachment.id, volume_id = ?attachment.volume_id,
+                    "Cinder has an attachment for this node that tether does not know; left alone");
+            }
+        }
+        for row in ours {
+            let Some(id) = &row.attachment_id else {
+                continue;
+            };
+            if row.phase == CinderPhase::Attached && !theirs.iter().any(|a| &a.id == id) {
+                tracing::error!(node = %node, volume_id = %row.volume_id, attachment = %id,
+                    "Cinder no longer has this volume's attachment, but the node still has the volume");
+                let (v, message) = (
+                    row.volume_id.clone(),
+                    format!(
+                        "Cinder no longer has attachment {id} while the volume is attached to the node: \
+                     Cinder may hand the volume to someone else; detach it"
+                    ),
+                );
+                let _ = c
+                    .db(move |s| {
+                        s.update_cinder_volume(node, &v, |r| {
+                            r.error = Some(ErrorReport {
+                                kind: "attachment_gone".into(),
+                                message,
+                            })
+                        })
+                    })
+                    .await;
+            }
+        }
+    }
+    tracing::info!("compared the Cinder attachments with Cinder's");
+    Ok(())
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+/// The agent's state of the volume's target, for `list`.
+pub(crate) fn agent_view(
+    row: &CinderRow,
+    report: Option<&Heartbeat>,
+) -> Option<crate::protocol::VolumeReport> {
+    let target = row.target_uuid?;
+    report?
+        .volumes
+        .iter()
+        .find(|v| v.target_uuid == target)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Connector;
+
+    #[test]
+    fn the_connector_is_what_the_agent_reported() {
+        let c = |t: &str, id: &str| Connector {
+            connector_type: t.into(),
+            connector_id: id.into(),
+        };
+        let report = Heartbeat {
+            agent_version: "0.1.0".into(),
+            generation: None,
+            connectors: vec![
+                c("mac", "52:54:00:00:00:01"),
+                c("iqn", "iqn.1993-08.org.debian:01:node"),
+                c("ip", "192.0.2.50"),
+                c("ip", "192.0.2.51"),
+            ],
+            volumes: vec![],
+            foreign: vec![],
+        };
+        let connector = connector("compute-17", &report, true);
+        assert_eq!(connector["initiator"], "iqn.1993-08.org.debian:01:node");
+        assert_eq!(connector["ip"], "192.0.2.50");
+        assert_eq!(connector["host"], "compute-17");
+        assert_eq!(connector["multipath"], true);
+        assert_eq!(connector["os_type"], "linux");
+        let bare = Heartbeat {
+            connectors: vec![],
+            ..report
+        };
+        let connector = super::connector("n", &bare, false);
+        assert!(connector.get("initiator").is_none(), "RBD needs none");
+    }
+}
