@@ -180,10 +180,13 @@ cinder_collect_logs() {
         [[ -f $f ]] || continue
         off=$(awk -v f="$f" '$2 == f {print $1}' "$WORK/cinder-log-offsets" 2>/dev/null)
         name=$(basename "$f")
-        [[ $name == rabbit@* ]] && name=rabbitmq.log
+        # rabbit@tether-vm.log -> rabbitmq.log, rabbit@tether-vm_upgrade.log -> rabbitmq_upgrade.log
+        [[ $name == rabbit@* ]] && name=rabbitmq${name#rabbit@"$CINDER_HOST"}
         tail -c +"$((${off:-0} + 1))" "$f" >"$CINDER_LOG_DIR/$name" 2>/dev/null || true
     done < <(_cinder_log_files)
     cp "$CINDER_CONF" "$CINDER_LOG_DIR/cinder.conf" 2>/dev/null || true
+    # Who used the guest's two CPUs (TCG is slow; Cinder's periodic tasks add up).
+    ps -eo pid,time,etime,rss,args --sort=-time 2>/dev/null | head -n 25 | cut -c1-200 >"$CINDER_LOG_DIR/ps-cpu.txt" || true
     [[ -f $CINDER_RUN/timings.log ]] && cp "$CINDER_RUN/timings.log" "$CINDER_LOG_DIR/boot-timings.log"
     return 0
 }
@@ -227,6 +230,9 @@ debug = false
 osapi_volume_listen = 127.0.0.1
 osapi_volume_workers = 1
 enabled_backends = lvm,rbd
+# Each LVM stats run is several \`sudo cinder-rootwrap\` calls, 30-45 s of CPU under TCG: once a
+# minute (the default) it takes half the guest. Capacity is not under test.
+backend_stats_polling_interval = 900
 # The one-node Ceph has no mgr, so its pool reports no free space; capacity is not under test.
 scheduler_default_filters = AvailabilityZoneFilter,CapabilitiesFilter
 # Cinder sends no cephx key (OSSN-0085); the node's key comes from tether's conductor.
@@ -246,6 +252,9 @@ volume_driver = cinder.volume.drivers.lvm.LVMVolumeDriver
 volume_backend_name = lvm
 volume_group = $CINDER_VG
 lvm_type = default
+# LVM_SYSTEM_DIR for Cinder's LVM commands: scan only loop devices, not the iSCSI and RBD disks
+# the scenarios attach (a dead session's disk would hang every scan).
+lvm_conf_file = /etc/cinder/lvm.conf
 # Zeroing a deleted volume costs minutes under TCG.
 volume_clear = none
 target_helper = lioadm
@@ -264,6 +273,7 @@ rados_connect_timeout = 30
 EOF
     chown root:cinder "$CINDER_CONF"
     chmod 0640 "$CINDER_CONF"
+    printf 'devices {\n\tglobal_filter = [ "a|^/dev/loop[0-9]+$|", "r|.*|" ]\n}\n' >/etc/cinder/lvm.conf
     # One uwsgi process: the guest has two slow CPUs and 2 GiB.
     sed -i -e 's/^processes = .*/processes = 1/' -e 's/^threads = .*/threads = 8/' /etc/cinder/cinder-api-uwsgi.ini
 }
@@ -381,6 +391,9 @@ _cinder_create() {
     local t0 t rabbit_pid sync_pid rc=0
     t0=$(now_ms)
     mkdir -p "$CINDER_RUN"
+    # Erlang's schedulers busy-wait by default: under TCG that burns CPU the others need.
+    install -d -m 0755 /etc/rabbitmq
+    printf 'SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"\n' >/etc/rabbitmq/rabbitmq-env.conf
     # rabbitmq (the slowest, ~50 s) and the database run while Ceph and LVM are set up.
     ( _cinder_init rabbitmq-server start ) &
     rabbit_pid=$!
