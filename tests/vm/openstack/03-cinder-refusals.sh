@@ -37,11 +37,11 @@ expect_cinder "$busy" in-use "the volume stays in-use"
 # Missing, by id and by name.
 vol_attach "$NODE" "$NO_SUCH" --timeout 120
 expect_ne "attach of a missing volume id is refused" 0 "$VOL_RC"
-expect_match "the refusal says it is not found" '([Nn]ot found|[Nn]o such|missing|does not exist)' "$VOL_OUT"
+expect_match "the refusal says it is not found" '([Nn]ot.found|[Nn]o such|missing|does not exist)' "$VOL_OUT"
 nothing_done "missing id" "$NO_SUCH"
 vol_attach "$NODE" no-such-volume-name --timeout 120
 expect_ne "attach of a missing volume name is refused" 0 "$VOL_RC"
-expect_match "the refusal says it is not found" '([Nn]ot found|[Nn]o such|missing|does not exist)' "$VOL_OUT"
+expect_match "the refusal says it is not found" '([Nn]ot.found|[Nn]o such|missing|does not exist)' "$VOL_OUT"
 nothing_done "missing name" no-such-volume-name
 
 # In error.
