@@ -247,6 +247,11 @@ lock_path = /var/lib/cinder/tmp
 [oslo_messaging_notifications]
 driver = noop
 
+[oslo_messaging_rabbit]
+# The services start before rabbitmq is up: retry the connection every few seconds, not with
+# a backoff up to 30 s.
+rabbit_interval_max = 3
+
 [lvm]
 volume_driver = cinder.volume.drivers.lvm.LVMVolumeDriver
 volume_backend_name = lvm
@@ -414,12 +419,14 @@ _cinder_create() {
     _cinder_ceph || rc=1
     _cinder_time ceph-setup $(($(now_ms) - t))
     wait "$sync_pid" || { rc=1; _cinder_fail "cinder-manage db sync" "exit 0" "failed (db-sync.log)"; }
-    wait "$rabbit_pid" || { rc=1; _cinder_fail "rabbitmq-server starts" "init script exit 0" "failed (setup.log, rabbitmq.log)"; }
     ((rc == 0)) || return 1
-    _cinder_init cinder-api start || { _cinder_fail "cinder-api starts" "exit 0" "failed (setup.log)"; return 1; }
-    _cinder_init cinder-scheduler start || { _cinder_fail "cinder-scheduler starts" "exit 0" "failed"; return 1; }
-    _cinder_init cinder-volume start || { _cinder_fail "cinder-volume starts" "exit 0" "failed"; return 1; }
+    # The services need the database and (the RBD driver) Ceph to start, not yet rabbitmq: the
+    # volume service's driver set-up (LVM: minutes of rootwrap calls) runs before it connects.
     t=$(now_ms)
+    _cinder_init cinder-volume start || { _cinder_fail "cinder-volume starts" "exit 0" "failed"; return 1; }
+    _cinder_init cinder-scheduler start || { _cinder_fail "cinder-scheduler starts" "exit 0" "failed"; return 1; }
+    _cinder_init cinder-api start || { _cinder_fail "cinder-api starts" "exit 0" "failed (setup.log)"; return 1; }
+    wait "$rabbit_pid" || { _cinder_fail "rabbitmq-server starts" "init script exit 0" "failed (setup.log, rabbitmq.log)"; return 1; }
     _cinder_wait_api 180 || { _cinder_fail "cinder-api answers" "an answer on $CINDER_URL within 180 s" "none (cinder-api.log)"; return 1; }
     _cinder_time api-answers $(($(now_ms) - t))
     _cinder_type lvm || return 1
