@@ -17,6 +17,8 @@
 CONDUCTOR_CONFIG=/etc/tether/conductor.toml
 CINDER_KEY_FILE=/etc/tether/ceph/cinder.key
 CTL_LOG=$RESULT_DIR/ctl.log
+# Where a failed check points (the results directory on the host: target/vm-results/<run>/).
+TT_LOGS="logs: $SCENARIO/{ctl.log,conductor.log,agent.log,cinder/} in the results directory"
 NODE=vm-guest
 
 # openstack_up : Cinder up, then tether with a conductor that is Cinder's client.
@@ -85,7 +87,7 @@ vol_wait() {
         sleep 2
     done
     fail "volume list: $f of $id is $want" "$want within ${t}s" \
-        "$got; list: $(vol_list "$NODE" | head -c 1500); guest logs: $RESULT_DIR/{conductor.log,agent.log,ctl.log,cinder/}"
+        "$got; list: $(vol_list "$NODE" | head -c 1500); $TT_LOGS"
     return 1
 }
 
@@ -96,7 +98,7 @@ expect_cinder() {
     if [[ $got == "$2" ]]; then
         pass "$3"
     else
-        fail "$3" "Cinder status $2" "$got; attachments: $(cinder_attachments "$1" | tr '\n' ' '); guest logs: $RESULT_DIR/cinder/, conductor.log"
+        fail "$3" "Cinder status $2" "$got; attachments: $(cinder_attachments "$1" | tr '\n' ' '); $TT_LOGS"
     fi
 }
 
@@ -149,6 +151,6 @@ expect_vol_rc() {
     if [[ $VOL_RC == "$2" ]]; then
         pass "$1"
     else
-        fail "$1" "exit $2" "exit $VOL_RC after $VOL_MS ms; output: $VOL_OUT; guest logs: $RESULT_DIR/{ctl.log,conductor.log,agent.log,cinder/}"
+        fail "$1" "exit $2" "exit $VOL_RC after $VOL_MS ms; output: $VOL_OUT; $TT_LOGS"
     fi
 }

@@ -65,7 +65,7 @@ _cinder_time() {
 }
 
 _cinder_fail() { # DESC EXPECTED SAW
-    fail "$1" "$2" "$3; guest logs: $CINDER_LOG_DIR/ (cinder-volume.log, cinder-api.log, timings.log)"
+    fail "$1" "$2" "$3; logs: $SCENARIO/cinder/{cinder-volume,cinder-api}.log, timings.log in the results directory"
     return 1
 }
 
@@ -198,6 +198,8 @@ _cinder_mark_logs
 _cinder_exit() {
     local id
     [[ $BASHPID == "$$" ]] || return 0
+    # First, in case the scenario's timeout kills what follows (it allows 10 s after SIGTERM).
+    cinder_collect_logs
     if declare -F tether_down >/dev/null; then tether_down; fi
     if [[ -f $WORK/cinder-created ]]; then
         while read -r id; do
@@ -469,8 +471,9 @@ cinder_stop() {
 }
 
 # cinder_start [api] [volume] : start them again (default both); returns once the API answers
-# and, for the volume service, both backends' drivers finished their start (their "post RPC
-# initialization" log line).
+# and, for the volume service, the drivers in CINDER_START_DRIVERS (default both:
+# "LVMVolumeDriver RBDDriver") serve RPC again. The LVM driver's start takes minutes under TCG
+# (rootwrap calls): a scenario that only uses RBD volumes waits for RBDDriver alone.
 cinder_start() {
     local t0 off end n=0
     (($#)) || set -- api volume
@@ -487,12 +490,19 @@ cinder_start() {
         _cinder_time "cinder-restart($*)" $(($(now_ms) - t0))
         return 0
     fi
+    # A driver serves RPC once its "Initializing RPC dependent components" line is logged.
+    local d want=() missing=()
+    read -r -a want <<<"${CINDER_START_DRIVERS:-LVMVolumeDriver RBDDriver}"
     end=$(($(now_ms) + 300000))
     while (($(now_ms) < end)); do
-        n=$(tail -c +"$((off + 1))" /var/log/cinder/cinder-volume.log | grep -c 'Driver post RPC initialization completed successfully' || true)
-        ((n >= 2)) && break
+        missing=()
+        for d in "${want[@]}"; do
+            tail -c +"$((off + 1))" /var/log/cinder/cinder-volume.log \
+                | grep -q "Initializing RPC dependent components of volume driver $d" || missing+=("$d")
+        done
+        ((${#missing[@]} == 0)) && break
         sleep 2
     done
-    ((n >= 2)) || { _cinder_fail "cinder-volume's drivers start again" "2 'post RPC initialization' lines within 300 s" "$n"; return 1; }
+    ((${#missing[@]} == 0)) || { _cinder_fail "cinder-volume's drivers start again" "${want[*]} serving within 300 s" "not: ${missing[*]}"; return 1; }
     _cinder_time "cinder-restart($*)" $(($(now_ms) - t0))
 }

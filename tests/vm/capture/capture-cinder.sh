@@ -129,6 +129,19 @@ if [[ $CAP_STATUS == 200 ]]; then
     cap attachment-reserved-no-connector GET "attachments/$(jfield attachment-create-no-connector .attachment.id)"
     cap attachment-delete-no-connector DELETE "attachments/$(jfield attachment-create-no-connector .attachment.id)"
 fi
+# With an instance_uuid (what Nova sends): since the fix of bug #2004555 Cinder lets a user (not
+# a service with a service token) delete such an attachment only when Nova says the server
+# does not have it. Without Nova to ask, the owner cannot delete it (500), nor force-detach it.
+INSTANCE=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
+cap attachment-create-rbd-instance-uuid POST attachments \
+    "{\"attachment\": {\"volume_uuid\": \"$rbd\", \"instance_uuid\": \"$INSTANCE\", \"connector\": $CONNECTOR, \"mode\": \"rw\"}}"
+if [[ $CAP_STATUS == 200 ]]; then
+    inst_att=$(jfield attachment-create-rbd-instance-uuid .attachment.id)
+    cap error-attachment-delete-instance-uuid DELETE "attachments/$inst_att"
+    cap attachments-by-instance GET "attachments?instance_id=$INSTANCE"
+    cap error-force-detach-instance-uuid POST "volumes/$rbd/action" "{\"os-force_detach\": {\"attachment_id\": \"$inst_att\"}}"
+fi
+
 cinder_delete "$lvm" || true
 cinder_delete "$rbd" || true
 

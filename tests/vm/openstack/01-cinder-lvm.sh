@@ -4,7 +4,7 @@
 # data written through the mount reads back; detached: Cinder `available` with no attachment,
 # no iSCSI session or node record, no LIO target left, the data is in Cinder's logical volume,
 # and Cinder's CHAP password is in no tether log, report, ctl output or world-readable file.
-# vm-timeout: 1200
+# vm-timeout: 1800
 source "$SHARE/vm/tether.sh"
 source "$SHARE/vm/ceph.sh"
 source "$SHARE/vm/cinder.sh"
