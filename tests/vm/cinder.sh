@@ -163,8 +163,10 @@ cinder_delete() {
 
 # The logs' sizes when this scenario began: cinder_collect_logs copies only what came after.
 _cinder_log_files() {
+    # cinder-api.log is uwsgi's (requests); the API's own log is cinder-wsgi's, under its name.
     printf '%s\n' /var/log/cinder/cinder-api.log /var/log/cinder/cinder-scheduler.log \
         /var/log/cinder/cinder-volume.log /var/log/cinder/cinder-manage.log
+    compgen -G '/var/log/cinder/*.log' | grep -vxE '/var/log/cinder/cinder-(api|scheduler|volume|manage)\.log' || true
     compgen -G '/var/log/rabbitmq/rabbit@*.log' || true
 }
 _cinder_mark_logs() {

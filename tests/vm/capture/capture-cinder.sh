@@ -123,12 +123,21 @@ ls -R /sys/kernel/config/target/iscsi >"$FIX/lio-configfs-lvm-detached.txt" 2>&1
 
 # A reservation without a connector (what Nova does first), on the now available RBD volume:
 # no connection_info yet.
-cap attachment-create-no-connector POST attachments "{\"attachment\": {\"volume_uuid\": \"$rbd\"}}"
+cap attachment-create-no-connector POST attachments "{\"attachment\": {\"volume_uuid\": \"$rbd\", \"mode\": \"rw\"}}"
 if [[ $CAP_STATUS == 200 ]]; then
+    res=$(jfield attachment-create-no-connector .attachment.id)
     cap volume-rbd-reserved GET "volumes/$rbd"
-    cap attachment-reserved-no-connector GET "attachments/$(jfield attachment-create-no-connector .attachment.id)"
-    cap attachment-delete-no-connector DELETE "attachments/$(jfield attachment-create-no-connector .attachment.id)"
+    cap attachment-reserved-no-connector GET "attachments/$res"
+    # Then the connector (Nova's second step): `PUT /attachments/{id}` exports the volume and
+    # answers with the connection_info.
+    cap attachment-update-connector-rbd PUT "attachments/$res" "{\"attachment\": {\"connector\": $CONNECTOR}}"
+    cap volume-rbd-after-update GET "volumes/$rbd"
+    cap error-attachment-update-connector-again PUT "attachments/$res" "{\"attachment\": {\"connector\": $CONNECTOR}}"
+    cap attachment-complete-after-update POST "attachments/$res/action" '{"os-complete": null}'
+    cap volume-rbd-in-use-after-update GET "volumes/$rbd"
+    cap attachment-delete-after-update DELETE "attachments/$res"
 fi
+cap error-attachment-update-missing PUT "attachments/$NO_SUCH" "{\"attachment\": {\"connector\": $CONNECTOR}}"
 # With an instance_uuid (what Nova sends): since the fix of bug #2004555 Cinder lets a user (not
 # a service with a service token) delete such an attachment only when Nova says the server
 # does not have it. Without Nova to ask, the owner cannot delete it (500), nor force-detach it.
