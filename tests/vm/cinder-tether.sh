@@ -55,17 +55,16 @@ vol() {
 }
 
 VOL_RC=0 VOL_OUT="" VOL_MS=0
-_vol_run() { # NOTE_KEY ARGS...
-    local key=$1 t0
-    shift
+_vol_run() { # ARGS... (attach|detach NODE VOLUME ...)
+    local t0
     t0=$(now_ms)
     VOL_RC=0
     VOL_OUT=$(vol "$@" 2>&1) || VOL_RC=$?
     VOL_MS=$(($(now_ms) - t0))
-    note "$key" "${VOL_MS} ms (exit $VOL_RC)"
+    note "ctl_volume_$1_ms" "${VOL_MS} ($3, exit $VOL_RC${4:+, $4})"
 }
-vol_attach() { local n=$1 v=$2; shift 2; _vol_run "attach_${v:0:8}_ms" attach "$n" "$v" "$@"; }
-vol_detach() { local n=$1 v=$2; shift 2; _vol_run "detach_${v:0:8}_ms" detach "$n" "$v" "$@"; }
+vol_attach() { _vol_run attach "$@"; }
+vol_detach() { _vol_run detach "$@"; }
 
 # vol_list [NODE] : `ctl volume list --json`.
 vol_list() { "$TETHER" ctl volume list "$@" --json 2>>"$CTL_LOG"; }
