@@ -116,6 +116,11 @@ pub struct AgentConfig {
     /// How long one long-poll of the targets waits at the conductor.
     #[serde(rename = "poll_wait_s", with = "seconds")]
     pub poll_wait: Duration,
+    /// The agent tells systemd it is ready once its first assignment is applied, or after this
+    /// long without one (the conductor unreachable at boot), so that boot goes on; the volumes
+    /// attach when the conductor answers.
+    #[serde(rename = "ready_timeout_s", with = "seconds")]
+    pub ready_timeout: Duration,
     /// How long to wait for a block device after login or map.
     #[serde(rename = "device_timeout_s", with = "seconds")]
     pub device_timeout: Duration,
@@ -179,6 +184,7 @@ impl Default for AgentConfig {
             metrics_listen: None,
             heartbeat_interval: None,
             poll_wait: Duration::from_secs(55),
+            ready_timeout: Duration::from_secs(90),
             device_timeout: Duration::from_secs(60),
             retry_initial: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),

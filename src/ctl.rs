@@ -187,6 +187,13 @@ struct TargetArgs {
     /// Order among the node's volumes (Ironic's boot_index).
     #[arg(long)]
     boot_index: Option<u32>,
+    #[command(flatten)]
+    mount: MountArgs,
+}
+
+/// Where and how the node mounts the volume: a target's `extra.mount`.
+#[derive(Args)]
+struct MountArgs {
     /// Mount the device here on the node.
     #[arg(long)]
     mount: Option<PathBuf>,
@@ -199,6 +206,19 @@ struct TargetArgs {
     /// Format the device when it holds no filesystem (never when it does).
     #[arg(long)]
     mkfs: bool,
+}
+
+impl MountArgs {
+    /// `extra.mount`, when --mount is given.
+    fn spec(&self) -> Option<Value> {
+        let path = self.mount.as_ref()?;
+        Some(json!({
+            "path": path,
+            "fstype": self.fstype,
+            "options": self.mount_options,
+            "mkfs": self.mkfs,
+        }))
+    }
 }
 
 struct Api {
@@ -502,11 +522,8 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
         (None, None) => "iscsi".into(),
     };
     let mut extra = Map::new();
-    if let Some(path) = &a.mount {
-        extra.insert(
-            "mount".into(),
-            json!({"path": path, "fstype": a.fstype, "options": a.mount_options, "mkfs": a.mkfs}),
-        );
+    if let Some(mount) = a.mount.spec() {
+        extra.insert("mount".into(), mount);
     }
     Ok(TargetCreate {
         node_uuid,

@@ -79,7 +79,11 @@ impl Agent {
                 }
                 Ok(None) => {
                     if self.degraded.remove(&uuid).is_some() {
-                        tracing::info!(target_uuid = %uuid, volume_id, "every path of the volume is up again");
+                        tracing::info!(
+                            target_uuid = %uuid,
+                            volume_id,
+                            "every path of the volume is up again",
+                        );
                     }
                 }
                 Err(e) => tracing::debug!(

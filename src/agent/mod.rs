@@ -20,6 +20,7 @@ mod volume;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -111,6 +112,11 @@ pub async fn run(
     );
 
     tokio::pin!(shutdown);
+    let ready_sent = Arc::new(AtomicBool::new(false));
+    let ready_timer = tokio::spawn(ready_without_conductor(
+        config.ready_timeout,
+        ready_sent.clone(),
+    ));
     let mut watchdog = notify::Watchdog::from_env();
     notify::status("looking the node up at the conductor");
     let looking_up = tasks::lookup(
@@ -148,7 +154,16 @@ pub async fn run(
         events_tx: &events_tx,
         report_tx: &report_tx,
     };
-    main_loop(&mut agent, &clock, channels, &mut watchdog, &mut shutdown).await;
+    main_loop(
+        &mut agent,
+        &clock,
+        channels,
+        &mut watchdog,
+        &mut shutdown,
+        &ready_sent,
+    )
+    .await;
+    ready_timer.abort();
 
     notify::stopping();
     poller.abort();
@@ -160,6 +175,21 @@ pub async fn run(
     }
     tracing::info!("agent stopped; volumes stay attached");
     Ok(())
+}
+
+/// Tells systemd the agent is ready when no assignment came within `after`: a node that boots
+/// while its conductor is unreachable goes on booting (units ordered after the agent start
+/// without their volumes, which attach once the conductor answers) instead of hanging until
+/// the unit's start timeout fails it.
+async fn ready_without_conductor(after: Duration, ready_sent: Arc<AtomicBool>) {
+    tokio::time::sleep(after).await;
+    if !ready_sent.swap(true, Ordering::SeqCst) {
+        tracing::warn!(
+            waited_s = after.as_secs(),
+            "no assignment from the conductor yet; ready anyway, volumes attach once it answers"
+        );
+        notify::ready("waiting for the conductor; volumes attach once it answers");
+    }
 }
 
 /// Runs `work`, pinging the watchdog meanwhile. None when shutdown comes first.
@@ -192,6 +222,7 @@ async fn main_loop(
     channels: Channels<'_>,
     watchdog: &mut notify::Watchdog,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ready_sent: &AtomicBool,
 ) {
     let Channels {
         events,
@@ -248,6 +279,7 @@ async fn main_loop(
             // Ready once the first assignment has been reconciled: units ordered after the
             // agent start with their volumes on the way.
             ready = true;
+            ready_sent.store(true, Ordering::SeqCst);
             notify::ready(&format!("{} volumes", agent.volumes.len()));
         }
     }

@@ -264,7 +264,7 @@ async fn heartbeat(
     c.metrics.heartbeats.inc();
     if let Some(cinder) = &c.cinder {
         // A volume may be waiting for this report (attached: complete; gone: delete).
-        cinder.wake.notify_one();
+        cinder.reported(node);
     }
     // Kept and flagged, never refused: an agent detaching a volume whose target was just
     // deleted reports it until it is gone.

@@ -250,6 +250,30 @@ fn encode_snapshot(
             .encode_family(&[("volume_type", volume_type)])?
             .encode_gauge(&count)?;
     }
+    let mut cinder = encoder.encode_descriptor(
+        "tether_conductor_cinder_volumes",
+        "Cinder volumes attached through the conductor, by phase of their flow.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for phase in crate::protocol::cinder::CinderPhase::ALL {
+        let count = s
+            .cinder_phases
+            .iter()
+            .find(|(name, _)| name == phase.as_str())
+            .map_or(0, |(_, n)| *n);
+        cinder
+            .encode_family(&[("phase", phase.as_str())])?
+            .encode_gauge(&count)?;
+    }
+    encoder
+        .encode_descriptor(
+            "tether_conductor_cinder_unreachable_volumes",
+            "Cinder volumes whose last call to Cinder got no answer; their flow waits.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.cinder_unreachable)?;
     Ok(())
 }
 
@@ -284,8 +308,13 @@ mod tests {
                 ("degraded".into(), 2),
             ],
             targets_by_type: vec![("iscsi".into(), 4), ("rbd".into(), 1), ("nvme".into(), 2)],
+            cinder_phases: vec![("attached".into(), 3), ("creating".into(), 1)],
+            cinder_unreachable: 1,
         });
         for line in [
+            "tether_conductor_cinder_volumes{phase=\"attached\"} 3",
+            "tether_conductor_cinder_volumes{phase=\"deleting\"} 0",
+            "tether_conductor_cinder_unreachable_volumes 1",
             "tether_conductor_volumes_degraded 2",
             "tether_conductor_nodes 3",
             "tether_conductor_nodes_never_seen 1",

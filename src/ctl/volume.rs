@@ -1,14 +1,13 @@
 //! `tether ctl volume`: Cinder volumes on nodes, attached and detached through the conductor,
 //! with each phase shown as it happens.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-use super::{Api, print_json};
+use super::{Api, MountArgs, print_json};
 use tether::protocol::VolumeState;
 use tether::protocol::cinder::{CinderPhase, CinderVolume, CinderVolumeList};
 use tether::protocol::text::escape_controls;
@@ -23,36 +22,20 @@ pub(super) enum VolumeCommand {
         node: String,
         /// Cinder volume id or name.
         volume: String,
-        /// Mount the device here on the node.
-        #[arg(long)]
-        mount: Option<PathBuf>,
-        /// Filesystem type for --mount.
-        #[arg(long, default_value = "ext4")]
-        fstype: String,
-        /// Mount options for --mount, comma-separated.
-        #[arg(long)]
-        mount_options: Option<String>,
-        /// Format the device when it holds no filesystem (never when it does).
-        #[arg(long)]
-        mkfs: bool,
+        #[command(flatten)]
+        mount: MountArgs,
         #[arg(long)]
         read_only: bool,
-        /// Return once the conductor accepted the request.
-        #[arg(long)]
-        no_wait: bool,
-        /// Seconds to wait for the end.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Detach a Cinder volume from a node: the node lets it go first, then the Cinder attachment
     /// is deleted. Waits for both unless --no-wait.
     Detach {
         node: String,
         volume: String,
-        #[arg(long)]
-        no_wait: bool,
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Cinder volumes on nodes: Cinder's status and attachment beside what the agent reports.
     List {
@@ -64,101 +47,43 @@ pub(super) enum VolumeCommand {
     },
 }
 
+#[derive(clap::Args)]
+pub(super) struct WaitArgs {
+    /// Return once the conductor accepted the request.
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds to wait for the end.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
 pub(super) async fn run(api: &Api, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
     match cmd {
         VolumeCommand::Attach {
             node,
             volume,
             mount,
-            fstype,
-            mount_options,
-            mkfs,
             read_only,
-            no_wait,
-            timeout,
+            wait,
         } => {
             let mut body = json!({"volume": volume, "read_only": read_only});
-            let mounting = mount.is_some();
-            if let Some(path) = mount {
-                let mut m = Map::new();
-                m.insert("path".into(), Value::from(path.display().to_string()));
-                m.insert("fstype".into(), Value::from(fstype));
-                m.insert("mkfs".into(), Value::from(mkfs));
-                if let Some(options) = mount_options {
-                    m.insert("options".into(), Value::from(options));
-                }
-                body["mount"] = Value::Object(m);
+            if let Some(spec) = mount.spec() {
+                body["mount"] = spec;
             }
-            let started = Instant::now();
             let accepted: CinderVolume = api
                 .post(&format!("/v1/nodes/{node}/volumes"), &body)
                 .await?;
-            println!(
-                "{:>7}  accepted: Cinder volume {}{} for node {}",
-                seconds(started),
-                escape_controls(&accepted.volume_id),
-                name_of(&accepted),
-                escape_controls(&accepted.node)
-            );
-            if no_wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let path = format!("/v1/nodes/{}/volumes", accepted.node_uuid);
-            let mut shown = Shown::default();
-            let deadline = started + Duration::from_secs(timeout);
-            loop {
-                let list: CinderVolumeList = api.get(&path).await?;
-                let Some(v) = list
-                    .volumes
-                    .into_iter()
-                    .find(|v| v.volume_id == accepted.volume_id)
-                else {
-                    println!("the volume is no longer on the node (detached meanwhile)");
-                    return Ok(ExitCode::from(1));
-                };
-                shown.show(&v, started);
-                if v.phase == CinderPhase::Failed {
-                    let (kind, message) = error_of(&v);
-                    println!("failed while {}: {kind}: {message}", last_phase(&v));
-                    println!("(`tether ctl volume detach` cleans up what was made)");
-                    return Ok(ExitCode::from(1));
-                }
-                if v.agent_state == Some(VolumeState::Failed) {
-                    let (kind, message) = error_of(&v);
-                    println!("failed while attaching on the node: {kind}: {message}");
-                    println!(
-                        "(the agent keeps retrying; `tether ctl volume detach` gives the volume up)"
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                let on_node = match mounting {
-                    true => v.agent_state == Some(VolumeState::Mounted),
-                    false => matches!(
-                        v.agent_state,
-                        Some(VolumeState::Attached | VolumeState::Mounted)
-                    ),
-                };
-                if v.phase == CinderPhase::Attached && on_node {
-                    println!("{:>7}  done", seconds(started));
-                    return Ok(ExitCode::SUCCESS);
-                }
-                if Instant::now() > deadline {
-                    println!(
-                        "timed out after {timeout} s while {} (see `tether ctl volume list`)",
-                        last_phase(&v)
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let mounting = mount.mount.is_some();
+            follow(api, &accepted, "", started, &wait, |v| match v {
+                None => Some(Err(
+                    "the volume is no longer on the node (detached meanwhile)".into(),
+                )),
+                Some(v) => attach_verdict(v, mounting),
+            })
+            .await
         }
-        VolumeCommand::Detach {
-            node,
-            volume,
-            no_wait,
-            timeout,
-        } => {
-            let started = Instant::now();
+        VolumeCommand::Detach { node, volume, wait } => {
             let accepted: CinderVolume = api
                 .call(
                     reqwest::Method::DELETE,
@@ -166,46 +91,11 @@ pub(super) async fn run(api: &Api, cmd: VolumeCommand) -> anyhow::Result<ExitCod
                     None::<&()>,
                 )
                 .await?;
-            println!(
-                "{:>7}  detach accepted: Cinder volume {}{} of node {}",
-                seconds(started),
-                escape_controls(&accepted.volume_id),
-                name_of(&accepted),
-                escape_controls(&accepted.node)
-            );
-            if no_wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let path = format!("/v1/nodes/{}/volumes", accepted.node_uuid);
-            let mut shown = Shown::default();
-            let deadline = started + Duration::from_secs(timeout);
-            loop {
-                let list: CinderVolumeList = api.get(&path).await?;
-                match list
-                    .volumes
-                    .into_iter()
-                    .find(|v| v.volume_id == accepted.volume_id)
-                {
-                    None => {
-                        println!(
-                            "{:>7}  detached; the Cinder attachment is deleted",
-                            seconds(started)
-                        );
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    Some(v) => {
-                        shown.show(&v, started);
-                        if Instant::now() > deadline {
-                            println!(
-                                "timed out after {timeout} s while {} (see `tether ctl volume list`)",
-                                last_phase(&v)
-                            );
-                            return Ok(ExitCode::from(1));
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            follow(api, &accepted, "detach ", started, &wait, |v| match v {
+                None => Some(Ok("detached; the Cinder attachment is deleted".into())),
+                Some(_) => None,
+            })
+            .await
         }
         VolumeCommand::List { node, json } => {
             let path = match &node {
@@ -220,6 +110,88 @@ pub(super) async fn run(api: &Api, cmd: VolumeCommand) -> anyhow::Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The end of an attach, if `v` shows one: `Ok` done, `Err` failed (with why).
+fn attach_verdict(v: &CinderVolume, mounting: bool) -> Option<Result<String, String>> {
+    if v.phase == CinderPhase::Failed {
+        let (kind, message) = error_of(v);
+        return Some(Err(format!(
+            "failed while {}: {kind}: {message}\n\
+             (`tether ctl volume detach` cleans up what was made)",
+            last_phase(v)
+        )));
+    }
+    if v.agent_state == Some(VolumeState::Failed) {
+        let (kind, message) = error_of(v);
+        return Some(Err(format!(
+            "failed while attaching on the node: {kind}: {message}\n(the agent keeps retrying; \
+             `tether ctl volume detach` gives the volume up)"
+        )));
+    }
+    let on_node = match mounting {
+        true => v.agent_state == Some(VolumeState::Mounted),
+        false => matches!(
+            v.agent_state,
+            Some(VolumeState::Attached | VolumeState::Mounted)
+        ),
+    };
+    (v.phase == CinderPhase::Attached && on_node).then(|| Ok("done".into()))
+}
+
+/// Prints the accepted request, then each change of the volume until `verdict` sees an end
+/// (given the volume as listed, or `None` once it is no longer listed) or the time is up.
+async fn follow(
+    api: &Api,
+    accepted: &CinderVolume,
+    what: &str,
+    started: Instant,
+    wait: &WaitArgs,
+    verdict: impl Fn(Option<&CinderVolume>) -> Option<Result<String, String>>,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "{:>7}  {what}accepted: Cinder volume {}{} of node {}",
+        seconds(started),
+        escape_controls(&accepted.volume_id),
+        name_of(accepted),
+        escape_controls(&accepted.node)
+    );
+    if wait.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = format!("/v1/nodes/{}/volumes", accepted.node_uuid);
+    let mut shown = Shown::default();
+    let deadline = started + Duration::from_secs(wait.timeout);
+    loop {
+        let list: CinderVolumeList = api.get(&path).await?;
+        let found = list
+            .volumes
+            .into_iter()
+            .find(|v| v.volume_id == accepted.volume_id);
+        if let Some(v) = &found {
+            shown.show(v, started);
+        }
+        match verdict(found.as_ref()) {
+            Some(Ok(done)) => {
+                println!("{:>7}  {done}", seconds(started));
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Err(why)) => {
+                println!("{why}");
+                return Ok(ExitCode::from(1));
+            }
+            None => {}
+        }
+        if Instant::now() > deadline {
+            let phase = found.as_ref().map(last_phase).unwrap_or_default();
+            println!(
+                "timed out after {} s while {phase} (see `tether ctl volume list`)",
+                wait.timeout
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

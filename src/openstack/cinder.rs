@@ -79,17 +79,18 @@ impl std::fmt::Debug for Attachment {
 pub trait CinderApi: Send + Sync {
     /// A volume by id, or by name when no volume has that id (a name must be unique).
     async fn find_volume(&self, id_or_name: &str) -> Result<Volume, OpenStackError>;
-    async fn create_attachment(
-        &self,
-        volume_id: &str,
-        instance: &str,
-        connector: &Value,
-        read_only: bool,
-    ) -> Result<Attachment, OpenStackError>;
+    /// Reserves the volume: an attachment with no connector yet, so that its id is known (and
+    /// recorded) before Cinder exports anything. No `instance_uuid`: with one, Cinder (since
+    /// OSSA-2023-003) lets only Nova or a service delete the attachment.
+    async fn reserve(&self, volume_id: &str, read_only: bool)
+    -> Result<Attachment, OpenStackError>;
+    /// Gives the reserved attachment the node's connector: Cinder exports the volume to it and
+    /// answers with the connection_info.
+    async fn connect(&self, id: &str, connector: &Value) -> Result<Attachment, OpenStackError>;
     /// `None` when Cinder has no such attachment (any more).
     async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError>;
-    /// The attachments made for `instance` (a node's uuid), on every volume.
-    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError>;
+    /// The volume's attachments, whoever made them.
+    async fn attachments_of(&self, volume_id: &str) -> Result<Vec<Attachment>, OpenStackError>;
     /// Marks the attachment attached: the volume becomes `in-use`.
     async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError>;
     /// Deletes the attachment (Cinder unexports the volume); one already gone is success.
@@ -143,6 +144,24 @@ impl Cinder {
         self.client.base()
     }
 
+    /// Sends a request at tether's microversion; an error answer is an [`OpenStackError`].
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<reqwest::Response, OpenStackError> {
+        let mut request = self
+            .client
+            .request(method, path)?
+            .header("OpenStack-API-Version", MICROVERSION);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        self.client.send(request, what).await
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
@@ -150,37 +169,13 @@ impl Cinder {
         body: Option<Value>,
         what: &str,
     ) -> Result<T, OpenStackError> {
-        let mut request = self
-            .client
-            .request(method, path)?
-            .header("OpenStack-API-Version", MICROVERSION);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let response = self.client.send(request, what).await?;
+        let response = self.send(method, path, body, what).await?;
         response.json::<T>().await.map_err(|e| {
             OpenStackError::new(
                 OpenStackErrorKind::BadAnswer,
                 format!("{what}: the answer does not parse: {e}"),
             )
         })
-    }
-
-    async fn call_no_answer(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        what: &str,
-    ) -> Result<(), OpenStackError> {
-        let mut request = self
-            .client
-            .request(method, path)?
-            .header("OpenStack-API-Version", MICROVERSION);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        self.client.send(request, what).await.map(|_| ())
     }
 }
 
@@ -228,24 +223,28 @@ impl CinderApi for Cinder {
         }
     }
 
-    async fn create_attachment(
+    async fn reserve(
         &self,
         volume_id: &str,
-        instance: &str,
-        connector: &Value,
         read_only: bool,
     ) -> Result<Attachment, OpenStackError> {
         let body = json!({"attachment": {
             "volume_uuid": volume_id,
-            "instance_uuid": instance,
-            "connector": connector,
             "mode": if read_only { "ro" } else { "rw" },
         }});
-        let what = format!("creating an attachment of volume {volume_id}");
+        let what = format!("reserving volume {volume_id}");
         let created: OneAttachment = self
             .call(Method::POST, "attachments", Some(body), &what)
             .await?;
         Ok(created.attachment)
+    }
+
+    async fn connect(&self, id: &str, connector: &Value) -> Result<Attachment, OpenStackError> {
+        let path = format!("attachments/{}", segment(id));
+        let body = json!({"attachment": {"connector": connector}});
+        let what = format!("exporting the volume of attachment {id}");
+        let updated: OneAttachment = self.call(Method::PUT, &path, Some(body), &what).await?;
+        Ok(updated.attachment)
     }
 
     async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError> {
@@ -260,45 +259,165 @@ impl CinderApi for Cinder {
         }
     }
 
-    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError> {
-        let query = reqwest::Url::parse_with_params("http://x/", [("instance_id", instance)])
+    async fn attachments_of(&self, volume_id: &str) -> Result<Vec<Attachment>, OpenStackError> {
+        let query = reqwest::Url::parse_with_params("http://x/", [("volume_id", volume_id)])
             .expect("a valid URL");
-        let path = format!("attachments/detail?{}", query.query().unwrap_or_default());
-        let found: Attachments = self
-            .call(
-                Method::GET,
-                &path,
-                None,
-                &format!("attachments of {instance}"),
-            )
-            .await?;
+        let path = format!("attachments?{}", query.query().unwrap_or_default());
+        let what = format!("attachments of volume {volume_id}");
+        let found: Attachments = self.call(Method::GET, &path, None, &what).await?;
         Ok(found.attachments)
     }
 
     async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
         let path = format!("attachments/{}/action", segment(id));
-        self.call_no_answer(
+        self.send(
             Method::POST,
             &path,
             Some(json!({"os-complete": null})),
             &format!("completing attachment {id}"),
         )
         .await
+        .map(|_| ())
     }
 
     async fn delete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
         let path = format!("attachments/{}", segment(id));
-        match self
-            .call_no_answer(
-                Method::DELETE,
-                &path,
-                None,
-                &format!("deleting attachment {id}"),
-            )
-            .await
-        {
+        let what = format!("deleting attachment {id}");
+        match self.send(Method::DELETE, &path, None, &what).await {
             Err(e) if e.kind == OpenStackErrorKind::NotFound => Ok(()),
-            other => other,
+            other => other.map(|_| ()),
         }
+    }
+}
+
+#[cfg(test)]
+mod fixtures {
+    //! Answers of a real Cinder 21.3 (tests/fixtures/cinder/, scripts/vm/capture-fixtures
+    //! --cinder), read the way the client reads them.
+    use super::*;
+    use crate::openstack::connection::{CephKey, map_connection_info};
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/cinder/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn attachment(name: &str) -> Attachment {
+        serde_json::from_str::<OneAttachment>(&fixture(name))
+            .unwrap()
+            .attachment
+    }
+
+    fn as_target(
+        mapped: &crate::openstack::connection::MappedTarget,
+    ) -> crate::protocol::VolumeTarget {
+        crate::protocol::VolumeTarget {
+            uuid: uuid::Uuid::nil(),
+            node_uuid: uuid::Uuid::nil(),
+            volume_type: mapped.volume_type.into(),
+            volume_id: "vol".into(),
+            boot_index: None,
+            properties: mapped.properties.clone(),
+            extra: Map::new(),
+        }
+    }
+
+    #[test]
+    fn an_lvm_attachment_becomes_an_iscsi_target_with_cinders_chap() {
+        let created = attachment("attachment-create-lvm.json");
+        assert_eq!(created.status, "reserved");
+        assert_eq!(created.attach_mode.as_deref(), Some("rw"));
+        let shown = format!("{created:?}");
+        assert!(!shown.contains("FakeChapPass16ch"), "{shown}");
+        let info = created.connection_info.unwrap();
+        let mapped = map_connection_info(&info, &[], false).unwrap();
+        assert_eq!(mapped.volume_type, "iscsi");
+        let mut kept: Vec<&str> = mapped.properties.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                "access_mode",
+                "auth_method",
+                "auth_password",
+                "auth_username",
+                "target_iqn",
+                "target_lun",
+                "target_portal"
+            ]
+        );
+        assert_eq!(
+            mapped.ignored,
+            [
+                "attachment_id",
+                "cacheable",
+                "encrypted",
+                "qos_specs",
+                "target_discovered",
+                "volume_id"
+            ]
+        );
+        let spec = crate::protocol::target::parse(&as_target(&mapped)).unwrap();
+        assert!(format!("{spec:?}").contains("iqn.2010-10.org.openstack:volume-"));
+    }
+
+    #[test]
+    fn an_rbd_attachment_becomes_an_rbd_target_with_the_conductors_key() {
+        let info = attachment("attachment-create-rbd.json")
+            .connection_info
+            .unwrap();
+        assert!(info.get("auth_key").is_none(), "Cinder sends no cephx key");
+        let keys = [CephKey {
+            monitors: vec!["127.0.0.1:6789".into()],
+            cluster_name: None,
+            user: "cinder".into(),
+            key_file: "/etc/tether/ceph/cinder.key".into(),
+        }];
+        let mut mapped = map_connection_info(&info, &keys, true).unwrap();
+        assert_eq!(mapped.volume_type, "rbd");
+        assert_eq!(mapped.key_file, Some("/etc/tether/ceph/cinder.key".into()));
+        assert_eq!(mapped.properties["access_mode"], "ro", "--read-only wins");
+        for ignored in [
+            "secret_type",
+            "secret_uuid",
+            "discard",
+            "volume_id",
+            "attachment_id",
+        ] {
+            assert!(
+                mapped.ignored.iter().any(|k| k == ignored),
+                "{ignored}: {:?}",
+                mapped.ignored
+            );
+        }
+        mapped.properties.insert(
+            "auth_key".into(),
+            Value::from("AQBIkAdrAAAAABAAdGV0aGVyLWRvY3Mtb25seQ=="),
+        );
+        crate::protocol::target::parse(&as_target(&mapped)).unwrap();
+    }
+
+    #[test]
+    fn volumes_and_lists_parse() {
+        let volume: OneVolume = serde_json::from_str(&fixture("volume-lvm-in-use.json")).unwrap();
+        assert_eq!(volume.volume.status, "in-use");
+        assert!(!volume.volume.attachments.is_empty());
+        let available: OneVolume =
+            serde_json::from_str(&fixture("volume-rbd-available.json")).unwrap();
+        assert_eq!(available.volume.status, "available");
+        let by_name: Volumes =
+            serde_json::from_str(&fixture("volumes-detail-by-name.json")).unwrap();
+        assert_eq!(by_name.volumes.len(), 1);
+        let none: Volumes =
+            serde_json::from_str(&fixture("volumes-detail-by-name-none.json")).unwrap();
+        assert!(none.volumes.is_empty());
+        let listed: Attachments =
+            serde_json::from_str(&fixture("attachments-detail-by-volume-lvm.json")).unwrap();
+        assert!(!listed.attachments.is_empty());
+        let after = attachment("attachment-lvm-after-complete.json");
+        assert_eq!(after.status, "attached");
     }
 }

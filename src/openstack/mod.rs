@@ -227,3 +227,46 @@ impl ServiceClient {
             .map_err(|e| OpenStackError::from_osauth(e, what))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error answer captured from Cinder 21.3 (tests/fixtures/cinder/error-*.http) gets
+    /// the kind the conductor branches on: a refusal is never taken for an outage (which would
+    /// be retried forever) and an outage never for a refusal (which would fail the volume).
+    #[test]
+    fn cinders_error_answers_get_their_kinds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cinder");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("error-") && name.ends_with(".http")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let status: u16 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("status: "))
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name}: no status line"));
+            let status = reqwest::StatusCode::from_u16(status).unwrap();
+            let e = osauth::Error::new(status.into(), "from Cinder");
+            let kind = OpenStackError::from_osauth(e, &name).kind;
+            let expected = match status.as_u16() {
+                404 => OpenStackErrorKind::NotFound,
+                400 | 406 => OpenStackErrorKind::BadRequest,
+                other => panic!("{name}: a status the fixtures did not have: {other}"),
+            };
+            assert_eq!(kind, expected, "{name}");
+            assert!(
+                !kind.is_transient(),
+                "{name}: a refusal is not retried as an outage"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} error fixtures");
+        let outage = osauth::Error::new(reqwest::StatusCode::SERVICE_UNAVAILABLE.into(), "busy");
+        assert!(OpenStackError::from_osauth(outage, "x").kind.is_transient());
+    }
+}

@@ -54,18 +54,18 @@ impl CinderPhase {
         }
     }
 
+    pub const ALL: [Self; 7] = [
+        Self::Creating,
+        Self::Attaching,
+        Self::Completing,
+        Self::Attached,
+        Self::Detaching,
+        Self::Deleting,
+        Self::Failed,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Creating,
-            Self::Attaching,
-            Self::Completing,
-            Self::Attached,
-            Self::Detaching,
-            Self::Deleting,
-            Self::Failed,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 

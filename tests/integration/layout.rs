@@ -56,7 +56,7 @@ fn each_module_uses_only_what_its_row_allows() {
         ("protocol", &[]),
         ("fsutil", &[]),
         ("metrics", &["protocol"]),
-        ("openstack", &[]),
+        ("openstack", &["protocol"]),
         ("config", &["protocol", "metrics", "fsutil", "openstack"]),
         ("failpoints", &[]),
         ("backend", &["protocol", "fsutil", "failpoints"]),

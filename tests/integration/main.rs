@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod cinder;
 mod crashes;
 mod database;
 mod layout;

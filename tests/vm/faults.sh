@@ -51,30 +51,9 @@ died_at() {
         "$(grep -a 'crash point reached' "$RESULT_DIR/agent.log" | tail -n1)"
 }
 
-# local_state : the volume's state in the agent's status file (what the new agent says).
-local_state() {
-    python3 - "$TETHER_STATE/status.json" "$FAULT_VOLUME" <<'PY' 2>/dev/null
-import json, sys
-try:
-    status = json.load(open(sys.argv[1]))
-except OSError:
-    sys.exit(0)
-states = [v["state"] for v in status["report"]["volumes"] if v["volume_id"] == sys.argv[2]]
-print(states[0] if states else "gone")
-PY
-}
-
-# wait_local STATE WHAT : waits up to 90 s for the agent to say STATE.
-wait_local() {
-    local i state
-    for ((i = 0; i < 360; i++)); do
-        state=$(local_state)
-        [[ $state == "$1" ]] && { pass "$2: the agent reports $1"; return 0; }
-        sleep 0.25
-    done
-    fail "$2: the agent reports $1" "$1 within 90 s" "${state:-no status}; agent log: $RESULT_DIR/agent.log"
-    return 1
-}
+# local_state / wait_local STATE WHAT : the fault volume's state in the agent's status file.
+local_state() { agent_state "$FAULT_VOLUME"; }
+wait_local() { wait_agent_state "$FAULT_VOLUME" "$1" "$2"; }
 
 # expect_attached_once WHAT : one of each part, mounted once, no intent left.
 expect_attached_once() {

@@ -207,6 +207,33 @@ wait_volume() {
     fi
 }
 
+# agent_state VOLUME : the volume's state in the agent's own status file (fresh, unlike the
+# conductor's last report), or `gone`; nothing while there is no status file.
+agent_state() {
+    python3 - "$TETHER_STATE/status.json" "$1" <<'PY' 2>/dev/null
+import json, sys
+try:
+    status = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(0)
+states = [v["state"] for v in status["report"]["volumes"] if v["volume_id"] == sys.argv[2]]
+print(states[0] if states else "gone")
+PY
+}
+
+# wait_agent_state VOLUME STATE WHAT [TIMEOUT_S] : records a check that the agent's status file
+# says STATE for VOLUME within TIMEOUT_S (90).
+wait_agent_state() {
+    local i state t=${4:-90}
+    for ((i = 0; i < t * 4; i++)); do
+        state=$(agent_state "$1")
+        [[ $state == "$2" ]] && { pass "$3: the agent reports $1 $2"; return 0; }
+        sleep 0.25
+    done
+    fail "$3: the agent reports $1 $2" "$2 within $t s" "${state:-no status}; agent log: $RESULT_DIR/agent.log"
+    return 1
+}
+
 # field KEY : a string field of $REPORT (null prints nothing).
 field() { sed -n "s/^  \"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" <<<"$REPORT"; }
 

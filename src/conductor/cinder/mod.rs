@@ -47,6 +47,8 @@ pub(crate) struct CinderService {
     backoff: Mutex<HashMap<Key, (u32, Instant)>>,
     in_flight: Mutex<HashSet<Key>>,
     refreshed: Mutex<HashMap<Key, Instant>>,
+    /// Nodes with Cinder volumes: only their heartbeats wake the worker.
+    nodes: Mutex<HashSet<Uuid>>,
 }
 
 impl CinderService {
@@ -58,7 +60,27 @@ impl CinderService {
             backoff: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             refreshed: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A heartbeat of `node` arrived: a volume of it may wait for this report.
+    pub(crate) fn reported(&self, node: Uuid) {
+        if self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&node)
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a volume in a steady phase (attached, failed) is due for a look at Cinder: only
+    /// an operator's request (which wakes the worker) changes it otherwise.
+    fn refresh_due(&self, key: &Key) -> bool {
+        let refreshed = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        refreshed.get(key).is_none_or(|at| at.elapsed() >= REFRESH)
     }
 
     async fn cinder(&self) -> Result<Cinder, OpenStackError> {
@@ -119,23 +141,21 @@ impl CinderApi for CinderService {
     async fn find_volume(&self, id_or_name: &str) -> Result<Volume, OpenStackError> {
         delegate!(self, find_volume(id_or_name))
     }
-    async fn create_attachment(
+    async fn reserve(
         &self,
         volume_id: &str,
-        instance: &str,
-        connector: &Value,
         read_only: bool,
     ) -> Result<Attachment, OpenStackError> {
-        delegate!(
-            self,
-            create_attachment(volume_id, instance, connector, read_only)
-        )
+        delegate!(self, reserve(volume_id, read_only))
+    }
+    async fn connect(&self, id: &str, connector: &Value) -> Result<Attachment, OpenStackError> {
+        delegate!(self, connect(id, connector))
     }
     async fn attachment(&self, id: &str) -> Result<Option<Attachment>, OpenStackError> {
         delegate!(self, attachment(id))
     }
-    async fn attachments_of(&self, instance: &str) -> Result<Vec<Attachment>, OpenStackError> {
-        delegate!(self, attachments_of(instance))
+    async fn attachments_of(&self, volume_id: &str) -> Result<Vec<Attachment>, OpenStackError> {
+        delegate!(self, attachments_of(volume_id))
     }
     async fn complete_attachment(&self, id: &str) -> Result<(), OpenStackError> {
         delegate!(self, complete_attachment(id))
@@ -170,6 +190,14 @@ pub(crate) fn connector(node_name: &str, report: &Heartbeat, multipath: bool) ->
     connector
 }
 
+/// A Cinder error as a step's: an outage is retried, anything else refuses the attach.
+fn refused_or_retried(e: OpenStackError) -> StepError {
+    match e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed {
+        true => StepError::Cinder(e),
+        false => StepError::Refused(refusal(&e)),
+    }
+}
+
 /// The error a refusal from Cinder gives the volume (`phase` failed).
 fn refusal(e: &OpenStackError) -> ErrorReport {
     let kind = match e.kind {
@@ -191,9 +219,16 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<CinderService>) {
     loop {
         match c.db(|s| s.cinder_volumes(None)).await {
             Ok(rows) => {
+                *svc.nodes.lock().unwrap_or_else(|e| e.into_inner()) =
+                    rows.iter().map(|r| r.node_uuid).collect();
                 for row in rows {
                     let key = (row.node_uuid, row.volume_id.clone());
                     if !svc.due(&key) {
+                        continue;
+                    }
+                    let steady = row.want_attached
+                        && matches!(row.phase, CinderPhase::Attached | CinderPhase::Failed);
+                    if steady && !svc.refresh_due(&key) {
                         continue;
                     }
                     if !svc
@@ -305,7 +340,12 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
         }
         Err(StepError::Store(e)) => {
             svc.failed(&key);
-            tracing::warn!(node = %node, volume_id = %volume, error = %e, "Cinder flow step failed");
+            tracing::warn!(
+                node = %node,
+                volume_id = %volume,
+                error = %e,
+                "Cinder flow step failed",
+            );
         }
     }
 }
@@ -332,7 +372,6 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
         target_exists,
         agent: reported.as_ref().map(|v| v.state),
     };
-    let instance = node.to_string();
     match next_step(row, seen) {
         Step::Wait => {
             refresh_status(c, svc, row).await;
@@ -348,30 +387,61 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                     ),
                 })
             })?;
-            let attachment = match adopt(svc, &instance, &volume).await? {
-                Some(found) => found,
+            // 1. The attachment's id, recorded before Cinder exports anything: a restart at any
+            //    later point finds the attachment again by it.
+            let id = match &row.attachment_id {
+                Some(id) => id.clone(),
                 None => {
-                    let connector = connector(&status.node_name, report, svc.config.multipath);
-                    match svc
-                        .create_attachment(&volume, &instance, &connector, row.read_only)
-                        .await
-                    {
-                        Ok(created) => created,
-                        Err(e)
-                            if !e.kind.is_transient()
-                                && e.kind != OpenStackErrorKind::AuthFailed =>
-                        {
-                            return Err(StepError::Refused(refusal(&e)));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    let reserved = match adopt(svc, &volume).await? {
+                        Some(found) => found,
+                        None => svc
+                            .reserve(&volume, row.read_only)
+                            .await
+                            .map_err(refused_or_retried)?,
+                    };
+                    let (v, id) = (volume.clone(), reserved.id.clone());
+                    c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = Some(id)))
+                        .await?;
+                    tracing::info!(
+                        node = %node,
+                        volume_id = %volume,
+                        attachment = %reserved.id,
+                        "Cinder volume reserved",
+                    );
+                    reserved.id
                 }
             };
-            let id = attachment.id.clone();
-            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment created");
-            let (v, recorded) = (volume.clone(), id.clone());
-            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = Some(recorded)))
-                .await?;
+            // 2. The export for the node's connector, unless a run before a restart got it.
+            let attachment = match svc.attachment(&id).await? {
+                Some(found)
+                    if found
+                        .connection_info
+                        .as_ref()
+                        .is_some_and(|i| !i.is_empty()) =>
+                {
+                    found
+                }
+                Some(_) => {
+                    let connector = connector(&status.node_name, report, svc.config.multipath);
+                    svc.connect(&id, &connector)
+                        .await
+                        .map_err(refused_or_retried)?
+                }
+                None => {
+                    // Deleted in Cinder meanwhile: reserve again.
+                    tracing::warn!(volume_id = %volume, attachment = %id, "reservation gone");
+                    let v = volume.clone();
+                    c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = None))
+                        .await?;
+                    return Ok(true);
+                }
+            };
+            tracing::info!(
+                node = %node,
+                volume_id = %volume,
+                attachment = %id,
+                "Cinder exported the volume to the node",
+            );
             let info = attachment.connection_info.clone().unwrap_or_default();
             let mapped = match map_connection_info(&info, &svc.config.ceph_keys, row.read_only) {
                 Ok(mapped) => mapped,
@@ -383,7 +453,11 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 }
             };
             if !mapped.ignored.is_empty() {
-                tracing::debug!(volume_id = %volume, ignored = ?mapped.ignored, "connection_info keys tether does not use");
+                tracing::debug!(
+                    volume_id = %volume,
+                    ignored = ?mapped.ignored,
+                    "connection_info keys tether does not use",
+                );
             }
             let mut properties = mapped.properties;
             if let Some(file) = &mapped.key_file {
@@ -445,7 +519,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 })
             })
             .await?;
-            tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment completed: in-use");
+            tracing::info!(
+                node = %node,
+                volume_id = %volume,
+                attachment = %id,
+                "Cinder attachment completed: in-use",
+            );
             Ok(true)
         }
         Step::TargetLost => Err(StepError::Refused(ErrorReport {
@@ -471,7 +550,7 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
             let ids: Vec<String> = match &row.attachment_id {
                 Some(id) => vec![id.clone()],
                 // A crash may have come between Cinder's answer and the row's update.
-                None => adopt(svc, &instance, &volume)
+                None => adopt(svc, &volume)
                     .await?
                     .map(|a| a.id)
                     .into_iter()
@@ -479,7 +558,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
             };
             for id in &ids {
                 svc.delete_attachment(id).await?;
-                tracing::info!(node = %node, volume_id = %volume, attachment = %id, "Cinder attachment deleted");
+                tracing::info!(
+                    node = %node,
+                    volume_id = %volume,
+                    attachment = %id,
+                    "Cinder attachment deleted",
+                );
             }
             let v = volume.clone();
             c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
@@ -493,22 +577,36 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
     }
 }
 
-/// The attachment of `volume` for `instance` that a conductor made before it could record it.
-async fn adopt(
-    svc: &CinderService,
-    instance: &str,
-    volume: &str,
-) -> Result<Option<Attachment>, OpenStackError> {
-    let found = svc.attachments_of(instance).await?;
-    let Some(summary) = found
+/// The reservation a conductor made of `volume` before it could record its id (killed in the
+/// moment between Cinder's answer and the database write): the one attachment of the volume
+/// that is still `reserved` and names no instance. Nova's attachments always name one; two such
+/// reservations cannot be told apart, so none is adopted then (and a warning says so).
+async fn adopt(svc: &CinderService, volume: &str) -> Result<Option<Attachment>, OpenStackError> {
+    let found: Vec<Attachment> = svc
+        .attachments_of(volume)
+        .await?
         .into_iter()
-        .find(|a| a.volume_id.as_deref() == Some(volume) && a.status != "deleted")
-    else {
-        return Ok(None);
-    };
-    tracing::info!(volume_id = %volume, attachment = %summary.id, "adopting a Cinder attachment made before a restart");
-    // Listings may leave connection_info out: read the attachment itself.
-    Ok(svc.attachment(&summary.id).await?.or(Some(summary)))
+        .filter(|a| a.status == "reserved" && a.instance.is_none())
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => {
+            tracing::info!(
+                volume_id = %volume,
+                attachment = %one.id,
+                "adopting the reservation a conductor made before it restarted",
+            );
+            Ok(Some(one.clone()))
+        }
+        several => {
+            tracing::warn!(
+                volume_id = %volume,
+                reservations = several.len(),
+                "several reservations of the volume name no instance; adopting none"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Reads Cinder's status of the volume again, at most every [`REFRESH`].
@@ -548,7 +646,11 @@ async fn compare_with_cinder(c: Arc<Conductor>, svc: Arc<CinderService>) {
         match compare_once(&c, &svc).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot compare the attachments with Cinder yet");
+                tracing::warn!(
+                    error = %e,
+                    retry_in_s = delay.as_secs(),
+                    "cannot compare the attachments with Cinder yet",
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
@@ -561,52 +663,55 @@ async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> 
         .db(|s| s.cinder_volumes(None))
         .await
         .map_err(|e| format!("{e:?}"))?;
-    let nodes: HashSet<Uuid> = rows.iter().map(|r| r.node_uuid).collect();
-    for node in nodes {
+    for row in &rows {
         let theirs = svc
-            .attachments_of(&node.to_string())
+            .attachments_of(&row.volume_id)
             .await
             .map_err(|e| e.message)?;
-        let ours: Vec<&CinderRow> = rows.iter().filter(|r| r.node_uuid == node).collect();
-        for attachment in &theirs {
-            let known = ours.iter().any(|r| {
-                r.attachment_id.as_deref() == Some(attachment.id.as_str())
-                    || (r.phase == CinderPhase::Creating
-                        && attachment.volume_id.as_deref() == Some(r.volume_id.as_str()))
-            });
-            if !known {
-                tracing::warn!(node = %node, attachment = %attachment.id, volume_id = ?attachment.volume_id,
-                    "Cinder has an attachment for this node that tether does not know; left alone");
+        let (node, volume) = (row.node_uuid, row.volume_id.clone());
+        for attachment in theirs.iter().filter(|a| a.instance.is_none()) {
+            let recorded = rows
+                .iter()
+                .any(|r| r.attachment_id.as_deref() == Some(attachment.id.as_str()));
+            // A reservation not recorded yet is the flow's to adopt.
+            let adoptable = row.phase == CinderPhase::Creating && row.attachment_id.is_none();
+            if !(recorded || adoptable) {
+                tracing::warn!(
+                    volume_id = %volume,
+                    attachment = %attachment.id,
+                    status = %attachment.status,
+                    "the volume has an attachment with no instance that tether did not record; \
+                     left alone"
+                );
             }
         }
-        for row in ours {
-            let Some(id) = &row.attachment_id else {
-                continue;
+        let Some(id) = &row.attachment_id else {
+            continue;
+        };
+        if row.phase == CinderPhase::Attached && !theirs.iter().any(|a| &a.id == id) {
+            tracing::error!(
+                node = %node,
+                volume_id = %volume,
+                attachment = %id,
+                "Cinder no longer has this volume's attachment; the node still has the volume"
+            );
+            let message = format!(
+                "Cinder no longer has attachment {id} while the volume is attached to the node: \
+                 Cinder may hand the volume to someone else; detach it"
+            );
+            let error = ErrorReport {
+                kind: "attachment_gone".into(),
+                message,
             };
-            if row.phase == CinderPhase::Attached && !theirs.iter().any(|a| &a.id == id) {
-                tracing::error!(node = %node, volume_id = %row.volume_id, attachment = %id,
-                    "Cinder no longer has this volume's attachment, but the node still has the volume");
-                let (v, message) = (
-                    row.volume_id.clone(),
-                    format!(
-                        "Cinder no longer has attachment {id} while the volume is attached to the node: \
-                     Cinder may hand the volume to someone else; detach it"
-                    ),
-                );
-                let _ = c
-                    .db(move |s| {
-                        s.update_cinder_volume(node, &v, |r| {
-                            r.error = Some(ErrorReport {
-                                kind: "attachment_gone".into(),
-                                message,
-                            })
-                        })
-                    })
-                    .await;
-            }
+            let _ = c
+                .db(move |s| s.update_cinder_volume(node, &volume, |r| r.error = Some(error)))
+                .await;
         }
     }
-    tracing::info!("compared the Cinder attachments with Cinder's");
+    tracing::info!(
+        volumes = rows.len(),
+        "compared the Cinder attachments with Cinder's"
+    );
     Ok(())
 }
 

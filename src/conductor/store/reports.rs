@@ -23,6 +23,10 @@ pub(crate) struct MetricsSnapshot {
     pub volume_states: Vec<(String, u64)>,
     /// (volume type, targets) as stored.
     pub targets_by_type: Vec<(String, u64)>,
+    /// (phase, Cinder volumes in it).
+    pub cinder_phases: Vec<(String, u64)>,
+    /// Cinder volumes whose last call to Cinder found it unreachable.
+    pub cinder_unreachable: u64,
 }
 
 /// The key in a report's volume summary that counts degraded volumes (never a state's name).
@@ -93,7 +97,7 @@ impl Store {
     /// What the metrics endpoint shows. The lock is held for two scans of small columns; the
     /// per-report summaries are added up after it is released.
     pub(crate) fn metrics_snapshot(&self) -> Result<MetricsSnapshot, StoreError> {
-        let (nodes, reports, targets_by_type) = {
+        let (nodes, reports, targets_by_type, (cinder_phases, cinder_unreachable)) = {
             let conn = self.conn();
             let nodes: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
             let mut stmt =
@@ -106,7 +110,22 @@ impl Store {
             let targets_by_type: Vec<(String, u64)> = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
                 .collect::<Result<_, _>>()?;
-            (nodes, reports, targets_by_type)
+            let mut stmt =
+                conn.prepare_cached("SELECT phase, COUNT(*) FROM cinder_volumes GROUP BY phase")?;
+            let cinder_phases: Vec<(String, u64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect::<Result<_, _>>()?;
+            let cinder_unreachable: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM cinder_volumes WHERE cinder_error IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            (
+                nodes,
+                reports,
+                targets_by_type,
+                (cinder_phases, cinder_unreachable.max(0) as u64),
+            )
         };
         let mut states: BTreeMap<String, u64> = BTreeMap::new();
         let mut last_seen = Vec::with_capacity(reports.len());
@@ -124,6 +143,8 @@ impl Store {
             last_seen,
             volume_states: states.into_iter().collect(),
             targets_by_type,
+            cinder_phases,
+            cinder_unreachable,
         })
     }
 

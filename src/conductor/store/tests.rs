@@ -278,13 +278,23 @@ fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
     use crate::protocol::cinder::CinderPhase;
     let store = Store::open_in_memory().unwrap();
     let n = node(&store, "n1", "aa:bb:cc:dd:ee:01");
-    let row = CinderRow::new(n.uuid, "vol-1".into(), Some("data".into()), false, None, None);
+    let row = CinderRow::new(
+        n.uuid,
+        "vol-1".into(),
+        Some("data".into()),
+        false,
+        None,
+        None,
+    );
     store.insert_cinder_volume(&row).unwrap();
     assert!(matches!(
         store.insert_cinder_volume(&row),
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(store.cinder_volumes(Some(n.uuid)).unwrap(), vec![row.clone()]);
+    assert_eq!(
+        store.cinder_volumes(Some(n.uuid)).unwrap(),
+        vec![row.clone()]
+    );
     assert!(
         matches!(store.delete_node(n.uuid), Err(StoreError::Conflict(m)) if m.contains("Cinder")),
         "a node with Cinder volumes stays"
@@ -300,8 +310,11 @@ fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
         properties: Map::new(),
         extra: Map::new(),
     };
-    let assigned = Generations::default()
-        .publish(store.assign_cinder_target(n.uuid, "vol-1", &target).unwrap());
+    let assigned = Generations::default().publish(
+        store
+            .assign_cinder_target(n.uuid, "vol-1", &target)
+            .unwrap(),
+    );
     assert!(assigned.generation > before, "the node's agent is told");
     let row = assigned.value;
     assert_eq!(row.phase, CinderPhase::Attaching);
@@ -322,9 +335,14 @@ fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
     assert_eq!(row.phase, CinderPhase::Detaching);
     assert!(!store.target_exists(target_uuid).unwrap());
     let (_, again) = store.unassign_cinder_target(n.uuid, "vol-1").unwrap();
-    assert!(again.is_none(), "an unassign repeated after a crash changes nothing");
+    assert!(
+        again.is_none(),
+        "an unassign repeated after a crash changes nothing"
+    );
     assert_eq!(
-        store.cinder_volumes(None).unwrap()[0].attachment_id.as_deref(),
+        store.cinder_volumes(None).unwrap()[0]
+            .attachment_id
+            .as_deref(),
         Some("att")
     );
 
