@@ -132,7 +132,7 @@ if [[ $CAP_STATUS == 200 ]]; then
     # answers with the connection_info.
     cap attachment-update-connector-rbd PUT "attachments/$res" "{\"attachment\": {\"connector\": $CONNECTOR}}"
     cap volume-rbd-after-update GET "volumes/$rbd"
-    cap error-attachment-update-connector-again PUT "attachments/$res" "{\"attachment\": {\"connector\": $CONNECTOR}}"
+    cap attachment-update-connector-again PUT "attachments/$res" "{\"attachment\": {\"connector\": $CONNECTOR}}"
     cap attachment-complete-after-update POST "attachments/$res/action" '{"os-complete": null}'
     cap volume-rbd-in-use-after-update GET "volumes/$rbd"
     cap attachment-delete-after-update DELETE "attachments/$res"
@@ -142,13 +142,13 @@ cap error-attachment-update-missing PUT "attachments/$NO_SUCH" "{\"attachment\":
 # a service with a service token) delete such an attachment only when Nova says the server
 # does not have it. Without Nova to ask, the owner cannot delete it (500), nor force-detach it.
 INSTANCE=7e0a1c4e-5d6f-4a8b-9c0d-1e2f3a4b5c6d
-cap attachment-create-rbd-instance-uuid POST attachments \
+cap instance-uuid-attachment-create POST attachments \
     "{\"attachment\": {\"volume_uuid\": \"$rbd\", \"instance_uuid\": \"$INSTANCE\", \"connector\": $CONNECTOR, \"mode\": \"rw\"}}"
 if [[ $CAP_STATUS == 200 ]]; then
-    inst_att=$(jfield attachment-create-rbd-instance-uuid .attachment.id)
-    cap error-attachment-delete-instance-uuid DELETE "attachments/$inst_att"
-    cap attachments-by-instance GET "attachments?instance_id=$INSTANCE"
-    cap error-force-detach-instance-uuid POST "volumes/$rbd/action" "{\"os-force_detach\": {\"attachment_id\": \"$inst_att\"}}"
+    inst_att=$(jfield instance-uuid-attachment-create .attachment.id)
+    cap instance-uuid-attachment-delete DELETE "attachments/$inst_att"
+    cap instance-uuid-attachments-by-instance GET "attachments?instance_id=$INSTANCE"
+    cap instance-uuid-force-detach POST "volumes/$rbd/action" "{\"os-force_detach\": {\"attachment_id\": \"$inst_att\"}}"
 fi
 
 cinder_delete "$lvm" || true
