@@ -125,8 +125,9 @@ rbd_left() {
 }
 
 # no_leak SECRET... : nowhere but in Cinder's own files and logs (and LIO's configuration,
-# which Cinder's target helper writes): not in tether's logs, reports, `ctl` output, state
-# files, the conductor's database file unless it is private, or any world-readable file.
+# which Cinder's target helper writes, and the test Ceph cluster's own files): not in tether's
+# logs, reports, `ctl` output, state files, the conductor's database file unless it is
+# private, or any world-readable file.
 no_leak() {
     local s where
     for s in "$@"; do
@@ -138,7 +139,8 @@ no_leak() {
         expect_eq "secret not in ctl volume list" "" "$(vol_list 2>&1 | grep -F -- "$s" || true)"
         expect_eq "secret not in ctl target list" "" "$(ctl target list 2>&1 | grep -F -- "$s" || true)"
         where=$(find /etc /var /tmp /run /root /mnt -xdev \( -path /etc/cinder -o -path /var/lib/cinder \
-            -o -path /var/log/cinder -o -path /etc/target -o -path /mnt/share \) -prune \
+            -o -path /var/log/cinder -o -path /etc/target -o -path /mnt/share \
+            -o -path /var/lib/tether-ceph -o -path /run/tether-ceph \) -prune \
             -o -type f -perm -o+r -size -20M -print0 2>/dev/null | xargs -0 -r grep -lF -- "$s" 2>/dev/null || true)
         expect_eq "secret in no world-readable file outside Cinder's" "" "$where"
     done
