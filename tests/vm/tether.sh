@@ -80,10 +80,14 @@ tls_key_file = "$TLS_DIR/conductor.key"
 EOF
 }
 
-# tether_start_conductor [CONDUCTOR_ARGS...] : starts it and waits until it answers.
+# tether_start_conductor [CONDUCTOR_ARGS...] : starts it and waits until it answers. With
+# CONDUCTOR_CONFIG set, the conductor reads that file instead of /etc/tether/tether.toml (the
+# drop-ins still apply), e.g. its [cinder] section (tests/vm/cinder-tether.sh).
+CONDUCTOR_CONFIG=${CONDUCTOR_CONFIG:-}
 tether_start_conductor() {
     mkdir -p "$(dirname "$CONDUCTOR_DB")"
-    TETHER_LOG=tether=debug "$TETHER" conductor --database "$CONDUCTOR_DB" "$@" >>"$RESULT_DIR/conductor.log" 2>&1 &
+    TETHER_LOG=tether=debug "$TETHER" conductor --database "$CONDUCTOR_DB" \
+        ${CONDUCTOR_CONFIG:+--config "$CONDUCTOR_CONFIG"} "$@" >>"$RESULT_DIR/conductor.log" 2>&1 &
     CONDUCTOR_PID=$!
     local i
     for ((i = 0; i < 300; i++)); do

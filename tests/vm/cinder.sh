@@ -1,0 +1,510 @@
+# shellcheck shell=bash disable=SC2034 # variables for the scenarios that source this
+# A real OpenStack Cinder inside the test guest (image flavour `openstack`: Debian 12's Cinder
+# 21.x), for tests/vm/openstack/. Sourced after lib.sh and ceph.sh:
+#     source "$SHARE/vm/ceph.sh"; source "$SHARE/vm/cinder.sh"
+#
+# cinder_up sets up, on its first call in a boot: rabbitmq, a cinder.conf of our own (noauth,
+# SQLite, debug off), the database, cinder-api (uwsgi), cinder-scheduler and cinder-volume
+# started through the packages' own init scripts, two backends and a volume type for each:
+#   lvm  LVM on a loop device, LIO target (lioadm) on 127.0.0.1:3260: Cinder makes the CHAP
+#        credentials itself
+#   rbd  the guest's one-node Ceph (ceph.sh), pool `cinder`, cephx user client.cinder
+# It returns once both pools are in scheduler-stats/get_pools. Later calls (in this or later
+# scenarios of the boot) only check that the services still run and answer.
+#
+# Functions:
+#   cinder_up                       set up or check Cinder (see above)
+#   cinder_project                  the project id (32 hex: noauth routes only those)
+#   cinder_api METHOD PATH [JSON]   curl; PATH is relative to /v3/<project>/ unless it starts
+#                                   with /. Prints the body; returns 0 for 2xx, 1 otherwise.
+#                                   The status is in $CINDER_STATUS_FILE (cinder_last_status).
+#                                   CINDER_API_VERSION (default 3.70) is the microversion sent.
+#   cinder_create NAME SIZE_GB TYPE waits for `available`; prints the id
+#   cinder_status ID                the volume's status (`missing` for a 404)
+#   cinder_attachments ID           the ids of the volume's attachments, one a line
+#   cinder_wait_status ID STATUS [TIMEOUT]   records a failed check on timeout
+#   cinder_delete ID                deletes the volume (after deleting its attachments)
+#   cinder_stop / cinder_start [api] [volume]   the API and/or the volume service (default
+#                                   both; the scheduler and rabbitmq stay)
+#   cinder_ceph_keyfile FILE        the cephx key of client.cinder, bare, mode 0600
+#   cinder_collect_logs             copies what Cinder logged during this scenario to
+#                                   $RESULT_DIR/cinder/ (runs at the scenario's exit)
+#
+# Timings of every step go to $RESULT_DIR/cinder/timings.log (and, for the set-up, to notes).
+# Logs: $RESULT_DIR/cinder/{cinder-api,cinder-scheduler,cinder-volume,cinder-manage}.log,
+# rabbitmq.log, api.log (every cinder_api call: method, path, status, time; no bodies).
+# Cinder's debug logging stays off: with it, cinder-volume logs the CHAP password in command
+# lines. Cinder's own files and logs are the only places allowed to hold its secrets.
+
+CINDER_PROJECT=${CINDER_PROJECT:-c1de7e7e5a5a4b4b8c8c0d0d0e0e0f0f}
+CINDER_URL=http://127.0.0.1:8776
+CINDER_API_VERSION=${CINDER_API_VERSION:-3.70}
+CINDER_CONF=/etc/cinder/cinder.conf
+CINDER_CEPH_CONF=/etc/cinder/ceph.conf
+CINDER_CEPH_KEYRING=/etc/cinder/ceph.client.cinder.keyring
+CINDER_CEPH_USER=cinder
+CINDER_CEPH_POOL=cinder
+# Fixed: it is in every RBD connection_info (libvirt's secret; tether does not use it).
+CINDER_SECRET_UUID=c1de0000-7e7e-4e7e-8e7e-00000000cef0
+CINDER_VG=cinder-volumes
+CINDER_LVM_FILE=/var/lib/tether-cinder/lvm.img
+CINDER_LVM_SIZE=6G
+CINDER_RUN=/run/tether-cinder
+CINDER_LOG_DIR=$RESULT_DIR/cinder
+CINDER_STATUS_FILE=$WORK/cinder-api.status
+CINDER_HOST=tether-vm
+CINDER_SERVICES=(cinder-api cinder-scheduler cinder-volume)
+mkdir -p "$CINDER_LOG_DIR"
+
+cinder_project() { printf '%s\n' "$CINDER_PROJECT"; }
+
+# _cinder_time STEP MS : one line of the timings log.
+_cinder_time() {
+    printf '%s %s %s ms\n' "$(uptime_s)" "$1" "$2" >>"$CINDER_LOG_DIR/timings.log"
+    log "cinder: $1 took $2 ms"
+}
+
+_cinder_fail() { # DESC EXPECTED SAW
+    fail "$1" "$2" "$3; logs: $SCENARIO/cinder/{cinder-volume,cinder-api}.log, timings.log in the results directory"
+    return 1
+}
+
+# --- the API --------------------------------------------------------------------------------
+
+# cinder_api METHOD PATH [JSON]
+cinder_api() {
+    local method=$1 path=$2 body=${3:-} url code t0 rc=0
+    if [[ $path == /* ]]; then url=$CINDER_URL$path; else url=$CINDER_URL/v3/$CINDER_PROJECT/$path; fi
+    local args=(-sS -m "${CINDER_API_TIMEOUT:-400}" -X "$method" -o "$WORK/cinder-api.body"
+        -D "$WORK/cinder-api.headers" -w '%{http_code}'
+        -H "X-Auth-Token: admin:$CINDER_PROJECT" -H "OpenStack-API-Version: volume $CINDER_API_VERSION"
+        -H 'Accept: application/json')
+    [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+    t0=$(now_ms)
+    code=$(curl "${args[@]}" "$url" 2>"$WORK/cinder-api.err") || rc=$?
+    ((rc == 0)) || code=000
+    printf '%s\n' "$code" >"$CINDER_STATUS_FILE"
+    printf '%s %s %s %s -> %s in %s ms%s\n' "$(uptime_s)" "$method" "${url#"$CINDER_URL"}" \
+        "$CINDER_API_VERSION" "$code" "$(($(now_ms) - t0))" \
+        "$( ((rc == 0)) || printf ' (curl exit %s: %s)' "$rc" "$(head -c 200 "$WORK/cinder-api.err")")" \
+        >>"$CINDER_LOG_DIR/api.log"
+    cat "$WORK/cinder-api.body" 2>/dev/null || true
+    [[ $code == 2?? ]]
+}
+
+cinder_last_status() { cat "$CINDER_STATUS_FILE" 2>/dev/null || echo 000; }
+
+# cinder_status ID : the volume's status, `missing` for a 404, `unreachable` when no answer.
+cinder_status() {
+    local out
+    if out=$(cinder_api GET "volumes/$1"); then
+        jq -r '.volume.status' <<<"$out"
+    elif [[ $(cinder_last_status) == 404 ]]; then
+        echo missing
+    elif [[ $(cinder_last_status) == 000 ]]; then
+        echo unreachable
+    else
+        echo "http-$(cinder_last_status)"
+    fi
+}
+
+# cinder_attachments ID : the ids of the volume's attachments (Cinder's own list), one a line.
+cinder_attachments() {
+    cinder_api GET "attachments?volume_id=$1" | jq -r '.attachments[].id'
+}
+
+# cinder_wait_status ID STATUS [TIMEOUT_S] : polls every 2 s. Records a failed check (expected,
+# seen, where the logs are) on timeout or when the volume goes to `error` unasked.
+cinder_wait_status() {
+    local id=$1 want=$2 t=${3:-300} end st=""
+    end=$(($(now_ms) + t * 1000))
+    while :; do
+        st=$(cinder_status "$id")
+        [[ $st == "$want" ]] && return 0
+        if [[ $st == error* && $want != error* ]]; then break; fi
+        (($(now_ms) < end)) || break
+        sleep 2
+    done
+    _cinder_fail "Cinder volume $id becomes $want" "status $want within ${t}s" "status $st"
+}
+
+# cinder_create NAME SIZE_GB TYPE : prints the new volume's id once it is `available`.
+cinder_create() {
+    local name=$1 size=$2 type=$3 out id t0
+    t0=$(now_ms)
+    out=$(cinder_api POST volumes "{\"volume\": {\"name\": \"$name\", \"size\": $size, \"volume_type\": \"$type\"}}") \
+        || { _cinder_fail "Cinder creates volume $name" "HTTP 202" "HTTP $(cinder_last_status): $out"; return 1; }
+    id=$(jq -r '.volume.id' <<<"$out")
+    # Deleted at the scenario's end if it is still there (_cinder_exit).
+    printf '%s\n' "$id" >>"$WORK/cinder-created"
+    cinder_wait_status "$id" available 300 || return 1
+    _cinder_time "create-$type($name)" $(($(now_ms) - t0))
+    printf '%s\n' "$id"
+}
+
+# cinder_delete ID : deletes the volume's attachments (if any), then the volume; waits until
+# it is gone.
+cinder_delete() {
+    local id=$1 a i
+    for a in $(cinder_attachments "$id" 2>/dev/null); do
+        cinder_api DELETE "attachments/$a" >/dev/null || true
+    done
+    cinder_api POST "volumes/$id/action" '{"os-reset_status": {"status": "available", "attach_status": "detached"}}' >/dev/null || true
+    cinder_api DELETE "volumes/$id" >/dev/null || true
+    for ((i = 0; i < 90; i++)); do
+        [[ $(cinder_status "$id") == missing ]] && return 0
+        sleep 2
+    done
+    log "cinder: volume $id not deleted after 180 s"
+    return 1
+}
+
+# --- logs ------------------------------------------------------------------------------------
+
+# The logs' sizes when this scenario began: cinder_collect_logs copies only what came after.
+_cinder_log_files() {
+    # cinder-api.log is uwsgi's (requests); the API's own log is cinder-wsgi's, under its name.
+    printf '%s\n' /var/log/cinder/cinder-api.log /var/log/cinder/cinder-scheduler.log \
+        /var/log/cinder/cinder-volume.log /var/log/cinder/cinder-manage.log
+    compgen -G '/var/log/cinder/*.log' | grep -vxE '/var/log/cinder/cinder-(api|scheduler|volume|manage)\.log' || true
+    compgen -G '/var/log/rabbitmq/rabbit@*.log' || true
+}
+_cinder_mark_logs() {
+    local f
+    : >"$WORK/cinder-log-offsets"
+    while read -r f; do
+        printf '%s %s\n' "$(stat -c %s "$f" 2>/dev/null || echo 0)" "$f" >>"$WORK/cinder-log-offsets"
+    done < <(_cinder_log_files)
+}
+cinder_collect_logs() {
+    local f off name
+    while read -r f; do
+        [[ -f $f ]] || continue
+        off=$(awk -v f="$f" '$2 == f {print $1}' "$WORK/cinder-log-offsets" 2>/dev/null)
+        name=$(basename "$f")
+        # rabbit@tether-vm.log -> rabbitmq.log, rabbit@tether-vm_upgrade.log -> rabbitmq_upgrade.log
+        [[ $name == rabbit@* ]] && name=rabbitmq${name#rabbit@"$CINDER_HOST"}
+        tail -c +"$((${off:-0} + 1))" "$f" >"$CINDER_LOG_DIR/$name" 2>/dev/null || true
+    done < <(_cinder_log_files)
+    cp "$CINDER_CONF" "$CINDER_LOG_DIR/cinder.conf" 2>/dev/null || true
+    # Who used the guest's two CPUs (TCG is slow; Cinder's periodic tasks add up).
+    ps -eo pid,time,etime,rss,args --sort=-time 2>/dev/null | head -n 25 | cut -c1-200 >"$CINDER_LOG_DIR/ps-cpu.txt" || true
+    [[ -f $CINDER_RUN/timings.log ]] && cp "$CINDER_RUN/timings.log" "$CINDER_LOG_DIR/boot-timings.log"
+    return 0
+}
+_cinder_mark_logs
+
+# At the scenario's end: tether's own teardown (tether.sh), the volumes the scenario created
+# and left (with their attachments: the next scenario starts with an empty Cinder), then
+# Cinder's logs into the results.
+_cinder_exit() {
+    local id
+    [[ $BASHPID == "$$" ]] || return 0
+    # First, in case the scenario's timeout kills what follows (it allows 10 s after SIGTERM).
+    cinder_collect_logs
+    if declare -F tether_down >/dev/null; then tether_down; fi
+    if [[ -f $WORK/cinder-created ]]; then
+        while read -r id; do
+            [[ $(cinder_status "$id") == missing ]] && continue
+            log "cinder: deleting volume $id left by the scenario"
+            cinder_delete "$id" || true
+        done < <(sort -u "$WORK/cinder-created")
+    fi
+    cinder_collect_logs
+}
+trap _cinder_exit EXIT
+
+# --- set-up -------------------------------------------------------------------------------------
+
+_cinder_write_conf() {
+    install -d -m 0750 -o cinder -g cinder /var/lib/cinder/tmp
+    cat >"$CINDER_CONF" <<EOF
+# Written by tests/vm/cinder.sh: the packaged file is for a keystone deployment.
+[DEFAULT]
+auth_strategy = noauth
+transport_url = rabbit://guest:guest@127.0.0.1:5672/
+# An LVM export takes about a minute under TCG, past the 60 s default.
+rpc_response_timeout = 300
+my_ip = 127.0.0.1
+host = $CINDER_HOST
+state_path = /var/lib/cinder
+log_dir = /var/log/cinder
+# Never on: cinder-volume would log CHAP passwords in command lines.
+debug = false
+osapi_volume_listen = 127.0.0.1
+osapi_volume_workers = 1
+enabled_backends = lvm,rbd
+# Each LVM stats run is several \`sudo cinder-rootwrap\` calls, 30-45 s of CPU under TCG: once a
+# minute (the default) it takes half the guest. Capacity is not under test.
+backend_stats_polling_interval = 900
+# The one-node Ceph has no mgr, so its pool reports no free space; capacity is not under test.
+scheduler_default_filters = AvailabilityZoneFilter,CapabilitiesFilter
+# Cinder sends no cephx key (OSSN-0085); the node's key comes from tether's conductor.
+
+[database]
+# timeout: SQLite is shared by three services; without it "database is locked".
+connection = sqlite:////var/lib/cinder/cinder.sqlite?timeout=60
+
+[oslo_concurrency]
+lock_path = /var/lib/cinder/tmp
+
+[oslo_messaging_notifications]
+driver = noop
+
+[oslo_messaging_rabbit]
+# The services start before rabbitmq is up: retry the connection every few seconds, not with
+# a backoff up to 30 s.
+rabbit_interval_max = 3
+
+[lvm]
+volume_driver = cinder.volume.drivers.lvm.LVMVolumeDriver
+volume_backend_name = lvm
+volume_group = $CINDER_VG
+lvm_type = default
+# LVM_SYSTEM_DIR for Cinder's LVM commands: scan only loop devices, not the iSCSI and RBD disks
+# the scenarios attach (a dead session's disk would hang every scan).
+lvm_conf_file = /etc/cinder/lvm.conf
+# Zeroing a deleted volume costs minutes under TCG.
+volume_clear = none
+target_helper = lioadm
+target_protocol = iscsi
+target_ip_address = 127.0.0.1
+target_port = 3260
+
+[rbd]
+volume_driver = cinder.volume.drivers.rbd.RBDDriver
+volume_backend_name = rbd
+rbd_pool = $CINDER_CEPH_POOL
+rbd_ceph_conf = $CINDER_CEPH_CONF
+rbd_user = $CINDER_CEPH_USER
+rbd_secret_uuid = $CINDER_SECRET_UUID
+rados_connect_timeout = 30
+EOF
+    chown root:cinder "$CINDER_CONF"
+    chmod 0640 "$CINDER_CONF"
+    printf 'devices {\n\tglobal_filter = [ "a|^/dev/loop[0-9]+$|", "r|.*|" ]\n}\n' >/etc/cinder/lvm.conf
+    # One uwsgi process: the guest has two slow CPUs and 2 GiB.
+    sed -i -e 's/^processes = .*/processes = 1/' -e 's/^threads = .*/threads = 8/' /etc/cinder/cinder-api-uwsgi.ini
+}
+
+# Cinder's own view of the Ceph cluster: a ceph.conf and client.cinder's keyring that only
+# root and the cinder group read, outside /etc/ceph (the guest plays a node without one).
+_cinder_ceph() {
+    local key
+    ceph_up || return 1
+    ceph_pool "$CINDER_CEPH_POOL" || return 1
+    key=$(ceph_user "$CINDER_CEPH_USER" mon 'profile rbd' osd "profile rbd pool=$CINDER_CEPH_POOL") || return 1
+    cat >"$CINDER_CEPH_CONF" <<EOF
+[global]
+fsid = $CEPH_FSID
+mon host = [v2:$CEPH_MON_V2,v1:$CEPH_MON]
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+log file = /var/log/cinder/ceph-client.log
+
+[client.$CINDER_CEPH_USER]
+keyring = $CINDER_CEPH_KEYRING
+EOF
+    (umask 027 && printf '[client.%s]\n\tkey = %s\n' "$CINDER_CEPH_USER" "$key" >"$CINDER_CEPH_KEYRING")
+    chown root:cinder "$CINDER_CEPH_CONF" "$CINDER_CEPH_KEYRING"
+    chmod 0644 "$CINDER_CEPH_CONF"
+    chmod 0640 "$CINDER_CEPH_KEYRING"
+}
+
+# cinder_ceph_keyfile FILE : client.cinder's bare key in FILE (mode 0600), as tether's
+# conductor reads it ([[cinder.ceph_keys]] key_file).
+cinder_ceph_keyfile() {
+    local key
+    key=$(sed -n 's/^[[:space:]]*key = //p' "$CINDER_CEPH_KEYRING")
+    [[ -n $key ]] || { _cinder_fail "client.cinder's key" "a key in $CINDER_CEPH_KEYRING" "none"; return 1; }
+    install -d -m 0700 "$(dirname "$1")"
+    (umask 077 && printf '%s\n' "$key" >"$1")
+    chmod 0600 "$1"
+}
+
+# cinder_ceph_key : client.cinder's key (for leak checks).
+cinder_ceph_key() { sed -n 's/^[[:space:]]*key = //p' "$CINDER_CEPH_KEYRING"; }
+
+# The LVM backend's volume group on a sparse loop file (on the root disk, not in memory).
+_cinder_lvm() {
+    local dev
+    if vgs "$CINDER_VG" >/dev/null 2>&1; then return 0; fi
+    install -d -m 0700 "$(dirname "$CINDER_LVM_FILE")"
+    truncate -s "$CINDER_LVM_SIZE" "$CINDER_LVM_FILE"
+    dev=$(losetup -f --show "$CINDER_LVM_FILE")
+    if ! { pvcreate -q "$dev" && vgcreate -q "$CINDER_VG" "$dev"; } >>"$CINDER_LOG_DIR/setup.log" 2>&1; then
+        _cinder_fail "LVM volume group $CINDER_VG" "pvcreate and vgcreate exit 0" "failed (setup.log)"
+        return 1
+    fi
+}
+
+_cinder_pid_alive() { # SERVICE
+    local f=/run/cinder/$1.pid
+    [[ $1 == rabbitmq-server ]] && f=/run/rabbitmq/pid
+    [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+_cinder_init() { # SERVICE ACTION : the package's own init script
+    local rc=0 t0
+    t0=$(now_ms)
+    printf '[%8s] $ /etc/init.d/%s %s\n' "$(uptime_s)" "$1" "$2" >>"$CINDER_LOG_DIR/setup.log"
+    # setsid: the daemons must outlive the scenario's process group (which `timeout` kills).
+    setsid -w "/etc/init.d/$1" "$2" >>"$CINDER_LOG_DIR/setup.log" 2>&1 </dev/null || rc=$?
+    _cinder_time "$1-$2" $(($(now_ms) - t0))
+    return $rc
+}
+
+# _cinder_wait_api SECS : until the API answers its version document.
+_cinder_wait_api() {
+    local end
+    end=$(($(now_ms) + $1 * 1000))
+    while (($(now_ms) < end)); do
+        curl -sf -m 10 -o /dev/null "$CINDER_URL/" 2>/dev/null && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# _cinder_pools : the pool names in scheduler-stats/get_pools, one a line.
+_cinder_pools() { cinder_api GET scheduler-stats/get_pools 2>/dev/null | jq -r '.pools[].name' 2>/dev/null; }
+
+_cinder_wait_pools() { # SECS
+    local end pools
+    end=$(($(now_ms) + $1 * 1000))
+    while (($(now_ms) < end)); do
+        pools=$(_cinder_pools || true)
+        if grep -qx "$CINDER_HOST@lvm#lvm" <<<"$pools" && grep -qx "$CINDER_HOST@rbd#rbd" <<<"$pools"; then
+            return 0
+        fi
+        # The logs so far, on the share: readable on the host while this waits.
+        cinder_collect_logs
+        sleep 3
+    done
+    _cinder_fail "both Cinder pools ready" "$CINDER_HOST@lvm#lvm and $CINDER_HOST@rbd#rbd in get_pools within $1 s" \
+        "pools: $(tr '\n' ' ' <<<"$pools")"
+}
+
+# _cinder_type NAME : a volume type whose volumes go to the backend of the same name.
+_cinder_type() {
+    local out id
+    out=$(cinder_api GET types) || { _cinder_fail "list volume types" "HTTP 200" "HTTP $(cinder_last_status)"; return 1; }
+    jq -e --arg n "$1" '.volume_types[] | select(.name == $n)' <<<"$out" >/dev/null && return 0
+    out=$(cinder_api POST types "{\"volume_type\": {\"name\": \"$1\", \"extra_specs\": {\"volume_backend_name\": \"$1\"}}}") \
+        || { _cinder_fail "create volume type $1" "HTTP 200" "HTTP $(cinder_last_status): $out"; return 1; }
+    id=$(jq -r '.volume_type.id' <<<"$out")
+    log "cinder: volume type $1 is $id"
+}
+
+_cinder_create() {
+    local t0 t rabbit_pid sync_pid rc=0
+    t0=$(now_ms)
+    mkdir -p "$CINDER_RUN"
+    # Erlang's schedulers busy-wait by default: under TCG that burns CPU the others need.
+    install -d -m 0755 /etc/rabbitmq
+    printf 'SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"\n' >/etc/rabbitmq/rabbitmq-env.conf
+    # rabbitmq (the slowest, ~50 s) and the database run while Ceph and LVM are set up.
+    ( _cinder_init rabbitmq-server start ) &
+    rabbit_pid=$!
+    _cinder_write_conf
+    (
+        t=$(now_ms)
+        setsid -w su -s /bin/sh -c "cinder-manage --config-file $CINDER_CONF db sync" cinder \
+            >>"$CINDER_LOG_DIR/db-sync.log" 2>&1 </dev/null
+        rc=$?
+        _cinder_time db-sync $(($(now_ms) - t))
+        exit $rc
+    ) &
+    sync_pid=$!
+    t=$(now_ms)
+    _cinder_lvm || rc=1
+    _cinder_time lvm-setup $(($(now_ms) - t))
+    t=$(now_ms)
+    _cinder_ceph || rc=1
+    _cinder_time ceph-setup $(($(now_ms) - t))
+    wait "$sync_pid" || { rc=1; _cinder_fail "cinder-manage db sync" "exit 0" "failed (db-sync.log)"; }
+    ((rc == 0)) || return 1
+    # The services need the database and (the RBD driver) Ceph to start, not yet rabbitmq: the
+    # volume service's driver set-up (LVM: minutes of rootwrap calls) runs before it connects.
+    t=$(now_ms)
+    _cinder_init cinder-volume start || { _cinder_fail "cinder-volume starts" "exit 0" "failed"; return 1; }
+    _cinder_init cinder-scheduler start || { _cinder_fail "cinder-scheduler starts" "exit 0" "failed"; return 1; }
+    _cinder_init cinder-api start || { _cinder_fail "cinder-api starts" "exit 0" "failed (setup.log)"; return 1; }
+    wait "$rabbit_pid" || { _cinder_fail "rabbitmq-server starts" "init script exit 0" "failed (setup.log, rabbitmq.log)"; return 1; }
+    _cinder_wait_api 180 || { _cinder_fail "cinder-api answers" "an answer on $CINDER_URL within 180 s" "none (cinder-api.log)"; return 1; }
+    _cinder_time api-answers $(($(now_ms) - t))
+    _cinder_type lvm || return 1
+    _cinder_type rbd || return 1
+    _cinder_wait_pools 300 || return 1
+    _cinder_time pools-ready $(($(now_ms) - t))
+    CINDER_UP_MS=$(($(now_ms) - t0))
+    _cinder_time cinder-up "$CINDER_UP_MS"
+    cp "$CINDER_LOG_DIR/timings.log" "$CINDER_RUN/timings.log"
+    note cinder_up_ms "$CINDER_UP_MS"
+    date -u +%FT%TZ >"$CINDER_RUN/up"
+}
+
+# cinder_up : set Cinder up on the first call of a boot; later, check that it runs.
+cinder_up() {
+    local s
+    if [[ -f $CINDER_RUN/up ]]; then
+        ceph_up || return 1
+        for s in rabbitmq-server "${CINDER_SERVICES[@]}"; do
+            _cinder_pid_alive "$s" || { _cinder_fail "Cinder service $s runs" "running since cinder_up" "not running"; return 1; }
+        done
+        _cinder_wait_api 60 || { _cinder_fail "cinder-api answers" "an answer within 60 s" "none"; return 1; }
+        return 0
+    fi
+    command -v cinder-manage >/dev/null \
+        || { fail "Cinder in the guest" "the openstack image flavour (scripts/vm/run --flavour openstack)" "no cinder-manage"; return 1; }
+    _cinder_create
+}
+
+# cinder_stop [api] [volume] : stop the API and the volume service (default both: the "Cinder
+# unreachable" case); the scheduler and rabbitmq keep running.
+cinder_stop() {
+    local s
+    (($#)) || set -- api volume
+    for s in "$@"; do _cinder_init "cinder-$s" stop || true; done
+    if [[ " $* " == *" api "* ]] && curl -s -m 5 -o /dev/null "$CINDER_URL/"; then
+        _cinder_fail "cinder-api stopped" "no answer on $CINDER_URL" "an answer"
+        return 1
+    fi
+}
+
+# cinder_start [api] [volume] : start them again (default both); returns once the API answers
+# and, for the volume service, the drivers in CINDER_START_DRIVERS (default both:
+# "LVMVolumeDriver RBDDriver") serve RPC again. The LVM driver's start takes minutes under TCG
+# (rootwrap calls): a scenario that only uses RBD volumes waits for RBDDriver alone.
+cinder_start() {
+    local t0 off end n=0
+    (($#)) || set -- api volume
+    t0=$(now_ms)
+    off=$(stat -c %s /var/log/cinder/cinder-volume.log 2>/dev/null || echo 0)
+    if [[ " $* " == *" volume "* ]]; then
+        _cinder_init cinder-volume start || { _cinder_fail "cinder-volume starts again" "exit 0" "failed"; return 1; }
+    fi
+    if [[ " $* " == *" api "* ]]; then
+        _cinder_init cinder-api start || { _cinder_fail "cinder-api starts again" "exit 0" "failed"; return 1; }
+        _cinder_wait_api 180 || { _cinder_fail "cinder-api answers again" "an answer within 180 s" "none"; return 1; }
+    fi
+    if [[ " $* " != *" volume "* ]]; then
+        _cinder_time "cinder-restart($*)" $(($(now_ms) - t0))
+        return 0
+    fi
+    # A driver serves RPC once its "Initializing RPC dependent components" line is logged.
+    local d want=() missing=()
+    read -r -a want <<<"${CINDER_START_DRIVERS:-LVMVolumeDriver RBDDriver}"
+    end=$(($(now_ms) + 300000))
+    while (($(now_ms) < end)); do
+        missing=()
+        for d in "${want[@]}"; do
+            tail -c +"$((off + 1))" /var/log/cinder/cinder-volume.log \
+                | grep -q "Initializing RPC dependent components of volume driver $d" || missing+=("$d")
+        done
+        ((${#missing[@]} == 0)) && break
+        sleep 2
+    done
+    ((${#missing[@]} == 0)) || { _cinder_fail "cinder-volume's drivers start again" "${want[*]} serving within 300 s" "not: ${missing[*]}"; return 1; }
+    _cinder_time "cinder-restart($*)" $(($(now_ms) - t0))
+}

@@ -1,0 +1,65 @@
+# shellcheck shell=bash disable=SC2154
+# A Cinder LVM volume (LIO target through Cinder's lioadm helper, CHAP credentials that Cinder
+# made) attached by `tether ctl volume attach --mkfs --mount`: Cinder `in-use`, the list agrees,
+# data written through the mount reads back; detached: Cinder `available` with no attachment,
+# no iSCSI session or node record, no LIO target left, the data is in Cinder's logical volume,
+# and Cinder's CHAP password is in no tether log, report, ctl output or world-readable file.
+# vm-timeout: 1800
+source "$SHARE/vm/tether.sh"
+source "$SHARE/vm/ceph.sh"
+source "$SHARE/vm/cinder.sh"
+source "$SHARE/vm/cinder-tether.sh"
+openstack_up
+MNT=/mnt/cinder-lvm
+id=$(cinder_create tether-lvm 1 lvm)
+iqn=iqn.2010-10.org.openstack:volume-$id
+
+vol_attach "$NODE" tether-lvm --mount "$MNT" --fstype ext4 --mkfs --timeout 600
+expect_vol_rc "ctl volume attach (by name) --mkfs --mount" 0
+expect_cinder "$id" in-use "Cinder shows the volume in-use after the attach"
+mapfile -t atts < <(cinder_attachments "$id")
+expect_eq "Cinder has one attachment" 1 "${#atts[@]}"
+att=${atts[0]:-none}
+expect_eq "list: the attachment id is Cinder's" "$att" "$(vol_get "$id" attachment_id)"
+expect_eq "list: the name" tether-lvm "$(vol_get "$id" volume_name)"
+expect_eq "list: agent_state" mounted "$(vol_get "$id" agent_state)"
+expect_eq "list: cinder_status" in-use "$(vol_get "$id" cinder_status)"
+expect_eq "list: cinder_reachable" true "$(vol_get "$id" cinder_reachable)"
+expect_eq "one iSCSI session, to Cinder's target" 1 "$(sessions_to "$iqn")"
+expect_eq "mounted at $MNT" ext4 "$(findmnt -n -o FSTYPE "$MNT" || true)"
+
+# Cinder's own CHAP credentials, from the attachment's connection_info.
+ci=$(cinder_api GET "attachments/$att" | jq -c '.attachment.connection_info')
+expect_eq "Cinder's connection_info uses CHAP" CHAP "$(jq -r .auth_method <<<"$ci")"
+chap_pass=$(jq -r '.auth_password // empty' <<<"$ci")
+expect_eq "Cinder's CHAP password has 16 characters" 16 "${#chap_pass}"
+
+if mountpoint -q "$MNT"; then
+    dd if=/dev/urandom of="$WORK/data" bs=1M count=4 status=none
+    want=$(sha256sum <"$WORK/data" | cut -d' ' -f1)
+    cp "$WORK/data" "$MNT/data.bin"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    expect_eq "data written through the mount reads back" "$want" "$(sha256sum <"$MNT/data.bin" | cut -d' ' -f1)"
+fi
+
+vol_detach "$NODE" "$id" --timeout 600
+expect_vol_rc "ctl volume detach" 0
+expect_cinder "$id" available "Cinder shows the volume available after the detach"
+expect_no_attachment "$id"
+expect_eq "not mounted any more" "" "$(findmnt -n "$MNT" || true)"
+expect_eq "no iSCSI session or node record left" "" "$(iscsi_left)"
+expect_eq "Cinder removed its LIO target" no "$([[ -e $CONFIGFS_ISCSI/$iqn ]] && echo yes || echo no)"
+
+# The data is in Cinder's logical volume.
+lv=/dev/$CINDER_VG/volume-$id
+mkdir -p /mnt/check
+if mount -o ro,noload "$lv" /mnt/check 2>"$WORK/mount.err"; then
+    expect_eq "the data is in Cinder's logical volume" "${want:-}" "$(sha256sum </mnt/check/data.bin | cut -d' ' -f1)"
+    umount /mnt/check
+else
+    fail "mount Cinder's logical volume" "$lv mounts read-only" "$(cat "$WORK/mount.err")"
+fi
+
+no_leak "$chap_pass"
+cinder_delete "$id"
