@@ -223,43 +223,6 @@ mod tests {
     }
 
     #[test]
-    fn iscsi_keeps_what_the_backend_reads_and_lists_the_rest() {
-        let info = object(json!({
-            "driver_volume_type": "iscsi",
-            "target_discovered": false,
-            "target_portal": "127.0.0.1:3260",
-            "target_iqn": "iqn.2010-10.org.openstack:volume-1",
-            "target_lun": 0,
-            "volume_id": "1",
-            "auth_method": "CHAP",
-            "auth_username": "u",
-            "auth_password": "p",
-            "encrypted": false,
-            "qos_specs": null,
-            "access_mode": "rw",
-            "cacheable": false,
-            "attachment_id": "a"
-        }));
-        let mapped = map_connection_info(&info, &[], false).unwrap();
-        assert_eq!(mapped.volume_type, "iscsi");
-        assert_eq!(mapped.properties["auth_password"], "p");
-        assert_eq!(
-            mapped.ignored,
-            [
-                "attachment_id",
-                "cacheable",
-                "encrypted",
-                "qos_specs",
-                "target_discovered",
-                "volume_id"
-            ]
-        );
-        assert!(mapped.key_file.is_none());
-        let shown = format!("{mapped:?}");
-        assert!(!shown.contains("\"p\""), "secrets are not shown: {shown}");
-    }
-
-    #[test]
     fn nested_data_and_read_only() {
         let info = object(json!({
             "driver_volume_type": "iscsi",
