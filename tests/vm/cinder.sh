@@ -195,8 +195,8 @@ cinder_collect_logs() {
 _cinder_mark_logs
 
 # At the scenario's end: tether's own teardown (tether.sh), the volumes the scenario created
-# and left (with their attachments: the next scenario starts with an empty Cinder), then
-# Cinder's logs into the results.
+# and left attached or half attached (with their attachments: the next scenario starts with no
+# export and no attachment), then Cinder's logs into the results.
 _cinder_exit() {
     local id
     [[ $BASHPID == "$$" ]] || return 0
@@ -205,7 +205,8 @@ _cinder_exit() {
     if declare -F tether_down >/dev/null; then tether_down; fi
     if [[ -f $WORK/cinder-created ]]; then
         while read -r id; do
-            [[ $(cinder_status "$id") == missing ]] && continue
+            # An available volume harms no later scenario (and an LVM delete costs minutes).
+            [[ $(cinder_status "$id") == @(missing|available) ]] && continue
             log "cinder: deleting volume $id left by the scenario"
             cinder_delete "$id" || true
         done < <(sort -u "$WORK/cinder-created")
