@@ -206,7 +206,7 @@ _cinder_exit() {
     if [[ -f $WORK/cinder-created ]]; then
         while read -r id; do
             # An available volume harms no later scenario (and an LVM delete costs minutes).
-            [[ $(cinder_status "$id") == @(missing|available) ]] && continue
+            [[ $(cinder_status "$id") =~ ^(missing|available)$ ]] && continue
             log "cinder: deleting volume $id left by the scenario"
             cinder_delete "$id" || true
         done < <(sort -u "$WORK/cinder-created")
