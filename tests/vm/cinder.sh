@@ -198,11 +198,24 @@ _cinder_mark_logs
 # and left attached or half attached (with their attachments: the next scenario starts with no
 # export and no attachment), then Cinder's logs into the results.
 _cinder_exit() {
-    local id
+    local id s stopped=()
     [[ $BASHPID == "$$" ]] || return 0
+    # Clean-up is best effort: its failures are no failed checks.
+    trap - ERR
+    set +eE
     # First, in case the scenario's timeout kills what follows (it allows 10 s after SIGTERM).
     cinder_collect_logs
     if declare -F tether_down >/dev/null; then tether_down; fi
+    # A scenario that stopped Cinder and failed before starting it again: later scenarios need
+    # it (their cinder_up waits until the pools are back).
+    if [[ -f $CINDER_RUN/up ]]; then
+        for s in api volume; do _cinder_pid_alive "cinder-$s" || stopped+=("$s"); done
+        if ((${#stopped[@]})); then
+            log "cinder: starting ${stopped[*]} again for the next scenarios"
+            for s in "${stopped[@]}"; do _cinder_init "cinder-$s" start; done
+            _cinder_wait_api 180
+        fi
+    fi
     if [[ -f $WORK/cinder-created ]]; then
         while read -r id; do
             # An available volume harms no later scenario (and an LVM delete costs minutes).
@@ -453,7 +466,9 @@ cinder_up() {
         for s in rabbitmq-server "${CINDER_SERVICES[@]}"; do
             _cinder_pid_alive "$s" || { _cinder_fail "Cinder service $s runs" "running since cinder_up" "not running"; return 1; }
         done
-        _cinder_wait_api 60 || { _cinder_fail "cinder-api answers" "an answer within 60 s" "none"; return 1; }
+        _cinder_wait_api 180 || { _cinder_fail "cinder-api answers" "an answer within 180 s" "none"; return 1; }
+        # (A volume service restarted by an earlier scenario is down until its drivers started.)
+        _cinder_wait_pools 300 || return 1
         return 0
     fi
     command -v cinder-manage >/dev/null \
