@@ -256,8 +256,9 @@ scheduler_default_filters = AvailabilityZoneFilter,CapabilitiesFilter
 # Cinder sends no cephx key (OSSN-0085); the node's key comes from tether's conductor.
 
 [database]
-# timeout: SQLite is shared by three services; without it "database is locked".
-connection = sqlite:////var/lib/cinder/cinder.sqlite?timeout=60
+# timeout: SQLite is shared by three services; without it "database is locked" (and WAL mode,
+# set after the db sync).
+connection = sqlite:////var/lib/cinder/cinder.sqlite?timeout=120
 
 [oslo_concurrency]
 lock_path = /var/lib/cinder/tmp
@@ -426,6 +427,12 @@ _cinder_create() {
         setsid -w su -s /bin/sh -c "cinder-manage --config-file $CINDER_CONF db sync" cinder \
             >>"$CINDER_LOG_DIR/db-sync.log" 2>&1 </dev/null
         rc=$?
+        # WAL: readers no longer wait for a writer. A loaded machine still saw "database is
+        # locked" (500) from the API with the rollback journal and a 60 s busy timeout.
+        if ((rc == 0)); then
+            su -s /bin/sh -c "sqlite3 /var/lib/cinder/cinder.sqlite 'PRAGMA journal_mode=WAL;'" cinder \
+                >>"$CINDER_LOG_DIR/db-sync.log" 2>&1 </dev/null || log "cinder: WAL mode not set (db-sync.log)"
+        fi
         _cinder_time db-sync $(($(now_ms) - t))
         exit $rc
     ) &
