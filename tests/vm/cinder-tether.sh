@@ -61,7 +61,7 @@ _vol_run() { # ARGS... (attach|detach NODE VOLUME ...)
     VOL_RC=0
     VOL_OUT=$(vol "$@" 2>&1) || VOL_RC=$?
     VOL_MS=$(($(now_ms) - t0))
-    note "ctl_volume_$1_ms" "${VOL_MS} ($3, exit $VOL_RC${4:+, $4})"
+    note "ctl_volume_$1_ms" "${VOL_MS} ($3, exit $VOL_RC)"
 }
 vol_attach() { _vol_run attach "$@"; }
 vol_detach() { _vol_run detach "$@"; }

@@ -195,17 +195,31 @@ cinder_collect_logs() {
 _cinder_mark_logs
 
 # At the scenario's end: tether's own teardown (tether.sh), the volumes the scenario created
-# and left (with their attachments: the next scenario starts with an empty Cinder), then
-# Cinder's logs into the results.
+# and left attached or half attached (with their attachments: the next scenario starts with no
+# export and no attachment), then Cinder's logs into the results.
 _cinder_exit() {
-    local id
+    local id s stopped=()
     [[ $BASHPID == "$$" ]] || return 0
+    # Clean-up is best effort: its failures are no failed checks.
+    trap - ERR
+    set +eE
     # First, in case the scenario's timeout kills what follows (it allows 10 s after SIGTERM).
     cinder_collect_logs
     if declare -F tether_down >/dev/null; then tether_down; fi
+    # A scenario that stopped Cinder and failed before starting it again: later scenarios need
+    # it (their cinder_up waits until the pools are back).
+    if [[ -f $CINDER_RUN/up ]]; then
+        for s in api volume; do _cinder_pid_alive "cinder-$s" || stopped+=("$s"); done
+        if ((${#stopped[@]})); then
+            log "cinder: starting ${stopped[*]} again for the next scenarios"
+            for s in "${stopped[@]}"; do _cinder_init "cinder-$s" start; done
+            _cinder_wait_api 180
+        fi
+    fi
     if [[ -f $WORK/cinder-created ]]; then
         while read -r id; do
-            [[ $(cinder_status "$id") == missing ]] && continue
+            # An available volume harms no later scenario (and an LVM delete costs minutes).
+            [[ $(cinder_status "$id") =~ ^(missing|available)$ ]] && continue
             log "cinder: deleting volume $id left by the scenario"
             cinder_delete "$id" || true
         done < <(sort -u "$WORK/cinder-created")
@@ -242,8 +256,9 @@ scheduler_default_filters = AvailabilityZoneFilter,CapabilitiesFilter
 # Cinder sends no cephx key (OSSN-0085); the node's key comes from tether's conductor.
 
 [database]
-# timeout: SQLite is shared by three services; without it "database is locked".
-connection = sqlite:////var/lib/cinder/cinder.sqlite?timeout=60
+# timeout: SQLite is shared by three services; without it "database is locked" (and WAL mode,
+# set after the db sync).
+connection = sqlite:////var/lib/cinder/cinder.sqlite?timeout=120
 
 [oslo_concurrency]
 lock_path = /var/lib/cinder/tmp
@@ -412,6 +427,12 @@ _cinder_create() {
         setsid -w su -s /bin/sh -c "cinder-manage --config-file $CINDER_CONF db sync" cinder \
             >>"$CINDER_LOG_DIR/db-sync.log" 2>&1 </dev/null
         rc=$?
+        # WAL: readers no longer wait for a writer. A loaded machine still saw "database is
+        # locked" (500) from the API with the rollback journal and a 60 s busy timeout.
+        if ((rc == 0)); then
+            su -s /bin/sh -c "sqlite3 /var/lib/cinder/cinder.sqlite 'PRAGMA journal_mode=WAL;'" cinder \
+                >>"$CINDER_LOG_DIR/db-sync.log" 2>&1 </dev/null || log "cinder: WAL mode not set (db-sync.log)"
+        fi
         _cinder_time db-sync $(($(now_ms) - t))
         exit $rc
     ) &
@@ -452,7 +473,9 @@ cinder_up() {
         for s in rabbitmq-server "${CINDER_SERVICES[@]}"; do
             _cinder_pid_alive "$s" || { _cinder_fail "Cinder service $s runs" "running since cinder_up" "not running"; return 1; }
         done
-        _cinder_wait_api 60 || { _cinder_fail "cinder-api answers" "an answer within 60 s" "none"; return 1; }
+        _cinder_wait_api 180 || { _cinder_fail "cinder-api answers" "an answer within 180 s" "none"; return 1; }
+        # (A volume service restarted by an earlier scenario is down until its drivers started.)
+        _cinder_wait_pools 300 || return 1
         return 0
     fi
     command -v cinder-manage >/dev/null \

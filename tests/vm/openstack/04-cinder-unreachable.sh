@@ -22,7 +22,8 @@ dev_a=$(vol_get "$a" device)
 tether_stop_agent
 vol_attach "$NODE" "$b" --no-wait
 expect_vol_rc "attach --no-wait of the second volume" 0
-for ((i = 0; i < 120; i++)); do [[ -n $(vol_get "$b" attachment_id) ]] && break; sleep 1; done
+# (The attachment id is recorded at the reservation, before the export: wait for the target.)
+vol_wait "$b" phase attaching 300
 expect_eq "the conductor holds Cinder's attachment of the second volume" \
     "$(cinder_attachments "$b" | head -n1)" "$(vol_get "$b" attachment_id)"
 

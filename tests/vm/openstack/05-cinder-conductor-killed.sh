@@ -26,7 +26,10 @@ vol_attach "$NODE" "$id" --no-wait
 expect_vol_rc "attach --no-wait" 0
 for ((i = 0; i < 60; i++)); do [[ -n $(cinder_attachments "$id") ]] && break; sleep 1; done
 expect_eq "Cinder has the attachment" 1 "$(cinder_attachments "$id" | grep -c . || true)"
-vol_wait "$id" attachment_id "$(cinder_attachments "$id" | head -n1)" 60
+# Exported and assigned (the id is recorded earlier, at the reservation): the agent would attach.
+vol_wait "$id" phase attaching 300
+expect_eq "the conductor holds Cinder's attachment" "$(cinder_attachments "$id" | head -n1)" \
+    "$(vol_get "$id" attachment_id)"
 expect_ne "not completed yet (the agent is stopped)" in-use "$(cinder_status "$id")"
 kill_conductor
 tether_start_conductor
