@@ -161,7 +161,11 @@ async fn follow(
         return Ok(ExitCode::SUCCESS);
     }
     let path = format!("/v1/nodes/{}/volumes", accepted.node_uuid);
-    let mut shown = Shown::default();
+    // The phases before this request (an attach's, when detaching) are history, not progress.
+    let mut shown = Shown {
+        phases: accepted.phases.len().saturating_sub(1),
+        ..Shown::default()
+    };
     let deadline = started + Duration::from_secs(wait.timeout);
     loop {
         let list: CinderVolumeList = api.get(&path).await?;
