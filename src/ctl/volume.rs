@@ -161,9 +161,10 @@ async fn follow(
         return Ok(ExitCode::SUCCESS);
     }
     let path = format!("/v1/nodes/{}/volumes", accepted.node_uuid);
-    // The phases before this request (an attach's, when detaching) are history, not progress.
+    // Phases already passed when the request was accepted (an attach's, for a detach) are
+    // history, not progress.
     let mut shown = Shown {
-        phases: accepted.phases.len().saturating_sub(1),
+        phases: accepted.phases.len(),
         ..Shown::default()
     };
     let deadline = started + Duration::from_secs(wait.timeout);
