@@ -91,23 +91,10 @@ pub fn format_volumes(report: &Heartbeat, unknown: &[Uuid]) -> String {
                 v.state.as_str(),
                 escape_controls(&v.since)
             );
-            if let Some(e) = &v.error {
-                let _ = writeln!(
-                    out,
-                    "{:<20}  {}: {}",
-                    "",
-                    escape_controls(&e.kind),
-                    escape_controls(&e.message)
-                );
-            }
-            if let Some(d) = &v.degraded {
-                let _ = writeln!(
-                    out,
-                    "{:<20}  degraded, {}: {}",
-                    "",
-                    escape_controls(&d.kind),
-                    escape_controls(&d.message)
-                );
+            let notes = [("", &v.error), ("degraded, ", &v.degraded)];
+            for (label, e) in notes.iter().filter_map(|(l, e)| Some((l, e.as_ref()?))) {
+                let (kind, message) = (escape_controls(&e.kind), escape_controls(&e.message));
+                let _ = writeln!(out, "{:<20}  {label}{kind}: {message}", "");
             }
             if unknown.contains(&v.target_uuid) {
                 let _ = writeln!(

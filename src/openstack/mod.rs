@@ -89,6 +89,12 @@ impl OpenStackErrorKind {
     pub fn is_transient(self) -> bool {
         matches!(self, Self::Unreachable | Self::BadAnswer)
     }
+
+    /// What a flow waits out and tries again: an outage, or refused credentials (fixed in
+    /// clouds.yaml without a restart, since a refusal drops the session).
+    pub fn retried(self) -> bool {
+        self.is_transient() || self == Self::AuthFailed
+    }
 }
 
 impl OpenStackError {

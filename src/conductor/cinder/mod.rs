@@ -192,7 +192,7 @@ pub(crate) fn connector(node_name: &str, report: &Heartbeat, multipath: bool) ->
 
 /// A Cinder error as a step's: an outage is retried, anything else refuses the attach.
 fn refused_or_retried(e: OpenStackError) -> StepError {
-    match e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed {
+    match e.kind.retried() {
         true => StepError::Cinder(e),
         false => StepError::Refused(refusal(&e)),
     }
@@ -296,9 +296,7 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
                 svc.wake.notify_one();
             }
         }
-        Err(StepError::Cinder(e))
-            if e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed =>
-        {
+        Err(StepError::Cinder(e)) if e.kind.retried() => {
             let retry = svc.failed(&key);
             tracing::warn!(
                 node = %node,
@@ -622,9 +620,7 @@ async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
     let (node, volume) = (row.node_uuid, row.volume_id.clone());
     let (status, error) = match svc.find_volume(&volume).await {
         Ok(found) => (Some(found.status), None),
-        Err(e) if e.kind.is_transient() || e.kind == OpenStackErrorKind::AuthFailed => {
-            (row.cinder_status.clone(), Some(e.message))
-        }
+        Err(e) if e.kind.retried() => (row.cinder_status.clone(), Some(e.message)),
         Err(e) => (Some(format!("({})", e.kind.as_str())), None),
     };
     let _ = c
