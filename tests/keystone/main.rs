@@ -120,6 +120,63 @@ impl Keystone {
         }
     }
 
+    /// A new application credential of user `tether` (made with its own token, as only a user
+    /// can): its id and secret.
+    async fn new_app_credential(&self, name: &str) -> (String, String) {
+        let seeded = &self.seeded;
+        let login = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "id": seeded.user_id, "password": seeded.password}}},
+            "scope": {"project": {"id": seeded.project_id}}}});
+        let answer = self
+            .http
+            .post(format!("{}/auth/tokens", seeded.url))
+            .json(&login)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 201, "tether logs in");
+        let own = answer.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let answer = self
+            .http
+            .post(format!(
+                "{}/users/{}/application_credentials",
+                seeded.url, seeded.user_id
+            ))
+            .header("X-Auth-Token", own)
+            .json(&json!({"application_credential": {"name": name, "roles": [{"name": "member"}]}}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "application credential {name}: {body}");
+        let credential = &body["application_credential"];
+        (
+            credential["id"].as_str().unwrap().to_string(),
+            credential["secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Deletes an application credential of `tether`: Keystone revokes its tokens.
+    async fn delete_app_credential(&self, id: &str) {
+        let path = format!(
+            "/users/{}/application_credentials/{id}",
+            self.seeded.user_id
+        );
+        let answer = self
+            .http
+            .delete(format!("{}{path}", self.seeded.url))
+            .header("X-Auth-Token", &self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 204, "DELETE {path}");
+    }
+
     /// What Keystone says about a token: 200 and its body, or the refusal's status.
     async fn validate(&self, token: &str) -> (u16, Value) {
         let answer = self
@@ -143,19 +200,33 @@ struct Seen {
     token: Option<String>,
 }
 
-/// Stands in for Cinder, on loopback: no volume exists. Records every request.
+/// Stands in for Cinder, on loopback: no volume exists. Records every request, and answers
+/// 401 to a token Keystone does not vouch for (as keystonemiddleware makes Cinder do).
 struct StandIn {
     root: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl StandIn {
-    async fn start() -> Self {
+    async fn start(keystone: &Keystone) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let validator = Arc::new(Keystone {
+            http: keystone.http.clone(),
+            seeded: Seeded::from_env(),
+            admin_token: keystone.admin_token.clone(),
+        });
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let record = record.clone();
-            async move { cinder_answer(&record, request) }
+            let validator = validator.clone();
+            async move {
+                let token = request.headers().get("x-auth-token").cloned();
+                let valid = match token.as_ref().and_then(|t| t.to_str().ok()) {
+                    Some(token) => validator.validate(token).await.0 == 200,
+                    None => false,
+                };
+                cinder_answer(&record, request, valid)
+            }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let root = format!("http://{}", listener.local_addr().unwrap());
@@ -171,6 +242,7 @@ impl StandIn {
 fn cinder_answer(
     record: &Mutex<Vec<Seen>>,
     request: axum::extract::Request,
+    token_valid: bool,
 ) -> (axum::http::StatusCode, axum::Json<Value>) {
     let uri = request.uri();
     let path = uri.path().to_string();
@@ -185,6 +257,13 @@ fn cinder_answer(
             .get("x-auth-token")
             .map(|t| t.to_str().unwrap().to_string()),
     });
+    if !token_valid {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"code": 401,
+                "message": "The request you have made requires authentication."}})),
+        );
+    }
     let not_found = axum::http::StatusCode::NOT_FOUND;
     if request.method() != axum::http::Method::GET {
         return (not_found, axum::Json(json!({})));
@@ -386,20 +465,31 @@ impl Method {
                     WRONG_PASSWORD
                 }
             ),
-            Self::ApplicationCredential => format!(
-                "    auth_type: v3applicationcredential\n    auth:\n      \
-                 auth_url: {auth_url}\n      application_credential_id: {}\n      \
-                 application_credential_secret: {}\n",
-                seeded.app_cred_id,
-                if right {
+            Self::ApplicationCredential => {
+                let secret = if right {
                     &seeded.app_cred_secret
                 } else {
                     WRONG_SECRET
-                }
-            ),
+                };
+                return app_credential_cloud(name, auth_url, region, &seeded.app_cred_id, secret);
+            }
         };
         format!("  {name}:\n    region_name: {region}\n{auth}")
     }
+}
+
+fn app_credential_cloud(
+    name: &str,
+    auth_url: &str,
+    region: &str,
+    id: &str,
+    secret: &str,
+) -> String {
+    format!(
+        "  {name}:\n    region_name: {region}\n    auth_type: v3applicationcredential\n    \
+         auth:\n      auth_url: {auth_url}\n      application_credential_id: {id}\n      \
+         application_credential_secret: {secret}\n"
+    )
 }
 
 /// Everything a run showed outside: the log, the answers (metrics included).
@@ -427,7 +517,7 @@ fn assert_nothing_secret(shown: &[Shown], secrets: &[&str]) {
 async fn scenario(method: Method) {
     let keystone = Keystone::connect().await;
     let seeded = &keystone.seeded;
-    let cinder = StandIn::start().await;
+    let cinder = StandIn::start(&keystone).await;
     let root = &cinder.root;
     let region = format!("tether-{}-{}", method.name(), std::process::id());
     // Keystone substitutes the project id, as real clouds register Cinder. The internal
@@ -584,4 +674,83 @@ async fn password_auth_finds_cinder_in_keystones_catalog_and_shows_no_secret() {
 #[ignore = "needs a real Keystone: scripts/test-keystone"]
 async fn application_credential_auth_finds_cinder_in_keystones_catalog_and_shows_no_secret() {
     scenario(Method::ApplicationCredential).await;
+}
+
+/// The application credential in clouds.yaml replaced and the old one deleted (so Keystone
+/// revokes the conductor's token), with the conductor running: the next operator request
+/// reaches Cinder with a token of the new credential, without a restart and without a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real Keystone: scripts/test-keystone"]
+async fn a_rotated_application_credential_is_used_without_a_restart() {
+    let keystone = Keystone::connect().await;
+    let seeded = &keystone.seeded;
+    let cinder = StandIn::start(&keystone).await;
+    let region = format!("tether-rotation-{}", std::process::id());
+    let public = format!("{}/v3/%(project_id)s", cinder.root);
+    keystone
+        .region_with_cinder(&region, &[("public", public)])
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".config/openstack");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_clouds = |id: &str, secret: &str| {
+        let cloud = app_credential_cloud("rotating", &seeded.url, &region, id, secret);
+        std::fs::write(dir.join("clouds.yaml"), format!("clouds:\n{cloud}")).unwrap();
+    };
+
+    let (old_id, old_secret) = keystone.new_app_credential("tether-before").await;
+    write_clouds(&old_id, &old_secret);
+    let conductor = Process::start(home.path(), "rotating");
+    let mut op = Operator::new(&conductor.url).await;
+    op.reported_node("n1", "52:54:00:00:0b:02").await;
+    let kind = op.attach_refused("n1", "db-data", 404).await;
+    assert_eq!(kind, "volume_not_found", "{}", op.answers.last().unwrap());
+    let old_token = cinder.seen().last().unwrap().token.clone().unwrap();
+    assert_eq!(keystone.validate(&old_token).await.0, 200);
+
+    let (new_id, new_secret) = keystone.new_app_credential("tether-after").await;
+    write_clouds(&new_id, &new_secret);
+    keystone.delete_app_credential(&old_id).await;
+    assert_eq!(
+        keystone.validate(&old_token).await.0,
+        404,
+        "Keystone revoked the old credential's token"
+    );
+
+    // Not a cinder_auth_failed: the conductor logs in again with what clouds.yaml says now.
+    let kind = op.attach_refused("n1", "db-data", 404).await;
+    assert_eq!(kind, "volume_not_found", "{}", op.answers.last().unwrap());
+    let seen = cinder.seen();
+    let new_token = seen.last().unwrap().token.clone().unwrap();
+    let (status, body) = keystone.validate(&new_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["token"]["application_credential"]["id"],
+        new_id.as_str(),
+        "{body}"
+    );
+    op.metrics().await;
+    let log = conductor.stop();
+    assert!(
+        log.contains("logging in again"),
+        "the log says why it logged in again: {log}"
+    );
+    let shown = [
+        Shown {
+            what: "the log".into(),
+            text: log,
+        },
+        Shown {
+            what: "the answers".into(),
+            text: op.answers.join("\n"),
+        },
+    ];
+    let secrets = [
+        old_secret.as_str(),
+        new_secret.as_str(),
+        old_token.as_str(),
+        new_token.as_str(),
+        keystone.admin_token.as_str(),
+    ];
+    assert_nothing_secret(&shown, &secrets);
 }

@@ -92,7 +92,8 @@ def main():
     _, credential = keystone.call(
         "POST",
         f"/users/{user_id}/application_credentials",
-        {"application_credential": {"name": "tether-conductor", "secret": app_secret}},
+        {"application_credential": {"name": "tether-conductor", "secret": app_secret,
+                                    "roles": [{"name": "member"}]}},
         own,
     )
     _, service = keystone.call(

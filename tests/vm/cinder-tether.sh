@@ -13,6 +13,9 @@
 #   no_leak SECRET...        the secret is in no tether log, report, ctl output, and no
 #                            world-readable file outside Cinder's own
 #   iscsi_left / rbd_left    what is left on the node: sessions and node records / mappings
+#   write_through MOUNT      4 MiB of random data to MOUNT/data.bin, read back past the page
+#                            cache; sets DATA_SHA (empty when MOUNT is not mounted)
+#   expect_data_on DEV DESC  DEV mounted read-only holds that data.bin
 
 CONDUCTOR_CONFIG=/etc/tether/conductor.toml
 CINDER_KEY_FILE=/etc/tether/ceph/cinder.key
@@ -153,5 +156,30 @@ expect_vol_rc() {
         pass "$1"
     else
         fail "$1" "exit $2" "exit $VOL_RC after $VOL_MS ms; output: $VOL_OUT; $TT_LOGS"
+    fi
+}
+
+DATA_SHA=""
+# write_through MOUNT
+write_through() {
+    DATA_SHA=""
+    mountpoint -q "$1" || return 0
+    dd if=/dev/urandom of="$WORK/data" bs=1M count=4 status=none
+    DATA_SHA=$(sha256sum <"$WORK/data" | cut -d' ' -f1)
+    cp "$WORK/data" "$1/data.bin"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    expect_eq "data written through the mount reads back" "$DATA_SHA" "$(sha256sum <"$1/data.bin" | cut -d' ' -f1)"
+}
+
+# expect_data_on DEV DESC : the data of the last write_through is on DEV (after the detach: in
+# Cinder's own volume).
+expect_data_on() {
+    mkdir -p /mnt/check
+    if mount -o ro,noload "$1" /mnt/check 2>"$WORK/mount.err"; then
+        expect_eq "$2" "$DATA_SHA" "$(sha256sum </mnt/check/data.bin 2>&1 | cut -d' ' -f1)"
+        umount /mnt/check
+    else
+        fail "$2" "$1 mounts read-only" "$(cat "$WORK/mount.err")"
     fi
 }

@@ -97,11 +97,14 @@ impl CinderService {
     }
 
     /// Drops the connection after an authentication failure, so that the next call logs in
-    /// again (a rotated application credential, a changed clouds.yaml).
-    async fn forget_client(&self, e: &OpenStackError) {
-        if e.kind == OpenStackErrorKind::AuthFailed {
+    /// again, from clouds.yaml as it is then (a revoked token, a rotated credential). Whether
+    /// it did.
+    async fn forget_client(&self, e: &OpenStackError) -> bool {
+        let refused = e.kind == OpenStackErrorKind::AuthFailed;
+        if refused {
             *self.client.lock().await = None;
         }
+        refused
     }
 
     fn due(&self, key: &Key) -> bool {
@@ -126,14 +129,22 @@ impl CinderService {
     }
 }
 
+/// One call through the current session. Refused credentials are tried once more with a new
+/// session: osauth keeps a revoked token until it expires, and a 401 means Cinder did nothing.
 macro_rules! delegate {
     ($self:ident, $call:ident($($arg:expr),*)) => {{
-        let cinder = $self.cinder().await?;
-        let result = cinder.$call($($arg),*).await;
-        if let Err(e) = &result {
-            $self.forget_client(e).await;
+        let result = $self.cinder().await?.$call($($arg),*).await;
+        match &result {
+            Err(e) if $self.forget_client(e).await => {
+                tracing::info!(error = %e, "Cinder refused the session's token; logging in again");
+                let again = $self.cinder().await?.$call($($arg),*).await;
+                if let Err(e) = &again {
+                    $self.forget_client(e).await;
+                }
+                again
+            }
+            _ => result,
         }
-        result
     }};
 }
 
