@@ -279,8 +279,11 @@ lvm_type = default
 # LVM_SYSTEM_DIR for Cinder's LVM commands: scan only loop devices, not the iSCSI and RBD disks
 # the scenarios attach (a dead session's disk would hang every scan).
 lvm_conf_file = /etc/cinder/lvm.conf
-# Zeroing a deleted volume costs minutes under TCG.
-volume_clear = none
+# Zeroing a whole deleted volume costs minutes under TCG. Its first MiB is enough: with none,
+# the next lvcreate on the same extents finds the old file system's signature and, asked to
+# wipe it with no one to answer, fails the volume.
+volume_clear = zero
+volume_clear_size = 1
 target_helper = lioadm
 target_protocol = iscsi
 target_ip_address = 127.0.0.1
