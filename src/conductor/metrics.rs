@@ -52,6 +52,8 @@ pub(crate) struct ConductorMetrics {
     pub heartbeats: Counter,
     pub long_polls: Family<OutcomeLabels, Counter>,
     pub long_polls_waiting: Gauge,
+    /// Written by the Ironic sync, read at each scrape (nothing shown without `[ironic]`).
+    pub ironic_status: Arc<std::sync::Mutex<super::ironic::SyncStatus>>,
 }
 
 impl ConductorMetrics {
@@ -88,7 +90,10 @@ impl ConductorMetrics {
             long_polls_waiting.clone(),
         );
         registry.register_collector(Box::new(StoreCollector(store)));
+        let ironic_status: Arc<std::sync::Mutex<super::ironic::SyncStatus>> = Arc::default();
+        registry.register_collector(Box::new(IronicCollector(ironic_status.clone())));
         Self {
+            ironic_status,
             registry,
             requests,
             heartbeats,
@@ -151,6 +156,108 @@ fn status_class(status: StatusCode) -> &'static str {
         4 => "4xx",
         _ => "5xx",
     }
+}
+
+/// The Ironic sync's state, when `[ironic]` is set. The last error is shown by its kind only:
+/// its message is in `ctl node list` and the log.
+#[derive(Debug)]
+struct IronicCollector(Arc<std::sync::Mutex<super::ironic::SyncStatus>>);
+
+impl Collector for IronicCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if status.configured {
+            encode_ironic(&status, encoder)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_ironic(
+    s: &super::ironic::SyncStatus,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let up: i64 = (s.state() == "ok").into();
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_sync_up",
+            "1 when the last pass of the Ironic node sync succeeded.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&up)?;
+    let mut passes = encoder.encode_descriptor(
+        "tether_conductor_ironic_sync_passes",
+        "Passes of the Ironic node sync, by outcome.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, n) in [("ok", s.passes_ok), ("failed", s.passes_failed)] {
+        passes
+            .encode_family(&[("outcome", outcome)])?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+    }
+    let mut error = encoder.encode_descriptor(
+        "tether_conductor_ironic_sync_error",
+        "1 while the Ironic node sync fails, labelled with the kind of its last error.",
+        None,
+        MetricType::Gauge,
+    )?;
+    if let Some(e) = &s.last_error {
+        error
+            .encode_family(&[("kind", e.kind.as_str())])?
+            .encode_gauge(&1i64)?;
+    }
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_nodes",
+            "Ironic nodes seen by the last successful sync pass.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.nodes)?;
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_sync_notes",
+            "Ironic nodes, names or addresses the last pass left out (see ctl node list).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(s.notes.len() as u64))?;
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_connectors_published",
+            "Initiators published as Ironic volume connectors since the conductor started.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &s.connectors_published,
+            None,
+        )?;
+    let seconds = Unit::Seconds;
+    if let Some(d) = s.last_duration {
+        encoder
+            .encode_descriptor(
+                "tether_conductor_ironic_sync_duration",
+                "How long the last successful pass of the Ironic node sync took.",
+                Some(&seconds),
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&d.as_secs_f64())?;
+    }
+    if let Some(at) = s.last_success {
+        let age = at.elapsed().unwrap_or_default().as_secs();
+        encoder
+            .encode_descriptor(
+                "tether_conductor_ironic_last_success_age",
+                "Seconds since the last successful pass of the Ironic node sync.",
+                Some(&seconds),
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&age)?;
+    }
+    Ok(())
 }
 
 /// Nodes, volumes and targets, read from the store on each scrape.
