@@ -82,6 +82,10 @@ ironic_stop() {
     if [[ -n ${IRONIC_PID:-} ]]; then
         kill -TERM "$IRONIC_PID" 2>/dev/null || true
         wait "$IRONIC_PID" 2>/dev/null || true
+        # Started by another shell, it is no child of this one: wait until its port is free.
+        local deadline=$((SECONDS + 30))
+        while kill -0 "$IRONIC_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        kill -KILL "$IRONIC_PID" 2>/dev/null || true
         IRONIC_PID=
     fi
 }
