@@ -19,8 +19,8 @@ use super::generations::Published;
 use super::limit::Throttled;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
-    LookupResponse, MASK, NodeCreate, NodeList, NodeUpdate, NodeRef, TargetCreate, TargetList, TargetsResponse,
-    VolumeTarget, mask_properties, secret::masked_property, text::escape_controls,
+    LookupResponse, MASK, NodeCreate, NodeList, NodeRef, NodeUpdate, TargetCreate, TargetList,
+    TargetsResponse, VolumeTarget, mask_properties, secret::masked_property, text::escape_controls,
 };
 
 /// Largest request body accepted; a heartbeat of a few hundred volumes is far below it.

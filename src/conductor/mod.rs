@@ -168,7 +168,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_with(config, &OpenStack::default(), admin_token, listener, shutdown).await
+    serve_with(
+        config,
+        &OpenStack::default(),
+        admin_token,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// The OpenStack services the conductor works with, each when configured.
@@ -201,8 +208,8 @@ pub async fn serve_with(
         metrics_token.as_deref(),
         stop_rx,
     );
-    conductor.cinder = (openstack.cinder.as_ref())
-        .map(|c| Arc::new(cinder::CinderService::new(c.clone())));
+    conductor.cinder =
+        (openstack.cinder.as_ref()).map(|c| Arc::new(cinder::CinderService::new(c.clone())));
     conductor.ironic = openstack.ironic.as_ref().map(|c| {
         let status = conductor.metrics.ironic_status.clone();
         Arc::new(ironic::IronicService::new(c.clone(), status))

@@ -201,9 +201,12 @@ impl IronicApi for Ironic {
     }
 
     async fn ports(&self) -> Result<Vec<IronicPort>, OpenStackError> {
-        self.all("ports", "ports", "uuid,address,node_uuid", |p: &IronicPort| {
-            p.uuid.clone()
-        })
+        self.all(
+            "ports",
+            "ports",
+            "uuid,address,node_uuid",
+            |p: &IronicPort| p.uuid.clone(),
+        )
         .await
     }
 
@@ -253,8 +256,14 @@ mod tests {
             ("http://i:6385", "http://i:6385/v1/"),
             ("http://i:6385/", "http://i:6385/v1/"),
             ("http://i:6385/v1", "http://i:6385/v1/"),
-            ("https://api.example/baremetal/v1/", "https://api.example/baremetal/v1/"),
-            ("https://api.example/baremetal", "https://api.example/baremetal/v1/"),
+            (
+                "https://api.example/baremetal/v1/",
+                "https://api.example/baremetal/v1/",
+            ),
+            (
+                "https://api.example/baremetal",
+                "https://api.example/baremetal/v1/",
+            ),
         ] {
             let url = reqwest::Url::parse(endpoint).unwrap();
             assert_eq!(v1_base(&url).as_str(), base, "{endpoint}");
@@ -262,7 +271,10 @@ mod tests {
     }
 
     fn fixture(name: &str) -> String {
-        let path = format!("{}/tests/fixtures/ironic/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/ironic/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
@@ -276,13 +288,28 @@ mod tests {
     fn ironics_pages_chain_and_end() {
         let first: Page<IronicNode> = parse_page(&json("nodes-page-1.json"), "nodes").unwrap();
         assert!(first.more);
-        let next = json("nodes-page-1.json")["next"].as_str().unwrap().to_string();
+        let next = json("nodes-page-1.json")["next"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let marker = &first.items.last().unwrap().uuid;
         assert!(next.ends_with(&format!("marker={marker}")), "{next}");
         let last: Page<IronicNode> = parse_page(&json("nodes-page-2.json"), "nodes").unwrap();
         assert!(!last.more);
-        let names: Vec<_> = first.items.iter().chain(&last.items).map(|n| n.name.clone()).collect();
-        assert_eq!(names, [Some("bm-1".into()), Some("bm-2".into()), Some("bm-3".into())]);
+        let names: Vec<_> = first
+            .items
+            .iter()
+            .chain(&last.items)
+            .map(|n| n.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                Some("bm-1".into()),
+                Some("bm-2".into()),
+                Some("bm-3".into())
+            ]
+        );
         assert_eq!(first.items[0].provision_state.as_deref(), Some("enroll"));
         assert_eq!(first.items[0].instance_uuid, None);
 
@@ -308,8 +335,12 @@ mod tests {
         let none: Page<IronicConnector> =
             parse_page(&json("connectors-of-node-none.json"), "connectors").unwrap();
         assert!(none.items.is_empty() && !none.more);
-        let created: IronicConnector = serde_json::from_value(json("connector-created.json")).unwrap();
-        assert_eq!(created.node_uuid.as_deref(), Some("11111112-2222-3333-4444-555555555555"));
+        let created: IronicConnector =
+            serde_json::from_value(json("connector-created.json")).unwrap();
+        assert_eq!(
+            created.node_uuid.as_deref(),
+            Some("11111112-2222-3333-4444-555555555555")
+        );
         let text = fixture("connector-created-nqn.http");
         assert!(text.starts_with("status: 201"));
         let body = text.split_once("\n\n").unwrap().1;
@@ -326,8 +357,14 @@ mod tests {
     fn ironics_error_answers_get_their_kinds() {
         for (name, kind) in [
             ("error-connector-exists.http", OpenStackErrorKind::Conflict),
-            ("error-connectors-of-unknown-node.http", OpenStackErrorKind::NotFound),
-            ("error-old-microversion.http", OpenStackErrorKind::BadRequest),
+            (
+                "error-connectors-of-unknown-node.http",
+                OpenStackErrorKind::NotFound,
+            ),
+            (
+                "error-old-microversion.http",
+                OpenStackErrorKind::BadRequest,
+            ),
         ] {
             let text = fixture(name);
             let status: u16 = text

@@ -75,8 +75,12 @@ impl Ironic {
 
     async fn rename(&self, node: Uuid, name: &str) {
         let patch = json!([{"op": "replace", "path": "/name", "value": name}]);
-        self.call(reqwest::Method::PATCH, &format!("nodes/{node}"), Some(patch))
-            .await;
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("nodes/{node}"),
+            Some(patch),
+        )
+        .await;
     }
 
     async fn delete_node(&self, node: Uuid) {
@@ -219,7 +223,9 @@ impl Tether {
     }
 
     async fn nodes(&self) -> Value {
-        let (status, body) = self.admin(reqwest::Method::GET, "/v1/nodes", json!({})).await;
+        let (status, body) = self
+            .admin(reqwest::Method::GET, "/v1/nodes", json!({}))
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -401,7 +407,9 @@ async fn ironic_nodes_ports_renames_and_initiators_are_kept_in_step() {
     let theirs = format!("iqn.2004-10.com.example:operator-{suffix}");
     ironic.create_connector(nodes[1], "iqn", &theirs).await;
     let reported = format!("iqn.2004-10.com.example:agent-{suffix}");
-    tether.heartbeat(nodes[1], &token1, &reported, json!([])).await;
+    tether
+        .heartbeat(nodes[1], &token1, &reported, json!([]))
+        .await;
     let list = tether
         .wait_nodes("a warning for the differing connector", |list| {
             list["nodes"].as_array().unwrap().iter().any(|n| {
@@ -421,11 +429,21 @@ async fn ironic_nodes_ports_renames_and_initiators_are_kept_in_step() {
             json!({"addresses": [m[4]]}),
         )
         .await;
-    assert_eq!((status, body["error"]["kind"].as_str()), (409, Some("node_synced")));
+    assert_eq!(
+        (status, body["error"]["kind"].as_str()),
+        (409, Some("node_synced"))
+    );
     let (status, body) = tether
-        .admin(reqwest::Method::DELETE, &format!("/v1/nodes/{}", nodes[0]), json!({}))
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/v1/nodes/{}", nodes[0]),
+            json!({}),
+        )
         .await;
-    assert_eq!((status, body["error"]["kind"].as_str()), (409, Some("node_synced")));
+    assert_eq!(
+        (status, body["error"]["kind"].as_str()),
+        (409, Some("node_synced"))
+    );
     let manual = format!("manual-{suffix}");
     let (status, body) = tether
         .admin(
@@ -462,7 +480,11 @@ async fn a_node_deleted_in_ironic_with_a_volume_is_detached_first_then_gone() {
     let tether = Tether::new(&conductor.url).await;
     tether
         .wait_nodes("the node synced", |l| {
-            l["nodes"].as_array().unwrap().iter().any(|n| n["uuid"] == node.to_string())
+            l["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["uuid"] == node.to_string())
         })
         .await;
     let (_, token) = tether.lookup(&m[0]).await;
@@ -476,9 +498,11 @@ async fn a_node_deleted_in_ironic_with_a_volume_is_detached_first_then_gone() {
     // Leaving: the target is unassigned, the node stays while its agent still has the volume.
     tether
         .wait_nodes("the node leaving", |l| {
-            l["nodes"].as_array().unwrap().iter().any(|n| {
-                n["uuid"] == node.to_string() && n["leaving"] == true
-            })
+            l["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["uuid"] == node.to_string() && n["leaving"] == true)
         })
         .await;
     assert!(tether.targets(node, &token).await.is_empty());
@@ -494,7 +518,11 @@ async fn a_node_deleted_in_ironic_with_a_volume_is_detached_first_then_gone() {
     tether.heartbeat(node, &token, iqn, json!([])).await;
     tether
         .wait_nodes("the node gone", |l| {
-            !l["nodes"].as_array().unwrap().iter().any(|n| n["uuid"] == node.to_string())
+            !l["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["uuid"] == node.to_string())
         })
         .await;
     conductor.stop();
@@ -517,7 +545,11 @@ async fn ironic_stopped_for_a_minute_loses_no_node_and_detaches_nothing() {
     tether
         .wait_nodes("the nodes synced", |l| {
             nodes.iter().all(|u| {
-                l["nodes"].as_array().unwrap().iter().any(|n| n["uuid"] == u.to_string())
+                l["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["uuid"] == u.to_string())
             })
         })
         .await;
@@ -529,9 +561,15 @@ async fn ironic_stopped_for_a_minute_loses_no_node_and_detaches_nothing() {
     let list = tether
         .wait_nodes("the outage visible", |l| l["ironic"]["state"] == "failing")
         .await;
-    assert_eq!(list["ironic"]["last_error"]["kind"], "ironic_unreachable", "{list:#}");
+    assert_eq!(
+        list["ironic"]["last_error"]["kind"], "ironic_unreachable",
+        "{list:#}"
+    );
     let metrics = tether.metrics().await;
-    assert!(metrics.contains("tether_conductor_ironic_sync_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("tether_conductor_ironic_sync_up 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("tether_conductor_ironic_sync_error{kind=\"ironic_unreachable\"} 1"),
         "{metrics}"
@@ -539,12 +577,24 @@ async fn ironic_stopped_for_a_minute_loses_no_node_and_detaches_nothing() {
     while stopped.elapsed() < Duration::from_secs(60) {
         // The agent keeps its token and its volume throughout.
         let targets = tether.targets(nodes[0], &token).await;
-        assert_eq!(targets.len(), 1, "a volume was unassigned during the outage");
+        assert_eq!(
+            targets.len(),
+            1,
+            "a volume was unassigned during the outage"
+        );
         tether
-            .heartbeat(nodes[0], &token, "iqn.2004-10.com.example:outage", attached(target, "v"))
+            .heartbeat(
+                nodes[0],
+                &token,
+                "iqn.2004-10.com.example:outage",
+                attached(target, "v"),
+            )
             .await;
         for u in &nodes {
-            assert!(tether.node(*u).await.is_some(), "node {u} lost during the outage");
+            assert!(
+                tether.node(*u).await.is_some(),
+                "node {u} lost during the outage"
+            );
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }

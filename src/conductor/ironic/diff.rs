@@ -58,7 +58,10 @@ pub(crate) struct Plan {
 
 /// Ironic's nodes with their ports' addresses (normalised; any that is not a 6-byte MAC, such
 /// as an InfiniBand GUID, is left out: agents look themselves up by Ethernet MACs).
-pub(crate) fn remotes(nodes: Vec<IronicNode>, ports: Vec<IronicPort>) -> (Vec<Remote>, Vec<String>) {
+pub(crate) fn remotes(
+    nodes: Vec<IronicNode>,
+    ports: Vec<IronicPort>,
+) -> (Vec<Remote>, Vec<String>) {
     let mut notes = Vec::new();
     let mut by_node: HashMap<String, BTreeSet<String>> = HashMap::new();
     for port in ports {
@@ -124,7 +127,7 @@ pub(crate) fn plan(remote: &[Remote], local: &[Local]) -> Plan {
             }
         };
         // A leaving node whose volumes are gone is removed in this pass: it holds nothing.
-        let stays = stays.filter(|_| !(l.leaving && !l.busy));
+        let stays = stays.filter(|_| !l.leaving || l.busy);
         if let Some(what) = stays {
             held_names.insert(&l.name, (l.uuid, what));
             for a in &l.addresses {
@@ -202,23 +205,24 @@ pub(crate) fn plan(remote: &[Remote], local: &[Local]) -> Plan {
         let existing = local_by_uuid.get(&r.uuid).copied();
         let mut node = r.clone();
         node.name = name;
-        node.addresses.retain(|a| match held_addresses.get(a.as_str()) {
-            Some((owner, what)) if *owner != r.uuid => {
-                plan.notes.push(format!(
-                    "Ironic node {} ({}): address {a} belongs to {what} ({owner}); left out",
-                    r.name, r.uuid
-                ));
-                false
-            }
-            _ if claims[a.as_str()] > 1 => {
-                plan.notes.push(format!(
-                    "Ironic node {} ({}): address {a} is listed for another node too; left out",
-                    r.name, r.uuid
-                ));
-                false
-            }
-            _ => true,
-        });
+        node.addresses
+            .retain(|a| match held_addresses.get(a.as_str()) {
+                Some((owner, what)) if *owner != r.uuid => {
+                    plan.notes.push(format!(
+                        "Ironic node {} ({}): address {a} belongs to {what} ({owner}); left out",
+                        r.name, r.uuid
+                    ));
+                    false
+                }
+                _ if claims[a.as_str()] > 1 => {
+                    plan.notes.push(format!(
+                        "Ironic node {} ({}): address {a} is listed for another node too; left out",
+                        r.name, r.uuid
+                    ));
+                    false
+                }
+                _ => true,
+            });
         match existing {
             None => creates.push(Change::Create(node)),
             Some(l) => {
@@ -320,7 +324,11 @@ mod tests {
         let mut names = BTreeSet::new();
         let mut addresses = BTreeSet::new();
         for n in nodes {
-            assert!(names.insert(n.name.clone()), "name {} twice: {nodes:?}", n.name);
+            assert!(
+                names.insert(n.name.clone()),
+                "name {} twice: {nodes:?}",
+                n.name
+            );
             for a in &n.addresses {
                 assert!(addresses.insert(a.clone()), "address {a} twice: {nodes:?}");
             }
@@ -386,7 +394,10 @@ mod tests {
         let (r, notes) = remotes(vec![node], ports);
         assert!(notes.is_empty());
         assert_eq!(r[0].name, uuid(7).to_string());
-        assert_eq!(r[0].addresses, BTreeSet::from(["52:54:00:aa:bb:cc".to_string()]));
+        assert_eq!(
+            r[0].addresses,
+            BTreeSet::from(["52:54:00:aa:bb:cc".to_string()])
+        );
     }
 
     #[test]
@@ -403,7 +414,11 @@ mod tests {
             node_uuid: node.to_string(),
         };
         let guid = "a0:00:02:20:fe:80:00:00:00:00:00:00:00:11:75:01:01:67:1a:01";
-        let ports = vec![port(guid, uuid(1)), port(&mac(1), uuid(1)), port(&mac(2), uuid(2))];
+        let ports = vec![
+            port(guid, uuid(1)),
+            port(&mac(1), uuid(1)),
+            port(&mac(2), uuid(2)),
+        ];
         let bad = IronicNode {
             uuid: "not-a-uuid".into(),
             ..node.clone()
@@ -459,7 +474,13 @@ mod tests {
     fn a_manual_node_ironic_has_under_its_uuid_is_adopted() {
         let r = remote(1, "from-ironic", &[1, 2]);
         let plan = plan(std::slice::from_ref(&r), &[manual(1, "m1", &[1])]);
-        assert_eq!(plan.changes, [Change::Update { node: r, adopt: true }]);
+        assert_eq!(
+            plan.changes,
+            [Change::Update {
+                node: r,
+                adopt: true
+            }]
+        );
     }
 
     #[test]
@@ -472,7 +493,11 @@ mod tests {
         let l = [manual(1, "taken", &[1]), synced(2, "old", &[2])];
         let renamed = plan(&[remote(2, "taken", &[2])], &l);
         assert!(renamed.changes.is_empty(), "keeps its name: {renamed:?}");
-        assert!(renamed.notes[0].contains("keeps the name"), "{:?}", renamed.notes);
+        assert!(
+            renamed.notes[0].contains("keeps the name"),
+            "{:?}",
+            renamed.notes
+        );
 
         // Node 1 cannot take "taken", so keeps "a": node 2, new, cannot have "a".
         let l = [manual(3, "taken", &[3]), synced(1, "a", &[1])];
@@ -532,7 +557,11 @@ mod tests {
             let mut local = Vec::new();
             // Node 1: manual or synced, busy or not, leaving or not; node 2 synced; 3 manual.
             if bit(0) {
-                let mut l = if bit(1) { manual(1, "a", &[1]) } else { synced(1, "a", &[1]) };
+                let mut l = if bit(1) {
+                    manual(1, "a", &[1])
+                } else {
+                    synced(1, "a", &[1])
+                };
                 l.busy = bit(2);
                 l.leaving = bit(3) && l.source == NodeSource::Ironic;
                 local.push(l);

@@ -112,7 +112,8 @@ impl IronicService {
             return Ok(c.clone());
         }
         let timeout = Duration::from_secs(self.config.timeout_s);
-        let connected = Ironic::connect(&self.config.source(), timeout, self.config.page_size).await?;
+        let connected =
+            Ironic::connect(&self.config.source(), timeout, self.config.page_size).await?;
         tracing::info!(endpoint = %connected.endpoint(), "connected to Ironic");
         *client = Some(connected.clone());
         Ok(connected)
@@ -202,9 +203,21 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<IronicService>) {
                     let retry = interval.min(RETRY);
                     next_pass = Instant::now() + retry;
                     let report = e.report();
-                    tracing::warn!(kind = %report.kind, error = %report.message,
-                        retry_in_s = retry.as_secs(),
-                        "Ironic sync failed; the nodes known before stay as they are");
+                    let known = svc
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .last_error
+                        == Some(report.clone());
+                    // Once per failure, not once per retry.
+                    if known {
+                        tracing::debug!(kind = %report.kind, error = %report.message,
+                            "Ironic sync still failing");
+                    } else {
+                        tracing::warn!(kind = %report.kind, error = %report.message,
+                            retry_in_s = retry.as_secs(),
+                            "Ironic sync failed; the nodes known before stay as they are");
+                    }
                     svc.update(|s| {
                         s.passes_failed += 1;
                         s.last_error = Some(report);
@@ -261,8 +274,12 @@ async fn pass(c: &Conductor, svc: &IronicService) -> Result<(), PassError> {
     for note in notes.iter().filter(|n| !svc.shown().notes.contains(n)) {
         tracing::warn!(note = %note, "Ironic node left out of the sync, in part or whole");
     }
-    tracing::debug!(nodes = seen, changes = count, listed_ms = listed.as_millis() as u64,
-        "Ironic sync pass done");
+    tracing::debug!(
+        nodes = seen,
+        changes = count,
+        listed_ms = listed.as_millis() as u64,
+        "Ironic sync pass done"
+    );
     svc.update(|s| {
         s.nodes = seen;
         s.notes = notes;
@@ -299,8 +316,7 @@ async fn followups(c: &Conductor, svc: &IronicService) {
     }
     match c.db(|s| s.ironic_watched()).await {
         Ok(watched) => {
-            *svc.watched.lock().unwrap_or_else(|e| e.into_inner()) =
-                watched.into_iter().collect();
+            *svc.watched.lock().unwrap_or_else(|e| e.into_inner()) = watched.into_iter().collect();
         }
         Err(e) => tracing::warn!(error = ?e, "cannot read the nodes the sync watches"),
     }
@@ -410,17 +426,32 @@ mod tests {
         let iqn = "iqn.2004-10.com.example:bm-1";
         assert_eq!(connector_action(&[], "iqn", iqn), ConnectorAction::Create);
         let mac_only = [connector("mac", "52:54:00:00:00:01")];
-        assert_eq!(connector_action(&mac_only, "iqn", iqn), ConnectorAction::Create);
+        assert_eq!(
+            connector_action(&mac_only, "iqn", iqn),
+            ConnectorAction::Create
+        );
         let same = [connector("mac", "x"), connector("iqn", iqn)];
-        assert_eq!(connector_action(&same, "iqn", iqn), ConnectorAction::Present);
+        assert_eq!(
+            connector_action(&same, "iqn", iqn),
+            ConnectorAction::Present
+        );
         let other = [connector("iqn", "iqn.2004-10.com.example:old")];
         assert_eq!(
             connector_action(&other, "iqn", iqn),
             ConnectorAction::Differs("iqn.2004-10.com.example:old".into())
         );
-        let both = [connector("iqn", "iqn.2004-10.com.example:old"), connector("iqn", iqn)];
-        assert_eq!(connector_action(&both, "iqn", iqn), ConnectorAction::Present);
-        assert_eq!(connector_action(&other, "nqn", "nqn.x"), ConnectorAction::Create);
+        let both = [
+            connector("iqn", "iqn.2004-10.com.example:old"),
+            connector("iqn", iqn),
+        ];
+        assert_eq!(
+            connector_action(&both, "iqn", iqn),
+            ConnectorAction::Present
+        );
+        assert_eq!(
+            connector_action(&other, "nqn", "nqn.x"),
+            ConnectorAction::Create
+        );
     }
 
     #[test]

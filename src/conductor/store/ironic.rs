@@ -116,10 +116,7 @@ impl Store {
         // updated node first lets go of both, then takes its new ones.
         for (node, _) in &updates {
             let uuid = node.uuid.to_string();
-            tx.execute(
-                "UPDATE nodes SET name = ?1 WHERE uuid = ?1",
-                params![uuid],
-            )?;
+            tx.execute("UPDATE nodes SET name = ?1 WHERE uuid = ?1", params![uuid])?;
             tx.execute(
                 "DELETE FROM node_addresses WHERE node_uuid = ?1",
                 params![uuid],
@@ -164,15 +161,19 @@ impl Store {
 
     /// Deletes the leaving nodes that have nothing on them any more; their uuids.
     pub(crate) fn remove_departed(&self) -> Result<Vec<Uuid>, StoreError> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let sql = format!(
-            "DELETE FROM nodes AS n WHERE n.leaving = 1 AND n.source = 'ironic' AND NOT {BUSY} \
-             RETURNING n.uuid"
+            "SELECT n.uuid FROM nodes n WHERE n.leaving = 1 AND n.source = 'ironic' AND NOT {BUSY}"
         );
-        let mut stmt = conn.prepare(&sql)?;
-        let gone = stmt
+        let gone = tx
+            .prepare(&sql)?
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
+        for uuid in &gone {
+            tx.execute("DELETE FROM nodes WHERE uuid = ?1", params![uuid])?;
+        }
+        tx.commit()?;
         gone.iter().map(|u| parse_uuid(u)).collect()
     }
 

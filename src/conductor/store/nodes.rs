@@ -249,7 +249,15 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
 }
 
 pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreError> {
-    type Row = (String, i64, bool, String, Option<String>, Option<String>, bool);
+    type Row = (
+        String,
+        i64,
+        bool,
+        String,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
     let row: Option<(Row, Option<String>)> = conn
         .query_row(
             "SELECT name, created_at, token_issued, source, instance_uuid, provision_state, \
@@ -271,8 +279,10 @@ pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreErro
             },
         )
         .optional()?;
-    let ((name, created_at, token_issued, source, instance_uuid, provision_state, leaving), warning) =
-        row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
+    let (
+        (name, created_at, token_issued, source, instance_uuid, provision_state, leaving),
+        warning,
+    ) = row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
     let mut stmt = conn.prepare_cached(
         "SELECT address FROM node_addresses WHERE node_uuid = ?1 ORDER BY address",
     )?;
