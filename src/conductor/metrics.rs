@@ -403,6 +403,45 @@ mod tests {
         out
     }
 
+    /// The Ironic sync's series: none without `[ironic]`; while failing, the error's kind as
+    /// a label and never its message.
+    #[test]
+    fn the_ironic_sync_shows_its_state_and_the_kind_of_its_error() {
+        let status = Arc::new(std::sync::Mutex::new(
+            super::super::ironic::SyncStatus::default(),
+        ));
+        let text = |status: &Arc<std::sync::Mutex<super::super::ironic::SyncStatus>>| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(IronicCollector(status.clone())));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        assert!(!text(&status).contains("ironic"), "{}", text(&status));
+        {
+            let mut s = status.lock().unwrap();
+            s.configured = true;
+            s.passes_ok = 3;
+            s.passes_failed = 2;
+            s.nodes = 1000;
+            s.last_error = Some(crate::protocol::ErrorReport {
+                kind: "ironic_unreachable".into(),
+                message: "connection refused at http://192.0.2.5:6385".into(),
+            });
+        }
+        let out = text(&status);
+        for line in [
+            "tether_conductor_ironic_sync_up 0",
+            "tether_conductor_ironic_sync_error{kind=\"ironic_unreachable\"} 1",
+            "tether_conductor_ironic_sync_passes_total{outcome=\"failed\"} 2",
+            "tether_conductor_ironic_nodes 1000",
+            "tether_conductor_ironic_connectors_published_total 0",
+        ] {
+            assert!(out.contains(line), "{line} not in {out}");
+        }
+        assert!(!out.contains("refused"), "{out}");
+    }
+
     #[test]
     fn snapshot_becomes_gauges_with_bounded_labels() {
         let text = encoded(&MetricsSnapshot {
