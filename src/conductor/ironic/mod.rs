@@ -26,6 +26,8 @@ use diff::Change;
 
 /// Longest wait before a failed pass is tried again.
 const RETRY: Duration = Duration::from_secs(10);
+/// Shortest time between two rounds of follow-ups woken by heartbeats.
+const FOLLOWUP_SPACING: Duration = Duration::from_secs(1);
 
 /// How the sync goes, for `ctl node list` and /metrics.
 #[derive(Debug, Clone, Default)]
@@ -226,8 +228,12 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<IronicService>) {
             }
         }
         followups(&c, &svc).await;
+        let done = Instant::now();
         tokio::select! {
-            _ = svc.wake.notified() => {}
+            _ = svc.wake.notified() => {
+                // Heartbeats of a large fleet coalesce: follow-ups run once a second at most.
+                tokio::time::sleep_until((done + FOLLOWUP_SPACING).into()).await;
+            }
             _ = tokio::time::sleep_until(next_pass.into()) => {}
             _ = shutdown.changed() => return,
         }
