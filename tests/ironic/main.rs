@@ -186,6 +186,14 @@ impl Process {
     }
 }
 
+/// A test that fails leaves no conductor behind.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The conductor's APIs: the operator's and, with a node token, the agent's.
 struct Tether {
     http: reqwest::Client,
