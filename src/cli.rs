@@ -230,10 +230,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let listener = listen_for_fleet(&config.listen)
                     .await
                     .with_context(|| format!("listening on {}", config.listen))?;
-                let cinder = loaded.cinder.as_ref();
-                tether::conductor::serve_with_cinder(
+                let openstack = tether::conductor::OpenStack {
+                    cinder: loaded.cinder.clone(),
+                    ironic: loaded.ironic.clone(),
+                };
+                tether::conductor::serve_with(
                     &config,
-                    cinder,
+                    &openstack,
                     &token,
                     listener,
                     shutdown_signal(),

@@ -27,6 +27,64 @@ pub struct Config {
     pub conductor: ConductorConfig,
     /// Cinder volumes attached through the conductor (docs/openstack.md); unset, none.
     pub cinder: Option<CinderConfig>,
+    /// Nodes taken from Ironic (docs/openstack.md); unset, nodes are enrolled by hand only.
+    pub ironic: Option<IronicConfig>,
+}
+
+/// `[ironic]`: where Ironic is, how to authenticate, how often to sync.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IronicConfig {
+    /// `cloud` (Keystone through clouds.yaml, the default) or `noauth` (metal3, standalone).
+    #[serde(default)]
+    pub auth: crate::openstack::AuthKind,
+    /// The cloud's name in clouds.yaml; unset, `$OS_CLOUD`.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// noauth: Ironic's endpoint (`http://host:6385`). With a cloud: overrides the catalog.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Seconds between two sync passes (a failed pass is tried again sooner, every 10 s at
+    /// most).
+    #[serde(default = "default_ironic_sync_interval_s")]
+    pub sync_interval_s: u64,
+    /// Longest a call to Ironic may take.
+    #[serde(default = "default_ironic_timeout_s")]
+    pub timeout_s: u64,
+    /// Nodes and ports asked for per request (Ironic caps it at its `[api] max_limit`, 1,000
+    /// by default).
+    #[serde(default = "default_ironic_page_size")]
+    pub page_size: usize,
+    /// Publish the initiators (iqn, nqn) agents report as Ironic volume connectors.
+    #[serde(default = "default_true")]
+    pub publish_connectors: bool,
+}
+
+fn default_ironic_sync_interval_s() -> u64 {
+    60
+}
+
+fn default_ironic_timeout_s() -> u64 {
+    30
+}
+
+fn default_ironic_page_size() -> usize {
+    crate::openstack::ironic::PAGE
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl IronicConfig {
+    pub fn source(&self) -> crate::openstack::CloudSource {
+        crate::openstack::CloudSource {
+            auth: self.auth.clone(),
+            cloud: self.cloud.clone(),
+            endpoint: self.endpoint.clone(),
+            project_id: None,
+        }
+    }
 }
 
 /// `[cinder]`: where Cinder is, how to authenticate, and the cephx keys it does not send.

@@ -92,6 +92,13 @@ enum NodeCommand {
     },
     /// Print one node as JSON.
     Show { node: String },
+    /// Replace a manual node's MAC addresses (a node synced from Ironic follows its ports).
+    SetMacs {
+        node: String,
+        /// A MAC address the agent looks the node up by (repeat for more).
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+    },
     /// Remove a node.
     Delete { node: String },
     /// Forget the issued agent token; the node's next lookup receives a new one.
@@ -380,19 +387,22 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&list);
             }
+            print!("{}", format_node_list(&list));
+        }
+        NodeCommand::SetMacs { node, macs } => {
+            let uuid = api.node_uuid(&node).await?;
+            let n: tether::protocol::Node = api
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/nodes/{uuid}"),
+                    Some(&json!({ "addresses": macs })),
+                )
+                .await?;
             println!(
-                "{:<36}  {:<20}  {:<19}  ADDRESSES",
-                "UUID", "NAME", "LAST SEEN"
+                "node {} is found by {}",
+                escape_controls(&n.name),
+                escape_controls(&n.addresses.join(","))
             );
-            for n in list.nodes {
-                println!(
-                    "{:<36}  {:<20}  {:<19}  {}",
-                    n.uuid,
-                    escape_controls(&n.name),
-                    escape_controls(n.last_seen.as_deref().unwrap_or("never")),
-                    escape_controls(&n.addresses.join(","))
-                );
-            }
         }
         NodeCommand::Show { node } => {
             let n: tether::protocol::Node = api.get(&format!("/v1/nodes/{node}")).await?;
@@ -621,6 +631,66 @@ async fn wait(
 
 /// What `tether ctl status` prints, every string from the conductor with its control
 /// characters escaped.
+/// The node table, with the Ironic sync's state above it and each node's warning below.
+fn format_node_list(list: &NodeList) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(sync) = &list.ironic {
+        let _ = write!(
+            out,
+            "ironic sync: {}, {} nodes, last success {}",
+            sync.state,
+            sync.nodes,
+            sync.last_success.as_deref().unwrap_or("never")
+        );
+        if let Some(e) = &sync.last_error {
+            let _ = write!(
+                out,
+                "; last error ({}): {}",
+                escape_controls(&e.kind),
+                escape_controls(&e.message)
+            );
+        }
+        out.push('\n');
+        for note in &sync.notes {
+            let _ = writeln!(out, "ironic sync note: {}", escape_controls(note));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<36}  {:<20}  {:<7}  {:<12}  {:<36}  {:<19}  ADDRESSES",
+        "UUID", "NAME", "SOURCE", "STATE", "INSTANCE", "LAST SEEN"
+    );
+    for n in &list.nodes {
+        let state = match (n.leaving, &n.provision_state) {
+            (true, _) => "leaving".to_string(),
+            (false, Some(s)) => escape_controls(s).into_owned(),
+            (false, None) => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<20}  {:<7}  {:<12}  {:<36}  {:<19}  {}",
+            n.uuid,
+            escape_controls(&n.name),
+            n.source.as_str(),
+            state,
+            escape_controls(n.instance_uuid.as_deref().unwrap_or("-")),
+            escape_controls(n.last_seen.as_deref().unwrap_or("never")),
+            escape_controls(&n.addresses.join(","))
+        );
+    }
+    for n in list.nodes.iter().filter(|n| n.warning.is_some()) {
+        let warning = n.warning.as_deref().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "warning: node {}: {}",
+            escape_controls(&n.name),
+            escape_controls(warning)
+        );
+    }
+    out
+}
+
 fn format_node_status(status: &NodeStatus) -> String {
     let mut out = format!(
         "node {} ({})  generation {}  last seen {}\n",

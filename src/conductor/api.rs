@@ -19,8 +19,8 @@ use super::generations::Published;
 use super::limit::Throttled;
 use crate::protocol::{
     self, AgentSettings, ConnectorCreate, ConnectorList, Heartbeat, HeartbeatAccepted,
-    LookupResponse, MASK, NodeCreate, NodeList, NodeRef, TargetCreate, TargetList, TargetsResponse,
-    VolumeTarget, mask_properties, secret::masked_property, text::escape_controls,
+    LookupResponse, MASK, NodeCreate, NodeList, NodeRef, NodeUpdate, TargetCreate, TargetList,
+    TargetsResponse, VolumeTarget, mask_properties, secret::masked_property, text::escape_controls,
 };
 
 /// Largest request body accepted; a heartbeat of a few hundred volumes is far below it.
@@ -36,7 +36,10 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/lookup", get(lookup))
         .route("/v1/heartbeat/{node}", post(heartbeat))
         .route("/v1/nodes", get(list_nodes).post(create_node))
-        .route("/v1/nodes/{node}", get(show_node).delete(delete_node))
+        .route(
+            "/v1/nodes/{node}",
+            get(show_node).delete(delete_node).patch(update_node),
+        )
         .route("/v1/nodes/{node}/reset_token", post(reset_token))
         .route("/v1/nodes/{node}/volume/targets", get(node_targets))
         .route("/v1/nodes/{node}/volume/status", get(node_status))
@@ -266,6 +269,10 @@ async fn heartbeat(
         // A volume may be waiting for this report (attached: complete; gone: delete).
         cinder.reported(node);
     }
+    if let Some(ironic) = &c.ironic {
+        // A leaving node may have let its volumes go; a new initiator is to be published.
+        ironic.reported(node);
+    }
     // Kept and flagged, never refused: an agent detaching a volume whose target was just
     // deleted reports it until it is gone.
     for volume in report
@@ -303,6 +310,7 @@ async fn heartbeat(
 async fn list_nodes(State(c): Shared, _: Admin) -> ApiResult<Json<NodeList>> {
     Ok(Json(NodeList {
         nodes: c.db(|s| s.list_nodes()).await?,
+        ironic: c.ironic.as_ref().map(|i| i.shown()),
     }))
 }
 
@@ -336,6 +344,20 @@ async fn delete_node(
     let uuid = node_uuid(&c, ident).await?;
     c.db(move |s| s.delete_node(uuid)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update_node(
+    State(c): Shared,
+    _: Admin,
+    Path(ident): Path<String>,
+    ApiJson(req): ApiJson<NodeUpdate>,
+) -> ApiResult<Json<protocol::Node>> {
+    let uuid = node_uuid(&c, ident).await?;
+    let node = c
+        .db(move |s| s.set_node_addresses(uuid, &req.addresses))
+        .await?;
+    tracing::info!(node = %node.uuid, addresses = ?node.addresses, "node addresses changed");
+    Ok(Json(node))
 }
 
 async fn reset_token(

@@ -146,6 +146,7 @@ impl From<StoreError> for ApiError {
                 format!("{what} not found"),
             ),
             StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Synced(message) => Self::new(StatusCode::CONFLICT, "node_synced", message),
             StoreError::Invalid { kind, message } => Self::bad_request(kind, message),
             StoreError::Db(rusqlite::Error::SqliteFailure(code, _))
                 if matches!(

@@ -52,6 +52,8 @@ pub(crate) struct ConductorMetrics {
     pub heartbeats: Counter,
     pub long_polls: Family<OutcomeLabels, Counter>,
     pub long_polls_waiting: Gauge,
+    /// Written by the Ironic sync, read at each scrape (nothing shown without `[ironic]`).
+    pub ironic_status: Arc<std::sync::Mutex<super::ironic::SyncStatus>>,
 }
 
 impl ConductorMetrics {
@@ -88,7 +90,10 @@ impl ConductorMetrics {
             long_polls_waiting.clone(),
         );
         registry.register_collector(Box::new(StoreCollector(store)));
+        let ironic_status: Arc<std::sync::Mutex<super::ironic::SyncStatus>> = Arc::default();
+        registry.register_collector(Box::new(IronicCollector(ironic_status.clone())));
         Self {
+            ironic_status,
             registry,
             requests,
             heartbeats,
@@ -151,6 +156,108 @@ fn status_class(status: StatusCode) -> &'static str {
         4 => "4xx",
         _ => "5xx",
     }
+}
+
+/// The Ironic sync's state, when `[ironic]` is set. The last error is shown by its kind only:
+/// its message is in `ctl node list` and the log.
+#[derive(Debug)]
+struct IronicCollector(Arc<std::sync::Mutex<super::ironic::SyncStatus>>);
+
+impl Collector for IronicCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if status.configured {
+            encode_ironic(&status, encoder)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_ironic(
+    s: &super::ironic::SyncStatus,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let up: i64 = (s.state() == "ok").into();
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_sync_up",
+            "1 when the last pass of the Ironic node sync succeeded.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&up)?;
+    let mut passes = encoder.encode_descriptor(
+        "tether_conductor_ironic_sync_passes",
+        "Passes of the Ironic node sync, by outcome.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, n) in [("ok", s.passes_ok), ("failed", s.passes_failed)] {
+        passes
+            .encode_family(&[("outcome", outcome)])?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+    }
+    let mut error = encoder.encode_descriptor(
+        "tether_conductor_ironic_sync_error",
+        "1 while the Ironic node sync fails, labelled with the kind of its last error.",
+        None,
+        MetricType::Gauge,
+    )?;
+    if let Some(e) = &s.last_error {
+        error
+            .encode_family(&[("kind", e.kind.as_str())])?
+            .encode_gauge(&1i64)?;
+    }
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_nodes",
+            "Ironic nodes seen by the last successful sync pass.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.nodes)?;
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_sync_notes",
+            "Ironic nodes, names or addresses the last pass left out (see ctl node list).",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(s.notes.len() as u64))?;
+    encoder
+        .encode_descriptor(
+            "tether_conductor_ironic_connectors_published",
+            "Initiators published as Ironic volume connectors since the conductor started.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &s.connectors_published,
+            None,
+        )?;
+    let seconds = Unit::Seconds;
+    if let Some(d) = s.last_duration {
+        encoder
+            .encode_descriptor(
+                "tether_conductor_ironic_sync_duration",
+                "How long the last successful pass of the Ironic node sync took.",
+                Some(&seconds),
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&d.as_secs_f64())?;
+    }
+    if let Some(at) = s.last_success {
+        let age = at.elapsed().unwrap_or_default().as_secs();
+        encoder
+            .encode_descriptor(
+                "tether_conductor_ironic_last_success_age",
+                "Seconds since the last successful pass of the Ironic node sync.",
+                Some(&seconds),
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&age)?;
+    }
+    Ok(())
 }
 
 /// Nodes, volumes and targets, read from the store on each scrape.
@@ -294,6 +401,45 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         out
+    }
+
+    /// The Ironic sync's series: none without `[ironic]`; while failing, the error's kind as
+    /// a label and never its message.
+    #[test]
+    fn the_ironic_sync_shows_its_state_and_the_kind_of_its_error() {
+        let status = Arc::new(std::sync::Mutex::new(
+            super::super::ironic::SyncStatus::default(),
+        ));
+        let text = |status: &Arc<std::sync::Mutex<super::super::ironic::SyncStatus>>| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(IronicCollector(status.clone())));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        assert!(!text(&status).contains("ironic"), "{}", text(&status));
+        {
+            let mut s = status.lock().unwrap();
+            s.configured = true;
+            s.passes_ok = 3;
+            s.passes_failed = 2;
+            s.nodes = 1000;
+            s.last_error = Some(crate::protocol::ErrorReport {
+                kind: "ironic_unreachable".into(),
+                message: "connection refused at http://192.0.2.5:6385".into(),
+            });
+        }
+        let out = text(&status);
+        for line in [
+            "tether_conductor_ironic_sync_up 0",
+            "tether_conductor_ironic_sync_error{kind=\"ironic_unreachable\"} 1",
+            "tether_conductor_ironic_sync_passes_total{outcome=\"failed\"} 2",
+            "tether_conductor_ironic_nodes 1000",
+            "tether_conductor_ironic_connectors_published_total 0",
+        ] {
+            assert!(out.contains(line), "{line} not in {out}");
+        }
+        assert!(!out.contains("refused"), "{out}");
     }
 
     #[test]

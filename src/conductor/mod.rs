@@ -6,6 +6,7 @@ mod cinder;
 mod error;
 mod extract;
 mod generations;
+mod ironic;
 mod limit;
 mod metrics;
 mod server;
@@ -21,7 +22,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{CinderConfig, ConductorConfig};
+use crate::config::{CinderConfig, ConductorConfig, IronicConfig};
 use api::router;
 use generations::Generations;
 use store::{Store, TokenHash};
@@ -44,6 +45,8 @@ struct Conductor {
     shutdown: watch::Receiver<bool>,
     /// Set with a `[cinder]` section: Cinder volumes attached through the conductor.
     cinder: Option<Arc<cinder::CinderService>>,
+    /// Set with an `[ironic]` section: nodes synced from Ironic.
+    ironic: Option<Arc<ironic::IronicService>>,
 }
 
 impl Conductor {
@@ -68,6 +71,7 @@ impl Conductor {
             db_slots: tokio::sync::Semaphore::new(DB_THREADS),
             shutdown,
             cinder: None,
+            ironic: None,
         }
     }
 
@@ -164,13 +168,29 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_with_cinder(config, None, admin_token, listener, shutdown).await
+    serve_with(
+        config,
+        &OpenStack::default(),
+        admin_token,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
-/// [`serve`], attaching Cinder volumes too when `cinder` is set.
-pub async fn serve_with_cinder(
+/// The OpenStack services the conductor works with, each when configured.
+#[derive(Debug, Clone, Default)]
+pub struct OpenStack {
+    /// Cinder volumes attached through the conductor.
+    pub cinder: Option<CinderConfig>,
+    /// Nodes taken from Ironic.
+    pub ironic: Option<IronicConfig>,
+}
+
+/// [`serve`], with Cinder and Ironic when configured.
+pub async fn serve_with(
     config: &ConductorConfig,
-    cinder: Option<&CinderConfig>,
+    openstack: &OpenStack,
     admin_token: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -188,12 +208,21 @@ pub async fn serve_with_cinder(
         metrics_token.as_deref(),
         stop_rx,
     );
-    conductor.cinder = cinder.map(|c| Arc::new(cinder::CinderService::new(c.clone())));
+    conductor.cinder =
+        (openstack.cinder.as_ref()).map(|c| Arc::new(cinder::CinderService::new(c.clone())));
+    conductor.ironic = openstack.ironic.as_ref().map(|c| {
+        let status = conductor.metrics.ironic_status.clone();
+        Arc::new(ironic::IronicService::new(c.clone(), status))
+    });
     let conductor = Arc::new(conductor);
     let cinder_worker = conductor
         .cinder
         .clone()
         .map(|svc| tokio::spawn(cinder::run(conductor.clone(), svc)));
+    let ironic_worker = conductor
+        .ironic
+        .clone()
+        .map(|svc| tokio::spawn(ironic::run(conductor.clone(), svc)));
     let app = router(conductor);
     let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => Some(tls::ReloadingCert::open(cert, key)?),
@@ -225,7 +254,7 @@ pub async fn serve_with_cinder(
     if let Some(task) = reloading {
         task.abort();
     }
-    if let Some(task) = cinder_worker {
+    for task in [cinder_worker, ironic_worker].into_iter().flatten() {
         task.abort();
     }
     Ok(())

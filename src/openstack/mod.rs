@@ -1,11 +1,13 @@
 //! OpenStack clients of the conductor: Keystone sessions from `clouds.yaml` (or none, for
-//! services run with `noauth`), and the Cinder API that tether attaches volumes through.
+//! services run with `noauth`), the Cinder API that tether attaches volumes through, and the
+//! Ironic API it takes its nodes from.
 //!
 //! Authentication, token renewal, the service catalog, CA files and regions are osauth's; this
 //! module only picks the endpoint and builds requests.
 
 pub mod cinder;
 pub mod connection;
+pub mod ironic;
 
 use std::time::Duration;
 
@@ -82,6 +84,19 @@ impl OpenStackErrorKind {
             Self::BadRequest => "cinder_refused",
             Self::Config => "cinder_config",
             Self::BadAnswer => "cinder_bad_answer",
+        }
+    }
+
+    /// The same kind as Ironic's sync names it.
+    pub fn as_ironic_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "ironic_unreachable",
+            Self::AuthFailed => "ironic_auth_failed",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::BadRequest => "ironic_refused",
+            Self::Config => "ironic_config",
+            Self::BadAnswer => "ironic_bad_answer",
         }
     }
 

@@ -216,11 +216,75 @@ pub struct Node {
     pub created_at: String,
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// `manual` (enrolled with `ctl node create`) or `ironic` (kept in step with Ironic).
+    #[serde(default)]
+    pub source: NodeSource,
+    /// Ironic's, for a synced node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_state: Option<String>,
+    /// Deleted in Ironic: its volumes are being detached, then it goes.
+    #[serde(default)]
+    pub leaving: bool,
+    /// Something the operator should look at, such as an Ironic volume connector that differs
+    /// from the initiator the agent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// Where a node comes from. A synced node's name and addresses follow Ironic and are not
+/// edited by hand.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSource {
+    #[default]
+    Manual,
+    Ironic,
+}
+
+impl NodeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Ironic => "ironic",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeList {
     pub nodes: Vec<Node>,
+    /// With an `[ironic]` section: how the sync with Ironic goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ironic: Option<IronicSync>,
+}
+
+/// The state of the node sync with Ironic.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IronicSync {
+    /// `starting` (no pass finished yet), `ok` or `failing` (the last pass failed; the nodes
+    /// known before stay as they were).
+    pub state: String,
+    #[serde(default)]
+    pub last_success: Option<String>,
+    /// Kind and message of the last failure, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ErrorReport>,
+    /// Ironic nodes seen by the last successful pass.
+    #[serde(default)]
+    pub nodes: u64,
+    /// Ironic nodes (or their names, addresses) left out, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// `PATCH /v1/nodes/{node}`: what an operator may change on a manual node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    /// Replaces the node's MAC addresses.
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -40,6 +40,8 @@ fn every_example_parses_as_its_type() {
         "Heartbeat",
         "NodeCreate",
         "Node",
+        "NodeUpdate",
+        "NodeList",
         "ConnectorCreate",
         "TargetCreate",
         "VolumeTarget",
@@ -68,6 +70,12 @@ fn every_example_parses_as_its_type() {
             }
             "NodeCreate" => drop(check::<NodeCreate>(name, body)),
             "Node" => drop(check::<Node>(name, body)),
+            "NodeUpdate" => drop(check::<NodeUpdate>(name, body)),
+            "NodeList" => {
+                let list: NodeList = check(name, body);
+                assert_eq!(list.nodes[0].source, NodeSource::Ironic);
+                assert_eq!(list.ironic.unwrap().state, "failing");
+            }
             "ConnectorCreate" => drop(check::<ConnectorCreate>(name, body)),
             "TargetCreate" => {
                 let t: TargetCreate = check(name, body);

@@ -2,6 +2,7 @@
 
 mod cinder;
 mod connectors;
+mod ironic;
 mod nodes;
 mod reports;
 mod schema;
@@ -21,6 +22,8 @@ use uuid::Uuid;
 use crate::protocol::timestamp;
 
 pub(crate) use cinder::CinderRow;
+pub(crate) use ironic::ConnectorCheck;
+pub(crate) use nodes::normalize_mac;
 pub(crate) use reports::{DEGRADED, MetricsSnapshot};
 pub(crate) use tokens::{TokenHash, new_token};
 
@@ -30,6 +33,9 @@ pub(crate) enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The node follows Ironic: what was asked is done in Ironic.
+    #[error("{0}")]
+    Synced(String),
     #[error("{message}")]
     Invalid { kind: &'static str, message: String },
     #[error("database error: {0}")]

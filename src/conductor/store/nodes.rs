@@ -3,8 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
+use super::ironic::parse_source;
 use super::{Store, StoreError, conflict, format_secs, now_secs, parse_uuid, tokens};
-use crate::protocol::{Node, NodeCreate};
+use crate::protocol::{Node, NodeCreate, NodeSource};
 
 /// What a lookup found: the node and, the first time only, its token in clear.
 pub(crate) struct LookupResult {
@@ -17,13 +18,7 @@ pub(crate) struct LookupResult {
 impl Store {
     pub(crate) fn create_node(&self, req: &NodeCreate) -> Result<Node, StoreError> {
         validate_name(&req.name)?;
-        let mut addresses = Vec::new();
-        for mac in &req.addresses {
-            addresses.push(normalize_mac(mac).ok_or_else(|| StoreError::Invalid {
-                kind: "invalid_address",
-                message: format!("{mac:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"),
-            })?);
-        }
+        let addresses = normalize_macs(&req.addresses)?;
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
         let token_hash = tokens::provisioned(req.agent_token.as_deref())?;
         let token_issued = token_hash.is_some();
@@ -64,7 +59,45 @@ impl Store {
             token_issued,
             created_at: format_secs(created),
             last_seen: None,
+            source: NodeSource::Manual,
+            instance_uuid: None,
+            provision_state: None,
+            leaving: false,
+            warning: None,
         })
+    }
+
+    /// Replaces a manual node's MAC addresses. A synced node's are its Ironic ports'.
+    pub(crate) fn set_node_addresses(
+        &self,
+        uuid: Uuid,
+        addresses: &[String],
+    ) -> Result<Node, StoreError> {
+        let addresses = normalize_macs(addresses)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let node = read_node(&tx, &uuid.to_string())?;
+        if node.source == NodeSource::Ironic {
+            return Err(StoreError::Synced(format!(
+                "node {} is synced from Ironic: its addresses are its Ironic ports' \
+                 (openstack baremetal port create/delete); tether follows at the next sync",
+                node.name
+            )));
+        }
+        tx.execute(
+            "DELETE FROM node_addresses WHERE node_uuid = ?1",
+            params![uuid.to_string()],
+        )?;
+        for mac in &addresses {
+            tx.execute(
+                "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
+                params![mac, uuid.to_string()],
+            )
+            .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
+        }
+        let node = read_node(&tx, &uuid.to_string())?;
+        tx.commit()?;
+        Ok(node)
     }
 
     /// Finds a node by uuid or by name.
@@ -94,7 +127,17 @@ impl Store {
     /// generation goes with it, so there is no change to publish; a node enrolled again under
     /// the same uuid starts from a generation never given before.
     /// Deletes the node, unless it has Cinder volumes: their attachments would stay in Cinder.
+    /// A synced node goes when Ironic deletes it; one already leaving may be deleted by hand
+    /// (an agent that will never report its volumes detached).
     pub(crate) fn delete_node(&self, uuid: Uuid) -> Result<(), StoreError> {
+        let node = read_node(&self.conn(), &uuid.to_string())?;
+        if node.source == NodeSource::Ironic && !node.leaving {
+            return Err(StoreError::Synced(format!(
+                "node {} is synced from Ironic: delete it in Ironic (openstack baremetal node \
+                 delete); tether unassigns its volumes and removes it once they are detached",
+                node.name
+            )));
+        }
         self.change_one("DELETE FROM nodes WHERE uuid = ?1", uuid, "node")
             .map_err(|e| match e {
                 StoreError::Db(e) => conflict(
@@ -163,8 +206,19 @@ impl Store {
     }
 }
 
+fn normalize_macs(macs: &[String]) -> Result<Vec<String>, StoreError> {
+    macs.iter()
+        .map(|mac| {
+            normalize_mac(mac).ok_or_else(|| StoreError::Invalid {
+                kind: "invalid_address",
+                message: format!("{mac:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"),
+            })
+        })
+        .collect()
+}
+
 /// Lower-case, colon-separated MAC address, or None.
-fn normalize_mac(mac: &str) -> Option<String> {
+pub(crate) fn normalize_mac(mac: &str) -> Option<String> {
     let mac = mac.trim().to_ascii_lowercase().replace('-', ":");
     let parts: Vec<&str> = mac.split(':').collect();
     let ok = parts.len() == 6
@@ -195,15 +249,40 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
 }
 
 pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreError> {
-    let row: Option<(String, i64, bool)> = conn
+    type Row = (
+        String,
+        i64,
+        bool,
+        String,
+        Option<String>,
+        Option<String>,
+        bool,
+    );
+    let row: Option<(Row, Option<String>)> = conn
         .query_row(
-            "SELECT name, created_at, token_issued FROM nodes WHERE uuid = ?1",
+            "SELECT name, created_at, token_issued, source, instance_uuid, provision_state, \
+             leaving, warning FROM nodes WHERE uuid = ?1",
             params![uuid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok((
+                    (
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ),
+                    r.get(7)?,
+                ))
+            },
         )
         .optional()?;
-    let (name, created_at, token_issued) =
-        row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
+    let (
+        (name, created_at, token_issued, source, instance_uuid, provision_state, leaving),
+        warning,
+    ) = row.ok_or_else(|| StoreError::NotFound(format!("node {uuid}")))?;
     let mut stmt = conn.prepare_cached(
         "SELECT address FROM node_addresses WHERE node_uuid = ?1 ORDER BY address",
     )?;
@@ -224,5 +303,10 @@ pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreErro
         token_issued,
         created_at: format_secs(created_at),
         last_seen: last_seen.map(format_secs),
+        source: parse_source(&source)?,
+        instance_uuid,
+        provision_state,
+        leaving,
+        warning,
     })
 }

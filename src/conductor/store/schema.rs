@@ -90,6 +90,17 @@ CREATE TABLE cinder_volumes (
     PRIMARY KEY (node_uuid, volume_id)
 );
 "#,
+    // Nodes synced from Ironic (store/ironic.rs): where each node comes from, what Ironic says
+    // of it, whether it is leaving (deleted in Ironic, volumes still on it), and the initiator
+    // last checked against Ironic's volume connectors.
+    r#"
+ALTER TABLE nodes ADD COLUMN source TEXT NOT NULL DEFAULT 'manual';
+ALTER TABLE nodes ADD COLUMN instance_uuid TEXT;
+ALTER TABLE nodes ADD COLUMN provision_state TEXT;
+ALTER TABLE nodes ADD COLUMN leaving INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN ironic_connector TEXT;
+ALTER TABLE nodes ADD COLUMN warning TEXT;
+"#,
 ];
 
 /// Runs the migrations this database has not had yet, each in its own transaction.

@@ -350,3 +350,85 @@ fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
     assert!(store.cinder_volumes(None).unwrap().is_empty());
     store.delete_node(n.uuid).unwrap();
 }
+
+/// A sync pass as the store applies it: names swapped and a port moved in one transaction; a
+/// node deleted in Ironic with a target leaves (target unassigned, node kept) and is removed
+/// once its agent's report lists no volume; synced nodes refuse hand edits, manual ones not.
+#[test]
+fn ironic_changes_apply_in_one_transaction_and_leaving_nodes_wait_for_their_agent() {
+    use crate::conductor::ironic::diff::{Change, Remote};
+    use crate::protocol::NodeSource;
+    let store = Store::open_in_memory().unwrap();
+    let remote = |n: u8, name: &str, macs: &[&str]| Remote {
+        uuid: Uuid::from_bytes([n; 16]),
+        name: name.into(),
+        addresses: macs.iter().map(|m| m.to_string()).collect(),
+        instance_uuid: None,
+        provision_state: Some("available".into()),
+    };
+    let (a, b) = ("52:54:00:00:00:0a", "52:54:00:00:00:0b");
+    store
+        .apply_ironic(&[
+            Change::Create(remote(1, "one", &[a])),
+            Change::Create(remote(2, "two", &[b])),
+        ])
+        .unwrap();
+    let view = store.ironic_view().unwrap();
+    assert_eq!(view.len(), 2);
+    assert!(
+        view.iter()
+            .all(|l| l.source == NodeSource::Ironic && !l.busy)
+    );
+
+    store
+        .apply_ironic(&[
+            Change::Update {
+                node: remote(1, "two", &[b]),
+                adopt: false,
+            },
+            Change::Update {
+                node: remote(2, "one", &[a]),
+                adopt: false,
+            },
+        ])
+        .unwrap();
+    let one = store.find_node("one").unwrap();
+    assert_eq!(
+        (one.uuid, one.addresses),
+        (Uuid::from_bytes([2; 16]), vec![a.to_string()])
+    );
+
+    let uuid = one.uuid;
+    let refused = store.set_node_addresses(uuid, &["52:54:00:00:00:0c".into()]);
+    assert!(matches!(refused, Err(StoreError::Synced(_))), "{refused:?}");
+    assert!(matches!(
+        store.delete_node(uuid),
+        Err(StoreError::Synced(_))
+    ));
+    let manual = node(&store, "by-hand", "52:54:00:00:00:0d");
+    let moved = store
+        .set_node_addresses(manual.uuid, &["52:54:00:00:00:0e".into()])
+        .unwrap();
+    assert_eq!(moved.addresses, ["52:54:00:00:00:0e"]);
+
+    let change = store.create_target(&target_create(uuid, "vol")).unwrap();
+    let _ = Generations::default().publish(change);
+    store
+        .store_report(uuid, &heartbeat(&[VolumeState::Attached]))
+        .unwrap();
+    let unassigned = store.apply_ironic(&[Change::Leave(uuid)]).unwrap();
+    assert_eq!(unassigned.len(), 1);
+    for change in unassigned {
+        let _ = Generations::default().publish(change);
+    }
+    assert!(store.list_targets(Some(uuid)).unwrap().is_empty());
+    assert!(store.find_node("one").unwrap().leaving);
+    assert!(
+        store.remove_departed().unwrap().is_empty(),
+        "the agent still has it"
+    );
+    store.store_report(uuid, &heartbeat(&[])).unwrap();
+    assert_eq!(store.remove_departed().unwrap(), [uuid]);
+    assert!(store.find_node("one").is_err());
+    assert!(store.find_node("by-hand").is_ok());
+}
