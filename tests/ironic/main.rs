@@ -202,8 +202,14 @@ struct Tether {
 
 impl Tether {
     async fn new(url: &str) -> Self {
+        // Pooled connections go before the conductor's 10 s idle limit: one reused just as the
+        // conductor closes it fails the request (seen after the minute without Ironic).
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let t = Self {
-            http: reqwest::Client::new(),
+            http,
             url: url.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
