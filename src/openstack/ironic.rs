@@ -366,15 +366,7 @@ mod tests {
                 OpenStackErrorKind::BadRequest,
             ),
         ] {
-            let text = fixture(name);
-            let status: u16 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("status: "))
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name}: no status line"));
-            let status = reqwest::StatusCode::from_u16(status).unwrap();
-            let e = osauth::Error::new(status.into(), "from Ironic");
-            let got = OpenStackError::from_osauth(e, name).kind;
+            let (_, got) = crate::openstack::captured_error_kind(name, &fixture(name));
             assert_eq!(got, kind, "{name}");
             assert!(!got.is_transient(), "{name}");
         }

@@ -9,6 +9,7 @@ pub mod cinder;
 pub mod connection;
 pub mod ironic;
 
+use std::future::Future;
 use std::time::Duration;
 
 use osauth::client::RequestBuilder;
@@ -254,6 +255,86 @@ impl ServiceClient {
     }
 }
 
+/// A service's client, connected on first use and again after the service refused its token.
+/// osauth keeps a token until it expires, also one that Keystone revoked (an application
+/// credential deleted in a rotation); dropping the client makes the next call read clouds.yaml
+/// again and log in anew.
+pub struct Reconnecting<C> {
+    client: tokio::sync::Mutex<Option<C>>,
+}
+
+impl<C: Clone> Default for Reconnecting<C> {
+    fn default() -> Self {
+        Self {
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<C: Clone> Reconnecting<C> {
+    /// The client, from `connect` when there is none yet.
+    pub async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, OpenStackError>
+    where
+        F: Future<Output = Result<C, OpenStackError>>,
+    {
+        let mut client = self.client.lock().await;
+        if let Some(c) = client.as_ref() {
+            return Ok(c.clone());
+        }
+        let connected = connect().await?;
+        *client = Some(connected.clone());
+        Ok(connected)
+    }
+
+    /// Drops the client when `e` is a refused authentication; whether it did.
+    pub async fn forget_if_refused(&self, e: &OpenStackError) -> bool {
+        let refused = e.kind == OpenStackErrorKind::AuthFailed;
+        if refused {
+            *self.client.lock().await = None;
+        }
+        refused
+    }
+
+    /// `call` through the client. Refused credentials are tried once more with a new client: a
+    /// 401 means the service did nothing, so even a POST is safe to repeat.
+    pub async fn call<R, CF, F>(
+        &self,
+        connect: impl Fn() -> CF,
+        call: impl Fn(C) -> F,
+    ) -> Result<R, OpenStackError>
+    where
+        CF: Future<Output = Result<C, OpenStackError>>,
+        F: Future<Output = Result<R, OpenStackError>>,
+    {
+        let result = call(self.get(&connect).await?).await;
+        match &result {
+            Err(e) if self.forget_if_refused(e).await => {
+                tracing::info!(error = %e, "the service refused the token; logging in again");
+                let again = call(self.get(&connect).await?).await;
+                if let Err(e) = &again {
+                    self.forget_if_refused(e).await;
+                }
+                again
+            }
+            _ => result,
+        }
+    }
+}
+
+/// The status of an error answer captured from a real service (`status: N` in a fixture
+/// `.http` file) and the kind osauth's error for it gets.
+#[cfg(test)]
+pub(crate) fn captured_error_kind(name: &str, text: &str) -> (u16, OpenStackErrorKind) {
+    let status: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("status: "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name}: no status line"));
+    let code = reqwest::StatusCode::from_u16(status).unwrap();
+    let e = osauth::Error::new(code.into(), "captured");
+    (status, OpenStackError::from_osauth(e, name).kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,15 +352,8 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(entry.path()).unwrap();
-            let status: u16 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("status: "))
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name}: no status line"));
-            let status = reqwest::StatusCode::from_u16(status).unwrap();
-            let e = osauth::Error::new(status.into(), "from Cinder");
-            let kind = OpenStackError::from_osauth(e, &name).kind;
-            let expected = match status.as_u16() {
+            let (status, kind) = captured_error_kind(&name, &text);
+            let expected = match status {
                 404 => OpenStackErrorKind::NotFound,
                 400 | 406 => OpenStackErrorKind::BadRequest,
                 other => panic!("{name}: a status the fixtures did not have: {other}"),

@@ -9,10 +9,14 @@
 //! agent is simulated by HTTP calls shaped as the agent's. Without that script the tests are
 //! ignored.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../support/conductor_process.rs"]
+mod conductor_process;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use conductor_process::ConductorProcess;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -116,82 +120,15 @@ fn control(what: &str) {
     assert!(status.success(), "Ironic {what} failed");
 }
 
-/// A conductor process with `[ironic]` on the real Ironic, over plain HTTP on loopback.
-struct Process {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(dir: &Path, name: &str, extra: &str) -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[conductor]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\n\
-                 heartbeat_interval_s = 5\n\n\
-                 [ironic]\nauth = \"noauth\"\nendpoint = \"{url}\"\nsync_interval_s = 1\n{extra}",
-                db = dir.join(format!("{name}.db")).display(),
-                url = ironic_url(),
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("--config")
-            .arg(&config)
-            .arg("conductor")
-            .env("TETHER_ADMIN_TOKEN", ADMIN)
-            .env("TETHER_LOG", "info,tether=debug")
-            .env("TETHER_LOG_FORMAT", "text")
-            .env_remove("OS_CLOUD")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    /// Resident memory, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// Stops it and returns what it logged (kept in `TETHER_IRONIC_LOGS` when that is set).
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        if let Ok(keep) = std::env::var("TETHER_IRONIC_LOGS") {
-            let name = self.log.file_name().unwrap();
-            let _ = std::fs::copy(&self.log, Path::new(&keep).join(name));
-        }
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-}
-
-/// A test that fails leaves no conductor behind.
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A conductor with `[ironic]` on the real Ironic.
+fn conductor(dir: &Path, name: &str, extra: &str) -> ConductorProcess {
+    let config = format!(
+        "heartbeat_interval_s = 5\n\n\
+         [ironic]\nauth = \"noauth\"\nendpoint = \"{url}\"\nsync_interval_s = 1\n{extra}",
+        url = ironic_url(),
+    );
+    let logs = "TETHER_IRONIC_LOGS";
+    ConductorProcess::start(dir, name, &config, ADMIN, "info,tether=debug", logs)
 }
 
 /// The conductor's APIs: the operator's and, with a node token, the agent's.
@@ -369,7 +306,7 @@ async fn ironic_nodes_ports_renames_and_initiators_are_kept_in_step() {
         let name = format!("bm-{i}-{suffix}");
         nodes.push(ironic.create_node(&name, &m[i..=i]).await);
     }
-    let conductor = Process::start(dir.path(), "step", "");
+    let conductor = conductor(dir.path(), "step", "");
     let tether = Tether::new(&conductor.url).await;
 
     // The three nodes appear with their MACs, as synced nodes with Ironic's state.
@@ -490,7 +427,7 @@ async fn a_node_deleted_in_ironic_with_a_volume_is_detached_first_then_gone() {
     let node = ironic
         .create_node(&format!("leaving-{}", std::process::id()), &m)
         .await;
-    let conductor = Process::start(dir.path(), "leave", "");
+    let conductor = conductor(dir.path(), "leave", "");
     let tether = Tether::new(&conductor.url).await;
     tether
         .wait_nodes("the node synced", |l| {
@@ -554,7 +491,7 @@ async fn ironic_stopped_for_a_minute_loses_no_node_and_detaches_nothing() {
         let name = format!("outage-{i}-{suffix}");
         nodes.push(ironic.create_node(&name, std::slice::from_ref(mac)).await);
     }
-    let conductor = Process::start(dir.path(), "outage", "timeout_s = 5\n");
+    let conductor = conductor(dir.path(), "outage", "timeout_s = 5\n");
     let tether = Tether::new(&conductor.url).await;
     tether
         .wait_nodes("the nodes synced", |l| {
@@ -658,7 +595,7 @@ async fn a_thousand_nodes_sync_in_pages() {
     let enrolled = enrolled.elapsed();
 
     let started = Instant::now();
-    let conductor = Process::start(dir.path(), "bench", "page_size = 200\n");
+    let conductor = conductor(dir.path(), "bench", "page_size = 200\n");
     let tether = Tether::new(&conductor.url).await;
     let wanted: std::collections::HashSet<String> = nodes.iter().map(|u| u.to_string()).collect();
     let list = tether

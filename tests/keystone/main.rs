@@ -8,11 +8,14 @@
 //! `TETHER_KEYSTONE_*`); only Cinder is stood in for, by a small server here that records the
 //! tokens it is sent. Without that script the tests are ignored.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../support/conductor_process.rs"]
+mod conductor_process;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use conductor_process::ConductorProcess;
 use serde_json::{Value, json};
 
 const IGNORED: &str = "needs a real Keystone: scripts/test-keystone";
@@ -284,65 +287,12 @@ fn cinder_answer(
     }
 }
 
-/// A conductor process with `[cinder] cloud = CLOUD`, its home in `home` (where osauth finds
-/// `.config/openstack/clouds.yaml`), over plain HTTP on loopback, logging at trace level for
-/// every crate (osauth, reqwest and hyper included) to a file.
-struct Process {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(home: &Path, cloud: &str) -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let config = home.join(format!("{cloud}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[conductor]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\n\n\
-                 [cinder]\ncloud = \"{cloud}\"\n",
-                db = home.join(format!("{cloud}.db")).display()
-            ),
-        )
-        .unwrap();
-        let log = home.join(format!("{cloud}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("--config")
-            .arg(&config)
-            .arg("conductor")
-            .env("HOME", home)
-            .env("TETHER_ADMIN_TOKEN", ADMIN)
-            .env("TETHER_LOG", "trace")
-            .env("TETHER_LOG_FORMAT", "text")
-            .env_remove("OS_CLOUD")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    /// Stops it and returns what it logged (kept in `TETHER_KEYSTONE_LOGS` when that is set).
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        if let Ok(keep) = std::env::var("TETHER_KEYSTONE_LOGS") {
-            let name = self.log.file_name().unwrap();
-            let _ = std::fs::copy(&self.log, Path::new(&keep).join(name));
-        }
-        std::fs::read_to_string(&self.log).unwrap()
-    }
+/// A conductor with `[cinder] cloud = CLOUD`, its home in `home` (where osauth finds
+/// `.config/openstack/clouds.yaml`), logging at trace level for every crate (osauth, reqwest
+/// and hyper included).
+fn conductor(home: &Path, cloud: &str) -> ConductorProcess {
+    let config = format!("\n[cinder]\ncloud = \"{cloud}\"\n");
+    ConductorProcess::start(home, cloud, &config, ADMIN, "trace", "TETHER_KEYSTONE_LOGS")
 }
 
 /// The conductor's operator API, and every body it answered (searched for secrets at the end).
@@ -551,7 +501,7 @@ async fn scenario(method: Method) {
     let mut shown = Vec::new();
     let volume_id = uuid::Uuid::new_v4().to_string();
     for cloud in ["right", "unversioned"] {
-        let conductor = Process::start(home.path(), cloud);
+        let conductor = conductor(home.path(), cloud);
         let mut op = Operator::new(&conductor.url).await;
         op.reported_node("n1", "52:54:00:00:0b:01").await;
         // By id (GET volumes/{id}, then by name), and by name (GET volumes/detail?name=).
@@ -627,7 +577,7 @@ async fn scenario(method: Method) {
     }
 
     // Wrong credentials: refused by Keystone, so Cinder is never called.
-    let conductor = Process::start(home.path(), "wrong");
+    let conductor = conductor(home.path(), "wrong");
     let mut op = Operator::new(&conductor.url).await;
     op.reported_node("n1", "52:54:00:00:0b:01").await;
     let kind = op.attach_refused("n1", "db-data", 502).await;
@@ -700,7 +650,7 @@ async fn a_rotated_application_credential_is_used_without_a_restart() {
 
     let (old_id, old_secret) = keystone.new_app_credential("tether-before").await;
     write_clouds(&old_id, &old_secret);
-    let conductor = Process::start(home.path(), "rotating");
+    let conductor = conductor(home.path(), "rotating");
     let mut op = Operator::new(&conductor.url).await;
     op.reported_node("n1", "52:54:00:00:0b:02").await;
     let kind = op.attach_refused("n1", "db-data", 404).await;

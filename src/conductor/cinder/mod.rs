@@ -23,7 +23,7 @@ use super::store::{CinderRow, StoreError};
 use crate::config::CinderConfig;
 use crate::openstack::cinder::{Attachment, Cinder, CinderApi, Volume};
 use crate::openstack::connection::map_connection_info;
-use crate::openstack::{OpenStackError, OpenStackErrorKind};
+use crate::openstack::{OpenStackError, OpenStackErrorKind, Reconnecting};
 use crate::protocol::cinder::CinderPhase;
 use crate::protocol::{ErrorReport, Heartbeat, TargetCreate};
 use flow::{Seen, Step, next_step};
@@ -41,7 +41,7 @@ type Key = (Uuid, String);
 /// bookkeeping.
 pub(crate) struct CinderService {
     pub(crate) config: CinderConfig,
-    client: tokio::sync::Mutex<Option<Cinder>>,
+    client: Reconnecting<Cinder>,
     pub(crate) wake: Notify,
     /// Per volume: consecutive transient failures, and when to try again.
     backoff: Mutex<HashMap<Key, (u32, Instant)>>,
@@ -55,7 +55,7 @@ impl CinderService {
     pub(crate) fn new(config: CinderConfig) -> Self {
         Self {
             config,
-            client: tokio::sync::Mutex::new(None),
+            client: Reconnecting::default(),
             wake: Notify::new(),
             backoff: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
@@ -83,28 +83,12 @@ impl CinderService {
         refreshed.get(key).is_none_or(|at| at.elapsed() >= REFRESH)
     }
 
-    async fn cinder(&self) -> Result<Cinder, OpenStackError> {
-        let mut client = self.client.lock().await;
-        if let Some(c) = client.as_ref() {
-            return Ok(c.clone());
-        }
+    async fn log_in(&self) -> Result<Cinder, OpenStackError> {
         let timeout = Duration::from_secs(self.config.timeout_s);
         let connected =
             Cinder::connect(&self.config.source(), &self.config.service_type, timeout).await?;
         tracing::info!(endpoint = %connected.endpoint(), "connected to Cinder");
-        *client = Some(connected.clone());
         Ok(connected)
-    }
-
-    /// Drops the connection after an authentication failure, so that the next call logs in
-    /// again, from clouds.yaml as it is then (a revoked token, a rotated credential). Whether
-    /// it did.
-    async fn forget_client(&self, e: &OpenStackError) -> bool {
-        let refused = e.kind == OpenStackErrorKind::AuthFailed;
-        if refused {
-            *self.client.lock().await = None;
-        }
-        refused
     }
 
     fn due(&self, key: &Key) -> bool {
@@ -129,23 +113,14 @@ impl CinderService {
     }
 }
 
-/// One call through the current session. Refused credentials are tried once more with a new
-/// session: osauth keeps a revoked token until it expires, and a 401 means Cinder did nothing.
+/// One call through the current session (logging in again once when Cinder refuses it).
 macro_rules! delegate {
-    ($self:ident, $call:ident($($arg:expr),*)) => {{
-        let result = $self.cinder().await?.$call($($arg),*).await;
-        match &result {
-            Err(e) if $self.forget_client(e).await => {
-                tracing::info!(error = %e, "Cinder refused the session's token; logging in again");
-                let again = $self.cinder().await?.$call($($arg),*).await;
-                if let Err(e) = &again {
-                    $self.forget_client(e).await;
-                }
-                again
-            }
-            _ => result,
-        }
-    }};
+    ($self:ident, $call:ident($($arg:expr),*)) => {
+        $self
+            .client
+            .call(|| $self.log_in(), |c| async move { c.$call($($arg),*).await })
+            .await
+    };
 }
 
 impl CinderApi for CinderService {

@@ -20,7 +20,7 @@ use super::Conductor;
 use super::store::ConnectorCheck;
 use crate::config::IronicConfig;
 use crate::openstack::ironic::{Ironic, IronicApi};
-use crate::openstack::{OpenStackError, OpenStackErrorKind};
+use crate::openstack::{OpenStackError, OpenStackErrorKind, Reconnecting};
 use crate::protocol::{ErrorReport, IronicSync};
 use diff::Change;
 
@@ -69,7 +69,7 @@ impl SyncStatus {
 /// of the sync.
 pub(crate) struct IronicService {
     config: IronicConfig,
-    client: tokio::sync::Mutex<Option<Ironic>>,
+    client: Reconnecting<Ironic>,
     wake: Notify,
     /// Leaving nodes and nodes with unchecked initiators: only their heartbeats wake the worker.
     watched: Mutex<HashSet<Uuid>>,
@@ -81,7 +81,7 @@ impl IronicService {
         status.lock().unwrap_or_else(|e| e.into_inner()).configured = true;
         Self {
             config,
-            client: tokio::sync::Mutex::new(None),
+            client: Reconnecting::default(),
             wake: Notify::new(),
             watched: Mutex::new(HashSet::new()),
             status,
@@ -109,24 +109,15 @@ impl IronicService {
     }
 
     async fn ironic(&self) -> Result<Ironic, OpenStackError> {
-        let mut client = self.client.lock().await;
-        if let Some(c) = client.as_ref() {
-            return Ok(c.clone());
-        }
         let timeout = Duration::from_secs(self.config.timeout_s);
-        let connected =
-            Ironic::connect(&self.config.source(), timeout, self.config.page_size).await?;
-        tracing::info!(endpoint = %connected.endpoint(), "connected to Ironic");
-        *client = Some(connected.clone());
-        Ok(connected)
-    }
-
-    /// Drops the connection after an authentication failure, so that the next pass logs in
-    /// again (a rotated application credential, a changed clouds.yaml).
-    async fn forget_client(&self, e: &OpenStackError) {
-        if e.kind == OpenStackErrorKind::AuthFailed {
-            *self.client.lock().await = None;
-        }
+        self.client
+            .get(|| async {
+                let connected =
+                    Ironic::connect(&self.config.source(), timeout, self.config.page_size).await?;
+                tracing::info!(endpoint = %connected.endpoint(), "connected to Ironic");
+                Ok(connected)
+            })
+            .await
     }
 
     fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
@@ -200,7 +191,7 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<IronicService>) {
                 }
                 Err(e) => {
                     if let PassError::Ironic(e) = &e {
-                        svc.forget_client(e).await;
+                        svc.client.forget_if_refused(e).await;
                     }
                     let retry = interval.min(RETRY);
                     next_pass = Instant::now() + retry;
@@ -310,7 +301,7 @@ async fn followups(c: &Conductor, svc: &IronicService) {
             Ok(checks) => {
                 for check in checks {
                     if let Err(e) = publish(c, svc, &check).await {
-                        svc.forget_client(&e).await;
+                        svc.client.forget_if_refused(&e).await;
                         tracing::warn!(node = %check.node, kind = e.kind.as_ironic_str(),
                             error = %e, "cannot publish the node's initiator to Ironic");
                         break;
