@@ -80,14 +80,23 @@ cinder_api() {
         -H "X-Auth-Token: admin:$CINDER_PROJECT" -H "OpenStack-API-Version: volume $CINDER_API_VERSION"
         -H 'Accept: application/json')
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
-    t0=$(now_ms)
-    code=$(curl "${args[@]}" "$url" 2>"$WORK/cinder-api.err") || rc=$?
-    ((rc == 0)) || code=000
+    local try
+    # A 500 is tried again (twice, 3 s apart): Cinder on SQLite answers "database is locked" when
+    # two of its services write at once (oslo.db opens deferred transactions that cannot upgrade
+    # to a write), and the call it failed did nothing. tether's conductor retries 5xx itself.
+    for try in 1 2 3; do
+        rc=0
+        t0=$(now_ms)
+        code=$(curl "${args[@]}" "$url" 2>"$WORK/cinder-api.err") || rc=$?
+        ((rc == 0)) || code=000
+        printf '%s %s %s %s -> %s in %s ms%s\n' "$(uptime_s)" "$method" "${url#"$CINDER_URL"}" \
+            "$CINDER_API_VERSION" "$code" "$(($(now_ms) - t0))" \
+            "$( ((rc == 0)) || printf ' (curl exit %s: %s)' "$rc" "$(head -c 200 "$WORK/cinder-api.err")")" \
+            >>"$CINDER_LOG_DIR/api.log"
+        [[ $code == 500 && $try -lt 3 ]] || break
+        sleep 3
+    done
     printf '%s\n' "$code" >"$CINDER_STATUS_FILE"
-    printf '%s %s %s %s -> %s in %s ms%s\n' "$(uptime_s)" "$method" "${url#"$CINDER_URL"}" \
-        "$CINDER_API_VERSION" "$code" "$(($(now_ms) - t0))" \
-        "$( ((rc == 0)) || printf ' (curl exit %s: %s)' "$rc" "$(head -c 200 "$WORK/cinder-api.err")")" \
-        >>"$CINDER_LOG_DIR/api.log"
     cat "$WORK/cinder-api.body" 2>/dev/null || true
     [[ $code == 2?? ]]
 }
@@ -247,6 +256,10 @@ log_dir = /var/log/cinder
 debug = false
 osapi_volume_listen = 127.0.0.1
 osapi_volume_workers = 1
+# Every service writes its heartbeat row each report_interval (10 s by default); fewer writes,
+# fewer of SQLite's "database is locked" (service_down_time must stay well above it).
+report_interval = 30
+service_down_time = 180
 enabled_backends = lvm,rbd
 # Each LVM stats run is several \`sudo cinder-rootwrap\` calls, 30-45 s of CPU under TCG: once a
 # minute (the default) it takes half the guest. Capacity is not under test.
