@@ -629,8 +629,6 @@ async fn wait(
     }
 }
 
-/// What `tether ctl status` prints, every string from the conductor with its control
-/// characters escaped.
 /// The node table, with the Ironic sync's state above it and each node's warning below.
 fn format_node_list(list: &NodeList) -> String {
     use std::fmt::Write;
@@ -679,8 +677,11 @@ fn format_node_list(list: &NodeList) -> String {
             escape_controls(&n.addresses.join(","))
         );
     }
-    for n in list.nodes.iter().filter(|n| n.warning.is_some()) {
-        let warning = n.warning.as_deref().unwrap_or_default();
+    for (n, warning) in list
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n, n.warning.as_deref()?)))
+    {
         let _ = writeln!(
             out,
             "warning: node {}: {}",
@@ -691,6 +692,8 @@ fn format_node_list(list: &NodeList) -> String {
     out
 }
 
+/// What `tether ctl status` prints, every string from the conductor with its control
+/// characters escaped.
 fn format_node_status(status: &NodeStatus) -> String {
     let mut out = format!(
         "node {} ({})  generation {}  last seen {}\n",

@@ -208,8 +208,10 @@ pub async fn serve_with(
         metrics_token.as_deref(),
         stop_rx,
     );
-    conductor.cinder =
-        (openstack.cinder.as_ref()).map(|c| Arc::new(cinder::CinderService::new(c.clone())));
+    conductor.cinder = openstack
+        .cinder
+        .as_ref()
+        .map(|c| Arc::new(cinder::CinderService::new(c.clone())));
     conductor.ironic = openstack.ironic.as_ref().map(|c| {
         let status = conductor.metrics.ironic_status.clone();
         Arc::new(ironic::IronicService::new(c.clone(), status))

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
+use super::nodes::insert_addresses;
 use super::targets::{next_generation, remove_target};
 use super::{Store, StoreError, conflict, now_secs, parse_uuid};
 use crate::conductor::generations::GenerationChange;
@@ -134,7 +135,7 @@ impl Store {
                 ],
             )
             .map_err(|e| conflict(e, format!("node name {:?} is taken", node.name)))?;
-            insert_addresses(&tx, node)?;
+            insert_addresses(&tx, node.uuid, &node.addresses)?;
         }
         for change in changes {
             if let Change::Create(node) = change {
@@ -152,7 +153,7 @@ impl Store {
                     ],
                 )
                 .map_err(|e| conflict(e, format!("node {:?} exists", node.name)))?;
-                insert_addresses(&tx, node)?;
+                insert_addresses(&tx, node.uuid, &node.addresses)?;
             }
         }
         tx.commit()?;
@@ -279,17 +280,6 @@ fn leave(conn: &Connection, uuid: Uuid) -> Result<Vec<GenerationChange>, StoreEr
         }
     }
     Ok(changes)
-}
-
-fn insert_addresses(conn: &Connection, node: &Remote) -> Result<(), StoreError> {
-    for mac in &node.addresses {
-        conn.execute(
-            "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
-            params![mac, node.uuid.to_string()],
-        )
-        .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
-    }
-    Ok(())
 }
 
 pub(super) fn parse_source(s: &str) -> Result<NodeSource, StoreError> {

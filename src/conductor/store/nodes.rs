@@ -44,13 +44,7 @@ impl Store {
                 format!("a node named {:?} or with uuid {uuid} exists", req.name),
             )
         })?;
-        for mac in &addresses {
-            tx.execute(
-                "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
-                params![mac, uuid.to_string()],
-            )
-            .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
-        }
+        insert_addresses(&tx, uuid, &addresses)?;
         tx.commit()?;
         Ok(Node {
             uuid,
@@ -88,13 +82,7 @@ impl Store {
             "DELETE FROM node_addresses WHERE node_uuid = ?1",
             params![uuid.to_string()],
         )?;
-        for mac in &addresses {
-            tx.execute(
-                "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
-                params![mac, uuid.to_string()],
-            )
-            .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
-        }
+        insert_addresses(&tx, uuid, &addresses)?;
         let node = read_node(&tx, &uuid.to_string())?;
         tx.commit()?;
         Ok(node)
@@ -204,6 +192,23 @@ impl Store {
             by_address,
         }))
     }
+}
+
+/// Gives `node` these (normalized) addresses; one that another node has is a conflict.
+pub(super) fn insert_addresses(
+    conn: &Connection,
+    node: Uuid,
+    macs: impl IntoIterator<Item = impl AsRef<str>>,
+) -> Result<(), StoreError> {
+    for mac in macs {
+        let mac = mac.as_ref();
+        conn.execute(
+            "INSERT INTO node_addresses (address, node_uuid) VALUES (?1, ?2)",
+            params![mac, node.to_string()],
+        )
+        .map_err(|e| conflict(e, format!("address {mac} belongs to another node")))?;
+    }
+    Ok(())
 }
 
 fn normalize_macs(macs: &[String]) -> Result<Vec<String>, StoreError> {
