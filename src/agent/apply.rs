@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::reconcile::{Action, Desired};
 use super::volume::{InvalidTransition, Millis, Volume};
-use crate::backend::{Attachment, BackendAttachment, Ownership};
+use crate::backend::{Attachment, Ownership};
 use crate::protocol::ErrorReport;
 use crate::protocol::target::{SessionKey, TargetSpec};
 
@@ -159,18 +159,15 @@ fn track<'a>(
 pub(crate) fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
     let mut ownership = Ownership::default();
     for (other, volume) in volumes {
-        let Some(BackendAttachment::Iscsi(iscsi)) = volume.attachment.as_ref().map(|a| &a.backend)
-        else {
+        let Some(attachment) = &volume.attachment else {
             continue;
         };
-        for path in &iscsi.paths {
-            if path.session_created {
-                ownership.owned_sessions.insert(path.session.clone());
+        for (key, created) in attachment.connections() {
+            if created {
+                ownership.owned_sessions.insert(key.clone());
             }
             if *other != uuid {
-                ownership
-                    .sessions_used_by_others
-                    .insert(path.session.clone());
+                ownership.sessions_used_by_others.insert(key.clone());
             }
         }
     }
@@ -180,16 +177,11 @@ pub(crate) fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
 /// A detached volume created sessions that others still use: one of them owns them now.
 fn hand_over_sessions(volumes: &mut Volumes, sessions: &[SessionKey]) {
     for key in sessions {
-        let heir = volumes.values_mut().find_map(|v| {
-            match v.attachment.as_mut().map(|a| &mut a.backend) {
-                Some(BackendAttachment::Iscsi(iscsi)) => {
-                    iscsi.paths.iter_mut().find(|p| p.session == *key)
-                }
-                _ => None,
+        for volume in volumes.values_mut() {
+            let heir = volume.attachment.as_mut();
+            if heir.is_some_and(|a| a.take_over_connection(key)) {
+                break;
             }
-        });
-        if let Some(path) = heir {
-            path.session_created = true;
         }
     }
 }
@@ -199,6 +191,7 @@ mod tests {
     use super::*;
     use crate::agent::reconcile::{Assignment, DesiredTarget};
     use crate::agent::volume::tests::attachment;
+    use crate::backend::BackendAttachment;
     use crate::protocol::VolumeTarget;
     use crate::protocol::target::parse;
 

@@ -7,10 +7,11 @@ use super::*;
 use crate::agent::apply::{self, Outcome as HostOutcome};
 use crate::agent::volume::Phase;
 use crate::backend::{
-    Attachment, BackendAttachment, BlockDevice, IscsiAttachment, IscsiPathAttachment, RbdAttachment,
+    Attachment, BackendAttachment, BlockDevice, IscsiAttachment, IscsiPathAttachment,
+    NvmeAttachment, NvmeControllerAttachment, RbdAttachment,
 };
 use crate::protocol::VolumeTarget;
-use crate::protocol::target::{BackendSpec, parse};
+use crate::protocol::target::{BackendSpec, SessionKey, parse};
 
 const IQN_X: &str = "iqn.2003-01.org.example:x";
 const IQN_Y: &str = "iqn.2003-01.org.example:y";
@@ -20,11 +21,16 @@ fn uuid(n: u8) -> Uuid {
 }
 
 /// The pool of targets the conductor may assign: two LUNs of one target, another target on
-/// the same portal, an RBD image, an invalid target, and a multipath volume sharing a session.
+/// the same portal, an RBD image, an invalid target, a multipath volume sharing a session, and
+/// two namespaces of one NVMe subsystem (one controller).
 fn pool() -> Vec<VolumeTarget> {
     let iscsi = |portal: &str, iqn: &str, lun: u32| {
         json!({"target_portal": portal, "target_iqn": iqn,
                "target_lun": lun})
+    };
+    let nvme = |nsid: u32| {
+        json!({"target_nqn": "nqn.2024-01.org.example:sub",
+               "portals": [["192.0.2.3", 4420, "tcp"]], "ns_id": nsid})
     };
     let entries = vec![
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 0)),
@@ -40,6 +46,8 @@ fn pool() -> Vec<VolumeTarget> {
             json!({"target_portals": ["192.0.2.1:3260", "192.0.2.2:3260"],
                    "target_iqns": [IQN_X, IQN_X], "target_luns": [2, 2]}),
         ),
+        ("nvmeof", nvme(1)),
+        ("nvmeof", nvme(2)),
     ];
     entries
         .into_iter()
@@ -97,6 +105,18 @@ fn attachment_for(spec: &TargetSpec) -> Attachment {
             namespace: None,
             image: rbd.image.clone(),
             mapped_by_agent: true,
+        }),
+        BackendSpec::Nvmeof(nvme) => BackendAttachment::Nvmeof(NvmeAttachment {
+            controllers: nvme
+                .portals
+                .iter()
+                .map(|p| NvmeControllerAttachment {
+                    key: SessionKey::new(p, &nvme.subsys_nqn),
+                    controller: "nvme0".into(),
+                    created: true,
+                })
+                .collect(),
+            namespace: nvme.namespace.clone(),
         }),
     };
     Attachment {

@@ -314,7 +314,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     ) -> Result<(IscsiPathAttachment, BlockDevice), HostError> {
         // Sessions show the portal's address in sysfs: name it the same way from the start.
         let resolved = IscsiPath {
-            portal: resolve_portal(&path.portal)?,
+            portal: crate::backend::resolve_portal(&path.portal)?,
             ..path.clone()
         };
         let path = &resolved;
@@ -365,31 +365,6 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         };
         Ok((handle, device))
     }
-}
-
-/// A portal given by DNS name, resolved to the address open-iscsi will connect to.
-fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
-    use std::net::{IpAddr, ToSocketAddrs};
-    if portal.host.parse::<IpAddr>().is_ok() {
-        return Ok(portal.clone());
-    }
-    let addr = (portal.host.as_str(), portal.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            HostError::new(
-                ErrorKind::PortalUnreachable,
-                format!(
-                    "cannot resolve the portal's host name {:?}; check DNS or give an address",
-                    portal.host
-                ),
-            )
-        })?;
-    Ok(Portal {
-        host: addr.ip().to_string(),
-        port: portal.port,
-    })
 }
 
 impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {

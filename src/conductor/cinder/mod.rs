@@ -170,6 +170,13 @@ pub(crate) fn connector(node_name: &str, report: &Heartbeat, multipath: bool) ->
     if let Some(iqn) = first("iqn") {
         connector["initiator"] = Value::from(iqn);
     }
+    // What os-brick's NVMe-oF connector sends: the host NQN and its host id.
+    if let Some(nqn) = first("nqn") {
+        connector["nqn"] = Value::from(nqn);
+    }
+    if let Some(host_id) = first("nvme_hostid") {
+        connector["nvme_hostid"] = Value::from(host_id);
+    }
     if let Some(ip) = first("ip") {
         connector["ip"] = Value::from(ip);
     }
