@@ -126,8 +126,9 @@ enum ConnectorCommand {
 
 #[derive(Subcommand)]
 enum TargetCommand {
-    /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD, or
-    /// --type with --properties-file for anything Cinder produced.
+    /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD,
+    /// --nqn/--portal with --ns-uuid or --nsid for NVMe over TCP, or --type with
+    /// --properties-file for anything Cinder produced.
     Create(Box<TargetArgs>),
     /// List the assigned targets, of one node or of all.
     List {
@@ -149,15 +150,30 @@ struct TargetArgs {
     /// The volume's id (Cinder's volume id), unique per node.
     #[arg(long)]
     volume_id: String,
-    /// iscsi or rbd; inferred from the other options when absent.
+    /// iscsi, rbd or nvmeof; inferred from the other options when absent.
     #[arg(long = "type")]
     volume_type: Option<String>,
     /// JSON object of connection properties (Cinder's connection_info data).
     #[arg(long)]
     properties_file: Option<PathBuf>,
-    /// iSCSI portal, host:port.
+    /// iSCSI or NVMe/TCP portal, host:port.
     #[arg(long)]
     portal: Option<String>,
+    /// NVMe subsystem NQN (with --portal, and --ns-uuid or --nsid).
+    #[arg(long)]
+    nqn: Option<String>,
+    /// NVMe namespace UUID.
+    #[arg(long)]
+    ns_uuid: Option<String>,
+    /// NVMe namespace id.
+    #[arg(long)]
+    nsid: Option<u32>,
+    /// File holding the host's DH-HMAC-CHAP secret (DHHC-1:…).
+    #[arg(long)]
+    dhchap_secret_file: Option<PathBuf>,
+    /// File holding the controller's DH-HMAC-CHAP secret, for bidirectional authentication.
+    #[arg(long)]
+    dhchap_ctrl_secret_file: Option<PathBuf>,
     /// iSCSI target name.
     #[arg(long)]
     iqn: Option<String>,
@@ -478,7 +494,30 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
     let mut set = |key: &str, value: Value| {
         props.insert(key.to_string(), value);
     };
-    if let Some(p) = &a.portal {
+    if let Some(nqn) = &a.nqn {
+        set("target_nqn", json!(nqn));
+        if let Some(p) = &a.portal {
+            let (host, port) = p
+                .rsplit_once(':')
+                .context("--portal is host:port (4420 is NVMe/TCP's port)")?;
+            set(
+                "portals",
+                json!([[host.trim_matches(['[', ']']), port, "tcp"]]),
+            );
+        }
+        if let Some(uuid) = &a.ns_uuid {
+            set("vol_uuid", json!(uuid));
+        }
+        if let Some(nsid) = a.nsid {
+            set("ns_id", json!(nsid));
+        }
+        if let Some(file) = &a.dhchap_secret_file {
+            set("dhchap_secret", json!(read_secret(file)?));
+        }
+        if let Some(file) = &a.dhchap_ctrl_secret_file {
+            set("dhchap_ctrl_secret", json!(read_secret(file)?));
+        }
+    } else if let Some(p) = &a.portal {
         set("target_portal", json!(p));
     }
     if let Some(i) = &a.iqn {
@@ -526,10 +565,11 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
     if a.read_only {
         set("access_mode", json!("ro"));
     }
-    let volume_type = match (&a.volume_type, &a.rbd_name) {
-        (Some(t), _) => t.clone(),
-        (None, Some(_)) => "rbd".into(),
-        (None, None) => "iscsi".into(),
+    let volume_type = match (&a.volume_type, &a.rbd_name, &a.nqn) {
+        (Some(t), _, _) => t.clone(),
+        (None, Some(_), _) => "rbd".into(),
+        (None, None, Some(_)) => "nvmeof".into(),
+        (None, None, None) => "iscsi".into(),
     };
     let mut extra = Map::new();
     if let Some(mount) = a.mount.spec() {
