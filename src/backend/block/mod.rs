@@ -91,11 +91,14 @@ impl SystemBlock {
         let sectors: u64 = read_trimmed(&self.sys(&format!("block/{kernel}/size")))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        // A dm map's WWID is in its uuid, after the "mpath-" prefix.
-        let wwn = read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid"))).or_else(|| {
-            read_trimmed(&self.sys(&format!("block/{kernel}/dm/uuid")))
-                .and_then(|u| u.strip_prefix("mpath-").map(str::to_string))
-        });
+        // A SCSI disk's WWID is its device's; an NVMe namespace's is the disk's own; a dm
+        // map's is in its uuid, after the "mpath-" prefix.
+        let wwn = read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid")))
+            .or_else(|| read_trimmed(&self.sys(&format!("block/{kernel}/wwid"))))
+            .or_else(|| {
+                read_trimmed(&self.sys(&format!("block/{kernel}/dm/uuid")))
+                    .and_then(|u| u.strip_prefix("mpath-").map(str::to_string))
+            });
         Ok(Some(BlockDevice {
             wwn,
             kernel_name: kernel,
