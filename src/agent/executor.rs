@@ -585,6 +585,7 @@ mod tests {
             .unwrap()
             .clone(),
             extra: Default::default(),
+            size_bytes: None,
         };
         Assignment {
             generation: 1,

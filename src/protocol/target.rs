@@ -30,6 +30,9 @@ pub struct TargetSpec {
     pub backend: BackendSpec,
     pub read_only: bool,
     pub mount: Option<MountSpec>,
+    /// The volume's size at the storage, when the conductor knows it: a device smaller than
+    /// this is grown (rescanned) while attached.
+    pub size_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +117,8 @@ pub struct MountSpec {
     pub fstype: String,
     pub options: Option<String>,
     pub mkfs: bool,
+    /// Grow the file system online when the volume grows.
+    pub grow: bool,
 }
 
 /// The volume types this agent serves. The wire keeps `volume_type` a string so that an
@@ -347,6 +352,7 @@ pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
         backend,
         read_only,
         mount,
+        size_bytes: target.size_bytes,
     })
 }
 

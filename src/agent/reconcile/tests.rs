@@ -60,6 +60,7 @@ fn pool() -> Vec<VolumeTarget> {
             boot_index: None,
             properties: props.as_object().unwrap().clone(),
             extra: Default::default(),
+            size_bytes: None,
         })
         .collect()
 }

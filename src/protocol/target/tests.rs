@@ -10,6 +10,7 @@ fn target(volume_type: &str, properties: Value, extra: Value) -> VolumeTarget {
         boot_index: None,
         properties: properties.as_object().unwrap().clone(),
         extra: extra.as_object().unwrap().clone(),
+        size_bytes: None,
     }
 }
 
