@@ -11,7 +11,7 @@ use super::reconcile::{Action, Desired};
 use super::volume::{InvalidTransition, Millis, Volume};
 use crate::backend::{Attachment, Ownership};
 use crate::protocol::ErrorReport;
-use crate::protocol::target::{SessionKey, TargetSpec};
+use crate::protocol::target::{MountSpec, SessionKey, TargetSpec};
 
 /// Every volume the agent tracks, by target uuid.
 pub(crate) type Volumes = BTreeMap<Uuid, Volume>;
@@ -26,6 +26,12 @@ pub(crate) enum HostOp {
     Detach {
         attachment: Box<Attachment>,
         ownership: Ownership,
+    },
+    /// Grows the device to `size_bytes`, and the file system when `mount` asks to.
+    Grow {
+        attachment: Box<Attachment>,
+        size_bytes: u64,
+        mount: Option<MountSpec>,
     },
 }
 
@@ -44,6 +50,9 @@ pub(crate) enum Outcome {
     },
     DetachBlocked(ErrorReport),
     DetachFailed(ErrorReport),
+    /// The device's size after it grew.
+    Grown(u64),
+    GrowFailed(ErrorReport),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -106,6 +115,24 @@ pub(crate) fn apply(
             volume.reassigned(now)?;
             Ok(None)
         }
+        Action::Grow(uuid) => {
+            let spec = desired
+                .target(*uuid)
+                .and_then(|t| t.spec.as_ref().ok())
+                .ok_or(ApplyError::NotAssigned(*uuid))?;
+            let size_bytes = spec.size_bytes.ok_or(ApplyError::NotAssigned(*uuid))?;
+            let volume = volumes.get_mut(uuid).ok_or(ApplyError::Untracked(*uuid))?;
+            volume.start_grow(size_bytes)?;
+            let attachment = volume
+                .attachment
+                .clone()
+                .expect("start_grow checks ownership");
+            Ok(Some(HostOp::Grow {
+                attachment: Box::new(attachment),
+                size_bytes,
+                mount: spec.mount.clone(),
+            }))
+        }
     }
 }
 
@@ -130,6 +157,8 @@ pub(crate) fn complete(
         }
         Outcome::DetachBlocked(reason) => volume.detach_blocked(reason, retry_at, now)?,
         Outcome::DetachFailed(error) => volume.detach_failed(error, retry_at, now)?,
+        Outcome::Grown(size) => volume.grow_succeeded(size)?,
+        Outcome::GrowFailed(error) => volume.grow_failed(error, retry_at)?,
     }
     Ok(())
 }

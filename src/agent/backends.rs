@@ -20,7 +20,7 @@ use crate::backend::{
 };
 use crate::protocol::ForeignAttachment;
 use crate::protocol::target::{
-    BackendSpec, IscsiSpec, NvmeofSpec, RbdSpec, TargetSpec, VolumeType,
+    BackendSpec, IscsiSpec, MountSpec, NvmeofSpec, RbdSpec, TargetSpec, VolumeType,
 };
 
 type Iscsi = dyn VolumeBackend<Spec = IscsiSpec, Record = IscsiAttachment>;
@@ -189,6 +189,35 @@ impl Backends {
             BackendAttachment::Rbd(r) => self.rbd()?.detach(device, r, ownership),
             BackendAttachment::Nvmeof(r) => self.nvme()?.detach(device, r, ownership),
         }
+    }
+
+    /// Grows the attached device to at least `size_bytes`: the backend has the kernel read the
+    /// volume's size again, then the file system grows when `mount` asks for it. Returns the
+    /// device's new size.
+    pub(crate) fn grow(
+        &self,
+        attachment: &Attachment,
+        size_bytes: u64,
+        mount: Option<&MountSpec>,
+        timeout: Duration,
+    ) -> Result<u64, HostError> {
+        let device = &attachment.device;
+        match &attachment.backend {
+            BackendAttachment::Iscsi(r) => self.iscsi()?.rescan(device, r)?,
+            BackendAttachment::Rbd(r) => self.rbd()?.rescan(device, r)?,
+            BackendAttachment::Nvmeof(r) => self.nvme()?.rescan(device, r)?,
+        }
+        let size = backend::block::wait_for_size(
+            self.block.as_ref(),
+            &device.kernel_name,
+            size_bytes,
+            timeout,
+        )?;
+        if let (Some(spec), Some(mounted)) = (mount.filter(|m| m.grow), &attachment.mount) {
+            self.block
+                .grow_filesystem(&device.device_path, &mounted.path, &spec.fstype)?;
+        }
+        Ok(size)
     }
 
     /// What an attach of `spec` may create: the parts the host lacks now, and its mount.

@@ -55,6 +55,8 @@ error_kinds! {
     DeviceTimeout => "device_timeout",
     DisconnectFailed => "disconnect_failed",
     FlushFailed => "flush_failed",
+    /// The device grew but its file system could not be grown (resize2fs, xfs_growfs).
+    GrowFailed => "grow_failed",
     /// The node's NVMe host NQN or host id cannot be read or made (/etc/nvme).
     HostIdentity => "host_identity",
     ImageNotFound => "image_not_found",

@@ -378,6 +378,11 @@ pub(crate) trait VolumeBackend: Send + Sync {
     fn paths_down(&self, _record: &Self::Record) -> Result<Vec<String>, HostError> {
         Ok(Vec::new())
     }
+    /// Asks the kernel to read the volume's size again (the volume grew at the storage). The
+    /// default does nothing: the kernel's RBD client learns of a resize by itself.
+    fn rescan(&self, _device: &BlockDevice, _record: &Self::Record) -> Result<(), HostError> {
+        Ok(())
+    }
     /// Attachments of this type on the host that none of `owned` accounts for.
     fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
     /// The parts of `spec` the host lacks now: what an attach of it may create.
@@ -416,6 +421,15 @@ pub(crate) trait BlockHost: Send + Sync {
         options: &str,
     ) -> Result<(), HostError>;
     fn unmount(&self, path: &Path) -> Result<(), HostError>;
+    /// The device's size in bytes, as the kernel has it now.
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError>;
+    /// Grows the file system on `device_path`, mounted at `mount_path`, to fill the device.
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError>;
 }
 
 impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
@@ -455,6 +469,17 @@ impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     }
     fn unmount(&self, path: &Path) -> Result<(), HostError> {
         (**self).unmount(path)
+    }
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError> {
+        (**self).size_of(kernel_name)
+    }
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError> {
+        (**self).grow_filesystem(device_path, mount_path, fstype)
     }
 }
 

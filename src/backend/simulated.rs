@@ -32,6 +32,8 @@ pub struct SimStats {
     pub unmaps: u64,
     pub mkfs: u64,
     pub nvme_connects: u64,
+    /// File systems grown online.
+    pub filesystem_grows: u64,
     pub nvme_disconnects: u64,
     /// Most logins ever in flight at once for one (portal, iqn).
     pub max_concurrent_logins_per_target: u32,
@@ -272,6 +274,22 @@ impl SimKernel {
         s.mount_options.remove(Path::new(path));
     }
 
+    /// The kernel name of the device mounted at `path`.
+    pub fn mounts_by_path(&self, path: &str) -> Option<String> {
+        self.state()
+            .devices
+            .iter()
+            .find(|(_, d)| d.mounts.iter().any(|m| m == Path::new(path)))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// The volume behind `kernel_name` grew at the storage, and the kernel already knows.
+    pub fn grow_device(&self, kernel_name: &str, size_bytes: u64) {
+        if let Some(dev) = self.state().devices.get_mut(kernel_name) {
+            dev.size = size_bytes;
+        }
+    }
+
     /// The options the agent mounted `path` with, while it is mounted.
     pub fn mount_options(&self, path: &str) -> Option<String> {
         self.state().mount_options.get(Path::new(path)).cloned()
@@ -495,6 +513,16 @@ impl IscsiHost for SimKernel {
         }
     }
 
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        match self.state().devices.contains_key(kernel_name) {
+            true => Ok(()),
+            false => Err(HostError::new(
+                ErrorKind::ScanFailed,
+                format!("no SCSI device {kernel_name}"),
+            )),
+        }
+    }
+
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         let mut s = self.state();
         s.devices.remove(kernel_name);
@@ -622,6 +650,10 @@ impl NvmeHost for SimKernel {
     fn host_nqn(&self) -> &str {
         SIM_HOST_NQN
     }
+
+    fn rescan(&self, _controller: &str) -> Result<(), HostError> {
+        Ok(())
+    }
 }
 
 fn unreachable(portal: &str) -> HostError {
@@ -737,6 +769,38 @@ impl BlockHost for SimKernel {
         s.mount_options
             .insert(path.to_path_buf(), options.to_string());
         Ok(())
+    }
+
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError> {
+        self.state()
+            .devices
+            .get(kernel_name)
+            .map(|d| d.size)
+            .ok_or_else(|| HostError::new(ErrorKind::Sysfs, format!("no device {kernel_name}")))
+    }
+
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        _mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError> {
+        let mut s = self.state();
+        let backing = s
+            .devices
+            .values()
+            .find(|d| d.path == device_path)
+            .map(|d| d.backing.clone());
+        match backing.and_then(|b| s.filesystems.get(&b).cloned()) {
+            Some(found) if found == fstype => {
+                s.stats.filesystem_grows += 1;
+                Ok(())
+            }
+            _ => Err(HostError::new(
+                ErrorKind::GrowFailed,
+                format!("no {fstype} file system on {device_path}"),
+            )),
+        }
     }
 
     fn unmount(&self, path: &Path) -> Result<(), HostError> {

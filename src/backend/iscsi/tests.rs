@@ -43,6 +43,10 @@ impl MultipathHost for Arc<Tools> {
         self.calls.lock().unwrap().push(format!("forget {path}"));
         Ok(())
     }
+    fn resize(&self, map: &str) -> Result<(), HostError> {
+        self.calls.lock().unwrap().push(format!("resize {map}"));
+        Ok(())
+    }
 }
 
 fn two_paths() -> IscsiSpec {
@@ -243,6 +247,9 @@ impl IscsiHost for SlowScan {
     }
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         self.kernel.delete_device(kernel_name)
+    }
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        self.kernel.rescan_device(kernel_name)
     }
 }
 

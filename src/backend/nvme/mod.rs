@@ -74,6 +74,8 @@ pub(crate) trait NvmeHost: Send + Sync {
     fn disconnect(&self, controller: &str) -> Result<(), HostError>;
     /// The host NQN this node connects with.
     fn host_nqn(&self) -> &str;
+    /// Has the controller read its namespaces (and their sizes) again.
+    fn rescan(&self, controller: &str) -> Result<(), HostError>;
 }
 
 impl<T: NvmeHost + ?Sized> NvmeHost for Arc<T> {
@@ -88,6 +90,9 @@ impl<T: NvmeHost + ?Sized> NvmeHost for Arc<T> {
     }
     fn host_nqn(&self) -> &str {
         (**self).host_nqn()
+    }
+    fn rescan(&self, controller: &str) -> Result<(), HostError> {
+        (**self).rescan(controller)
     }
 }
 
@@ -382,6 +387,17 @@ impl<H: NvmeHost, B: BlockHost> VolumeBackend for NvmeBackend<H, B> {
                 namespace: namespace.clone(),
             },
         }))
+    }
+
+    fn rescan(&self, _device: &BlockDevice, record: &NvmeAttachment) -> Result<(), HostError> {
+        // A target that announces the change (an AEN) has the kernel read it already.
+        let present = self.host.controllers()?;
+        for made in &record.controllers {
+            if let Some(c) = present.iter().find(|c| self.mine(c, &made.key)) {
+                self.host.rescan(&c.name)?;
+            }
+        }
+        Ok(())
     }
 
     fn foreign(&self, owned: &[&NvmeAttachment]) -> Result<Vec<ForeignAttachment>, HostError> {

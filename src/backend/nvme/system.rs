@@ -246,6 +246,20 @@ impl NvmeHost for SystemNvme {
     fn host_nqn(&self) -> &str {
         &self.identity.nqn
     }
+
+    fn rescan(&self, controller: &str) -> Result<(), HostError> {
+        let rescan = self
+            .sys()
+            .join("class/nvme")
+            .join(controller)
+            .join("rescan_controller");
+        std::fs::write(&rescan, "1").map_err(|e| {
+            HostError::new(
+                ErrorKind::ScanFailed,
+                format!("cannot rescan the namespaces of {controller}: {e}"),
+            )
+        })
+    }
 }
 
 impl SystemNvme {
