@@ -17,6 +17,64 @@ nvmet_up() {
     note nvmet_up_ms $(($(now_ms) - t0))
 }
 
+# _nvme_rmmod MODULE : unloads it after whatever holds it (nvme, nvme-rdma… hold nvme-core).
+_nvme_rmmod() {
+    local h
+    [[ -d /sys/module/$1 ]] || return 0
+    for h in /sys/module/"$1"/holders/*; do
+        if [[ -e $h ]]; then _nvme_rmmod "$(basename "$h")"; fi
+    done
+    rmmod "$1"
+}
+
+# nvme_auth_modules_load : the NVMe host and target modules rebuilt with DH-HMAC-CHAP
+# (scripts/vm/build-nvme-auth; the guest's stock kernel has none) in place of the stock ones,
+# before nvmet_up. The scenario declares `# vm-needs: nvme-auth` so that the host puts them in
+# $SHARE/nvme-auth. They stay loaded for the rest of the boot.
+nvme_auth_modules_load() {
+    local dir=$SHARE/nvme-auth order=() m name dep mine=1 t0
+    t0=$(now_ms)
+    if [[ ! -f $dir/modules.order ]]; then
+        fail "rebuilt NVMe modules on the share" "$dir/modules.order (# vm-needs: nvme-auth)" "none"
+        return 1
+    fi
+    if [[ $(cat "$dir/kernel") != "$(uname -r)" ]]; then
+        fail "rebuilt NVMe modules match the kernel" "$(uname -r)" "$(cat "$dir/kernel")"
+        return 1
+    fi
+    mapfile -t order <"$dir/modules.order"
+    # Already ours (an earlier scenario of this boot): the same srcversion. The stock kernel
+    # has no nvme-common module.
+    [[ -d /sys/module/nvme_common ]] || mine=0
+    for m in "${order[@]}"; do
+        ((mine)) || break
+        [[ $(cat "/sys/module/${m//-/_}/srcversion" 2>/dev/null) == "$(modinfo -F srcversion "$dir/$m.ko")" ]] || mine=0
+    done
+    ((mine)) && return 0
+    # Stock modules out (their controllers and target first), each after whatever holds it.
+    log "nvme-auth: unloading the stock NVMe modules"
+    nvmet_cleanup
+    for ((m = ${#order[@]} - 1; m >= 0; m--)); do
+        _nvme_rmmod "${order[m]//-/_}"
+    done
+    for m in "${order[@]}"; do
+        # The stock dependencies (configfs, t10-pi…) by modprobe; the rebuilt ones are loaded
+        # already, in order.
+        for dep in $(modinfo -F depends "$dir/$m.ko" | tr ',' ' '); do
+            grep -qx -- "$dep" "$dir/modules.order" || modprobe "$dep"
+        done
+        log "nvme-auth: insmod $m.ko"
+        insmod "$dir/$m.ko"
+    done
+    # nvmet's configfs attribute exists only with CONFIG_NVME_TARGET_AUTH.
+    mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+    name=$NVMET/hosts/nqn.2014-08.test.tether:probe
+    mkdir "$name"
+    [[ -e $name/dhchap_key ]] || { rmdir "$name"; fail "nvmet with DH-HMAC-CHAP" "$name/dhchap_key" "absent"; return 1; }
+    rmdir "$name"
+    note nvme_auth_modules_load_ms $(($(now_ms) - t0))
+}
+
 # nvmet_port ID ADDRESS PORT : a TCP listener.
 nvmet_port() {
     local dir=$NVMET/ports/$1

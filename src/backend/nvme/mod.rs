@@ -272,6 +272,11 @@ impl<H: NvmeHost, B: BlockHost> VolumeBackend for NvmeBackend<H, B> {
                 return Err(e);
             }
         };
+        tracing::debug!(
+            subsystem = %spec.subsys_nqn,
+            device = %device.kernel_name,
+            "device ready"
+        );
         crate::failpoints::crash("nvme.device_seen");
         Ok(Attached {
             paths: vec![device.device_path.clone()],

@@ -219,12 +219,16 @@ impl NvmeHost for SystemNvme {
         }
         let mut answer = String::new();
         let _ = device.read_to_string(&mut answer);
-        controller_name(&answer).ok_or_else(|| {
+        let controller = controller_name(&answer).ok_or_else(|| {
             HostError::new(
                 ErrorKind::ConnectFailed,
                 format!("the kernel connected but answered {answer:?}, not instance=N"),
             )
-        })
+        })?;
+        if spec.dhchap.is_some() {
+            self.hide_secrets(&controller);
+        }
+        Ok(controller)
     }
 
     fn disconnect(&self, controller: &str) -> Result<(), HostError> {
@@ -263,6 +267,28 @@ impl NvmeHost for SystemNvme {
 }
 
 impl SystemNvme {
+    /// Linux 6.1 shows a controller's DH-HMAC-CHAP secrets in sysfs to every user (mode 0644):
+    /// only root may read them.
+    fn hide_secrets(&self, controller: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.sys().join("class/nvme").join(controller);
+        for name in ["dhchap_secret", "dhchap_ctrl_secret"] {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(
+                    controller,
+                    file = name,
+                    error = %e,
+                    "cannot make the controller's secret in sysfs root's only"
+                );
+            }
+        }
+    }
+
     /// The kernel answers a refused connect and an unreachable portal alike (ECONNREFUSED,
     /// after DH-HMAC-CHAP fails too); a TCP connect of our own tells them apart.
     fn classify(&self, e: std::io::Error, spec: &NvmeofSpec, portal: &Portal) -> HostError {
