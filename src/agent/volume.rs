@@ -387,6 +387,7 @@ impl Volume {
             attachment.device.size_bytes = size_bytes;
         }
         self.grow_failure = None;
+        self.failures = 0;
         self.phase = Phase::Attached;
         Ok(())
     }
@@ -399,6 +400,8 @@ impl Volume {
         let Phase::Growing { size_bytes } = self.phase else {
             return Err(self.invalid("fail grow"));
         };
+        // Counted like any failure, so that retries back off.
+        self.failures += 1;
         self.grow_failure = Some(GrowFailure {
             error,
             size_bytes,

@@ -38,8 +38,9 @@ expect_grown() {
 # wait_report_match VOLUME REGEX TIMEOUT : waits until the volume's report matches; leaves it in
 # $REPORT and records a check.
 wait_report_match() {
-    local volume=$1 want=$2 t=$3 i
-    for ((i = 0; i < t * 2; i++)); do
+    local volume=$1 want=$2 t=$3 deadline
+    deadline=$(($(now_ms) + t * 1000))
+    while (($(now_ms) < deadline)); do
         REPORT=$(ctl status vm-guest --json | python3 -c '
 import json, sys
 volume = sys.argv[1]

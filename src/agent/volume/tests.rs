@@ -50,6 +50,7 @@ fn all_states() -> Vec<(&'static str, Volume)> {
         ("pending", with(Phase::Pending, false)),
         ("attaching", with(Phase::Attaching, false)),
         ("attached", with(Phase::Attached, true)),
+        ("growing", with(Phase::Growing { size_bytes: 2 }, true)),
         ("detaching", with(Phase::Detaching, true)),
         (
             "detach_blocked",
@@ -102,6 +103,9 @@ fn all_events() -> Vec<Event> {
         }),
         ("detach_failed", |v| v.detach_failed(err("e"), 9, t0())),
         ("reassigned", |v| v.reassigned(t0())),
+        ("start_grow", |v| v.start_grow(2)),
+        ("grow_succeeded", |v| v.grow_succeeded(2)),
+        ("grow_failed", |v| v.grow_failed(err("device_timeout"), 9)),
     ]
 }
 
@@ -127,6 +131,9 @@ fn transition_table_is_exactly_as_designed() {
         ("detaching", "detach_failed"),
         ("detach_blocked", "reassigned"),
         ("failed_detach", "reassigned"),
+        ("attached", "start_grow"),
+        ("growing", "grow_succeeded"),
+        ("growing", "grow_failed"),
     ];
     for (state_name, state) in all_states() {
         for (event_name, event) in all_events() {
@@ -283,4 +290,28 @@ fn only_the_same_parts_inherit_ownership() {
     }
     other_image.inherit_ownership(&attachment());
     assert!(matches!(&other_image.backend, BackendAttachment::Rbd(r) if !r.mapped_by_agent));
+}
+
+#[test]
+fn a_grow_keeps_the_volume_attached_and_a_failed_one_says_why_and_backs_off() {
+    let mut v = Volume::recovered(Uuid::nil(), "v".into(), attachment(), t0());
+    v.start_grow(2).unwrap();
+    assert!(v.in_flight(), "nothing else runs on a volume that grows");
+    assert_eq!(
+        v.state(),
+        VolumeState::Attached,
+        "it stays attached meanwhile"
+    );
+    v.grow_failed(err("device_timeout"), 9).unwrap();
+    assert_eq!(v.state(), VolumeState::Attached);
+    assert_eq!(v.error().map(|e| e.kind.as_str()), Some("device_timeout"));
+    assert_eq!(v.failures, 1, "the next try backs off");
+    assert_eq!(
+        v.grow_failure.as_ref().map(|g| (g.size_bytes, g.retry_at)),
+        Some((2, 9))
+    );
+    v.start_grow(2).unwrap();
+    v.grow_succeeded(3).unwrap();
+    assert_eq!((v.size_bytes(), v.error(), v.failures), (Some(3), None, 0));
+    assert_eq!(v.since, t0(), "the attached phase began when it attached");
 }
