@@ -3,13 +3,25 @@
 //! an error on a volume that stays mounted, retried; nothing ever shrinks. And NVMe-oF
 //! namespaces of one subsystem sharing one controller, through the whole stack.
 
-use serde_json::json;
+use serde_json::{Value, json};
+use uuid::Uuid;
 
-use crate::harness::{World, iscsi_props};
+use crate::harness::{Operator, World, iscsi_props};
 use tether::backend::simulated::DEFAULT_LUN_SIZE;
 use tether::protocol::VolumeState;
 
 const GIB: u64 = 1 << 30;
+
+/// `PATCH /v1/volume/targets/{target}` with the new size.
+async fn resize(op: &Operator, target: Uuid, size_bytes: u64) -> (u16, Value) {
+    let path = format!("/v1/volume/targets/{target}");
+    op.request(
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({ "size_bytes": size_bytes })),
+    )
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grown_volume_grows_on_the_node_with_its_file_system() {
@@ -30,14 +42,7 @@ async fn a_grown_volume_grows_on_the_node_with_its_file_system() {
 
     // The conductor hears of the new size before the storage has it: the rescan finds the old
     // size, the volume stays mounted and says why, and is tried again.
-    let path = format!("/v1/volume/targets/{target}");
-    let (status, body) = op
-        .request(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"size_bytes": 2 * GIB})),
-        )
-        .await;
+    let (status, body) = resize(&op, target, 2 * GIB).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["size_bytes"], 2 * GIB);
     let waiting = op
@@ -78,26 +83,14 @@ async fn a_grown_volume_grows_on_the_node_with_its_file_system() {
     );
 
     // Volumes never shrink; the same size again changes nothing.
-    let (status, body) = op
-        .request(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"size_bytes": GIB})),
-        )
-        .await;
+    let (status, body) = resize(&op, target, GIB).await;
     assert_eq!(
         (status, body["error"]["kind"].as_str()),
         (400, Some("shrink_refused")),
         "{body}"
     );
     let generation = op.status(node_uuid).await.generation;
-    let (status, _) = op
-        .request(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"size_bytes": 2 * GIB})),
-        )
-        .await;
+    let (status, _) = resize(&op, target, 2 * GIB).await;
     assert_eq!(status, 200);
     assert_eq!(op.status(node_uuid).await.generation, generation);
     node.stop_agent().await;

@@ -35,7 +35,7 @@ fn by_uuid(uuid: &str) -> NvmeofSpec {
     }))
 }
 
-fn setup() -> (Arc<SimKernel>, NvmeBackend<Arc<SimKernel>, Arc<SimKernel>>) {
+fn setup() -> (Arc<SimKernel>, Backend) {
     let kernel = Arc::new(SimKernel::new(Duration::ZERO));
     kernel.nvme_namespaces(NQN, &[(1, Some(UUID_1)), (2, Some(UUID_2))]);
     (kernel.clone(), NvmeBackend::new(kernel.clone(), kernel))
@@ -60,6 +60,17 @@ fn detached(outcome: DetachOutcome) -> Vec<SessionKey> {
         DetachOutcome::Detached { sessions_kept } => sessions_kept,
         DetachOutcome::Blocked { holder } => panic!("blocked by {holder}"),
     }
+}
+
+type Backend = NvmeBackend<Arc<SimKernel>, Arc<SimKernel>>;
+
+/// Detaches with no other volume owned.
+fn detach_alone(backend: &Backend, attached: &Attached<NvmeAttachment>) -> Vec<SessionKey> {
+    detached(
+        backend
+            .detach(&attached.device, &attached.record, &Ownership::default())
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -113,11 +124,7 @@ fn a_foreign_controller_is_used_and_never_disconnected() {
         .attach(&by_uuid(UUID_1), false, &Ownership::default(), WAIT)
         .unwrap();
     assert!(!attached.record.controllers[0].created);
-    detached(
-        backend
-            .detach(&attached.device, &attached.record, &Ownership::default())
-            .unwrap(),
-    );
+    detach_alone(&backend, &attached);
     assert_eq!(
         kernel.controller_count(PORTAL, NQN),
         1,
@@ -142,22 +149,14 @@ fn a_controller_whose_other_namespace_is_mounted_stays() {
         .find(|ns| ns.nsid == 2)
         .unwrap();
     kernel.mount_by_hand(&other.kernel_name, "/srv/someone-else");
-    detached(
-        backend
-            .detach(&attached.device, &attached.record, &Ownership::default())
-            .unwrap(),
-    );
+    detach_alone(&backend, &attached);
     assert_eq!(
         kernel.controller_count(PORTAL, NQN),
         1,
         "disconnecting would take namespace 2 from under its mount"
     );
     kernel.unmount_by_hand("/srv/someone-else");
-    detached(
-        backend
-            .detach(&attached.device, &attached.record, &Ownership::default())
-            .unwrap(),
-    );
+    detach_alone(&backend, &attached);
     assert_eq!(kernel.controller_count(PORTAL, NQN), 0);
 }
 
