@@ -211,6 +211,7 @@ mod tests {
             volume_id: target.volume_id.clone(),
             volume_type: target.volume_type.clone(),
             spec: parse(&target),
+            source: target,
         }
     }
 
