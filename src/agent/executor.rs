@@ -230,7 +230,9 @@ impl Agent {
             }
         };
         let uuid = action.target();
-        if let Action::Forget(_) = action {
+        if let Action::Detach(_) | Action::Forget(_) = action {
+            // Unassigned: from now on a reboot must not attach it again, even if this detach
+            // stops halfway.
             self.uncache_target(uuid);
         }
         let Some(volume) = self.volumes.get(&uuid) else {

@@ -5,7 +5,8 @@
 //! One file per volume, `<state dir>/targets/<target uuid>.json`: the target as the conductor
 //! last sent it, mode 0600 in a directory of mode 0700, written atomically when an attach
 //! succeeds (and again when the conductor changes the target of a volume the agent has),
-//! removed when the volume is detached or forgotten. Nothing in it is ever logged.
+//! removed when its detach starts (the conductor unassigned it) or it is forgotten. Nothing in
+//! it is ever logged.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

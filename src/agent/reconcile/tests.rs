@@ -242,6 +242,7 @@ impl Model {
                     assert!(d.spec.is_ok(), "attach of an invalid target");
                 }
                 Action::Detach(uuid) => {
+                    self.cached.remove(uuid);
                     let Desired::Known(a) = &self.desired else {
                         panic!("detach without a successful answer")
                     };
