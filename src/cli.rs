@@ -20,7 +20,7 @@ agent, status and check-config); then the command's flags.
 Kernel command line keys: tether.conductor=URL, tether.node=UUID, tether.token_file=PATH, \
 tether.token=TOKEN (any user can read /proc/cmdline: prefer tether.token_file), \
 tether.state_dir=PATH, tether.conductor_ca_file=PATH, tether.allow_insecure_http=0|1, \
-tether.device_timeout_s=SECONDS.
+tether.device_timeout_s=SECONDS, tether.offline_reattach=0|1.
 
 Environment: TETHER_CONFIG, TETHER_CMDLINE, TETHER_LOG (a tracing filter), TETHER_ADMIN_TOKEN \
 (conductor, ctl), TETHER_URL and TETHER_CA_FILE (ctl).

@@ -191,6 +191,11 @@ pub struct AgentConfig {
     pub mount_prefixes: Vec<PathBuf>,
     /// Let targets ask for `suid` and `dev`, and stop adding `nosuid,nodev` to every mount.
     pub mount_allow_suid_dev: bool,
+    /// Keep each owned volume's target, secrets included, in a root-only cache in the state
+    /// directory, and attach those volumes again at start (after a reboot) before the
+    /// conductor answers. Off: no secret is kept beyond open-iscsi's node records, and
+    /// volumes attach once the conductor answers.
+    pub offline_reattach: bool,
 }
 
 impl AgentConfig {
@@ -248,6 +253,7 @@ impl Default for AgentConfig {
             retry_max: Duration::from_secs(300),
             mount_prefixes: DEFAULT_MOUNT_PREFIXES.iter().map(PathBuf::from).collect(),
             mount_allow_suid_dev: false,
+            offline_reattach: true,
         }
     }
 }

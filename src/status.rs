@@ -83,12 +83,17 @@ pub fn format_volumes(report: &Heartbeat, unknown: &[Uuid]) -> String {
                 .as_ref()
                 .map(|m| format!(" on {}", escape_controls(m)))
                 .unwrap_or_default();
+            // The agent has it, but no answer since its start says it is still assigned.
+            let state = match v.unconfirmed {
+                true => format!("{} (unconfirmed)", v.state),
+                false => v.state.to_string(),
+            };
             let _ = writeln!(
                 out,
                 "{:<20}  {:<6}  {:<14}  {:<20}  {device}{mount}",
                 escape_controls(&v.volume_id),
                 escape_controls(&v.volume_type),
-                v.state.as_str(),
+                state,
                 escape_controls(&v.since)
             );
             let notes = [("", &v.error), ("degraded, ", &v.degraded)];
@@ -147,6 +152,7 @@ pub(crate) mod tests {
                     kind: format!("path_down{evil}"),
                     message: format!("session 1{evil}"),
                 }),
+                unconfirmed: true,
                 since: format!("2026{evil}"),
             }],
             foreign: vec![ForeignAttachment {
@@ -206,5 +212,9 @@ pub(crate) mod tests {
         let printed = format_volumes(&report, &[]);
         assert!(printed.contains("vol-données "), "{printed}");
         assert_eq!(printed.lines().count(), 2, "{printed}");
+        assert!(printed.contains(" failed (unconfirmed) "), "{printed}");
+        report.volumes[0].unconfirmed = false;
+        let printed = format_volumes(&report, &[]);
+        assert!(!printed.contains("unconfirmed"), "{printed}");
     }
 }

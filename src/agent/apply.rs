@@ -240,6 +240,7 @@ mod tests {
             volume_id: target.volume_id.clone(),
             volume_type: target.volume_type.clone(),
             spec: parse(&target),
+            source: target,
         }
     }
 

@@ -2,7 +2,7 @@
 //! [`apply`](super::apply), runs the host operations they start on blocking threads, and turns
 //! their results into outcomes, logs, metrics, the ownership record and the status file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,9 +12,10 @@ use uuid::Uuid;
 use super::apply::{self, HostOp, Outcome, Volumes};
 use super::backends::{AttachFailure, Backends};
 use super::metrics::{AgentMetrics, DetachResult};
-use super::reconcile::{Action, Assignment, Desired};
+use super::reconcile::{Action, Assignment, Desired, DesiredTarget};
 use super::record::{Intent, LocalStatus, OwnedVolume, Record, StateDir};
 use super::recovery::Recovered;
+use super::target_cache::TargetCache;
 use super::tasks::{NodeLogin, jitter};
 use super::volume::{Millis, Volume, retry_delay};
 use super::{AGENT_VERSION, Event};
@@ -22,7 +23,7 @@ use crate::backend::{Attachment, Creations, DetachOutcome, ErrorKind, HostError}
 use crate::config::AgentConfig;
 use crate::protocol::target::TargetSpec;
 use crate::protocol::{
-    Connector, ErrorReport, ForeignAttachment, Heartbeat, VolumeReport, timestamp,
+    Connector, ErrorReport, ForeignAttachment, Heartbeat, VolumeReport, VolumeTarget, timestamp,
 };
 
 /// What a host operation returned.
@@ -62,6 +63,13 @@ pub(crate) struct Agent {
     /// Attached volumes with a path down, and why (see [`super::health`]).
     pub(crate) degraded: BTreeMap<Uuid, ErrorReport>,
     pub(crate) health_checking: bool,
+    /// The node's cache of its volumes' targets; `None` when `offline_reattach` is off.
+    target_cache: Option<TargetCache>,
+    /// What the cache holds, so that an unchanged target is not written again.
+    cached: BTreeMap<Uuid, VolumeTarget>,
+    /// Attaches of remembered targets started before the conductor answered and not finished:
+    /// the agent is ready (for units ordered after it) once there are none.
+    pub(crate) offline_pending: BTreeSet<Uuid>,
 }
 
 impl Agent {
@@ -94,7 +102,20 @@ impl Agent {
             crash_after_write: None,
             degraded: BTreeMap::new(),
             health_checking: false,
+            target_cache: None,
+            cached: BTreeMap::new(),
+            offline_pending: BTreeSet::new(),
         };
+        let cache = TargetCache::new(&agent.config.state_dir);
+        if agent.config.offline_reattach {
+            agent.target_cache = Some(cache);
+        } else if let Err(e) = cache.clear() {
+            tracing::error!(
+                error = %e,
+                "agent.offline_reattach is off, but the target cache cannot be removed; \
+                 remove it by hand"
+            );
+        }
         agent.persist();
         let report = agent.report();
         agent.publish_status(&report);
@@ -102,6 +123,65 @@ impl Agent {
             .metrics
             .set_volumes(agent.volumes.values().map(Volume::state));
         agent
+    }
+
+    /// Starts with the targets the node's cache remembers for the volumes the agent owned:
+    /// those that are gone from the host attach again before the conductor answers.
+    pub(crate) fn remember(&mut self, targets: Vec<DesiredTarget>) {
+        if targets.is_empty() {
+            return;
+        }
+        tracing::info!(
+            volumes = targets.len(),
+            "attaching the volumes this node had again, from its target cache, before the \
+             conductor answers; they stay unconfirmed until it does"
+        );
+        self.cached = targets.iter().map(|t| (t.uuid, t.source.clone())).collect();
+        self.conductor_note =
+            "not answering yet; volumes attached again from the node's target cache".into();
+        self.desired = Desired::Remembered(Assignment {
+            generation: 0,
+            targets,
+        });
+    }
+
+    /// Keeps the assigned target of an owned volume in the node's cache, when it changed.
+    fn cache_target(&mut self, uuid: Uuid) {
+        let Some(cache) = &self.target_cache else {
+            return;
+        };
+        let Some(target) = self.desired.target(uuid) else {
+            return;
+        };
+        if self.cached.get(&uuid) == Some(&target.source) {
+            return;
+        }
+        match cache.save(&target.source) {
+            Ok(()) => {
+                self.cached.insert(uuid, target.source.clone());
+            }
+            Err(e) => tracing::warn!(
+                target_uuid = %uuid,
+                error = %e,
+                "cannot keep the target in the node's target cache; after a reboot this volume \
+                 attaches once the conductor answers"
+            ),
+        }
+    }
+
+    /// Removes a volume the agent no longer has from the node's cache.
+    fn uncache_target(&mut self, uuid: Uuid) {
+        self.cached.remove(&uuid);
+        let Some(cache) = &self.target_cache else {
+            return;
+        };
+        if let Err(e) = cache.remove(uuid) {
+            tracing::warn!(
+                target_uuid = %uuid,
+                error = %e,
+                "cannot remove a detached volume's target from the node's target cache"
+            );
+        }
     }
 
     pub(crate) fn looked_up(&mut self, node: NodeLogin) {
@@ -132,6 +212,16 @@ impl Agent {
         );
         self.conductor_note = format!("assignment generation {}", assignment.generation);
         self.desired = Desired::Known(assignment);
+        // A target changed while attached (a new secret) is what a re-attach must use.
+        let owned: Vec<Uuid> = self
+            .volumes
+            .values()
+            .filter(|v| v.is_owned())
+            .map(|v| v.target_uuid)
+            .collect();
+        for uuid in owned {
+            self.cache_target(uuid);
+        }
     }
 
     /// Applies one of reconcile's actions and starts the host operation it needs.
@@ -145,6 +235,11 @@ impl Agent {
             }
         };
         let uuid = action.target();
+        if let Action::Detach(_) | Action::Forget(_) = action {
+            // Unassigned: from now on a reboot must not attach it again, even if this detach
+            // stops halfway.
+            self.uncache_target(uuid);
+        }
         let Some(volume) = self.volumes.get(&uuid) else {
             return;
         };
@@ -198,6 +293,9 @@ impl Agent {
         let Some(op) = op else {
             return;
         };
+        if matches!(action, Action::Attach(_)) && !self.desired.is_known() {
+            self.offline_pending.insert(uuid);
+        }
         if let HostOp::Attach { spec, .. } = &op
             && let Err(why) = self.record_intent(uuid, spec)
         {
@@ -440,6 +538,14 @@ impl Agent {
         if let Err(e) = done {
             tracing::error!(error = %e, "an operation finished in an unexpected state");
         }
+        self.offline_pending.remove(&uuid);
+        match self.volumes.get(&uuid) {
+            Some(v) if v.is_owned() && v.phase == super::volume::Phase::Attached => {
+                self.cache_target(uuid)
+            }
+            Some(_) => {}
+            None => self.uncache_target(uuid),
+        }
     }
 
     /// Writes the ownership record, every volume the agent has on the host, when it changed or
@@ -520,6 +626,7 @@ impl Agent {
                         .map(|m| m.path.display().to_string()),
                     error: v.error().cloned(),
                     degraded: self.degraded.get(&v.target_uuid).cloned(),
+                    unconfirmed: !self.desired.is_known(),
                     since: timestamp(v.since),
                 }
             })
@@ -647,6 +754,7 @@ mod tests {
                 volume_id: target.volume_id.clone(),
                 volume_type: target.volume_type.clone(),
                 spec: crate::protocol::target::parse(&target),
+                source: target,
             }],
         }
     }

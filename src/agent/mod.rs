@@ -14,6 +14,7 @@ mod metrics;
 mod reconcile;
 mod record;
 mod recovery;
+mod target_cache;
 mod tasks;
 mod volume;
 
@@ -29,14 +30,17 @@ use uuid::Uuid;
 
 use crate::config::AgentConfig;
 use crate::notify;
-use crate::protocol::{ForeignAttachment, Heartbeat};
+use crate::protocol::{ForeignAttachment, Heartbeat, Secret};
 pub use backends::Backends;
 use client::Client;
 pub use client::{error_chain, trusting};
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
-use reconcile::{Action, Assignment, reconcile};
+use reconcile::{Action, Assignment, Desired, DesiredTarget, reconcile};
 pub use record::{LocalStatus, StateDir};
+pub use target_cache::TARGETS_DIR;
+use target_cache::TargetCache;
+use tasks::NodeLogin;
 use volume::Millis;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -56,6 +60,8 @@ impl Clock {
 
 /// What wakes the main loop.
 enum Event {
+    /// The conductor knows the node: heartbeats can start.
+    LookedUp(NodeLogin),
     /// A successful answer from the conductor, its targets validated.
     Assignment(Assignment),
     /// A host operation finished, with how long it took.
@@ -101,7 +107,9 @@ pub async fn run(
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
     };
-    let recovered = recovery::recover(&backends, state.load_record()?).await;
+    let record = state.load_record()?;
+    let remembered = remembered_targets(&config, &record).await;
+    let recovered = recovery::recover(&backends, record).await;
     let mut agent = Agent::new(
         recovered,
         backends,
@@ -110,6 +118,7 @@ pub async fn run(
         identity.connectors(),
         metrics.clone(),
     );
+    agent.remember(remembered);
 
     tokio::pin!(shutdown);
     let ready_sent = Arc::new(AtomicBool::new(false));
@@ -119,34 +128,26 @@ pub async fn run(
     ));
     let mut watchdog = notify::Watchdog::from_env();
     notify::status("looking the node up at the conductor");
-    let looking_up = tasks::lookup(
-        &client,
-        config.node_uuid,
-        provisioned_token.as_ref(),
-        identity.lookup_macs(),
-        &agent.state,
-    );
-    let Some(node) = until_shutdown(looking_up, &mut watchdog, &mut shutdown).await else {
-        tracing::info!("stopped before the conductor answered; nothing was detached");
-        return Ok(());
-    };
-    agent.looked_up(node.clone());
-
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
-    let (report_tx, report_rx) = watch::channel(agent.report());
-    let poller = tokio::spawn(tasks::poll_targets(
+    let (report_tx, _) = watch::channel(agent.report());
+    // Looked up beside the main loop: remembered volumes attach while the lookup retries.
+    let conductor = tokio::spawn(talk_to_conductor(
         client.clone(),
-        node.clone(),
+        Lookup {
+            node_uuid: config.node_uuid,
+            provisioned: provisioned_token,
+            macs: identity.lookup_macs().to_vec(),
+            state: StateDir::new(&config.state_dir),
+        },
         config.poll_wait,
         events_tx.clone(),
     ));
-    let heartbeats = tokio::spawn(tasks::send_heartbeats(
+    let mut heartbeats = Heartbeats {
         client,
-        node,
-        config.heartbeat_interval,
-        report_rx,
+        interval: config.heartbeat_interval,
         metrics,
-    ));
+        task: None,
+    };
     agent.refresh_foreign(&events_tx);
     let clock = Clock(Instant::now());
     let channels = Channels {
@@ -158,6 +159,7 @@ pub async fn run(
         &mut agent,
         &clock,
         channels,
+        &mut heartbeats,
         &mut watchdog,
         &mut shutdown,
         &ready_sent,
@@ -166,15 +168,95 @@ pub async fn run(
     ready_timer.abort();
 
     notify::stopping();
-    poller.abort();
+    conductor.abort();
     drain(&mut agent, &clock, &mut events).await;
     agent.publish(&report_tx);
-    heartbeats.abort();
+    if let Some(task) = heartbeats.task {
+        task.abort();
+    }
     if let Some(server) = metrics_server {
         server.abort();
     }
+    if agent.node.is_none() {
+        tracing::info!("stopped before the conductor answered; nothing was detached");
+    }
     tracing::info!("agent stopped; volumes stay attached");
     Ok(())
+}
+
+/// The cached targets of the volumes the ownership record lists (attached, or an attach under
+/// way), for attaching them again before the conductor answers. Cached targets of volumes the
+/// record does not list are removed. None when `offline_reattach` is off.
+async fn remembered_targets(config: &AgentConfig, record: &record::Record) -> Vec<DesiredTarget> {
+    if !config.offline_reattach {
+        return Vec::new();
+    }
+    let cache = TargetCache::new(&config.state_dir);
+    let mut owned = Vec::new();
+    for target in cache.load() {
+        let uuid = target.uuid;
+        if record.volumes.contains_key(&uuid) || record.intents.contains_key(&uuid) {
+            owned.push(target);
+            continue;
+        }
+        tracing::info!(target_uuid = %uuid, "removing the cached target of a volume not owned");
+        if let Err(e) = cache.remove(uuid) {
+            tracing::warn!(target_uuid = %uuid, error = %e, "cannot remove a cached target");
+        }
+    }
+    tasks::desired_targets(owned).await
+}
+
+/// How the node is looked up.
+struct Lookup {
+    node_uuid: Option<uuid::Uuid>,
+    provisioned: Option<Secret>,
+    macs: Vec<String>,
+    state: StateDir,
+}
+
+/// Looks the node up until the conductor knows it, then long-polls its targets.
+async fn talk_to_conductor(
+    client: Client,
+    lookup: Lookup,
+    poll_wait: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    let node = tasks::lookup(
+        &client,
+        lookup.node_uuid,
+        lookup.provisioned.as_ref(),
+        &lookup.macs,
+        &lookup.state,
+    )
+    .await;
+    if events.send(Event::LookedUp(node.clone())).await.is_err() {
+        return;
+    }
+    tasks::poll_targets(client, node, poll_wait, events).await;
+}
+
+/// The heartbeat task, started once the node is looked up.
+struct Heartbeats {
+    client: Client,
+    interval: Option<Duration>,
+    metrics: Arc<AgentMetrics>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    fn start(&mut self, node: NodeLogin, reports: watch::Receiver<Heartbeat>) {
+        if self.task.is_some() {
+            return;
+        }
+        self.task = Some(tokio::spawn(tasks::send_heartbeats(
+            self.client.clone(),
+            node,
+            self.interval,
+            reports,
+            self.metrics.clone(),
+        )));
+    }
 }
 
 /// Tells systemd the agent is ready when no assignment came within `after`: a node that boots
@@ -192,22 +274,6 @@ async fn ready_without_conductor(after: Duration, ready_sent: Arc<AtomicBool>) {
     }
 }
 
-/// Runs `work`, pinging the watchdog meanwhile. None when shutdown comes first.
-async fn until_shutdown<T>(
-    work: impl Future<Output = T>,
-    watchdog: &mut notify::Watchdog,
-    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-) -> Option<T> {
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            done = &mut work => return Some(done),
-            _ = watchdog.tick() => notify::watchdog(),
-            _ = shutdown.as_mut() => return None,
-        }
-    }
-}
-
 /// The main loop's ends of its channels.
 struct Channels<'a> {
     events: &'a mut mpsc::Receiver<Event>,
@@ -220,6 +286,7 @@ async fn main_loop(
     agent: &mut Agent,
     clock: &Clock,
     channels: Channels<'_>,
+    heartbeats: &mut Heartbeats,
     watchdog: &mut notify::Watchdog,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ready_sent: &AtomicBool,
@@ -231,6 +298,7 @@ async fn main_loop(
     } = channels;
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
+    let mut said_unconfirmed = false;
     let mut health = tokio::time::interval(health::HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -242,6 +310,10 @@ async fn main_loop(
         };
         tokio::select! {
             event = events.recv() => match event {
+                Some(Event::LookedUp(node)) => {
+                    agent.looked_up(node.clone());
+                    heartbeats.start(node, report_tx.subscribe());
+                }
                 Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
                 Some(Event::Done(uuid, result, took)) => {
                     agent.finish(uuid, *result, took, clock.now());
@@ -275,14 +347,30 @@ async fn main_loop(
             false => after.next_wake,
         };
         agent.publish(report_tx);
-        if !ready && agent.desired.generation().is_some() {
-            // Ready once the first assignment has been reconciled: units ordered after the
-            // agent start with their volumes on the way.
+        let volumes = agent.volumes.len();
+        if !ready && !matches!(agent.desired, Desired::Unknown) && agent.offline_pending.is_empty()
+        {
+            // Ready once the first assignment has been reconciled (units ordered after the
+            // agent start with their volumes on the way), or once the remembered volumes were
+            // attached again (units ordered after the agent find them there).
             ready = true;
             ready_sent.store(true, Ordering::SeqCst);
-            notify::ready(&format!("{} volumes", agent.volumes.len()));
+            said_unconfirmed = !agent.desired.is_known();
+            notify::ready(&match said_unconfirmed {
+                true => unconfirmed_status(volumes),
+                false => format!("{volumes} volumes"),
+            });
+        }
+        if said_unconfirmed && agent.desired.is_known() {
+            said_unconfirmed = false;
+            notify::status(&format!("{volumes} volumes"));
         }
     }
+}
+
+/// The status line while the volumes are the node's own memory, not the conductor's answer.
+fn unconfirmed_status(volumes: usize) -> String {
+    format!("{volumes} volumes, unconfirmed: waiting for the conductor")
 }
 
 /// Lets operations already running finish, so that what they attach is recorded as ours.

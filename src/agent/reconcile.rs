@@ -2,7 +2,7 @@
 //!
 //! The rules users rely on are decided here and nowhere else:
 //! - nothing is detached unless a successful answer from the conductor no longer lists it
-//!   ([`Desired::Unknown`] never detaches);
+//!   ([`Desired::Unknown`] and [`Desired::Remembered`] never detach);
 //! - only volumes the agent attached are detached (foreign attachments never become volumes);
 //! - a detach never runs beside another operation on the same (portal, iqn), so a logout
 //!   cannot pull a session from under an attach; attaches of LUNs that share a session run
@@ -14,14 +14,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use super::volume::{Millis, Operation, Phase, Volume};
-use crate::protocol::ErrorReport;
 use crate::protocol::target::{SessionKey, TargetError, TargetSpec};
+use crate::protocol::{ErrorReport, VolumeTarget};
 
 /// The last successful answer from the conductor, or none yet.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Desired {
     #[default]
     Unknown,
+    /// No answer yet, but the node's cache holds the targets of volumes the agent owned: they
+    /// may be attached again (after a reboot), and nothing is detached or forgotten.
+    Remembered(Assignment),
     Known(Assignment),
 }
 
@@ -38,12 +41,15 @@ pub(crate) struct DesiredTarget {
     pub(crate) volume_id: String,
     pub(crate) volume_type: String,
     pub(crate) spec: Result<TargetSpec, TargetError>,
+    /// The target as the conductor sent it, secrets included: what the node's cache keeps.
+    pub(crate) source: VolumeTarget,
 }
 
 impl Desired {
+    /// The generation of the conductor's last answer; none before one came.
     pub(crate) fn generation(&self) -> Option<u64> {
         match self {
-            Self::Unknown => None,
+            Self::Unknown | Self::Remembered(_) => None,
             Self::Known(a) => Some(a.generation),
         }
     }
@@ -51,8 +57,13 @@ impl Desired {
     pub(crate) fn target(&self, uuid: Uuid) -> Option<&DesiredTarget> {
         match self {
             Self::Unknown => None,
-            Self::Known(a) => a.targets.iter().find(|t| t.uuid == uuid),
+            Self::Remembered(a) | Self::Known(a) => a.targets.iter().find(|t| t.uuid == uuid),
         }
+    }
+
+    /// Whether the conductor has answered: only then are volumes confirmed, or detached.
+    pub(crate) fn is_known(&self) -> bool {
+        matches!(self, Self::Known(_))
     }
 }
 
@@ -122,9 +133,10 @@ fn grow_due(spec: &TargetSpec, volume: &Volume, now: Millis, plan: &mut Plan) ->
 }
 
 pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now: Millis) -> Plan {
-    let Desired::Known(assignment) = desired else {
+    let assignment = match desired {
         // Without an answer nothing is known to be unwanted, and nothing can be attached.
-        return Plan::default();
+        Desired::Unknown => return Plan::default(),
+        Desired::Remembered(a) | Desired::Known(a) => a,
     };
     let mut plan = Plan::default();
     // Sessions with any operation in flight, and those with a detach in flight.
@@ -202,6 +214,10 @@ pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now
         }
     }
 
+    if !desired.is_known() {
+        // Remembered targets are no answer: what they do not list may still be assigned.
+        return plan;
+    }
     for (uuid, volume) in volumes {
         if desired.target(*uuid).is_some() || volume.in_flight() {
             continue;

@@ -168,7 +168,7 @@ fn poll_pause(waited_before: bool, took: Duration, quick_answers: &mut u32) -> O
 }
 
 /// Validates each target and names its portals by address, as sessions are keyed.
-async fn desired_targets(targets: Vec<VolumeTarget>) -> Vec<DesiredTarget> {
+pub(crate) async fn desired_targets(targets: Vec<VolumeTarget>) -> Vec<DesiredTarget> {
     let mut desired = Vec::with_capacity(targets.len());
     for t in targets {
         let mut spec = target::parse(&t);
@@ -177,9 +177,10 @@ async fn desired_targets(targets: Vec<VolumeTarget>) -> Vec<DesiredTarget> {
         }
         desired.push(DesiredTarget {
             uuid: t.uuid,
-            volume_id: t.volume_id,
-            volume_type: t.volume_type,
+            volume_id: t.volume_id.clone(),
+            volume_type: t.volume_type.clone(),
             spec,
+            source: t,
         });
     }
     desired

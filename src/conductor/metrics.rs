@@ -622,6 +622,7 @@ mod scale {
                     kind: "path_down".into(),
                     message: "no path is up".into(),
                 }),
+                unconfirmed: false,
                 since: "2026-01-01T00:00:00Z".into(),
             };
             let report = Heartbeat {

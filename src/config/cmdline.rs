@@ -43,6 +43,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "agent.device_timeout_s",
         "a number of seconds, at least 1",
     ),
+    (
+        "offline_reattach",
+        "agent.offline_reattach",
+        "1 or 0 (attach owned volumes again at start before the conductor answers)",
+    ),
 ];
 
 /// The `tether.*` settings a command line gave, each already checked.
@@ -56,6 +61,7 @@ pub struct CmdlineSettings {
     pub conductor_ca_file: Option<PathBuf>,
     pub allow_insecure_http: Option<bool>,
     pub device_timeout_s: Option<u64>,
+    pub offline_reattach: Option<bool>,
 }
 
 /// A bad `tether.*` word. `reason` never holds a token, nor the value of an unknown key.
@@ -81,6 +87,7 @@ impl CmdlineSettings {
             self.conductor_ca_file.is_some(),
             self.allow_insecure_http.is_some(),
             self.device_timeout_s.is_some(),
+            self.offline_reattach.is_some(),
         ];
         KEYS.iter()
             .zip(set)
@@ -113,6 +120,9 @@ impl CmdlineSettings {
         }
         if let Some(timeout) = self.device_timeout_s {
             agent.device_timeout = std::time::Duration::from_secs(timeout);
+        }
+        if let Some(reattach) = self.offline_reattach {
+            agent.offline_reattach = reattach;
         }
     }
 }
@@ -186,13 +196,16 @@ pub fn parse(text: &str) -> Result<CmdlineSettings, CmdlineError> {
             "conductor_ca_file" => {
                 settings.conductor_ca_file = Some(absolute(value).map_err(bad)?);
             }
-            "allow_insecure_http" => {
-                let allow = match value {
+            "allow_insecure_http" | "offline_reattach" => {
+                let on = match value {
                     "1" => true,
                     "0" => false,
                     _ => return Err(bad(format!("{value:?} is not {expected}"))),
                 };
-                settings.allow_insecure_http = Some(allow);
+                match key.as_str() {
+                    "allow_insecure_http" => settings.allow_insecure_http = Some(on),
+                    _ => settings.offline_reattach = Some(on),
+                }
             }
             "device_timeout_s" => {
                 let seconds = value
@@ -298,6 +311,13 @@ mod tests {
         s.apply(&mut agent);
         assert!(agent.allow_insecure_http);
         assert_eq!(agent.conductor_ca_file, s.conductor_ca_file);
+        let bad = parse("tether.allow_insecure_http=yes").unwrap_err();
+        assert_eq!(bad.key, "tether.allow_insecure_http");
+        assert!(agent.offline_reattach, "on by default");
+        let off = parse("tether.offline-reattach=0").unwrap();
+        assert_eq!(off.keys(), vec!["tether.offline_reattach"]);
+        off.apply(&mut agent);
+        assert!(!agent.offline_reattach);
         let bad = parse("tether.allow_insecure_http=yes").unwrap_err();
         assert_eq!(bad.key, "tether.allow_insecure_http");
         assert!(

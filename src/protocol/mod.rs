@@ -154,8 +154,18 @@ pub struct VolumeReport {
     /// the field accept the reports of a healthy node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<ErrorReport>,
+    /// Reported before the conductor's first answer since the agent started: the agent has
+    /// the volume (kept, or attached again after a reboot from its own cache) but no answer
+    /// says it is still assigned. Absent when false, so that conductors older than the field
+    /// accept every report made after an answer.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unconfirmed: bool,
     /// RFC 3339 time at which the volume entered `state`.
     pub since: String,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// An attachment on the node that the agent did not create: reported, never touched.

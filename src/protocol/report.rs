@@ -175,6 +175,7 @@ fn each_text<E>(
             mountpoint,
             error,
             degraded,
+            unconfirmed: _,
             since,
         } = volume;
         f(at("volume_id"), MAX_NAME, volume_id)?;
@@ -238,6 +239,7 @@ mod tests {
                 message: "iscsiadm: login failed".into(),
             }),
             degraded: None,
+            unconfirmed: false,
             since: "2026-11-26T01:52:37Z".into(),
         }
     }

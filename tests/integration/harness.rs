@@ -361,6 +361,8 @@ pub struct Node {
     pub conductor_url: String,
     /// Where the agent serves metrics, when set before it starts.
     pub metrics_listen: Option<LoopbackAddr>,
+    /// `agent.offline_reattach` of the next start.
+    pub offline_reattach: bool,
     agent: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -383,6 +385,7 @@ impl Node {
             kernel: Arc::new(SimKernel::new(Duration::from_millis(20))),
             conductor_url: conductor_url.to_string(),
             metrics_listen: None,
+            offline_reattach: true,
             agent: None,
         }
     }
@@ -401,6 +404,7 @@ impl Node {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(2),
             metrics_listen: self.metrics_listen,
+            offline_reattach: self.offline_reattach,
             conductor_ca_file: Some(pki().ca_file.clone()),
             ..AgentConfig::default()
         }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod lookup;
 mod metrics;
 mod mounts;
+mod offline;
 mod paths;
 mod protocol_doc;
 mod refusals;

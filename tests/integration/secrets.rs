@@ -107,11 +107,13 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
         "secrets are masked, not dropped"
     );
     assert_eq!(listed_chap["properties"]["auth_password_in"], "******");
+    let cache = node.state_dir().join(tether::agent::TARGETS_DIR);
     for (path, text) in files_under(&node.state_dir()) {
-        let is_token_file = path.ends_with("token");
+        // The token and the target cache (below) are the two places that hold them.
+        let holds_secrets = path.ends_with("token") || path.starts_with(&cache);
         places.push((
             path.display().to_string(),
-            if is_token_file { String::new() } else { text },
+            if holds_secrets { String::new() } else { text },
         ));
     }
     for (place, text) in &places {
@@ -120,12 +122,24 @@ async fn secrets_never_reach_logs_errors_reports_reads_or_state_files() {
         }
     }
 
-    // What does hold secrets is private to root.
-    for path in [
+    // What does hold secrets is private to root: the cache keeps the attached volumes'.
+    let cached = files_under(&cache);
+    assert_eq!(cached.len(), 2, "the CHAP and the RBD volume: {cached:?}");
+    assert!(cached.iter().any(|(_, text)| text.contains(CEPHX_KEY)));
+    assert!(
+        cached
+            .iter()
+            .all(|(_, text)| !text.contains(WRONG_PASSWORD))
+    );
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for path in cached.iter().map(|(path, _)| path.clone()).chain([
         node.state_dir().join("token"),
         node.state_dir().join("volumes.json"),
         dir.path().join("conductor.db"),
-    ] {
+    ]) {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }

@@ -65,6 +65,16 @@ fn pool() -> Vec<VolumeTarget> {
         .collect()
 }
 
+fn desired_target(t: VolumeTarget) -> DesiredTarget {
+    DesiredTarget {
+        uuid: t.uuid,
+        volume_id: t.volume_id.clone(),
+        volume_type: t.volume_type.clone(),
+        spec: parse(&t),
+        source: t,
+    }
+}
+
 fn assignment(generation: u64, mask: u8) -> Desired {
     sized_assignment(generation, mask, None)
 }
@@ -75,20 +85,28 @@ fn sized_assignment(generation: u64, mask: u8, size_bytes: Option<u64>) -> Desir
         .into_iter()
         .enumerate()
         .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, t)| {
-            let t = VolumeTarget { size_bytes, ..t };
-            DesiredTarget {
-                uuid: t.uuid,
-                volume_id: t.volume_id.clone(),
-                volume_type: t.volume_type.clone(),
-                spec: parse(&t),
-            }
-        })
+        .map(|(_, t)| desired_target(VolumeTarget { size_bytes, ..t }))
         .collect();
     Desired::Known(Assignment {
         generation,
         targets,
     })
+}
+
+/// What the node's target cache gives at start: the pool's targets of `uuids`.
+fn remembered(uuids: &BTreeSet<Uuid>) -> Desired {
+    let targets: Vec<DesiredTarget> = pool()
+        .into_iter()
+        .filter(|t| uuids.contains(&t.uuid))
+        .map(desired_target)
+        .collect();
+    match targets.is_empty() {
+        true => Desired::Unknown,
+        false => Desired::Remembered(Assignment {
+            generation: 0,
+            targets,
+        }),
+    }
 }
 
 /// What the backend would return for a successful attach of `spec`.
@@ -160,6 +178,9 @@ enum Step {
     Advance(u64),
     /// The agent restarts: running operations finish, state is rebuilt from the record.
     Restart,
+    /// The node reboots: running operations finish, then the host loses every device (iSCSI
+    /// node records stay), and the agent starts from its record and its target cache.
+    Reboot,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -177,6 +198,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(i, o)| Step::Complete(i, o)),
         (0u64..5_000).prop_map(Step::Advance),
         Just(Step::Restart),
+        Just(Step::Reboot),
     ]
 }
 
@@ -185,6 +207,8 @@ struct Model {
     volumes: BTreeMap<Uuid, Volume>,
     now: Millis,
     generation: u64,
+    /// The targets the agent's cache holds, as the executor keeps it.
+    cached: BTreeSet<Uuid>,
 }
 
 const RETRY: Millis = 1_000;
@@ -198,12 +222,13 @@ impl Model {
             volumes: BTreeMap::new(),
             now: 0,
             generation: 0,
+            cached: BTreeSet::new(),
         }
     }
 
     fn specs(&self) -> BTreeMap<Uuid, TargetSpec> {
         match &self.desired {
-            Desired::Known(a) => a
+            Desired::Known(a) | Desired::Remembered(a) => a
                 .targets
                 .iter()
                 .filter_map(|t| t.spec.clone().ok().map(|s| (t.uuid, s)))
@@ -226,6 +251,7 @@ impl Model {
                     assert!(d.spec.is_ok(), "attach of an invalid target");
                 }
                 Action::Detach(uuid) => {
+                    self.cached.remove(uuid);
                     let Desired::Known(a) = &self.desired else {
                         panic!("detach without a successful answer")
                     };
@@ -246,7 +272,14 @@ impl Model {
                         "grow of {size:?} to {wanted:?}: volumes only grow"
                     );
                 }
-                Action::Forget(_) | Action::Reject(..) | Action::Keep(_) => {}
+                Action::Forget(uuid) => {
+                    assert!(
+                        self.desired.is_known(),
+                        "forget without a successful answer"
+                    );
+                    self.cached.remove(uuid);
+                }
+                Action::Reject(..) | Action::Keep(_) => {}
             }
             apply::apply(&mut self.volumes, &self.desired, action, t)
                 .unwrap_or_else(|e| panic!("{action:?} could not be applied: {e}"));
@@ -313,6 +346,35 @@ impl Model {
             (false, Outcome::Failure) => HostOutcome::DetachFailed(err()),
         };
         apply::complete(&mut self.volumes, uuid, result, retry_at, t).unwrap();
+        match self.volumes.get(&uuid) {
+            Some(v) if v.is_owned() && v.phase == Phase::Attached => {
+                if self.desired.target(uuid).is_some() {
+                    self.cached.insert(uuid);
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.cached.remove(&uuid);
+            }
+        }
+    }
+
+    /// The agent starts again from its record (the owned volumes, as `recover` rebuilds them)
+    /// and the cached targets of those volumes.
+    fn start_again(&mut self, recover: impl Fn(Uuid, Volume) -> Option<Volume>) {
+        let owned: BTreeSet<Uuid> = self
+            .volumes
+            .iter()
+            .filter(|(_, v)| v.is_owned())
+            .map(|(uuid, _)| *uuid)
+            .collect();
+        self.cached.retain(|uuid| owned.contains(uuid));
+        self.volumes = std::mem::take(&mut self.volumes)
+            .into_iter()
+            .filter(|(_, v)| v.is_owned())
+            .filter_map(|(uuid, v)| Some((uuid, recover(uuid, v)?)))
+            .collect();
+        self.desired = remembered(&self.cached);
     }
 
     fn step(&mut self, step: &Step) {
@@ -334,14 +396,21 @@ impl Model {
                     self.complete(uuid, &Outcome::Success);
                 }
                 let t = SystemTime::UNIX_EPOCH;
-                self.volumes = std::mem::take(&mut self.volumes)
-                    .into_iter()
-                    .filter_map(|(uuid, v)| {
-                        v.attachment
-                            .map(|a| (uuid, Volume::recovered(uuid, v.volume_id, a, t)))
-                    })
-                    .collect();
-                self.desired = Desired::Unknown;
+                self.start_again(|uuid, v| {
+                    Some(Volume::recovered(uuid, v.volume_id, v.attachment?, t))
+                });
+            }
+            Step::Reboot => {
+                for uuid in self.in_flight() {
+                    self.complete(uuid, &Outcome::Success);
+                }
+                let t = SystemTime::UNIX_EPOCH;
+                // iSCSI leaves its node records: such a volume waits as an interrupted attach.
+                self.start_again(|uuid, v| {
+                    let a = v.attachment?;
+                    (a.volume_type() == crate::protocol::target::VolumeType::Iscsi)
+                        .then(|| Volume::interrupted(uuid, v.volume_id, a, t))
+                });
             }
         }
         self.reconcile_and_apply();
@@ -403,6 +472,60 @@ proptest! {
         }
         prop_assert_eq!(m.volumes.len(), a.targets.len(), "unassigned volumes are gone");
     }
+}
+
+/// After a reboot the remembered volumes attach again, whether gone whole (RBD) or waiting
+/// as an interrupted attach (iSCSI); an owned volume the cache does not remember, and one the
+/// agent does not own, are left alone: no answer said they are unassigned.
+#[test]
+fn remembered_targets_attach_again_and_nothing_else_moves() {
+    let t = SystemTime::UNIX_EPOCH;
+    let iscsi = parse(&pool()[0]).unwrap();
+    let other = parse(&pool()[2]).unwrap();
+    let mut volumes = BTreeMap::new();
+    volumes.insert(
+        uuid(1),
+        Volume::interrupted(uuid(1), "vol-0".into(), attachment_for(&iscsi), t),
+    );
+    volumes.insert(
+        uuid(3),
+        Volume::recovered(uuid(3), "vol-2".into(), attachment_for(&other), t),
+    );
+    let mut failed = Volume::new(uuid(7), "vol-6".into(), "nvmeof".into(), t);
+    failed.start_attach(vec![], t).unwrap();
+    failed.attach_failed(err(), None, 0, t).unwrap();
+    volumes.insert(uuid(7), failed);
+    let desired = remembered(&BTreeSet::from([uuid(1), uuid(4)]));
+    let plan = reconcile(&desired, &volumes, 0);
+    assert_eq!(
+        plan.actions,
+        vec![Action::Attach(uuid(1)), Action::Attach(uuid(4))]
+    );
+    assert_eq!(desired.generation(), None, "no answer was applied");
+}
+
+/// The conductor answers after the offline re-attach: what it still assigns stays as it is
+/// (no second attach), what it no longer assigns is detached.
+#[test]
+fn an_answer_keeps_what_was_attached_again_and_detaches_the_rest() {
+    let t = SystemTime::UNIX_EPOCH;
+    let mut volumes = BTreeMap::new();
+    let desired = remembered(&BTreeSet::from([uuid(3), uuid(4)]));
+    for action in reconcile(&desired, &volumes, 0).actions {
+        let Some(apply::HostOp::Attach { spec, .. }) =
+            apply::apply(&mut volumes, &desired, &action, t).unwrap()
+        else {
+            panic!("{action:?} starts no attach")
+        };
+        let done = HostOutcome::Attached(attachment_for(&spec));
+        apply::complete(&mut volumes, action.target(), done, 0, t).unwrap();
+    }
+    assert!(reconcile(&desired, &volumes, 0).actions.is_empty());
+    let answer = assignment(7, 0b000100);
+    assert_eq!(
+        reconcile(&answer, &volumes, 0).actions,
+        vec![Action::Detach(uuid(4))]
+    );
 }
 
 #[test]

@@ -173,6 +173,7 @@ fn heartbeat(states: &[VolumeState]) -> Heartbeat {
                 mountpoint: None,
                 error: None,
                 degraded: None,
+                unconfirmed: false,
                 since: "2026-01-01T00:00:00Z".into(),
             })
             .collect(),

@@ -11,12 +11,15 @@
 #     data back, the filesystem mounted on the host. A hung agent (SIGSTOP) is restarted by the watchdog without a second login.
 #     Reboot.
 #  3. The volume is back through the agent's own login (node.startup=manual, session created
-#     after the agent started), not through iscsid's automatic login. The conductor is
+#     after the agent started), not through iscsid's automatic login. The agent's target cache
+#     holds both targets, root-only. A unit that needs the mounted volume is ordered after the
+#     agent (fstab-like). The agent is stopped, the mounted volume unassigned, the conductor
 #     disabled. Reboot.
-#  4. The node boots with the conductor unreachable: the agent reports READY after
-#     agent.ready_timeout_s so that the boot goes on, is never restarted, detaches nothing and
-#     keeps its record; once the conductor is started both volumes come back, data and file
-#     intact.
+#  4. The node boots with the conductor unreachable: the agent attaches both volumes again from
+#     its target cache and mounts the second, reports them unconfirmed, READY once they are
+#     there (the dependent unit found the mount), never restarted, nothing detached, data and
+#     file intact. The conductor started: the still assigned volume stays on its session, the
+#     unassigned one is unmounted and detached, its cached target removed.
 # vm-timeout: 240
 # vm-boots: 4
 source "$SHARE/vm/systemd.sh"
@@ -28,6 +31,11 @@ FS_MOUNT=/srv/vm-boot-fs
 DEV=$(by_path "$PORTAL" "$IQN" 0)
 DATA=/var/tmp/vm-boot-data
 UNIT=tether-agent.service
+# The fs volume's target uuid, kept on the disk for boot 3.
+FS_TARGET_FILE=/var/tmp/vm-boot-fs-target
+# A unit that needs the agent's mount, as one ordered after an fstab mount would.
+NEEDS_UNIT=vm-needs-volume.service
+CACHE=/var/lib/tether/targets
 # The package's binary, not the share's: the suite runs without --bin.
 TETHER=/usr/bin/tether
 
@@ -180,7 +188,7 @@ EOF
     tether_enroll
     assign "$VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 0 >/dev/null
     assign "$FS_VOLUME" --portal "$PORTAL" --iqn "$IQN" --lun 1 --mount "$FS_MOUNT" \
-        --fstype ext4 --mkfs >/dev/null
+        --fstype ext4 --mkfs >"$FS_TARGET_FILE"
 
     # The test's target and conductor run on this node, so the agent starts after them; the
     # watchdog is shortened so that the hung-agent check takes seconds.
@@ -242,45 +250,91 @@ boot3() {
         "$(cat /var/lib/tether/volumes.json 2>&1 || true)"
     expect_match "journald has the agent's structured fields" "\"VOLUME_ID\":\"$VOLUME\"" \
         "$(journalctl -b -u $UNIT -o json --no-pager 2>&1 | grep -m1 "\"VOLUME_ID\":\"$VOLUME\"" || true)"
+    expect_eq "the target cache is root-only" "root 700" "$(stat -c '%U %a' "$CACHE" 2>&1)"
+    expect_eq "one cached target per volume, each mode 0600" "600 600" \
+        "$(stat -c '%a' "$CACHE"/*.json 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+    cat >/etc/systemd/system/$NEEDS_UNIT <<EOF
+[Unit]
+Description=needs the volume tether mounts at $FS_MOUNT
+Requires=$UNIT
+After=$UNIT
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'findmnt -n $FS_MOUNT && cat $FS_MOUNT/proof'
+[Install]
+WantedBy=multi-user.target
+EOF
+    expect_rc "systemctl enable $NEEDS_UNIT" 0 systemctl enable $NEEDS_UNIT
+    # Stopped first, so that the agent does not see the unassign: at the next boot only its
+    # cache knows the volume.
+    expect_rc "systemctl stop tether-agent" 0 systemctl stop $UNIT
+    expect_rc "unassign $FS_VOLUME while the agent is stopped" 0 unassign "$(cat "$FS_TARGET_FILE")"
     expect_rc "systemctl disable tether-conductor (unreachable at the next boot)" 0 \
         systemctl disable tether-conductor.service
     vm_reboot
 }
 
+# unconfirmed VOLUME : the agent's status file's `unconfirmed` of VOLUME (False when absent).
+unconfirmed() {
+    python3 - /var/lib/tether/status.json "$1" <<'PY' 2>&1
+import json, sys
+volumes = json.load(open(sys.argv[1]))["report"]["volumes"]
+print([v.get("unconfirmed", False) for v in volumes if v["volume_id"] == sys.argv[2]])
+PY
+}
+
 boot4() {
     source "$SHARE/vm/tether.sh"
-    local t0
+    local t0 started ready sessions
     expect_eq "conductor down this boot" inactive \
         "$(systemctl is-active tether-conductor.service 2>&1 || true)"
-    # The harness runs after multi-user.target, which waited for the agent's READY: sent after
-    # agent.ready_timeout_s without an assignment, so that the boot went on.
-    expect_eq "agent ready without the conductor (boot not held)" active "$(unit_prop $UNIT ActiveState)"
-    expect_eq "agent's status line says what it waits for" \
-        "waiting for the conductor; volumes attach once it answers" "$(unit_prop $UNIT StatusText)"
-    expect_eq "agent never restarted (no start timeout)" 0 "$(unit_prop $UNIT NRestarts)"
-    expect_eq "no session while the assignment is unknown" 0 "$(sessions_to "$IQN")"
-    expect_eq "the node record is kept (nothing detached)" yes "$(has_record "$IQN" "$PORTAL")"
-    expect_match "the ownership record keeps the volume whose node record it made" \
-        "\"volume_id\": *\"$VOLUME\"" "$(cat /var/lib/tether/volumes.json 2>&1 || true)"
+    # The harness runs after multi-user.target, which waited for the agent's READY: sent once
+    # the volumes from its target cache were attached, long before agent.ready_timeout_s.
+    expect_eq "agent ready without the conductor" active "$(unit_prop $UNIT ActiveState)"
+    expect_eq "agent's status line: the volumes are back, unconfirmed" \
+        "2 volumes, unconfirmed: waiting for the conductor" "$(unit_prop $UNIT StatusText)"
+    expect_eq "agent never restarted" 0 "$(unit_prop $UNIT NRestarts)"
+    started=$(unit_prop $UNIT ExecMainStartTimestampMonotonic)
+    ready=$(unit_prop $UNIT ActiveEnterTimestampMonotonic)
+    note boot4_offline_start_to_ready_ms $(((ready - started) / 1000))
+    expect_true "READY before agent.ready_timeout_s (90 s)" test $((ready - started)) -lt 90000000
+    expect_eq "the unit ordered after the agent found the mount" "active success" \
+        "$(unit_prop $NEEDS_UNIT ActiveState) $(unit_prop $NEEDS_UNIT Result)"
+    expect_match "it read the file through the mount" 'written in boot 1' \
+        "$(journalctl -b -u $NEEDS_UNIT --no-pager -o cat 2>&1 || true)"
+    expect_eq "both volumes back over one session" 1 "$(sessions_to "$IQN")"
+    expect_true "by-path device present" test -b "$DEV"
+    data_back "boot 4, before the conductor answered"
+    mounted_on_host "boot 4"
+    expect_eq "the agent reports $VOLUME unconfirmed" "[True]" "$(unconfirmed "$VOLUME")"
+    expect_eq "the agent reports $FS_VOLUME unconfirmed" "[True]" "$(unconfirmed "$FS_VOLUME")"
+    expect_match "tether status: mounted (unconfirmed)" \
+        "$FS_VOLUME +iscsi +mounted \\(unconfirmed\\)" "$($TETHER status 2>&1 || true)"
+    expect_match "tether status: why" 'not answering yet; volumes attached again' \
+        "$($TETHER status 2>&1 | sed -n 2p || true)"
     expect_eq "nothing detached while the conductor is unreachable" "" \
         "$(journalctl -b -u $UNIT --no-pager -o cat -g '^(detaching|detached)' 2>&1 | grep -v '^-- No entries --$' || true)"
-    expect_match "tether status: the conductor not reached yet" 'not contacted yet' \
-        "$($TETHER status 2>&1 | sed -n 2p || true)"
-    expect_match "the agent retries its lookup" 'lookup failed; retrying' \
+    expect_match "the agent retries its lookup meanwhile" 'lookup failed; retrying' \
         "$(journalctl -b -u $UNIT --no-pager -o cat -g 'lookup failed' 2>&1 || true)"
 
+    sessions=$(session_ids "$IQN")
     t0=$(now_ms)
     expect_rc "systemctl start tether-conductor" 0 systemctl start tether-conductor.service
-    # The conductor's last report is from before the reboot: the agent's own status is fresh.
-    wait_agent_state "$VOLUME" attached "conductor back" 120
-    wait_agent_state "$FS_VOLUME" mounted "conductor back" 60
-    note conductor_back_to_mounted_ms $(($(now_ms) - t0))
-    expect_eq "agent's status line once the conductor answered" "2 volumes" "$(unit_prop $UNIT StatusText)"
-    expect_eq "one session to the target (two LUNs)" 1 "$(sessions_to "$IQN")"
+    wait_agent_state "$FS_VOLUME" gone "conductor back, $FS_VOLUME unassigned" 120
+    note conductor_back_to_detached_ms $(($(now_ms) - t0))
+    expect_eq "the unassigned volume is unmounted" "" "$(findmnt -N 1 -n "$FS_MOUNT" 2>&1 || true)"
+    expect_true "its LUN's device is gone" test ! -e "$(by_path "$PORTAL" "$IQN" 1)"
+    expect_eq "its cached target removed, the other kept" 1 "$(find "$CACHE" -name '*.json' | wc -l)"
+    expect_eq "$VOLUME confirmed" "[False]" "$(unconfirmed "$VOLUME")"
+    expect_eq "$VOLUME still attached" attached "$(agent_state "$VOLUME")"
+    expect_eq "the same session (no second login)" "$sessions" "$(session_ids "$IQN")"
+    expect_eq "one attach of $VOLUME this boot" 1 \
+        "$(journalctl -b -u $UNIT --no-pager -o json -g '(^|INFO )attached( |$)' 2>&1 |
+            grep -c "\"VOLUME_ID\":\"$VOLUME\"" || true)"
+    expect_match "agent's status line once the conductor answered" '^[0-9]+ volumes$' \
+        "$(unit_prop $UNIT StatusText)"
     data_back "boot 4, after the conductor came back"
-    mounted_on_host "boot 4"
-    expect_eq "boot 4: file written in boot 1 reads back (no mkfs over it)" \
-        "written in boot 1" "$(cat "$FS_MOUNT/proof" 2>&1)"
 }
 
 "boot$VM_BOOT"
