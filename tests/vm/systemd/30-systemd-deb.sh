@@ -126,8 +126,9 @@ sandboxed() {
     done
     exposure=$(systemd-analyze security --no-pager tether-conductor.service 2>&1 | tail -n1)
     expect_match "the conductor's exposure is OK (below 2.0)" 'level for .*: 1\.[0-9] OK' "$exposure"
+    # 4.9 until CAP_SYS_RESOURCE (an online resize2fs needs it) made it 5.0: no higher.
     exposure=$(systemd-analyze security --no-pager $UNIT 2>&1 | tail -n1)
-    expect_match "the agent's exposure is OK (below 5.0)" 'level for .*: [0-4]\.[0-9] OK' "$exposure"
+    expect_match "the agent's exposure is at most 5.0" 'level for .*: ([0-4]\.[0-9]|5\.0) ' "$exposure"
 }
 
 boot1() {
