@@ -133,6 +133,31 @@ fn check_valid(target: &VolumeTarget, spec: &TargetSpec) {
             let slashes = rbd.spec_name().matches('/').count();
             assert_eq!(slashes, 1 + usize::from(rbd.namespace.is_some()));
         }
+        BackendSpec::Nvmeof(nvme) => {
+            // NQNs and secrets go into the kernel's comma-separated `key=value` option string.
+            assert!(nvme.subsys_nqn.starts_with("nqn."), "{}", nvme.subsys_nqn);
+            let option_safe = |text: &str| !text.contains([',', '=', ' ', '\n']);
+            assert!(option_safe(&nvme.subsys_nqn), "{}", nvme.subsys_nqn);
+            assert!(!nvme.portals.is_empty());
+            for portal in &nvme.portals {
+                let written = portal.to_string();
+                assert_eq!(parse_portal(&written).as_ref(), Ok(portal), "{written}");
+            }
+            let id = &nvme.namespace;
+            assert!(id.uuid.is_some() || id.nguid.is_some() || id.nsid.is_some());
+            if let Some(nguid) = &id.nguid {
+                assert!(nguid.len() == 32 && nguid.chars().all(|c| c.is_ascii_hexdigit()));
+            }
+            if let Some(dhchap) = &nvme.dhchap {
+                for secret in [Some(&dhchap.host_secret), dhchap.ctrl_secret.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(secret.expose().starts_with("DHHC-1:"));
+                    assert!(option_safe(secret.expose()));
+                }
+            }
+        }
     }
     if let Some(mount) = &spec.mount {
         let text = mount.path.to_str().expect("a mount path is UTF-8");
@@ -223,7 +248,7 @@ fuzz_target!(|data: &[u8]| {
     } else if let Ok(request) = serde_json::from_value::<TargetCreate>(value.clone()) {
         check(&request.target(request.uuid.unwrap_or_else(Uuid::nil)));
     } else if let Value::Object(properties) = value {
-        for volume_type in ["iscsi", "rbd"] {
+        for volume_type in ["iscsi", "rbd", "nvmeof"] {
             let mut extra = Map::new();
             if let Some(mount) = properties.get("mount") {
                 extra.insert("mount".into(), mount.clone());
@@ -236,6 +261,7 @@ fuzz_target!(|data: &[u8]| {
                 boot_index: None,
                 properties: properties.clone(),
                 extra,
+                size_bytes: None,
             });
         }
     } else if let Value::String(text) = value {
