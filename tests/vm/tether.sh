@@ -269,12 +269,19 @@ roundtrip() {
 }
 
 # no_secret_leak SECRET... : none of the secrets is in the agent's or conductor's log, the
-# agent's state files, the report, or a world-readable open-iscsi file.
+# agent's state files, the report, or a world-readable open-iscsi file. The target cache (the
+# state directory's targets/, for re-attaching without the conductor) keeps them by design:
+# there they must be root's only.
 no_secret_leak() {
-    local s where
+    local s where cached f
     for s in "$@"; do
-        where=$(grep -rlF -- "$s" "$RESULT_DIR"/agent.log "$RESULT_DIR"/conductor.log "$TETHER_STATE" 2>/dev/null || true)
+        where=$(grep -rlF --exclude-dir=targets -- "$s" "$RESULT_DIR"/agent.log "$RESULT_DIR"/conductor.log "$TETHER_STATE" 2>/dev/null || true)
         expect_eq "secret not in logs or state files" "" "$where"
+        cached=$(grep -rlF -- "$s" "$TETHER_STATE/targets" 2>/dev/null || true)
+        for f in $cached; do
+            expect_eq "a cached target with the secret is root's only: $f" "600 700" \
+                "$(stat -c %a "$f") $(stat -c %a "$(dirname "$f")")"
+        done
         expect_eq "secret not in the report" "" "$(ctl status vm-guest --json | grep -F -- "$s" || true)"
         where=$(find /etc/iscsi -type f -perm /o+r -exec grep -lF -- "$s" {} + 2>/dev/null || true)
         expect_eq "secret in no world-readable open-iscsi file" "" "$where"
