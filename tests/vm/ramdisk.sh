@@ -15,6 +15,12 @@ RD_VOLUME=vol-ramdisk
 RD_NODE=ramdisk-node
 RD=$SHARE/ramdisk
 INITRAMFS=$RD/initramfs.img
+# The systemd initramfs of 40-dracut and 42-dracut-handover (one build serves both): the root
+# disk's modules for the handover's installed root, and its test-only pre-pivot hook.
+RD_SYSTEMD_MODULES="systemd systemd-initrd dracut-systemd base udev-rules rootfs-block"
+RD_SYSTEMD_ARGS=(--include "$SHARE/vm/ramdisk-pre-pivot.sh" /lib/dracut/hooks/pre-pivot/90-tether-test.sh)
+# What tether adds at most to an initramfs by default (MiB, uncompressed; BENCHMARKS.md).
+RD_TETHER_MAX_MIB=15
 NODE_T0=""
 mkdir -p "$RD"
 
@@ -53,26 +59,53 @@ ramdisk_prepare() {
     tls_setup "IP:$LINK_IP"
 }
 
-# build_initramfs MODULES : dracut with these modules and the tether module (from the share)
-# into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG). The file list goes
-# to $RESULT_DIR/initramfs.list.
+# build_initramfs MODULES [DRACUT_ARG...] : dracut with these modules and the tether module
+# (from the share) into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG), with
+# the drivers for the link and for a node's disk, and the settings in /etc/dracut.conf.d. The
+# file list goes to $RESULT_DIR/initramfs.list. The same build earlier in this boot is reused.
 build_initramfs() {
-    local t0 rc=0
+    local modules=$1 t0 rc=0 key
+    shift
+    key="$modules $* $(cat /etc/dracut.conf.d/*.conf 2>/dev/null | tr '\n' ' ')"
+    if [[ -s $INITRAMFS && -f $RD/initramfs.key && $(cat "$RD/initramfs.key") == "$key" ]]; then
+        cp "$RD/initramfs.list" "$RESULT_DIR/initramfs.list"
+        note initramfs_reused "the same build as an earlier scenario's"
+        pass "dracut builds the initramfs"
+        return 0
+    fi
+    rm -f "$RD/initramfs.key"
+    # Built and listed on the guest's disk: reading it back through 9p took minutes under load.
+    local img=/var/tmp/tether-initramfs.img
     rm -rf /usr/lib/dracut/modules.d/95tether
     cp -a "$SHARE/dracut/95tether" /usr/lib/dracut/modules.d/95tether
     t0=$(now_ms)
     dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode --no-compress \
-        --kver "$(uname -r)" --modules "$1 tether" \
-        --add-drivers "virtio_pci virtio_net" "$INITRAMFS" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
+        --kver "$(uname -r)" --modules "$modules tether" \
+        --add-drivers "virtio_pci virtio_net virtio_blk" "$@" "$img" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
     note dracut_build_ms $(($(now_ms) - t0))
     if ((rc != 0)); then
         fail "dracut builds the initramfs" "exit 0" "exit $rc: $(tail -n 20 "$RESULT_DIR/dracut.log")"
         return 1
     fi
-    note initramfs_mib $(($(stat -c %s "$INITRAMFS") / 1048576))
+    note initramfs_mib $(($(stat -c %s "$img") / 1048576))
     # (cpio itself: lsinitrd takes a minute over an uncompressed image under TCG.)
-    cpio -it --quiet <"$INITRAMFS" >"$RESULT_DIR/initramfs.list" 2>&1
+    cpio -it --quiet <"$img" >"$RESULT_DIR/initramfs.list" 2>&1
+    mv "$img" "$INITRAMFS"
+    cp "$RESULT_DIR/initramfs.list" "$RD/initramfs.list"
+    printf '%s' "$key" >"$RD/initramfs.key"
     pass "dracut builds the initramfs"
+}
+
+# initramfs_under_mib DESC MIB : the initramfs is at most MIB MiB (uncompressed).
+initramfs_under_mib() {
+    local mib
+    mib=$(($(stat -c %s "$INITRAMFS") / 1048576))
+    if ((mib <= $2)); then
+        pass "$1: $mib MiB <= $2 MiB"
+    else
+        fail "$1" "at most $2 MiB" "$mib MiB; the largest files: $(
+            cpio -itv --quiet <"$INITRAMFS" 2>/dev/null | sort -k5 -n -r | head -n 8 | awk '{print $5, $9}' | tr '\n' ';')"
+    fi
 }
 
 # initramfs_has DESC ERE / initramfs_lacks DESC ERE : a path in the initramfs matches ERE (or none).
