@@ -126,8 +126,9 @@ enum ConnectorCommand {
 
 #[derive(Subcommand)]
 enum TargetCommand {
-    /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD, or
-    /// --type with --properties-file for anything Cinder produced.
+    /// Assign a volume. Give --portal/--iqn/--lun for iSCSI, --rbd-name/--mon for RBD,
+    /// --nqn/--portal with --ns-uuid or --nsid for NVMe over TCP, or --type with
+    /// --properties-file for anything Cinder produced.
     Create(Box<TargetArgs>),
     /// List the assigned targets, of one node or of all.
     List {
@@ -140,6 +141,37 @@ enum TargetCommand {
     Show { uuid: Uuid },
     /// Unassign a volume; the agent detaches it once nothing uses it.
     Delete { uuid: Uuid },
+    /// Record that the volume grew at the storage (after growing the LUN, image or namespace):
+    /// the node's agent grows the device, and the file system with `grow` in its mount.
+    Resize {
+        uuid: Uuid,
+        /// The new size: bytes, or with a binary suffix (K, M, G, T; 10G is 10 GiB).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+}
+
+/// `10737418240`, `10G`, `10GiB`: bytes, or binary multiples.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number and K, M, G or T)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB") {
+        "" | "B" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => return Err(format!("unknown size unit {other:?} (K, M, G or T)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Args)]
@@ -149,15 +181,30 @@ struct TargetArgs {
     /// The volume's id (Cinder's volume id), unique per node.
     #[arg(long)]
     volume_id: String,
-    /// iscsi or rbd; inferred from the other options when absent.
+    /// iscsi, rbd or nvmeof; inferred from the other options when absent.
     #[arg(long = "type")]
     volume_type: Option<String>,
     /// JSON object of connection properties (Cinder's connection_info data).
     #[arg(long)]
     properties_file: Option<PathBuf>,
-    /// iSCSI portal, host:port.
+    /// iSCSI or NVMe/TCP portal, host:port.
     #[arg(long)]
     portal: Option<String>,
+    /// NVMe subsystem NQN (with --portal, and --ns-uuid or --nsid).
+    #[arg(long)]
+    nqn: Option<String>,
+    /// NVMe namespace UUID.
+    #[arg(long)]
+    ns_uuid: Option<String>,
+    /// NVMe namespace id.
+    #[arg(long)]
+    nsid: Option<u32>,
+    /// File holding the host's DH-HMAC-CHAP secret (DHHC-1:…).
+    #[arg(long)]
+    dhchap_secret_file: Option<PathBuf>,
+    /// File holding the controller's DH-HMAC-CHAP secret, for bidirectional authentication.
+    #[arg(long)]
+    dhchap_ctrl_secret_file: Option<PathBuf>,
     /// iSCSI target name.
     #[arg(long)]
     iqn: Option<String>,
@@ -194,6 +241,9 @@ struct TargetArgs {
     /// Order among the node's volumes (Ironic's boot_index).
     #[arg(long)]
     boot_index: Option<u32>,
+    /// The volume's size at the storage, when known (see `target resize`).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
     #[command(flatten)]
     mount: MountArgs,
 }
@@ -213,6 +263,9 @@ struct MountArgs {
     /// Format the device when it holds no filesystem (never when it does).
     #[arg(long)]
     mkfs: bool,
+    /// Grow the file system online when the volume grows (ext2/3/4, XFS).
+    #[arg(long)]
+    grow: bool,
 }
 
 impl MountArgs {
@@ -224,6 +277,7 @@ impl MountArgs {
             "fstype": self.fstype,
             "options": self.mount_options,
             "mkfs": self.mkfs,
+            "grow": self.grow,
         }))
     }
 }
@@ -283,6 +337,14 @@ impl Api {
         body: &impl Serialize,
     ) -> anyhow::Result<T> {
         self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -392,11 +454,7 @@ async fn node(api: &Api, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::SetMacs { node, macs } => {
             let uuid = api.node_uuid(&node).await?;
             let n: tether::protocol::Node = api
-                .call(
-                    reqwest::Method::PATCH,
-                    &format!("/v1/nodes/{uuid}"),
-                    Some(&json!({ "addresses": macs })),
-                )
+                .patch(&format!("/v1/nodes/{uuid}"), &json!({ "addresses": macs }))
                 .await?;
             println!(
                 "node {} is found by {}",
@@ -478,7 +536,30 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
     let mut set = |key: &str, value: Value| {
         props.insert(key.to_string(), value);
     };
-    if let Some(p) = &a.portal {
+    if let Some(nqn) = &a.nqn {
+        set("target_nqn", json!(nqn));
+        if let Some(p) = &a.portal {
+            let (host, port) = p
+                .rsplit_once(':')
+                .context("--portal is host:port (4420 is NVMe/TCP's port)")?;
+            set(
+                "portals",
+                json!([[host.trim_matches(['[', ']']), port, "tcp"]]),
+            );
+        }
+        if let Some(uuid) = &a.ns_uuid {
+            set("vol_uuid", json!(uuid));
+        }
+        if let Some(nsid) = a.nsid {
+            set("ns_id", json!(nsid));
+        }
+        if let Some(file) = &a.dhchap_secret_file {
+            set("dhchap_secret", json!(read_secret(file)?));
+        }
+        if let Some(file) = &a.dhchap_ctrl_secret_file {
+            set("dhchap_ctrl_secret", json!(read_secret(file)?));
+        }
+    } else if let Some(p) = &a.portal {
         set("target_portal", json!(p));
     }
     if let Some(i) = &a.iqn {
@@ -526,10 +607,11 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
     if a.read_only {
         set("access_mode", json!("ro"));
     }
-    let volume_type = match (&a.volume_type, &a.rbd_name) {
-        (Some(t), _) => t.clone(),
-        (None, Some(_)) => "rbd".into(),
-        (None, None) => "iscsi".into(),
+    let volume_type = match (&a.volume_type, &a.rbd_name, &a.nqn) {
+        (Some(t), _, _) => t.clone(),
+        (None, Some(_), _) => "rbd".into(),
+        (None, None, Some(_)) => "nvmeof".into(),
+        (None, None, None) => "iscsi".into(),
     };
     let mut extra = Map::new();
     if let Some(mount) = a.mount.spec() {
@@ -543,6 +625,7 @@ fn target_request(node_uuid: Uuid, a: &TargetArgs) -> anyhow::Result<TargetCreat
         boot_index: a.boot_index,
         properties: props,
         extra,
+        size_bytes: a.size,
     })
 }
 
@@ -580,6 +663,18 @@ async fn target(api: &Api, cmd: TargetCommand) -> anyhow::Result<()> {
         TargetCommand::Show { uuid } => {
             let t: VolumeTarget = api.get(&format!("/v1/volume/targets/{uuid}")).await?;
             print_json(&t)?;
+        }
+        TargetCommand::Resize { uuid, size } => {
+            let t: VolumeTarget = api
+                .patch(
+                    &format!("/v1/volume/targets/{uuid}"),
+                    &tether::protocol::TargetResize { size_bytes: size },
+                )
+                .await?;
+            println!(
+                "target {} of node {} is {size} bytes; its agent grows the device",
+                t.uuid, t.node_uuid
+            );
         }
         TargetCommand::Delete { uuid } => {
             api.delete(&format!("/v1/volume/targets/{uuid}")).await?;

@@ -54,6 +54,7 @@ pub fn volume_type_label(volume_type: &str) -> &'static str {
     match volume_type {
         "iscsi" => "iscsi",
         "rbd" => "rbd",
+        "nvmeof" => "nvmeof",
         _ => "other",
     }
 }

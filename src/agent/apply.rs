@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::reconcile::{Action, Desired};
 use super::volume::{InvalidTransition, Millis, Volume};
-use crate::backend::{Attachment, BackendAttachment, Ownership};
+use crate::backend::{Attachment, Ownership};
 use crate::protocol::ErrorReport;
-use crate::protocol::target::{SessionKey, TargetSpec};
+use crate::protocol::target::{MountSpec, SessionKey, TargetSpec};
 
 /// Every volume the agent tracks, by target uuid.
 pub(crate) type Volumes = BTreeMap<Uuid, Volume>;
@@ -26,6 +26,12 @@ pub(crate) enum HostOp {
     Detach {
         attachment: Box<Attachment>,
         ownership: Ownership,
+    },
+    /// Grows the device to `size_bytes`, and the file system when `mount` asks to.
+    Grow {
+        attachment: Box<Attachment>,
+        size_bytes: u64,
+        mount: Option<MountSpec>,
     },
 }
 
@@ -44,6 +50,9 @@ pub(crate) enum Outcome {
     },
     DetachBlocked(ErrorReport),
     DetachFailed(ErrorReport),
+    /// The device's size after it grew.
+    Grown(u64),
+    GrowFailed(ErrorReport),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -106,6 +115,24 @@ pub(crate) fn apply(
             volume.reassigned(now)?;
             Ok(None)
         }
+        Action::Grow(uuid) => {
+            let spec = desired
+                .target(*uuid)
+                .and_then(|t| t.spec.as_ref().ok())
+                .ok_or(ApplyError::NotAssigned(*uuid))?;
+            let size_bytes = spec.size_bytes.ok_or(ApplyError::NotAssigned(*uuid))?;
+            let volume = volumes.get_mut(uuid).ok_or(ApplyError::Untracked(*uuid))?;
+            volume.start_grow(size_bytes)?;
+            let attachment = volume
+                .attachment
+                .clone()
+                .expect("start_grow checks ownership");
+            Ok(Some(HostOp::Grow {
+                attachment: Box::new(attachment),
+                size_bytes,
+                mount: spec.mount.clone(),
+            }))
+        }
     }
 }
 
@@ -130,6 +157,8 @@ pub(crate) fn complete(
         }
         Outcome::DetachBlocked(reason) => volume.detach_blocked(reason, retry_at, now)?,
         Outcome::DetachFailed(error) => volume.detach_failed(error, retry_at, now)?,
+        Outcome::Grown(size) => volume.grow_succeeded(size)?,
+        Outcome::GrowFailed(error) => volume.grow_failed(error, retry_at)?,
     }
     Ok(())
 }
@@ -159,18 +188,15 @@ fn track<'a>(
 pub(crate) fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
     let mut ownership = Ownership::default();
     for (other, volume) in volumes {
-        let Some(BackendAttachment::Iscsi(iscsi)) = volume.attachment.as_ref().map(|a| &a.backend)
-        else {
+        let Some(attachment) = &volume.attachment else {
             continue;
         };
-        for path in &iscsi.paths {
-            if path.session_created {
-                ownership.owned_sessions.insert(path.session.clone());
+        for (key, created) in attachment.connections() {
+            if created {
+                ownership.owned_sessions.insert(key.clone());
             }
             if *other != uuid {
-                ownership
-                    .sessions_used_by_others
-                    .insert(path.session.clone());
+                ownership.sessions_used_by_others.insert(key.clone());
             }
         }
     }
@@ -180,16 +206,11 @@ pub(crate) fn ownership_for(volumes: &Volumes, uuid: Uuid) -> Ownership {
 /// A detached volume created sessions that others still use: one of them owns them now.
 fn hand_over_sessions(volumes: &mut Volumes, sessions: &[SessionKey]) {
     for key in sessions {
-        let heir = volumes.values_mut().find_map(|v| {
-            match v.attachment.as_mut().map(|a| &mut a.backend) {
-                Some(BackendAttachment::Iscsi(iscsi)) => {
-                    iscsi.paths.iter_mut().find(|p| p.session == *key)
-                }
-                _ => None,
+        for volume in volumes.values_mut() {
+            let heir = volume.attachment.as_mut();
+            if heir.is_some_and(|a| a.take_over_connection(key)) {
+                break;
             }
-        });
-        if let Some(path) = heir {
-            path.session_created = true;
         }
     }
 }
@@ -199,6 +220,7 @@ mod tests {
     use super::*;
     use crate::agent::reconcile::{Assignment, DesiredTarget};
     use crate::agent::volume::tests::attachment;
+    use crate::backend::BackendAttachment;
     use crate::protocol::VolumeTarget;
     use crate::protocol::target::parse;
 

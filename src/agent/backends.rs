@@ -9,18 +9,23 @@ use crate::backend::block::mount::MountPolicy;
 use crate::backend::iscsi::IscsiBackend;
 use crate::backend::iscsi::iscsiadm::SystemIscsi;
 use crate::backend::iscsi::multipath::{MultipathHost, SystemMultipath};
+use crate::backend::nvme::NvmeBackend;
+use crate::backend::nvme::system::SystemNvme;
 use crate::backend::rbd::RbdBackend;
 use crate::backend::rbd::system::SystemRbd;
 use crate::backend::simulated::SimKernel;
 use crate::backend::{
     self, Attachment, BackendAttachment, BlockHost, Creations, DetachOutcome, ErrorKind, HostError,
-    IscsiAttachment, MountRecord, Ownership, RbdAttachment, VolumeBackend,
+    IscsiAttachment, MountRecord, NvmeAttachment, Ownership, RbdAttachment, VolumeBackend,
 };
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{BackendSpec, IscsiSpec, RbdSpec, TargetSpec, VolumeType};
+use crate::protocol::target::{
+    BackendSpec, IscsiSpec, MountSpec, NvmeofSpec, RbdSpec, TargetSpec, VolumeType,
+};
 
 type Iscsi = dyn VolumeBackend<Spec = IscsiSpec, Record = IscsiAttachment>;
 type Rbd = dyn VolumeBackend<Spec = RbdSpec, Record = RbdAttachment>;
+type Nvme = dyn VolumeBackend<Spec = NvmeofSpec, Record = NvmeAttachment>;
 
 /// One backend per volume type, plus block devices and mounts.
 #[derive(Clone)]
@@ -29,6 +34,7 @@ pub struct Backends {
     /// that type fails with it, and nothing recorded is ever taken for gone.
     iscsi: Result<Arc<Iscsi>, HostError>,
     rbd: Result<Arc<Rbd>, HostError>,
+    nvme: Result<Arc<Nvme>, HostError>,
     block: Arc<dyn BlockHost>,
     /// Where and how the node lets volumes be mounted.
     mount_policy: MountPolicy,
@@ -46,6 +52,7 @@ impl Backends {
         Self {
             iscsi: Ok(Arc::new(IscsiBackend::new(kernel.clone(), kernel.clone()))),
             rbd: Ok(Arc::new(RbdBackend::new(kernel.clone(), kernel.clone()))),
+            nvme: Ok(Arc::new(NvmeBackend::new(kernel.clone(), kernel.clone()))),
             block: Arc::new(kernel),
             mount_policy: MountPolicy::default(),
         }
@@ -74,9 +81,19 @@ impl Backends {
             );
         }
         let rbd = SystemRbd::new(root, &root.join("run/tether"));
+        let nvme = SystemNvme::new(root)
+            .map(|host| Arc::new(NvmeBackend::new(host, block.clone())) as Arc<Nvme>);
+        if let Err(e) = &nvme {
+            tracing::warn!(
+                kind = %e.kind,
+                error = %e,
+                "NVMe-oF volumes cannot be attached on this node"
+            );
+        }
         Ok(Self {
             iscsi,
             rbd: Ok(Arc::new(RbdBackend::new(rbd, block.clone()))),
+            nvme,
             block,
             mount_policy: MountPolicy::default(),
         })
@@ -105,6 +122,10 @@ impl Backends {
         self.rbd.as_deref().map_err(Clone::clone)
     }
 
+    fn nvme(&self) -> Result<&Nvme, HostError> {
+        self.nvme.as_deref().map_err(Clone::clone)
+    }
+
     /// Attaches the target's device, then mounts it if the target asks for a mount.
     pub(crate) fn attach(
         &self,
@@ -122,6 +143,10 @@ impl Backends {
                 .rbd()
                 .and_then(|b| b.attach(s, read_only, ownership, timeout))
                 .map(|a| a.into_attachment(BackendAttachment::Rbd)),
+            BackendSpec::Nvmeof(s) => self
+                .nvme()
+                .and_then(|b| b.attach(s, read_only, ownership, timeout))
+                .map(|a| a.into_attachment(BackendAttachment::Nvmeof)),
         };
         let mut attachment = attached.map_err(|error| AttachFailure {
             error,
@@ -162,7 +187,37 @@ impl Backends {
         match &attachment.backend {
             BackendAttachment::Iscsi(r) => self.iscsi()?.detach(device, r, ownership),
             BackendAttachment::Rbd(r) => self.rbd()?.detach(device, r, ownership),
+            BackendAttachment::Nvmeof(r) => self.nvme()?.detach(device, r, ownership),
         }
+    }
+
+    /// Grows the attached device to at least `size_bytes`: the backend has the kernel read the
+    /// volume's size again, then the file system grows when `mount` asks for it. Returns the
+    /// device's new size.
+    pub(crate) fn grow(
+        &self,
+        attachment: &Attachment,
+        size_bytes: u64,
+        mount: Option<&MountSpec>,
+        timeout: Duration,
+    ) -> Result<u64, HostError> {
+        let device = &attachment.device;
+        match &attachment.backend {
+            BackendAttachment::Iscsi(r) => self.iscsi()?.rescan(device, r)?,
+            BackendAttachment::Rbd(r) => self.rbd()?.rescan(device, r)?,
+            BackendAttachment::Nvmeof(r) => self.nvme()?.rescan(device, r)?,
+        }
+        let size = backend::block::wait_for_size(
+            self.block.as_ref(),
+            &device.kernel_name,
+            size_bytes,
+            timeout,
+        )?;
+        if let (Some(spec), Some(mounted)) = (mount.filter(|m| m.grow), &attachment.mount) {
+            self.block
+                .grow_filesystem(&device.device_path, &mounted.path, &spec.fstype)?;
+        }
+        Ok(size)
     }
 
     /// What an attach of `spec` may create: the parts the host lacks now, and its mount.
@@ -170,6 +225,7 @@ impl Backends {
         let mut creations = match &spec.backend {
             BackendSpec::Iscsi(s) => self.iscsi()?.creations(s)?,
             BackendSpec::Rbd(s) => self.rbd()?.creations(s)?,
+            BackendSpec::Nvmeof(s) => self.nvme()?.creations(s)?,
         };
         // A mount at this path of this volume's device is only ever the agent's.
         creations.mount = spec.mount.as_ref().map(|m| m.path.clone());
@@ -192,6 +248,10 @@ impl Backends {
                 .rbd()?
                 .leftover(creations)?
                 .map(|a| a.into_attachment(BackendAttachment::Rbd)),
+            VolumeType::Nvmeof => self
+                .nvme()?
+                .leftover(creations)?
+                .map(|a| a.into_attachment(BackendAttachment::Nvmeof)),
         };
         let Some(mut attachment) = attached else {
             return Ok(None);
@@ -214,6 +274,7 @@ impl Backends {
         let down = match &attachment.backend {
             BackendAttachment::Iscsi(r) => self.iscsi()?.paths_down(r)?,
             BackendAttachment::Rbd(r) => self.rbd()?.paths_down(r)?,
+            BackendAttachment::Nvmeof(r) => self.nvme()?.paths_down(r)?,
         };
         if down.is_empty() {
             return Ok(None);
@@ -238,6 +299,7 @@ impl Backends {
         match &attachment.backend {
             BackendAttachment::Iscsi(r) => self.iscsi()?.is_present(r),
             BackendAttachment::Rbd(r) => self.rbd()?.is_present(r),
+            BackendAttachment::Nvmeof(r) => self.nvme()?.is_present(r),
         }
     }
 
@@ -246,15 +308,18 @@ impl Backends {
     pub(crate) fn foreign(&self, owned: &[Attachment]) -> Vec<ForeignAttachment> {
         let mut iscsi = Vec::new();
         let mut rbd = Vec::new();
+        let mut nvme = Vec::new();
         for attachment in owned {
             match &attachment.backend {
                 BackendAttachment::Iscsi(r) => iscsi.push(r),
                 BackendAttachment::Rbd(r) => rbd.push(r),
+                BackendAttachment::Nvmeof(r) => nvme.push(r),
             }
         }
         let found = [
             self.iscsi().ok().map(|b| b.foreign(&iscsi)),
             self.rbd().ok().map(|b| b.foreign(&rbd)),
+            self.nvme().ok().map(|b| b.foreign(&nvme)),
         ];
         let mut all = Vec::new();
         for result in found.into_iter().flatten() {

@@ -29,6 +29,11 @@ use crate::protocol::{
 pub(crate) enum OpResult {
     Attached(Result<Attachment, AttachFailure>),
     Detached(Result<DetachOutcome, HostError>),
+    /// The device's new size, or why it did not grow to `size_bytes`.
+    Grown {
+        result: Result<u64, HostError>,
+        size_bytes: u64,
+    },
 }
 
 pub(crate) struct Agent {
@@ -180,6 +185,14 @@ impl Agent {
                     "assigned again; keeping it attached"
                 )
             }
+            Action::Grow(_) => {
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    size_bytes = volume.size_bytes().unwrap_or_default(),
+                    "the volume grew at the storage; growing the device"
+                )
+            }
             Action::Forget(_) => {}
         }
         let Some(op) = op else {
@@ -254,6 +267,14 @@ impl Agent {
                     attachment,
                     ownership,
                 } => OpResult::Detached(backends.detach(&attachment, &ownership)),
+                HostOp::Grow {
+                    attachment,
+                    size_bytes,
+                    mount,
+                } => OpResult::Grown {
+                    result: backends.grow(&attachment, size_bytes, mount.as_ref(), timeout),
+                    size_bytes,
+                },
             };
             let took = started.elapsed();
             let _ = events.blocking_send(Event::Done(uuid, Box::new(result), took));
@@ -291,10 +312,11 @@ impl Agent {
             // Its result, recorded below in the same write, says what it made.
             self.intents.remove(&uuid);
         }
-        self.crash_after_write = Some(match result {
-            OpResult::Attached(_) => "agent.attach_recorded",
-            OpResult::Detached(_) => "agent.detach_recorded",
-        });
+        self.crash_after_write = match result {
+            OpResult::Attached(_) => Some("agent.attach_recorded"),
+            OpResult::Detached(_) => Some("agent.detach_recorded"),
+            OpResult::Grown { .. } => None,
+        };
         let Some(volume) = self.volumes.get(&uuid) else {
             return;
         };
@@ -375,6 +397,37 @@ impl Agent {
                     Some(error.kind.as_str()),
                 );
                 Outcome::DetachFailed(report(&error))
+            }
+            OpResult::Grown {
+                result: Ok(size),
+                size_bytes,
+            } => {
+                tracing::info!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    size_bytes = size,
+                    wanted = size_bytes,
+                    took_ms = took.as_millis() as u64,
+                    "grown"
+                );
+                metrics.grown(volume_type, None);
+                Outcome::Grown(size)
+            }
+            OpResult::Grown {
+                result: Err(error),
+                size_bytes,
+            } => {
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %volume_id,
+                    wanted = size_bytes,
+                    kind = %error.kind,
+                    error = %error.message,
+                    retry_in_ms = retry_in,
+                    "grow failed; the volume stays attached at its old size"
+                );
+                metrics.grown(volume_type, Some(error.kind.as_str()));
+                Outcome::GrowFailed(report(&error))
             }
         };
         let done = apply::complete(
@@ -585,6 +638,7 @@ mod tests {
             .unwrap()
             .clone(),
             extra: Default::default(),
+            size_bytes: None,
         };
         Assignment {
             generation: 1,

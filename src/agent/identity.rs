@@ -1,4 +1,4 @@
-//! Who this node is: MAC addresses, system UUID, initiator IQN and IP addresses.
+//! Who this node is: MAC addresses, system UUID, initiator IQN, NVMe host NQN and IP addresses.
 //! Every path is read under a root so that tests can point it at a temporary tree.
 
 use std::path::Path;
@@ -11,6 +11,9 @@ pub(crate) struct Identity {
     pub(crate) macs: Vec<String>,
     pub(crate) system_uuid: Option<String>,
     pub(crate) initiator_iqn: Option<String>,
+    /// `/etc/nvme/hostnqn` and `/etc/nvme/hostid` (the NVMe backend makes them when absent).
+    pub(crate) nvme_host_nqn: Option<String>,
+    pub(crate) nvme_host_id: Option<String>,
     pub(crate) ips: Vec<String>,
 }
 
@@ -50,6 +53,8 @@ pub(crate) fn collect(root: &Path) -> Identity {
         system_uuid: read_trimmed(&root.join("sys/class/dmi/id/product_uuid"))
             .map(|u| u.to_ascii_lowercase()),
         initiator_iqn: read_initiator_name(&root.join("etc/iscsi/initiatorname.iscsi")),
+        nvme_host_nqn: read_trimmed(&root.join("etc/nvme/hostnqn")).filter(|n| !n.is_empty()),
+        nvme_host_id: read_trimmed(&root.join("etc/nvme/hostid")).filter(|n| !n.is_empty()),
         ips,
     }
 }
@@ -86,6 +91,12 @@ impl Identity {
         };
         if let Some(iqn) = &self.initiator_iqn {
             push("iqn", iqn);
+        }
+        if let Some(nqn) = &self.nvme_host_nqn {
+            push("nqn", nqn);
+        }
+        if let Some(id) = &self.nvme_host_id {
+            push("nvme_hostid", id);
         }
         for mac in &self.macs {
             push("mac", mac);
@@ -166,6 +177,13 @@ mod tests {
             "## DO NOT EDIT\n#InitiatorName=iqn.old\nInitiatorName=iqn.1993-08.org.debian:01:abc\n",
         )
         .unwrap();
+        std::fs::create_dir_all(r.join("etc/nvme")).unwrap();
+        std::fs::write(
+            r.join("etc/nvme/hostnqn"),
+            "nqn.2014-08.org.nvmexpress:uuid:x\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/nvme/hostid"), "x\n").unwrap();
         let id = collect(r);
         assert_eq!(id.macs, vec!["52:54:00:ab:cd:ef"]);
         assert_eq!(id.system_uuid.as_deref(), Some("4c4c4544-0000"));
@@ -178,7 +196,7 @@ mod tests {
             .into_iter()
             .map(|c| c.connector_type)
             .collect();
-        assert_eq!(types, vec!["iqn", "mac"]);
+        assert_eq!(types, vec!["iqn", "nqn", "nvme_hostid", "mac"]);
     }
 
     #[test]

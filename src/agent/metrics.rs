@@ -70,6 +70,7 @@ pub(crate) struct AgentMetrics {
     detaches: Family<OperationLabels, Counter>,
     detach_seconds: Family<OperationLabels, Histogram>,
     failures: Family<FailureLabels, Counter>,
+    grows: Family<OperationLabels, Counter>,
     volumes: Family<StateLabels, Gauge>,
     heartbeats: Family<ResultLabels, Counter>,
     last_heartbeat: Gauge,
@@ -89,7 +90,7 @@ impl AgentMetrics {
         let attaches = Family::<OperationLabels, Counter>::default();
         let detaches = Family::<OperationLabels, Counter>::default();
         // Series that exist from the start, so that rates and alerts see a zero, not nothing.
-        for volume_type in ["iscsi", "rbd"] {
+        for volume_type in ["iscsi", "rbd", "nvmeof"] {
             for result in ["ok", "failed"] {
                 let _ = attaches.get_or_create(&OperationLabels {
                     volume_type,
@@ -109,6 +110,7 @@ impl AgentMetrics {
         let detach_seconds: Family<OperationLabels, Histogram> =
             Family::new_with_constructor(histogram);
         let failures = Family::<FailureLabels, Counter>::default();
+        let grows = Family::<OperationLabels, Counter>::default();
         let volumes = Family::<StateLabels, Gauge>::default();
         for state in VolumeState::ALL {
             let _ = volumes.get_or_create(&StateLabels {
@@ -153,6 +155,12 @@ impl AgentMetrics {
             failures.clone(),
         );
         registry.register(
+            "tether_agent_grows",
+            "Online grows of attached volumes (rescan, then the file system), by volume type \
+             and result (ok, failed)",
+            grows.clone(),
+        );
+        registry.register(
             "tether_agent_volumes",
             "Volumes the agent tracks, by state",
             volumes.clone(),
@@ -187,6 +195,7 @@ impl AgentMetrics {
             detaches,
             detach_seconds,
             failures,
+            grows,
             volumes,
             heartbeats,
             last_heartbeat,
@@ -254,6 +263,21 @@ impl AgentMetrics {
     }
 
     /// A target the agent refused without running anything.
+    /// A grow finished; `failure` is the error kind when it failed.
+    pub(crate) fn grown(&self, volume_type: &str, failure: Option<&str>) {
+        let volume_type = volume_type_label(volume_type);
+        let result = if failure.is_some() { "failed" } else { "ok" };
+        self.grows
+            .get_or_create(&OperationLabels {
+                volume_type,
+                result,
+            })
+            .inc();
+        if let Some(kind) = failure {
+            self.failure("grow", volume_type, kind);
+        }
+    }
+
     pub(crate) fn rejected(&self, volume_type: &str, kind: &str) {
         self.failure("validate", volume_type_label(volume_type), kind);
     }

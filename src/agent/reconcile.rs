@@ -68,6 +68,8 @@ pub(crate) enum Action {
     Reject(Uuid, ErrorReport),
     /// Assigned again while its detach was blocked or failed: keep it.
     Keep(Uuid),
+    /// The target's volume grew beyond the attached device: grow the device to it.
+    Grow(Uuid),
 }
 
 impl Action {
@@ -78,7 +80,8 @@ impl Action {
             | Self::Detach(uuid)
             | Self::Forget(uuid)
             | Self::Reject(uuid, _)
-            | Self::Keep(uuid) => *uuid,
+            | Self::Keep(uuid)
+            | Self::Grow(uuid) => *uuid,
         }
     }
 }
@@ -94,6 +97,27 @@ pub(crate) fn error_report(e: &TargetError) -> ErrorReport {
     ErrorReport {
         kind: e.kind().to_string(),
         message: e.to_string(),
+    }
+}
+
+/// Whether an attached volume must grow now: its target names a size larger than the device,
+/// and no failed grow to that size waits for its retry. Volumes never shrink.
+fn grow_due(spec: &TargetSpec, volume: &Volume, now: Millis, plan: &mut Plan) -> bool {
+    let (Some(wanted), Some(size)) = (spec.size_bytes, volume.size_bytes()) else {
+        return false;
+    };
+    if size >= wanted {
+        return false;
+    }
+    match &volume.grow_failure {
+        Some(failure) if failure.size_bytes == wanted && failure.retry_at > now => {
+            plan.next_wake = Some(
+                plan.next_wake
+                    .map_or(failure.retry_at, |w| w.min(failure.retry_at)),
+            );
+            false
+        }
+        _ => true,
     }
 }
 
@@ -157,7 +181,17 @@ pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now
                 plan.actions.push(Action::Keep(target.uuid));
                 false
             }
-            Some(Phase::Attaching | Phase::Attached | Phase::Detaching) => false,
+            Some(Phase::Attached) => {
+                let volume = volume.expect("a phase means a volume");
+                if grow_due(spec, volume, now, &mut plan)
+                    && spec.sessions().iter().all(|k| !detaching.contains(k))
+                {
+                    busy.extend(spec.sessions());
+                    plan.actions.push(Action::Grow(target.uuid));
+                }
+                false
+            }
+            Some(Phase::Attaching | Phase::Growing { .. } | Phase::Detaching) => false,
         };
         if due {
             let sessions = spec.sessions();

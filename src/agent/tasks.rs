@@ -15,7 +15,7 @@ use super::metrics::AgentMetrics;
 use super::reconcile::{Assignment, DesiredTarget};
 use super::record::StateDir;
 use super::volume::retry_delay;
-use crate::protocol::target::{self, BackendSpec, TargetSpec};
+use crate::protocol::target::{self, BackendSpec, Portal, TargetSpec};
 use crate::protocol::{Heartbeat, MASK, Secret, VolumeTarget};
 
 /// How long a portal's host name may take to resolve before the name is kept as written.
@@ -189,11 +189,12 @@ async fn desired_targets(targets: Vec<VolumeTarget>) -> Vec<DesiredTarget> {
 /// name a session alike. A name that does not resolve stays: the attach then fails with
 /// `portal_unreachable` and is retried.
 async fn resolve_portals(spec: &mut TargetSpec) {
-    let BackendSpec::Iscsi(iscsi) = &mut spec.backend else {
-        return;
+    let portals: Vec<&mut Portal> = match &mut spec.backend {
+        BackendSpec::Iscsi(iscsi) => iscsi.paths.iter_mut().map(|p| &mut p.portal).collect(),
+        BackendSpec::Nvmeof(nvme) => nvme.portals.iter_mut().collect(),
+        BackendSpec::Rbd(_) => return,
     };
-    for path in &mut iscsi.paths {
-        let portal = &mut path.portal;
+    for portal in portals {
         if portal.host.parse::<IpAddr>().is_ok() {
             continue;
         }

@@ -8,6 +8,8 @@
 //!   (gone) <──detached── Detaching ──blocked──> DetachBlocked ──retry due / start_detach──┐
 //!                           │  └──failed──> Failed(detach) ──────────────────────────────┘
 //!                           └─ reassigned while blocked or failed ──> Attached / Mounted
+//!
+//!  Attached ──start_grow──> Growing ──grown / grow failed (kept, retried)──> Attached
 //! ```
 
 use std::time::{Duration, SystemTime};
@@ -33,6 +35,10 @@ pub(crate) enum Phase {
     Pending,
     Attaching,
     Attached,
+    /// Attached, and growing to the target's new size (rescan, then the file system).
+    Growing {
+        size_bytes: u64,
+    },
     Detaching,
     DetachBlocked {
         reason: ErrorReport,
@@ -60,6 +66,16 @@ pub(crate) struct Volume {
     pub(crate) attachment: Option<Attachment>,
     /// Sessions this volume's operations log in to (see `TargetSpec::sessions`).
     pub(crate) sessions: Vec<SessionKey>,
+    /// The last grow failed: why, to which size, and when to try again. The volume stays
+    /// attached meanwhile.
+    pub(crate) grow_failure: Option<GrowFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GrowFailure {
+    pub(crate) error: ErrorReport,
+    pub(crate) size_bytes: u64,
+    pub(crate) retry_at: Millis,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -98,6 +114,7 @@ impl Volume {
             failures: 0,
             attachment: None,
             sessions: Vec::new(),
+            grow_failure: None,
         }
     }
 
@@ -151,10 +168,13 @@ impl Volume {
         match &self.phase {
             Phase::Pending => VolumeState::Pending,
             Phase::Attaching => VolumeState::Attaching,
-            Phase::Attached if self.attachment.as_ref().is_some_and(|a| a.mount.is_some()) => {
+            // A volume that grows is still attached (or mounted) and in use.
+            Phase::Attached | Phase::Growing { .. }
+                if self.attachment.as_ref().is_some_and(|a| a.mount.is_some()) =>
+            {
                 VolumeState::Mounted
             }
-            Phase::Attached => VolumeState::Attached,
+            Phase::Attached | Phase::Growing { .. } => VolumeState::Attached,
             Phase::Detaching => VolumeState::Detaching,
             Phase::DetachBlocked { .. } => VolumeState::DetachBlocked,
             Phase::Failed { .. } => VolumeState::Failed,
@@ -166,7 +186,10 @@ impl Volume {
     }
 
     pub(crate) fn in_flight(&self) -> bool {
-        matches!(self.phase, Phase::Attaching | Phase::Detaching)
+        matches!(
+            self.phase,
+            Phase::Attaching | Phase::Growing { .. } | Phase::Detaching
+        )
     }
 
     /// When a blocked or failed volume may be retried.
@@ -182,8 +205,14 @@ impl Volume {
         match &self.phase {
             Phase::DetachBlocked { reason, .. } => Some(reason),
             Phase::Failed { error, .. } => Some(error),
+            Phase::Attached | Phase::Growing { .. } => self.grow_failure.as_ref().map(|g| &g.error),
             _ => None,
         }
+    }
+
+    /// The size the attached device has now, as last seen.
+    pub(crate) fn size_bytes(&self) -> Option<u64> {
+        self.attachment.as_ref().map(|a| a.device.size_bytes)
     }
 
     fn enter(&mut self, phase: Phase, now: SystemTime) {
@@ -336,6 +365,46 @@ impl Volume {
             },
             now,
         );
+        Ok(())
+    }
+
+    /// The target's volume is larger than the device: grow it. The phase's start time stays:
+    /// the volume is attached all along.
+    pub(crate) fn start_grow(&mut self, size_bytes: u64) -> Result<(), InvalidTransition> {
+        if self.phase != Phase::Attached || !self.is_owned() {
+            return Err(self.invalid("start grow"));
+        }
+        self.phase = Phase::Growing { size_bytes };
+        Ok(())
+    }
+
+    /// `size_bytes` is the device's size after the grow.
+    pub(crate) fn grow_succeeded(&mut self, size_bytes: u64) -> Result<(), InvalidTransition> {
+        if !matches!(self.phase, Phase::Growing { .. }) {
+            return Err(self.invalid("finish grow"));
+        }
+        if let Some(attachment) = &mut self.attachment {
+            attachment.device.size_bytes = size_bytes;
+        }
+        self.grow_failure = None;
+        self.phase = Phase::Attached;
+        Ok(())
+    }
+
+    pub(crate) fn grow_failed(
+        &mut self,
+        error: ErrorReport,
+        retry_at: Millis,
+    ) -> Result<(), InvalidTransition> {
+        let Phase::Growing { size_bytes } = self.phase else {
+            return Err(self.invalid("fail grow"));
+        };
+        self.grow_failure = Some(GrowFailure {
+            error,
+            size_bytes,
+            retry_at,
+        });
+        self.phase = Phase::Attached;
         Ok(())
     }
 

@@ -45,13 +45,20 @@ error_kinds! {
     AuthFailed => "auth_failed",
     ClusterUnreachable => "cluster_unreachable",
     CommandFailed => "command_failed",
+    /// An NVMe-oF connect failed for a reason the kernel did not name.
+    ConnectFailed => "connect_failed",
     DeleteFailed => "delete_failed",
     /// The kernel or a tool said the device is busy (EBUSY, "in use").
     DeviceBusy => "device_busy",
     /// A detach found something else holding the device.
     DeviceInUse => "device_in_use",
     DeviceTimeout => "device_timeout",
+    DisconnectFailed => "disconnect_failed",
     FlushFailed => "flush_failed",
+    /// The device grew but its file system could not be grown (resize2fs, xfs_growfs).
+    GrowFailed => "grow_failed",
+    /// The node's NVMe host NQN or host id cannot be read or made (/etc/nvme).
+    HostIdentity => "host_identity",
     ImageNotFound => "image_not_found",
     /// A bug in the agent, not something an operator can fix.
     Internal => "internal",

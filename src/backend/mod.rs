@@ -8,6 +8,7 @@ pub(crate) mod block;
 pub(crate) mod cmd;
 mod error;
 pub(crate) mod iscsi;
+pub(crate) mod nvme;
 pub(crate) mod rbd;
 pub mod simulated;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ForeignAttachment;
-use crate::protocol::target::{SessionKey, VolumeType};
+use crate::protocol::target::{NamespaceId, Portal, SessionKey, VolumeType, parse_portal};
 use block::DeviceMatcher;
 pub use error::{ErrorKind, HostError};
 
@@ -67,6 +68,7 @@ pub(crate) struct Attachment {
 pub(crate) enum BackendAttachment {
     Iscsi(IscsiAttachment),
     Rbd(RbdAttachment),
+    Nvmeof(NvmeAttachment),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,6 +113,57 @@ pub(crate) struct RbdAttachment {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct NvmeAttachment {
+    /// One per portal; the namespace's device is shared by them (native NVMe multipath).
+    pub(crate) controllers: Vec<NvmeControllerAttachment>,
+    pub(crate) namespace: NamespaceId,
+}
+
+/// One NVMe-oF controller, recorded as `portal`, `subsys_nqn`, `controller` and `created`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "NvmeControllerRecord", into = "NvmeControllerRecord")]
+pub(crate) struct NvmeControllerAttachment {
+    /// (portal, subsystem NQN).
+    pub(crate) key: SessionKey,
+    /// `nvmeN` when it was connected; the kernel may give another number after a reconnect,
+    /// so the key, not the name, identifies it.
+    pub(crate) controller: String,
+    /// The agent connected it (so it may disconnect it when no owned namespace uses it).
+    pub(crate) created: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NvmeControllerRecord {
+    portal: String,
+    subsys_nqn: String,
+    controller: String,
+    created: bool,
+}
+
+impl TryFrom<NvmeControllerRecord> for NvmeControllerAttachment {
+    type Error = String;
+    fn try_from(r: NvmeControllerRecord) -> Result<Self, String> {
+        let portal = parse_portal(&r.portal).map_err(|e| e.to_string())?;
+        Ok(Self {
+            key: SessionKey::new(&portal, &r.subsys_nqn),
+            controller: r.controller,
+            created: r.created,
+        })
+    }
+}
+
+impl From<NvmeControllerAttachment> for NvmeControllerRecord {
+    fn from(a: NvmeControllerAttachment) -> Self {
+        Self {
+            portal: a.key.portal().to_string(),
+            subsys_nqn: a.key.iqn().to_string(),
+            controller: a.controller,
+            created: a.created,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct MountRecord {
     pub(crate) path: PathBuf,
     /// Only mounts the agent made are unmounted by it.
@@ -122,12 +175,16 @@ pub(crate) struct MountRecord {
 /// are the agent's own, and nothing else is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Creations {
+    /// iSCSI sessions, or NVMe-oF controllers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) sessions: Vec<SessionKey>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) luns: Vec<LunRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) image: Option<RbdImage>,
+    /// The NVMe namespace the controllers in `sessions` were connected for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) namespace: Option<NamespaceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mount: Option<PathBuf>,
 }
@@ -164,6 +221,14 @@ impl Attachment {
                     }
                 }
             }
+            (BackendAttachment::Nvmeof(now), BackendAttachment::Nvmeof(before)) => {
+                for controller in &mut now.controllers {
+                    controller.created |= before
+                        .controllers
+                        .iter()
+                        .any(|old| old.key == controller.key && old.created);
+                }
+            }
             (BackendAttachment::Rbd(now), BackendAttachment::Rbd(before))
                 if (&now.pool, &now.namespace, &now.image)
                     == (&before.pool, &before.namespace, &before.image) =>
@@ -181,33 +246,72 @@ impl Attachment {
 
     /// Whether the agent may have left something of this attachment on the host when the host
     /// no longer shows it whole: a session it logged in keeps its node record (and CHAP secret)
-    /// in /etc/iscsi across a logout that did not finish, and across a reboot.
+    /// in /etc/iscsi across a logout that did not finish, and across a reboot. A controller is
+    /// kernel state only: nothing of it outlives its disconnect.
     pub(crate) fn may_leave_traces(&self) -> bool {
         match &self.backend {
             BackendAttachment::Iscsi(iscsi) => iscsi.paths.iter().any(|p| p.session_created),
+            BackendAttachment::Rbd(_) | BackendAttachment::Nvmeof(_) => false,
+        }
+    }
+
+    /// The shared connections (iSCSI sessions, NVMe-oF controllers) this volume runs over, each
+    /// with whether the agent made it.
+    pub(crate) fn connections(&self) -> Vec<(&SessionKey, bool)> {
+        match &self.backend {
+            BackendAttachment::Iscsi(iscsi) => iscsi
+                .paths
+                .iter()
+                .map(|p| (&p.session, p.session_created))
+                .collect(),
+            BackendAttachment::Nvmeof(nvme) => nvme
+                .controllers
+                .iter()
+                .map(|c| (&c.key, c.created))
+                .collect(),
+            BackendAttachment::Rbd(_) => Vec::new(),
+        }
+    }
+
+    /// Marks the connection `key` as the agent's, when this volume runs over it: a detached
+    /// volume made it and this one inherits it. Whether it did.
+    pub(crate) fn take_over_connection(&mut self, key: &SessionKey) -> bool {
+        match &mut self.backend {
+            BackendAttachment::Iscsi(iscsi) => iscsi
+                .paths
+                .iter_mut()
+                .find(|p| p.session == *key)
+                .map(|p| p.session_created = true)
+                .is_some(),
+            BackendAttachment::Nvmeof(nvme) => nvme
+                .controllers
+                .iter_mut()
+                .find(|c| c.key == *key)
+                .map(|c| c.created = true)
+                .is_some(),
             BackendAttachment::Rbd(_) => false,
         }
     }
 
-    /// Sessions this volume's paths run over.
+    /// Sessions (or controllers) this volume's paths run over.
     pub(crate) fn sessions(&self) -> Vec<SessionKey> {
-        match &self.backend {
-            BackendAttachment::Iscsi(iscsi) => {
-                iscsi.paths.iter().map(|p| p.session.clone()).collect()
-            }
-            BackendAttachment::Rbd(_) => Vec::new(),
-        }
+        self.connections()
+            .into_iter()
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     pub(crate) fn volume_type(&self) -> VolumeType {
         match self.backend {
             BackendAttachment::Iscsi(_) => VolumeType::Iscsi,
             BackendAttachment::Rbd(_) => VolumeType::Rbd,
+            BackendAttachment::Nvmeof(_) => VolumeType::Nvmeof,
         }
     }
 }
 
 /// What a backend made: the device, every path's device path, and its own record.
+#[derive(Debug, PartialEq)]
 pub(crate) struct Attached<R> {
     pub(crate) device: BlockDevice,
     pub(crate) paths: Vec<String>,
@@ -229,9 +333,10 @@ impl<R> Attached<R> {
 }
 
 /// What a backend knows of the agent's other volumes while it attaches or detaches one.
+/// Sessions here are iSCSI sessions and NVMe-oF controllers alike.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ownership {
-    /// Sessions the agent logged in (any owned volume's path has `session_created`).
+    /// Sessions the agent made (any owned volume's path has `session_created`).
     pub(crate) owned_sessions: BTreeSet<SessionKey>,
     /// Sessions used by owned volumes other than the one being worked on.
     pub(crate) sessions_used_by_others: BTreeSet<SessionKey>,
@@ -273,6 +378,11 @@ pub(crate) trait VolumeBackend: Send + Sync {
     fn paths_down(&self, _record: &Self::Record) -> Result<Vec<String>, HostError> {
         Ok(Vec::new())
     }
+    /// Asks the kernel to read the volume's size again (the volume grew at the storage). The
+    /// default does nothing: the kernel's RBD client learns of a resize by itself.
+    fn rescan(&self, _device: &BlockDevice, _record: &Self::Record) -> Result<(), HostError> {
+        Ok(())
+    }
     /// Attachments of this type on the host that none of `owned` accounts for.
     fn foreign(&self, owned: &[&Self::Record]) -> Result<Vec<ForeignAttachment>, HostError>;
     /// The parts of `spec` the host lacks now: what an attach of it may create.
@@ -311,6 +421,15 @@ pub(crate) trait BlockHost: Send + Sync {
         options: &str,
     ) -> Result<(), HostError>;
     fn unmount(&self, path: &Path) -> Result<(), HostError>;
+    /// The device's size in bytes, as the kernel has it now.
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError>;
+    /// Grows the file system on `device_path`, mounted at `mount_path`, to fill the device.
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError>;
 }
 
 impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
@@ -351,4 +470,40 @@ impl<T: BlockHost + ?Sized> BlockHost for std::sync::Arc<T> {
     fn unmount(&self, path: &Path) -> Result<(), HostError> {
         (**self).unmount(path)
     }
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError> {
+        (**self).size_of(kernel_name)
+    }
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError> {
+        (**self).grow_filesystem(device_path, mount_path, fstype)
+    }
+}
+
+/// A portal given by DNS name, resolved to the address the kernel will connect to.
+pub(crate) fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    if portal.host.parse::<IpAddr>().is_ok() {
+        return Ok(portal.clone());
+    }
+    let addr = (portal.host.as_str(), portal.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            HostError::new(
+                ErrorKind::PortalUnreachable,
+                format!(
+                    "cannot resolve the portal's host name {:?}; check DNS or give an address",
+                    portal.host
+                ),
+            )
+        })?;
+    Ok(Portal {
+        host: addr.ip().to_string(),
+        port: portal.port,
+    })
 }

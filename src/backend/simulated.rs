@@ -13,10 +13,14 @@ use std::time::Duration;
 use crate::backend::block::DeviceMatcher;
 use crate::backend::iscsi::sysfs::LunMatcher;
 use crate::backend::iscsi::{IscsiHost, Session};
+use crate::backend::nvme::device::NamespaceMatcher;
+use crate::backend::nvme::{Controller, Namespace, NvmeHost};
 use crate::backend::rbd::device::RbdMatcher;
 use crate::backend::rbd::{Mapping, RbdHost};
 use crate::backend::{BlockDevice, BlockHost, ErrorKind, HostError};
-use crate::protocol::target::{Chap, IscsiPath, Portal, RbdSpec, SessionKey, parse_portal};
+use crate::protocol::target::{
+    Chap, IscsiPath, NvmeofSpec, Portal, RbdSpec, SessionKey, parse_portal,
+};
 
 pub const DEFAULT_LUN_SIZE: u64 = 1 << 30;
 
@@ -27,6 +31,10 @@ pub struct SimStats {
     pub maps: u64,
     pub unmaps: u64,
     pub mkfs: u64,
+    pub nvme_connects: u64,
+    /// File systems grown online.
+    pub filesystem_grows: u64,
+    pub nvme_disconnects: u64,
     /// Most logins ever in flight at once for one (portal, iqn).
     pub max_concurrent_logins_per_target: u32,
 }
@@ -49,6 +57,16 @@ struct SimSession {
     luns: BTreeMap<u16, String>,
 }
 
+#[derive(Debug, Clone)]
+struct SimController {
+    name: String,
+    key: SessionKey,
+}
+
+/// The NQN the simulated host connects with.
+pub const SIM_HOST_NQN: &str =
+    "nqn.2014-08.org.nvmexpress:uuid:5e1f0000-0000-4000-8000-000000000001";
+
 #[derive(Debug, Default)]
 struct SimState {
     chap: BTreeMap<String, (String, String)>,
@@ -61,6 +79,14 @@ struct SimState {
     devices: BTreeMap<String, SimDevice>,
     mappings: Vec<(Mapping, String)>,
     maps_time_out_late: bool,
+    /// Namespaces (nsid, uuid) by subsystem NQN; a subsystem not listed has namespace 1.
+    nvme_namespaces: BTreeMap<String, Vec<(u32, Option<String>)>>,
+    /// DH-HMAC-CHAP secrets subsystems require of this host.
+    nvme_dhchap: BTreeMap<String, String>,
+    nvme_controllers: Vec<SimController>,
+    /// Subsystem NQNs in the order the kernel met them: the index names their devices.
+    nvme_subsystems: Vec<String>,
+    next_controller: u32,
     /// Filesystem signatures on the array's volumes, by backing name.
     filesystems: BTreeMap<String, String>,
     /// The options of each mount the agent made, by mount point.
@@ -138,6 +164,38 @@ impl SimKernel {
         self.state().maps_time_out_late = on;
     }
 
+    /// The NVMe subsystem `nqn` has these namespaces (nsid, uuid).
+    pub fn nvme_namespaces(&self, nqn: &str, namespaces: &[(u32, Option<&str>)]) {
+        self.state().nvme_namespaces.insert(
+            nqn.into(),
+            namespaces
+                .iter()
+                .map(|(nsid, uuid)| (*nsid, uuid.map(str::to_string)))
+                .collect(),
+        );
+    }
+
+    pub fn require_dhchap(&self, nqn: &str, secret: &str) {
+        self.state().nvme_dhchap.insert(nqn.into(), secret.into());
+    }
+
+    /// Controllers to `nqn` at `portal`, the agent's or anyone's.
+    pub fn controller_count(&self, portal: &str, nqn: &str) -> usize {
+        let key = session_key(portal, nqn);
+        self.state()
+            .nvme_controllers
+            .iter()
+            .filter(|c| c.key == key)
+            .count()
+    }
+
+    /// A controller someone connected by hand.
+    pub fn connect_by_hand(&self, portal: &str, nqn: &str) {
+        let mut s = self.state();
+        add_controller(&mut s, session_key(portal, nqn));
+        self.changed.notify_all();
+    }
+
     pub fn require_rbd_key(&self, user: &str, key: &str) {
         self.state().rbd_keys.insert(user.into(), key.into());
     }
@@ -179,6 +237,7 @@ impl SimKernel {
     pub fn reboot(&self) {
         let mut s = self.state();
         s.sessions.clear();
+        s.nvme_controllers.clear();
         s.devices.clear();
         s.mappings.clear();
         s.mount_options.clear();
@@ -213,6 +272,22 @@ impl SimKernel {
             dev.mounts.retain(|m| m != Path::new(path));
         }
         s.mount_options.remove(Path::new(path));
+    }
+
+    /// The kernel name of the device mounted at `path`.
+    pub fn mounts_by_path(&self, path: &str) -> Option<String> {
+        self.state()
+            .devices
+            .iter()
+            .find(|(_, d)| d.mounts.iter().any(|m| m == Path::new(path)))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// The volume behind `kernel_name` grew at the storage, and the kernel already knows.
+    pub fn grow_device(&self, kernel_name: &str, size_bytes: u64) {
+        if let Some(dev) = self.state().devices.get_mut(kernel_name) {
+            dev.size = size_bytes;
+        }
     }
 
     /// The options the agent mounted `path` with, while it is mounted.
@@ -292,6 +367,14 @@ fn find_device(s: &SimState, what: &dyn DeviceMatcher) -> Option<BlockDevice> {
         lun.among(&sessions(s))
     } else if let Some(rbd) = what.downcast_ref::<RbdMatcher>() {
         rbd.among(s.mappings.iter().map(|(m, _)| m))
+    } else if let Some(namespace) = what.downcast_ref::<NamespaceMatcher>() {
+        namespace.find(|name| {
+            s.nvme_controllers
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| namespaces(s, &c.key))
+                .unwrap_or_default()
+        })
     } else {
         None
     }?;
@@ -430,12 +513,145 @@ impl IscsiHost for SimKernel {
         }
     }
 
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        match self.state().devices.contains_key(kernel_name) {
+            true => Ok(()),
+            false => Err(HostError::new(
+                ErrorKind::ScanFailed,
+                format!("no SCSI device {kernel_name}"),
+            )),
+        }
+    }
+
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         let mut s = self.state();
         s.devices.remove(kernel_name);
         for session in &mut s.sessions {
             session.luns.retain(|_, k| k != kernel_name);
         }
+        Ok(())
+    }
+}
+
+/// The namespaces a controller to `key` reaches, as sysfs would list them.
+fn namespaces(s: &SimState, key: &SessionKey) -> Vec<Namespace> {
+    let nqn = key.iqn();
+    let index = s.nvme_subsystems.iter().position(|n| n == nqn).unwrap_or(0);
+    let listed = s.nvme_namespaces.get(nqn).cloned();
+    listed
+        .unwrap_or_else(|| vec![(1, None)])
+        .into_iter()
+        .map(|(nsid, uuid)| Namespace {
+            kernel_name: format!("nvme{index}n{nsid}"),
+            nsid,
+            wwid: Some(match &uuid {
+                Some(uuid) => format!("uuid.{uuid}"),
+                None => format!("nvme.1b36-{index:04x}-{nsid:08x}"),
+            }),
+            uuid,
+            nguid: None,
+        })
+        .collect()
+}
+
+fn add_controller(s: &mut SimState, key: SessionKey) -> String {
+    let name = format!("nvme{}", s.next_controller);
+    s.next_controller += 1;
+    if !s.nvme_subsystems.iter().any(|n| n == key.iqn()) {
+        s.nvme_subsystems.push(key.iqn().to_string());
+    }
+    for ns in namespaces(s, &key) {
+        let backing = format!("nvme:{}:{}", key.iqn(), ns.nsid);
+        let path = format!("/dev/disk/by-id/nvme-{}", ns.wwid.unwrap_or_default());
+        s.devices.entry(ns.kernel_name).or_insert(SimDevice {
+            size: DEFAULT_LUN_SIZE,
+            wwn: String::new(),
+            path,
+            mounts: Vec::new(),
+            holders: Vec::new(),
+            backing,
+        });
+    }
+    s.nvme_controllers.push(SimController {
+        name: name.clone(),
+        key,
+    });
+    name
+}
+
+impl NvmeHost for SimKernel {
+    fn controllers(&self) -> Result<Vec<Controller>, HostError> {
+        let s = self.state();
+        Ok(s.nvme_controllers
+            .iter()
+            .map(|c| Controller {
+                name: c.name.clone(),
+                key: c.key.clone(),
+                state: Some(match s.unreachable.contains(c.key.portal()) {
+                    true => "connecting".into(),
+                    false => "live".into(),
+                }),
+                host_nqn: Some(SIM_HOST_NQN.into()),
+                namespaces: namespaces(&s, &c.key),
+            })
+            .collect())
+    }
+
+    fn connect(&self, spec: &NvmeofSpec, portal: &Portal) -> Result<String, HostError> {
+        std::thread::sleep(self.login_delay);
+        let mut s = self.state();
+        let key = SessionKey::new(portal, &spec.subsys_nqn);
+        if s.unreachable.contains(key.portal()) {
+            return Err(unreachable(key.portal()));
+        }
+        if let Some(required) = s.nvme_dhchap.get(&spec.subsys_nqn) {
+            let given = spec.dhchap.as_ref().map(|d| d.host_secret.expose());
+            if given != Some(required.as_str()) {
+                return Err(HostError::new(
+                    ErrorKind::AuthFailed,
+                    format!(
+                        "{} refused this host's DH-HMAC-CHAP authentication",
+                        spec.subsys_nqn
+                    ),
+                ));
+            }
+        }
+        if s.nvme_controllers.iter().any(|c| c.key == key) {
+            return Err(HostError::new(
+                ErrorKind::ConnectFailed,
+                format!("already connected to {key} (EALREADY)"),
+            ));
+        }
+        let name = add_controller(&mut s, key);
+        s.stats.nvme_connects += 1;
+        self.changed.notify_all();
+        Ok(name)
+    }
+
+    fn disconnect(&self, controller: &str) -> Result<(), HostError> {
+        let mut s = self.state();
+        let Some(pos) = s.nvme_controllers.iter().position(|c| c.name == controller) else {
+            return Ok(());
+        };
+        let gone = s.nvme_controllers.remove(pos);
+        if !s
+            .nvme_controllers
+            .iter()
+            .any(|c| c.key.iqn() == gone.key.iqn())
+        {
+            for ns in namespaces(&s, &gone.key) {
+                s.devices.remove(&ns.kernel_name);
+            }
+        }
+        s.stats.nvme_disconnects += 1;
+        Ok(())
+    }
+
+    fn host_nqn(&self) -> &str {
+        SIM_HOST_NQN
+    }
+
+    fn rescan(&self, _controller: &str) -> Result<(), HostError> {
         Ok(())
     }
 }
@@ -553,6 +769,38 @@ impl BlockHost for SimKernel {
         s.mount_options
             .insert(path.to_path_buf(), options.to_string());
         Ok(())
+    }
+
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError> {
+        self.state()
+            .devices
+            .get(kernel_name)
+            .map(|d| d.size)
+            .ok_or_else(|| HostError::new(ErrorKind::Sysfs, format!("no device {kernel_name}")))
+    }
+
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        _mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError> {
+        let mut s = self.state();
+        let backing = s
+            .devices
+            .values()
+            .find(|d| d.path == device_path)
+            .map(|d| d.backing.clone());
+        match backing.and_then(|b| s.filesystems.get(&b).cloned()) {
+            Some(found) if found == fstype => {
+                s.stats.filesystem_grows += 1;
+                Ok(())
+            }
+            _ => Err(HostError::new(
+                ErrorKind::GrowFailed,
+                format!("no {fstype} file system on {device_path}"),
+            )),
+        }
     }
 
     fn unmount(&self, path: &Path) -> Result<(), HostError> {

@@ -63,7 +63,7 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
         .route("/v1/volume/targets", get(list_targets).post(create_target))
         .route(
             "/v1/volume/targets/{uuid}",
-            get(show_target).delete(delete_target),
+            get(show_target).delete(delete_target).patch(resize_target),
         )
         .fallback(|| async {
             ApiError::new(
@@ -499,6 +499,33 @@ async fn create_target(
         "target assigned"
     );
     Ok((StatusCode::CREATED, Json(masked(target))))
+}
+
+/// The volume grew at the storage: the node's agent grows the device (and the file system,
+/// with `extra.mount.grow`).
+async fn resize_target(
+    State(c): Shared,
+    _: Admin,
+    Path(uuid): Path<String>,
+    ApiJson(req): ApiJson<protocol::TargetResize>,
+) -> ApiResult<Json<VolumeTarget>> {
+    let uuid = parse_uuid_param(&uuid)?;
+    let size = req.size_bytes;
+    let Published {
+        generation,
+        value: target,
+        ..
+    } = c
+        .generations
+        .publish(c.db(move |s| s.resize_target(uuid, size)).await?);
+    tracing::info!(
+        target = %uuid,
+        node = %target.node_uuid,
+        size_bytes = size,
+        generation,
+        "target resized"
+    );
+    Ok(Json(masked(target)))
 }
 
 async fn delete_target(

@@ -79,6 +79,9 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        response
+            .extensions_mut()
+            .insert(super::metrics::ErrorKind(self.kind));
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -133,6 +136,7 @@ pub(super) async fn json_errors(response: Response) -> Response {
     let answer = ApiError::new(status, kind, message).into_response();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.extend(answer.headers().clone());
+    parts.extensions.insert(super::metrics::ErrorKind(kind));
     let (_, body) = answer.into_parts();
     Response::from_parts(parts, body)
 }

@@ -1,6 +1,9 @@
 //! The conductor's metrics: HTTP traffic counted as it happens, nodes, volumes and targets
 //! read from the store at scrape time (one short lock, a few aggregate queries).
 //!
+//! Every error answer is counted by its stable kind, and each scrape says whether the database
+//! could be read: the two signals an operator alerts on when the conductor cannot reach it.
+//!
 //! Long-polls of the targets are long by design: a request that waited for a change is counted
 //! in `tether_conductor_long_polls_total` and never observed in the latency histogram, which
 //! would otherwise read as a slow conductor.
@@ -28,6 +31,11 @@ use crate::protocol::VolumeState;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LongPolled;
 
+/// The stable kind of an error answer (`unauthorized`, `database_busy`…), set by
+/// `ApiError`'s response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorKind(pub &'static str);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct OutcomeLabels {
     pub outcome: &'static str,
@@ -41,6 +49,13 @@ struct RequestLabels {
     status: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    route: String,
+    /// A `&'static str` from the code: the set of values is bounded.
+    kind: &'static str,
+}
+
 /// Latency buckets in seconds: a healthy request takes about a millisecond.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -49,6 +64,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub(crate) struct ConductorMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Histogram>,
+    errors: Family<ErrorLabels, Counter>,
     pub heartbeats: Counter,
     pub long_polls: Family<OutcomeLabels, Counter>,
     pub long_polls_waiting: Gauge,
@@ -67,6 +83,13 @@ impl ConductorMetrics {
              long-polls that waited are not included",
             Unit::Seconds,
             requests.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tether_conductor_http_errors",
+            "Error answers by route template and error kind (unauthorized, rate_limited, \
+             database_busy, internal...)",
+            errors.clone(),
         );
         let heartbeats = Counter::default();
         registry.register(
@@ -96,6 +119,7 @@ impl ConductorMetrics {
             ironic_status,
             registry,
             requests,
+            errors,
             heartbeats,
             long_polls,
             long_polls_waiting,
@@ -122,6 +146,15 @@ pub(crate) async fn track(
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
+    if let Some(&ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
+        metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                route: route.clone(),
+                kind,
+            })
+            .inc();
+    }
     if response.extensions().get::<LongPolled>().is_none() {
         metrics
             .requests
@@ -271,11 +304,33 @@ impl std::fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.0.metrics_snapshot().map_err(|e| {
-            tracing::error!(error = %e, "cannot read the store for metrics");
-            std::fmt::Error
-        })?;
-        encode_snapshot(&snapshot, encoder)
+        let snapshot = self
+            .0
+            .metrics_snapshot()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot read the database for metrics"))
+            .ok();
+        encode_store(snapshot.as_ref(), encoder)
+    }
+}
+
+/// `tether_conductor_database_up`, then the store's series when the database could be read.
+/// When it could not, they are left out rather than shown as zeros, and the scrape still
+/// succeeds: the conductor is up, its database is not.
+fn encode_store(
+    snapshot: Option<&MetricsSnapshot>,
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(
+            "tether_conductor_database_up",
+            "1 when this scrape could read the conductor's database, 0 when it could not.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&i64::from(snapshot.is_some()))?;
+    match snapshot {
+        Some(s) => encode_snapshot(s, encoder),
+        None => Ok(()),
     }
 }
 
@@ -440,6 +495,45 @@ mod tests {
             assert!(out.contains(line), "{line} not in {out}");
         }
         assert!(!out.contains("refused"), "{out}");
+    }
+
+    /// A database that cannot be read shows as down, and its series are left out rather than
+    /// read as an empty fleet.
+    #[test]
+    fn an_unreadable_database_reads_as_down_not_as_an_empty_fleet() {
+        #[derive(Debug)]
+        struct Read(Option<MetricsSnapshot>);
+        impl Collector for Read {
+            fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                encode_store(self.0.as_ref(), encoder)
+            }
+        }
+        let text = |read: Option<MetricsSnapshot>| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Read(read)));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        let down = text(None);
+        assert!(
+            down.lines().any(|l| l == "tether_conductor_database_up 0"),
+            "{down}"
+        );
+        assert!(!down.contains("tether_conductor_nodes"), "{down}");
+        assert!(!down.contains("tether_conductor_volumes"), "{down}");
+        let up = text(Some(MetricsSnapshot {
+            now: 1_000,
+            nodes: 2,
+            last_seen: Vec::new(),
+            volume_states: Vec::new(),
+            targets_by_type: Vec::new(),
+            cinder_phases: Vec::new(),
+            cinder_unreachable: 0,
+        }));
+        for line in ["tether_conductor_database_up 1", "tether_conductor_nodes 2"] {
+            assert!(up.lines().any(|l| l == line), "{line} missing in\n{up}");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Volume {
     pub multiattach: bool,
     #[serde(default)]
     pub volume_type: Option<String>,
+    /// In GiB.
+    #[serde(default)]
+    pub size: Option<u64>,
     #[serde(default)]
     pub attachments: Vec<VolumeAttachment>,
 }
@@ -410,6 +413,7 @@ mod fixtures {
             boot_index: None,
             properties: mapped.properties.clone(),
             extra: Map::new(),
+            size_bytes: None,
         }
     }
 

@@ -42,6 +42,24 @@ const RBD_KEYS: &[&str] = &[
     "access_mode",
 ];
 
+/// The keys of an NVMe-oF connection_info (older flat and newer forms) that tether's NVMe
+/// backend reads; `host_nqn` is the node's own, which the agent knows better.
+const NVMEOF_KEYS: &[&str] = &[
+    "target_nqn",
+    "portals",
+    "vol_uuid",
+    "nqn",
+    "transport_type",
+    "target_portal",
+    "target_port",
+    "volume_nguid",
+    "ns_id",
+    "volume_replicas",
+    "dhchap_secret",
+    "dhchap_ctrl_secret",
+    "access_mode",
+];
+
 /// A cephx key the conductor hands to nodes for volumes of one Ceph cluster and user.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +104,9 @@ impl std::fmt::Debug for MappedTarget {
 pub enum MappingError {
     #[error("Cinder's connection_info has no driver_volume_type")]
     NoType,
-    #[error("Cinder exports this volume over {0:?}, which tether does not attach (iscsi, rbd)")]
+    #[error(
+        "Cinder exports this volume over {0:?}, which tether does not attach (iscsi, rbd, nvmeof)"
+    )]
     UnsupportedType(String),
     #[error(
         "no [[cinder.ceph_keys]] entry for cephx user {user:?} of the cluster at {monitors} \
@@ -127,6 +147,7 @@ pub fn map_connection_info(
     let (volume_type, keys): (&'static str, &[&str]) = match driver {
         "iscsi" | "ISCSI" => ("iscsi", ISCSI_KEYS),
         "rbd" | "RBD" => ("rbd", RBD_KEYS),
+        "nvmeof" | "NVMEOF" | "NVMe-oF" => ("nvmeof", NVMEOF_KEYS),
         other => return Err(MappingError::UnsupportedType(other.to_string())),
     };
     let mut properties = Map::new();
@@ -220,6 +241,22 @@ mod tests {
 
     fn object(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn nvmeof_keeps_both_forms_and_drops_the_host_nqn() {
+        let info = object(json!({
+            "driver_volume_type": "nvmeof",
+            "data": {"target_nqn": "nqn.2014-08.org.example:v1", "vol_uuid": "u",
+                     "portals": [["192.0.2.1", 4420, "tcp"]], "host_nqn": "nqn.other",
+                     "nqn": "nqn.x", "target_portal": "192.0.2.1", "target_port": 4420,
+                     "transport_type": "tcp", "ns_id": 1, "volume_nguid": "g"},
+        }));
+        let mapped = map_connection_info(&info, &[], false).unwrap();
+        assert_eq!(mapped.volume_type, "nvmeof");
+        assert_eq!(mapped.ignored, ["host_nqn"]);
+        assert_eq!(mapped.properties.len(), 9);
+        assert_eq!(mapped.key_file, None);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct VolumeTarget {
     pub properties: Map<String, Value>,
     #[serde(default)]
     pub extra: Map<String, Value>,
+    /// The volume's size at the storage, when the conductor knows it; the agent grows an
+    /// attached device to it. Absent from targets that never changed size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 /// Per-volume state as reported in heartbeats.
@@ -324,6 +328,15 @@ pub struct TargetCreate {
     pub properties: Map<String, Value>,
     #[serde(default)]
     pub extra: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// `PATCH /v1/volume/targets/{uuid}`: the volume grew at the storage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetResize {
+    pub size_bytes: u64,
 }
 
 impl TargetCreate {
@@ -337,6 +350,7 @@ impl TargetCreate {
             boot_index: self.boot_index,
             properties: self.properties.clone(),
             extra: self.extra.clone(),
+            size_bytes: self.size_bytes,
         }
     }
 }

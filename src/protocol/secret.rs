@@ -13,6 +13,8 @@ pub const SECRET_PROPERTIES: &[&str] = &[
     "discovery_auth_password_in",
     "auth_key",
     "keyring",
+    "dhchap_secret",
+    "dhchap_ctrl_secret",
 ];
 
 /// Whether a key names a secret: one of [`SECRET_PROPERTIES`], or a name that says so, so that a

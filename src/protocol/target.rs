@@ -14,8 +14,10 @@ use uuid::Uuid;
 use super::VolumeTarget;
 use super::secret::Secret;
 use mount::parse_mount;
+pub use nvmeof::{DhChap, NamespaceId, NvmeofSpec, parse_nqn};
 
 pub mod mount;
+mod nvmeof;
 
 /// Linux addresses LUNs up to 16383 with flat addressing, which is what LIO and most arrays use.
 pub const MAX_LUN: u64 = 16383;
@@ -28,12 +30,16 @@ pub struct TargetSpec {
     pub backend: BackendSpec,
     pub read_only: bool,
     pub mount: Option<MountSpec>,
+    /// The volume's size at the storage, when the conductor knows it: a device smaller than
+    /// this is grown (rescanned) while attached.
+    pub size_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendSpec {
     Iscsi(IscsiSpec),
     Rbd(RbdSpec),
+    Nvmeof(NvmeofSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +117,8 @@ pub struct MountSpec {
     pub fstype: String,
     pub options: Option<String>,
     pub mkfs: bool,
+    /// Grow the file system online when the volume grows.
+    pub grow: bool,
 }
 
 /// The volume types this agent serves. The wire keeps `volume_type` a string so that an
@@ -119,15 +127,17 @@ pub struct MountSpec {
 pub enum VolumeType {
     Iscsi,
     Rbd,
+    Nvmeof,
 }
 
 impl VolumeType {
-    pub const ALL: [VolumeType; 2] = [Self::Iscsi, Self::Rbd];
+    pub const ALL: [VolumeType; 3] = [Self::Iscsi, Self::Rbd, Self::Nvmeof];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Iscsi => "iscsi",
             Self::Rbd => "rbd",
+            Self::Nvmeof => "nvmeof",
         }
     }
 
@@ -142,9 +152,10 @@ impl fmt::Display for VolumeType {
     }
 }
 
-/// One iSCSI session: (portal, iqn). Reconcile, the session locks, the ownership record and
-/// sysfs all name sessions with this one type, built only by [`SessionKey::new`], so two
-/// spellings of one portal cannot make two keys.
+/// One connection that volumes share: an iSCSI session (portal, iqn) or an NVMe-oF controller
+/// (portal, subsystem NQN). Reconcile, the session locks, the ownership record and sysfs all
+/// name them with this one type, built by [`SessionKey::new`], so two spellings of one portal
+/// cannot make two keys.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -175,6 +186,7 @@ impl SessionKey {
         &self.portal
     }
 
+    /// The target's name: an IQN, or an NVMe subsystem's NQN.
     pub fn iqn(&self) -> &str {
         &self.iqn
     }
@@ -197,6 +209,7 @@ impl TargetSpec {
         match self.backend {
             BackendSpec::Iscsi(_) => VolumeType::Iscsi,
             BackendSpec::Rbd(_) => VolumeType::Rbd,
+            BackendSpec::Nvmeof(_) => VolumeType::Nvmeof,
         }
     }
 
@@ -205,6 +218,11 @@ impl TargetSpec {
         match &self.backend {
             BackendSpec::Iscsi(spec) => spec.paths.iter().map(IscsiPath::session).collect(),
             BackendSpec::Rbd(_) => Vec::new(),
+            BackendSpec::Nvmeof(spec) => spec
+                .portals
+                .iter()
+                .map(|p| SessionKey::new(p, &spec.subsys_nqn))
+                .collect(),
         }
     }
 }
@@ -213,7 +231,7 @@ impl TargetSpec {
 pub enum TargetError {
     /// The conductor sent a volume type this agent does not handle.
     #[error(
-        "volume_type {0:?} is not supported; use \"iscsi\" or \"rbd\" \
+        "volume_type {0:?} is not supported; use \"iscsi\", \"rbd\" or \"nvmeof\" \
          (fix the target at the conductor)"
     )]
     UnknownVolumeType(String),
@@ -307,6 +325,7 @@ pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
     let backend = match VolumeType::parse(&target.volume_type) {
         Some(VolumeType::Iscsi) => BackendSpec::Iscsi(parse_iscsi(props)?),
         Some(VolumeType::Rbd) => BackendSpec::Rbd(parse_rbd(props)?),
+        Some(VolumeType::Nvmeof) => BackendSpec::Nvmeof(nvmeof::parse_nvmeof(props)?),
         None => {
             return Err(TargetError::UnknownVolumeType(printable(
                 &target.volume_type,
@@ -333,6 +352,7 @@ pub fn parse(target: &VolumeTarget) -> Result<TargetSpec, TargetError> {
         backend,
         read_only,
         mount,
+        size_bytes: target.size_bytes,
     })
 }
 

@@ -461,6 +461,16 @@ async fn conductor_metrics_need_the_metrics_token_when_one_is_configured() {
     assert_eq!(resp.status(), 200);
     let s = parse(&resp.text().await.unwrap());
     assert_eq!(value(&s, "tether_conductor_nodes", &[]), Some(0.0));
+    assert_eq!(value(&s, "tether_conductor_database_up", &[]), Some(1.0));
+    // The refused scrapes above, counted by their error kind.
+    assert_eq!(
+        value(
+            &s,
+            "tether_conductor_http_errors_total",
+            &[("route", "/metrics"), ("kind", "unauthorized")]
+        ),
+        Some(3.0)
+    );
     // The operator API is unchanged by it.
     let (status, _) = Operator::new(&conductor.url())
         .request(reqwest::Method::GET, "/v1/nodes", None)

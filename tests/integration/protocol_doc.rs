@@ -44,6 +44,7 @@ fn every_example_parses_as_its_type() {
         "NodeList",
         "ConnectorCreate",
         "TargetCreate",
+        "TargetResize",
         "VolumeTarget",
         "NodeStatus",
         "VolumeAttach",
@@ -82,6 +83,7 @@ fn every_example_parses_as_its_type() {
                 let wire = t.target(uuid::Uuid::nil());
                 target::parse(&wire).unwrap_or_else(|e| panic!("example target is invalid: {e}"));
             }
+            "TargetResize" => drop(check::<TargetResize>(name, body)),
             "VolumeTarget" => {
                 let t: VolumeTarget = check(name, body);
                 assert_eq!(

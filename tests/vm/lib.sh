@@ -372,6 +372,12 @@ vm_cleanup() {
     local rc=0
     rbd_cleanup
     multipath_cleanup
+    if [[ -d /sys/kernel/config/nvmet || -e /sys/class/nvme ]]; then
+        grep -o '^/dev/nvme[^ ]*' /proc/mounts | xargs -r umount -q 2>/dev/null || true
+        # shellcheck source=nvmet.sh
+        source "$SHARE/vm/nvmet.sh"
+        nvmet_cleanup || rc=1
+    fi
     iscsi_cleanup || rc=1
     lio_clear || rc=1
     return $rc

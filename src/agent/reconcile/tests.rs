@@ -7,10 +7,11 @@ use super::*;
 use crate::agent::apply::{self, Outcome as HostOutcome};
 use crate::agent::volume::Phase;
 use crate::backend::{
-    Attachment, BackendAttachment, BlockDevice, IscsiAttachment, IscsiPathAttachment, RbdAttachment,
+    Attachment, BackendAttachment, BlockDevice, IscsiAttachment, IscsiPathAttachment,
+    NvmeAttachment, NvmeControllerAttachment, RbdAttachment,
 };
 use crate::protocol::VolumeTarget;
-use crate::protocol::target::{BackendSpec, parse};
+use crate::protocol::target::{BackendSpec, SessionKey, parse};
 
 const IQN_X: &str = "iqn.2003-01.org.example:x";
 const IQN_Y: &str = "iqn.2003-01.org.example:y";
@@ -20,11 +21,16 @@ fn uuid(n: u8) -> Uuid {
 }
 
 /// The pool of targets the conductor may assign: two LUNs of one target, another target on
-/// the same portal, an RBD image, an invalid target, and a multipath volume sharing a session.
+/// the same portal, an RBD image, an invalid target, a multipath volume sharing a session, and
+/// two namespaces of one NVMe subsystem (one controller).
 fn pool() -> Vec<VolumeTarget> {
     let iscsi = |portal: &str, iqn: &str, lun: u32| {
         json!({"target_portal": portal, "target_iqn": iqn,
                "target_lun": lun})
+    };
+    let nvme = |nsid: u32| {
+        json!({"target_nqn": "nqn.2024-01.org.example:sub",
+               "portals": [["192.0.2.3", 4420, "tcp"]], "ns_id": nsid})
     };
     let entries = vec![
         ("iscsi", iscsi("192.0.2.1:3260", IQN_X, 0)),
@@ -40,6 +46,8 @@ fn pool() -> Vec<VolumeTarget> {
             json!({"target_portals": ["192.0.2.1:3260", "192.0.2.2:3260"],
                    "target_iqns": [IQN_X, IQN_X], "target_luns": [2, 2]}),
         ),
+        ("nvmeof", nvme(1)),
+        ("nvmeof", nvme(2)),
     ];
     entries
         .into_iter()
@@ -52,20 +60,29 @@ fn pool() -> Vec<VolumeTarget> {
             boot_index: None,
             properties: props.as_object().unwrap().clone(),
             extra: Default::default(),
+            size_bytes: None,
         })
         .collect()
 }
 
 fn assignment(generation: u64, mask: u8) -> Desired {
+    sized_assignment(generation, mask, None)
+}
+
+/// The targets in the mask, each naming `size_bytes` as its volume's size.
+fn sized_assignment(generation: u64, mask: u8, size_bytes: Option<u64>) -> Desired {
     let targets = pool()
         .into_iter()
         .enumerate()
         .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, t)| DesiredTarget {
-            uuid: t.uuid,
-            volume_id: t.volume_id.clone(),
-            volume_type: t.volume_type.clone(),
-            spec: parse(&t),
+        .map(|(_, t)| {
+            let t = VolumeTarget { size_bytes, ..t };
+            DesiredTarget {
+                uuid: t.uuid,
+                volume_id: t.volume_id.clone(),
+                volume_type: t.volume_type.clone(),
+                spec: parse(&t),
+            }
         })
         .collect();
     Desired::Known(Assignment {
@@ -98,6 +115,18 @@ fn attachment_for(spec: &TargetSpec) -> Attachment {
             image: rbd.image.clone(),
             mapped_by_agent: true,
         }),
+        BackendSpec::Nvmeof(nvme) => BackendAttachment::Nvmeof(NvmeAttachment {
+            controllers: nvme
+                .portals
+                .iter()
+                .map(|p| NvmeControllerAttachment {
+                    key: SessionKey::new(p, &nvme.subsys_nqn),
+                    controller: "nvme0".into(),
+                    created: true,
+                })
+                .collect(),
+            namespace: nvme.namespace.clone(),
+        }),
     };
     Attachment {
         device: BlockDevice {
@@ -121,8 +150,9 @@ enum Outcome {
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// A successful answer from the conductor assigning the targets in the mask.
-    Answer(u8),
+    /// A successful answer from the conductor assigning the targets in the mask; with `true`
+    /// their volumes have grown beyond the devices attached.
+    Answer(u8, bool),
     /// The conductor could not be reached or answered with an error: nothing changes.
     ConductorError,
     /// One in-flight operation finishes.
@@ -134,7 +164,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (0u8..64).prop_map(Step::Answer),
+        (any::<u8>(), any::<bool>()).prop_map(|(mask, grown)| Step::Answer(mask, grown)),
         Just(Step::ConductorError),
         (
             0usize..8,
@@ -158,6 +188,8 @@ struct Model {
 }
 
 const RETRY: Millis = 1_000;
+/// A size larger than any device [`attachment_for`] makes.
+const GROWN: u64 = 2;
 
 impl Model {
     fn new() -> Self {
@@ -202,6 +234,18 @@ impl Model {
                         "detach of a target still assigned"
                     );
                 }
+                Action::Grow(uuid) => {
+                    let d = self
+                        .desired
+                        .target(*uuid)
+                        .expect("grow of an undesired target");
+                    let wanted = d.spec.as_ref().ok().and_then(|s| s.size_bytes);
+                    let size = self.volumes[uuid].size_bytes();
+                    assert!(
+                        wanted.is_some_and(|w| size.is_some_and(|s| s < w)),
+                        "grow of {size:?} to {wanted:?}: volumes only grow"
+                    );
+                }
                 Action::Forget(_) | Action::Reject(..) | Action::Keep(_) => {}
             }
             apply::apply(&mut self.volumes, &self.desired, action, t)
@@ -240,7 +284,16 @@ impl Model {
         let t = SystemTime::UNIX_EPOCH;
         let specs = self.specs();
         let retry_at = self.now + RETRY;
-        let attaching = self.volumes[&uuid].phase == Phase::Attaching;
+        let phase = self.volumes[&uuid].phase.clone();
+        if let Phase::Growing { size_bytes } = phase {
+            let result = match outcome {
+                Outcome::Success => HostOutcome::Grown(size_bytes),
+                Outcome::Failure | Outcome::Blocked => HostOutcome::GrowFailed(err()),
+            };
+            apply::complete(&mut self.volumes, uuid, result, retry_at, t).unwrap();
+            return;
+        }
+        let attaching = phase == Phase::Attaching;
         let result = match (attaching, outcome) {
             (true, Outcome::Success | Outcome::Blocked) => {
                 // The spec may have left the assignment meanwhile; the agent kept the old one.
@@ -264,9 +317,9 @@ impl Model {
 
     fn step(&mut self, step: &Step) {
         match step {
-            Step::Answer(mask) => {
+            Step::Answer(mask, grown) => {
                 self.generation += 1;
-                self.desired = assignment(self.generation, *mask);
+                self.desired = sized_assignment(self.generation, *mask, grown.then_some(GROWN));
             }
             Step::ConductorError => {}
             Step::Complete(i, outcome) => {
@@ -305,19 +358,21 @@ fn err() -> ErrorReport {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Over random assignments, conductor errors, completions, time and restarts: nothing is
-    /// detached without a successful answer that dropped it, no login races, and once faults
-    /// stop every assigned volume ends attached or failed with a reason.
+    /// Over random assignments, volume growth, conductor errors, completions, time and
+    /// restarts: nothing is detached without a successful answer that dropped it, no login
+    /// races, nothing shrinks, and once faults stop every assigned volume ends attached (at
+    /// its size) or failed with a reason.
     #[test]
     fn invariants_hold_over_random_histories(
         steps in proptest::collection::vec(step(), 1..60),
-        last in 0u8..64,
+        last in any::<u8>(),
+        grown in any::<bool>(),
     ) {
         let mut m = Model::new();
         for s in &steps {
             m.step(s);
         }
-        m.step(&Step::Answer(last));
+        m.step(&Step::Answer(last, grown));
         // Faults stop: every operation succeeds, retries fall due.
         for _ in 0..200 {
             for uuid in m.in_flight() {
@@ -333,7 +388,13 @@ proptest! {
         for t in &a.targets {
             let v = m.volumes.get(&t.uuid).expect("every assigned target is tracked");
             match &t.spec {
-                Ok(_) => prop_assert_eq!(v.state(), crate::protocol::VolumeState::Attached),
+                Ok(spec) => {
+                    prop_assert_eq!(v.state(), crate::protocol::VolumeState::Attached);
+                    if let Some(wanted) = spec.size_bytes {
+                        prop_assert!(v.size_bytes() >= Some(wanted), "{:?} did not grow", v);
+                        prop_assert!(v.error().is_none());
+                    }
+                }
                 Err(e) => {
                     prop_assert_eq!(v.state(), crate::protocol::VolumeState::Failed);
                     prop_assert_eq!(&v.error().unwrap().kind, e.kind());

@@ -91,11 +91,14 @@ impl SystemBlock {
         let sectors: u64 = read_trimmed(&self.sys(&format!("block/{kernel}/size")))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        // A dm map's WWID is in its uuid, after the "mpath-" prefix.
-        let wwn = read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid"))).or_else(|| {
-            read_trimmed(&self.sys(&format!("block/{kernel}/dm/uuid")))
-                .and_then(|u| u.strip_prefix("mpath-").map(str::to_string))
-        });
+        // A SCSI disk's WWID is its device's; an NVMe namespace's is the disk's own; a dm
+        // map's is in its uuid, after the "mpath-" prefix.
+        let wwn = read_trimmed(&self.sys(&format!("block/{kernel}/device/wwid")))
+            .or_else(|| read_trimmed(&self.sys(&format!("block/{kernel}/wwid"))))
+            .or_else(|| {
+                read_trimmed(&self.sys(&format!("block/{kernel}/dm/uuid")))
+                    .and_then(|u| u.strip_prefix("mpath-").map(str::to_string))
+            });
         Ok(Some(BlockDevice {
             wwn,
             kernel_name: kernel,
@@ -279,6 +282,80 @@ impl BlockHost for SystemBlock {
             ));
         }
         Ok(())
+    }
+
+    fn size_of(&self, kernel_name: &str) -> Result<u64, HostError> {
+        read_trimmed(&self.sys(&format!("block/{kernel_name}/size")))
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|sectors| sectors * 512)
+            .ok_or_else(|| {
+                HostError::new(
+                    ErrorKind::Sysfs,
+                    format!("cannot read the size of {kernel_name} in sysfs"),
+                )
+            })
+    }
+
+    fn grow_filesystem(
+        &self,
+        device_path: &str,
+        mount_path: &Path,
+        fstype: &str,
+    ) -> Result<(), HostError> {
+        // resize2fs grows a mounted ext file system through its device; xfs_growfs only
+        // through its mount point.
+        let mount_path = mount_path.to_string_lossy();
+        let (tool, arg) = match fstype {
+            "ext2" | "ext3" | "ext4" => ("resize2fs", device_path),
+            "xfs" => ("xfs_growfs", mount_path.as_ref()),
+            other => {
+                return Err(HostError::new(
+                    ErrorKind::GrowFailed,
+                    format!("cannot grow a {other} file system online (ext2/3/4 and XFS only)"),
+                ));
+            }
+        };
+        let out = cmd::run(&self.tool(tool)?, &[arg])?;
+        if out.code != 0 {
+            return Err(HostError::new(
+                ErrorKind::GrowFailed,
+                format!(
+                    "{tool} {arg} failed (exit {}): {}; the device has grown, the file system \
+                     has not",
+                    out.code,
+                    out.reason()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Polls the device's size until it reaches `size_bytes` (the kernel has read the volume's new
+/// size) or `timeout` passes; returns the size seen.
+pub(crate) fn wait_for_size(
+    block: &dyn BlockHost,
+    kernel_name: &str,
+    size_bytes: u64,
+    timeout: Duration,
+) -> Result<u64, HostError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let size = block.size_of(kernel_name)?;
+        if size >= size_bytes {
+            return Ok(size);
+        }
+        if Instant::now() >= deadline {
+            return Err(HostError::new(
+                ErrorKind::DeviceTimeout,
+                format!(
+                    "{kernel_name} is still {size} bytes {}s after a rescan, and the target says \
+                     {size_bytes}: check that the volume really grew at the storage",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

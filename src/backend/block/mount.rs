@@ -238,6 +238,7 @@ mod tests {
             fstype: "ext4".into(),
             options: None,
             mkfs,
+            grow: false,
         }
     }
 
@@ -293,6 +294,7 @@ mod tests {
             fstype: "ext4".into(),
             options: options.map(str::to_string),
             mkfs: true,
+            grow: false,
         }
     }
 

@@ -552,6 +552,18 @@ impl IscsiHost for SystemIscsi {
         })
     }
 
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        let rescan = self
+            .root
+            .join(format!("sys/block/{kernel_name}/device/rescan"));
+        std::fs::write(&rescan, "1").map_err(|e| {
+            HostError::new(
+                ErrorKind::ScanFailed,
+                format!("cannot rescan the SCSI device of {kernel_name}: {e}"),
+            )
+        })
+    }
+
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         let delete = self
             .root

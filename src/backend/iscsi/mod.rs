@@ -74,6 +74,8 @@ pub(crate) trait IscsiHost: Send + Sync {
     fn scan_lun(&self, session: &Session, lun: u16) -> Result<(), HostError>;
     /// Deletes the SCSI device behind a block device (`/sys/block/<dev>/device/delete`).
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError>;
+    /// Has the kernel read the SCSI device's capacity again (`/sys/block/<dev>/device/rescan`).
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError>;
 }
 
 impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
@@ -104,6 +106,9 @@ impl<T: IscsiHost + ?Sized> IscsiHost for std::sync::Arc<T> {
     }
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         (**self).delete_device(kernel_name)
+    }
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        (**self).rescan_device(kernel_name)
     }
 }
 
@@ -314,7 +319,7 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
     ) -> Result<(IscsiPathAttachment, BlockDevice), HostError> {
         // Sessions show the portal's address in sysfs: name it the same way from the start.
         let resolved = IscsiPath {
-            portal: resolve_portal(&path.portal)?,
+            portal: crate::backend::resolve_portal(&path.portal)?,
             ..path.clone()
         };
         let path = &resolved;
@@ -365,31 +370,6 @@ impl<H: IscsiHost, B: BlockHost> IscsiBackend<H, B> {
         };
         Ok((handle, device))
     }
-}
-
-/// A portal given by DNS name, resolved to the address open-iscsi will connect to.
-fn resolve_portal(portal: &Portal) -> Result<Portal, HostError> {
-    use std::net::{IpAddr, ToSocketAddrs};
-    if portal.host.parse::<IpAddr>().is_ok() {
-        return Ok(portal.clone());
-    }
-    let addr = (portal.host.as_str(), portal.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            HostError::new(
-                ErrorKind::PortalUnreachable,
-                format!(
-                    "cannot resolve the portal's host name {:?}; check DNS or give an address",
-                    portal.host
-                ),
-            )
-        })?;
-    Ok(Portal {
-        host: addr.ip().to_string(),
-        port: portal.port,
-    })
 }
 
 impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
@@ -643,6 +623,25 @@ impl<H: IscsiHost, B: BlockHost> VolumeBackend for IscsiBackend<H, B> {
                 multipath: None,
             },
         }))
+    }
+
+    fn rescan(&self, _device: &BlockDevice, record: &IscsiAttachment) -> Result<(), HostError> {
+        for path in &record.paths {
+            self.host.rescan_device(&path.kernel_name)?;
+        }
+        if let Some(map) = &record.multipath {
+            let multipath = self.multipath.as_ref().ok_or_else(|| {
+                HostError::new(
+                    ErrorKind::MultipathFailed,
+                    format!(
+                        "the volume is on multipath map {} but the multipath tools are missing",
+                        map.name
+                    ),
+                )
+            })?;
+            multipath.resize(&map.name)?;
+        }
+        Ok(())
     }
 
     fn foreign(&self, owned: &[&IscsiAttachment]) -> Result<Vec<ForeignAttachment>, HostError> {

@@ -67,6 +67,8 @@ pub(crate) trait MultipathHost: Send + Sync {
     fn flush(&self, map_name: &str) -> Result<(), HostError>;
     /// Removes the WWID of a path device from the wwids file.
     fn forget(&self, path_device: &str) -> Result<(), HostError>;
+    /// Has multipathd take the map to its paths' new size, once they have it.
+    fn resize(&self, map_name: &str) -> Result<(), HostError>;
 }
 
 pub(crate) struct SystemMultipath {
@@ -118,6 +120,14 @@ impl MultipathHost for SystemMultipath {
         // The wwids file lists each registered WWID as "/ID/".
         Ok(added_wwid(&added.stdout)
             .is_some_and(|wwid| !wwids_before.lines().any(|l| l == format!("/{wwid}/"))))
+    }
+
+    fn resize(&self, map_name: &str) -> Result<(), HostError> {
+        let out = cmd::run(&self.multipathd, &["resize", "map", map_name])?;
+        if out.code != 0 || out.stdout.trim() != "ok" {
+            return Err(self.failed(&format!("multipathd resize map {map_name}"), &out));
+        }
+        Ok(())
     }
 
     fn flush(&self, map_name: &str) -> Result<(), HostError> {

@@ -43,6 +43,10 @@ impl MultipathHost for Arc<Tools> {
         self.calls.lock().unwrap().push(format!("forget {path}"));
         Ok(())
     }
+    fn resize(&self, map: &str) -> Result<(), HostError> {
+        self.calls.lock().unwrap().push(format!("resize {map}"));
+        Ok(())
+    }
 }
 
 fn two_paths() -> IscsiSpec {
@@ -106,8 +110,7 @@ fn attach_without_a_map(wwid_is_new: bool) -> (Arc<SimKernel>, Arc<Tools>, HostE
             &Ownership::default(),
             Duration::from_millis(50),
         )
-        .err()
-        .expect("no map appears");
+        .expect_err("no map appears");
     (kernel, tools, error)
 }
 
@@ -195,8 +198,7 @@ fn discovery_must_offer_the_target_before_any_record_or_login() {
     let timeout = Duration::from_secs(5);
     let refused = backend
         .attach(&spec, false, &Ownership::default(), timeout)
-        .err()
-        .expect("nothing is offered yet");
+        .expect_err("nothing is offered yet");
     assert_eq!(refused.kind, ErrorKind::TargetNotFound);
     assert!(!kernel.record_exists("127.0.0.1:3260", IQN));
     assert_eq!(kernel.stats().logins, 0);
@@ -245,6 +247,9 @@ impl IscsiHost for SlowScan {
     }
     fn delete_device(&self, kernel_name: &str) -> Result<(), HostError> {
         self.kernel.delete_device(kernel_name)
+    }
+    fn rescan_device(&self, kernel_name: &str) -> Result<(), HostError> {
+        self.kernel.rescan_device(kernel_name)
     }
 }
 

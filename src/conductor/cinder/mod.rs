@@ -170,6 +170,13 @@ pub(crate) fn connector(node_name: &str, report: &Heartbeat, multipath: bool) ->
     if let Some(iqn) = first("iqn") {
         connector["initiator"] = Value::from(iqn);
     }
+    // What os-brick's NVMe-oF connector sends: the host NQN and its host id.
+    if let Some(nqn) = first("nqn") {
+        connector["nqn"] = Value::from(nqn);
+    }
+    if let Some(host_id) = first("nvme_hostid") {
+        connector["nvme_hostid"] = Value::from(host_id);
+    }
     if let Some(ip) = first("ip") {
         connector["ip"] = Value::from(ip);
     }
@@ -466,6 +473,8 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 boot_index: None,
                 properties,
                 extra,
+                // Cinder's size is read while the volume is attached (refresh_status).
+                size_bytes: None,
             };
             if c.validate_targets {
                 let candidate = request.target(Uuid::nil());
@@ -605,7 +614,12 @@ async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
     }
     let (node, volume) = (row.node_uuid, row.volume_id.clone());
     let (status, error) = match svc.find_volume(&volume).await {
-        Ok(found) => (Some(found.status), None),
+        Ok(found) => {
+            if let (Some(target), Some(gib)) = (row.target_uuid, found.size) {
+                follow_size(c, target, gib).await;
+            }
+            (Some(found.status), None)
+        }
         Err(e) if e.kind.retried() => (row.cinder_status.clone(), Some(e.message)),
         Err(e) => (Some(format!("({})", e.kind.as_str())), None),
     };
@@ -617,6 +631,28 @@ async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
             })
         })
         .await;
+}
+
+/// Keeps the target's size at Cinder's (`size`, in GiB): a volume extended in Cinder grows on
+/// the node without a detach.
+async fn follow_size(c: &Conductor, target: Uuid, gib: u64) {
+    let size = gib.saturating_mul(1 << 30);
+    let known = c.db(move |s| s.get_target(target)).await;
+    if known.is_ok_and(|t| t.size_bytes.is_some_and(|now| now >= size)) {
+        return;
+    }
+    match c.db(move |s| s.resize_target(target, size)).await {
+        Ok(change) => {
+            let published = c.generations.publish(change);
+            tracing::info!(
+                target = %target,
+                size_bytes = size,
+                generation = published.generation,
+                "the Cinder volume's size is the target's"
+            );
+        }
+        Err(e) => tracing::warn!(target = %target, error = ?e, "cannot record Cinder's size"),
+    }
 }
 
 /// At start, and until Cinder answers: every recorded attachment still exists in Cinder, and

@@ -101,6 +101,10 @@ ALTER TABLE nodes ADD COLUMN leaving INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN ironic_connector TEXT;
 ALTER TABLE nodes ADD COLUMN warning TEXT;
 "#,
+    // The size a target's volume has at the storage, once known (an extend sets it).
+    r#"
+ALTER TABLE targets ADD COLUMN size_bytes INTEGER;
+"#,
 ];
 
 /// Runs the migrations this database has not had yet, each in its own transaction.

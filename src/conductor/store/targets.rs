@@ -37,6 +37,44 @@ impl Store {
         Ok(GenerationChange::new(node, generation, ()))
     }
 
+    /// Records that the target's volume grew to `size_bytes` and bumps its node's generation,
+    /// in one transaction. A volume never shrinks: a smaller size than the recorded one is
+    /// refused, the same size changes nothing.
+    pub(crate) fn resize_target(
+        &self,
+        uuid: Uuid,
+        size_bytes: u64,
+    ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut target = query_targets(&tx, "WHERE uuid = ?1", &uuid.to_string())?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?;
+        if let Some(now) = target.size_bytes
+            && size_bytes < now
+        {
+            return Err(StoreError::Invalid {
+                kind: "shrink_refused",
+                message: format!(
+                    "target {uuid} is {now} bytes; volumes only grow (shrinking one under a \
+                     file system loses data)"
+                ),
+            });
+        }
+        let generation = if target.size_bytes == Some(size_bytes) {
+            generation(&tx, target.node_uuid)?
+        } else {
+            tx.execute(
+                "UPDATE targets SET size_bytes = ?2 WHERE uuid = ?1",
+                params![uuid.to_string(), size_bytes as i64],
+            )?;
+            bump_generation(&tx, target.node_uuid)?
+        };
+        tx.commit()?;
+        target.size_bytes = Some(size_bytes);
+        Ok(GenerationChange::new(target.node_uuid, generation, target))
+    }
+
     pub(crate) fn get_target(&self, uuid: Uuid) -> Result<VolumeTarget, StoreError> {
         let conn = self.conn();
         let mut targets = query_targets(&conn, "WHERE uuid = ?1", &uuid.to_string())?;
@@ -76,8 +114,8 @@ pub(super) fn insert_target(
     let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
     conn.execute(
         "INSERT INTO targets (uuid, node_uuid, volume_type, volume_id, boot_index, \
-         properties, extra, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         properties, extra, created_at, size_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             uuid.to_string(),
             req.node_uuid.to_string(),
@@ -87,6 +125,7 @@ pub(super) fn insert_target(
             Value::Object(req.properties.clone()).to_string(),
             Value::Object(req.extra.clone()).to_string(),
             now_secs(),
+            req.size_bytes.map(|s| s as i64),
         ],
     )
     .map_err(|e| {
@@ -174,8 +213,8 @@ fn query_targets(
     arg: &str,
 ) -> Result<Vec<VolumeTarget>, StoreError> {
     let sql = format!(
-        "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra \
-         FROM targets {filter}
+        "SELECT uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra, \
+         size_bytes FROM targets {filter}
          ORDER BY boot_index IS NULL, boot_index, created_at, uuid"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -188,10 +227,11 @@ fn query_targets(
             r.get::<_, Option<u32>>(4)?,
             r.get::<_, String>(5)?,
             r.get::<_, String>(6)?,
+            r.get::<_, Option<i64>>(7)?,
         ))
     })?;
     rows.map(|row| {
-        let (uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra) = row?;
+        let (uuid, node_uuid, volume_type, volume_id, boot_index, properties, extra, size) = row?;
         Ok(VolumeTarget {
             uuid: parse_uuid(&uuid)?,
             node_uuid: parse_uuid(&node_uuid)?,
@@ -200,6 +240,7 @@ fn query_targets(
             boot_index,
             properties: parse_object(&properties)?,
             extra: parse_object(&extra)?,
+            size_bytes: size.map(|s| s as u64),
         })
     })
     .collect()

@@ -76,6 +76,7 @@ fn target_create(node: Uuid, volume_id: &str) -> TargetCreate {
         boot_index: None,
         properties: json!({"a": 1}).as_object().unwrap().clone(),
         extra: Map::new(),
+        size_bytes: None,
     }
 }
 
@@ -309,6 +310,7 @@ fn a_cinder_volume_keeps_its_flow_and_its_node_while_it_has_one() {
         boot_index: None,
         properties: Map::new(),
         extra: Map::new(),
+        size_bytes: None,
     };
     let assigned = Generations::default().publish(
         store

@@ -184,14 +184,17 @@ fn mount_path(path: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// File systems the agent grows online (resize2fs, xfs_growfs) when the volume grows.
+pub const GROWABLE: &[&str] = &["ext2", "ext3", "ext4", "xfs"];
+
 pub(super) fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
     let obj = value
         .as_object()
         .ok_or_else(|| TargetError::InvalidMount("it must be an object".into()))?;
     for key in obj.keys() {
-        if !["path", "fstype", "options", "mkfs"].contains(&key.as_str()) {
+        if !["path", "fstype", "options", "mkfs", "grow"].contains(&key.as_str()) {
             return Err(TargetError::InvalidMount(format!(
-                "unknown key {:?} (known: path, fstype, options, mkfs)",
+                "unknown key {:?} (known: path, fstype, options, mkfs, grow)",
                 printable(key)
             )));
         }
@@ -230,20 +233,28 @@ pub(super) fn parse_mount(value: &Value) -> Result<MountSpec, TargetError> {
             ));
         }
     };
-    let mkfs = match obj.get("mkfs") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(TargetError::InvalidMount(
-                "mkfs must be true or false".into(),
-            ));
-        }
+    let flag = |key: &str| match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(TargetError::InvalidMount(format!(
+            "{key} must be true or false"
+        ))),
     };
+    let mkfs = flag("mkfs")?;
+    let grow = flag("grow")?;
+    if grow && !GROWABLE.contains(&fstype) {
+        return Err(TargetError::InvalidMount(format!(
+            "grow works for {} only, not {:?}",
+            GROWABLE.join(", "),
+            printable(fstype)
+        )));
+    }
     Ok(MountSpec {
         path,
         fstype: fstype.to_string(),
         options,
         mkfs,
+        grow,
     })
 }
 

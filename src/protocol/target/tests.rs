@@ -10,6 +10,7 @@ fn target(volume_type: &str, properties: Value, extra: Value) -> VolumeTarget {
         boot_index: None,
         properties: properties.as_object().unwrap().clone(),
         extra: extra.as_object().unwrap().clone(),
+        size_bytes: None,
     }
 }
 
@@ -504,5 +505,171 @@ fn volume_ids_follow_a_grammar() {
         kind(parse(&t)),
         "invalid_volume_id",
         "the agent refuses it too"
+    );
+}
+
+fn nvmeof(properties: Value) -> Result<TargetSpec, TargetError> {
+    parse(&target("nvmeof", properties, json!({})))
+}
+
+fn nvme_spec(result: Result<TargetSpec, TargetError>) -> NvmeofSpec {
+    match result.expect("a valid NVMe-oF target").backend {
+        BackendSpec::Nvmeof(spec) => spec,
+        other => panic!("not NVMe-oF: {other:?}"),
+    }
+}
+
+const NQN: &str = "nqn.2014-08.org.example:vol-1";
+const DHCHAP: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+
+#[test]
+fn nvmeof_newer_form_parses_portals_uuid_and_secrets() {
+    let spec = nvme_spec(nvmeof(json!({
+        "target_nqn": NQN,
+        "vol_uuid": "0F9C1B7E2A4D4C3B9E8F1A2B3C4D5E6F",
+        "portals": [["192.0.2.1", 4420, "tcp"], ["fd00::1", "4420", "TCP"],
+                    ["192.0.2.1", 4420, "tcp"]],
+        "dhchap_secret": DHCHAP, "dhchap_ctrl_secret": DHCHAP,
+    })));
+    assert_eq!(spec.subsys_nqn, NQN);
+    let portals: Vec<String> = spec.portals.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        portals,
+        ["192.0.2.1:4420", "[fd00::1]:4420"],
+        "duplicates dropped"
+    );
+    assert_eq!(
+        spec.namespace.uuid.as_deref(),
+        Some("0f9c1b7e-2a4d-4c3b-9e8f-1a2b3c4d5e6f")
+    );
+    let dhchap = spec.dhchap.expect("secrets");
+    assert_eq!(dhchap.host_secret.expose(), DHCHAP);
+    assert!(dhchap.ctrl_secret.is_some());
+}
+
+#[test]
+fn nvmeof_older_flat_form_parses_nguid_and_nsid() {
+    let spec = nvme_spec(nvmeof(json!({
+        "nqn": NQN, "transport_type": "tcp", "target_portal": "192.0.2.1",
+        "target_port": "4420", "volume_nguid": "0F9C1B7E-2A4D-4C3B-9E8F-1A2B3C4D5E6F",
+        "ns_id": "7", "host_nqn": "nqn.2014-08.org.nvmexpress:uuid:whatever",
+    })));
+    assert_eq!(spec.portals[0].to_string(), "192.0.2.1:4420");
+    assert_eq!(
+        spec.namespace,
+        NamespaceId {
+            uuid: None,
+            nguid: Some("0f9c1b7e2a4d4c3b9e8f1a2b3c4d5e6f".into()),
+            nsid: Some(7),
+        }
+    );
+    assert!(spec.dhchap.is_none());
+    let sessions = parse(&target(
+        "nvmeof",
+        json!({
+            "nqn": NQN, "target_portal": "192.0.2.1", "target_port": 4420, "ns_id": 1,
+        }),
+        json!({}),
+    ))
+    .unwrap()
+    .sessions();
+    assert_eq!(sessions[0].to_string(), format!("192.0.2.1:4420,{NQN}"));
+}
+
+#[test]
+fn malformed_nvmeof_targets_fail_with_stable_kinds() {
+    let base = || json!({"target_nqn": NQN, "portals": [["192.0.2.1", 4420, "tcp"]], "ns_id": 1});
+    let with = |key: &str, value: Value| {
+        let mut props = base();
+        props[key] = value;
+        nvmeof(props)
+    };
+    let without = |key: &str| {
+        let mut props = base();
+        props.as_object_mut().unwrap().remove(key);
+        nvmeof(props)
+    };
+    assert_eq!(kind(without("target_nqn")), "missing_property");
+    assert_eq!(kind(without("portals")), "missing_property");
+    assert_eq!(
+        kind(without("ns_id")),
+        "invalid_property",
+        "no namespace named"
+    );
+    assert_eq!(
+        kind(with("target_nqn", json!("iqn.2003-01.x:y"))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(with("target_nqn", json!("nqn.x,hostnqn=evil"))),
+        "unsafe_value",
+        "an NQN cannot add an option to the kernel's option string"
+    );
+    assert_eq!(kind(with("portals", json!([]))), "invalid_property");
+    assert_eq!(
+        kind(with("portals", json!([["192.0.2.1", 4420]]))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(with("portals", json!([["192.0.2.1", 4420, "rdma"]]))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(with("portals", json!([["-x", 4420, "tcp"]]))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(with("portals", json!([["192.0.2.1", 0, "tcp"]]))),
+        "invalid_property"
+    );
+    assert_eq!(kind(with("ns_id", json!(0))), "invalid_property");
+    assert_eq!(
+        kind(with("ns_id", json!(4294967295u64))),
+        "invalid_property"
+    );
+    assert_eq!(
+        kind(with("vol_uuid", json!("not-a-uuid"))),
+        "invalid_property"
+    );
+    assert_eq!(kind(with("volume_nguid", json!("abc"))), "invalid_property");
+    assert_eq!(kind(with("volume_replicas", json!([]))), "invalid_property");
+    assert_eq!(
+        kind(with("dhchap_ctrl_secret", json!(DHCHAP))),
+        "invalid_property"
+    );
+    for bad in [
+        "DHHC-1:04:abc:",
+        "DHHC-2:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:",
+        "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaS:",
+        "DHHC-1:00:c2hvcnQ=:",
+        "hunter2",
+    ] {
+        assert_eq!(
+            kind(with("dhchap_secret", json!(bad))),
+            "invalid_property",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        kind(with("dhchap_secret", json!("DHHC-1:00:a,b:"))),
+        "unsafe_value"
+    );
+}
+
+#[test]
+fn nvmeof_errors_never_contain_the_secret() {
+    let secret = "DHHC-1:00:c2VjcmV0LXRoYXQtaXMtdG9vLXNob3J0:";
+    let mut props = json!({"target_nqn": NQN, "portals": [["192.0.2.1", 4420, "tcp"]],
+                           "ns_id": 1, "dhchap_secret": secret});
+    let e = nvmeof(props.clone()).unwrap_err();
+    assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+    props["dhchap_secret"] = json!("DHHC-1:00:bad secret:");
+    let e = nvmeof(props).unwrap_err();
+    assert!(!e.to_string().contains("bad secret"), "{e}");
+    let spec = nvme_spec(nvmeof(json!({"target_nqn": NQN, "ns_id": 1,
+        "portals": [["192.0.2.1", 4420, "tcp"]], "dhchap_secret": DHCHAP})));
+    assert!(
+        !format!("{spec:?}").contains("AAECAwQF"),
+        "Debug shows no secret"
     );
 }

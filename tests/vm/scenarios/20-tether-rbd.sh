@@ -2,10 +2,13 @@
 # tether and Ceph RBD: an image assigned -> mapped, /dev/rbd/<pool>/<image> reported, data round
 # trip checked with `rbd export`; agent restart -> no second mapping; an iSCSI volume beside it;
 # a wrong key -> failed with auth_failed, the others fine; a foreign mount -> detach_blocked, then
-# detached after the unmount; unassign -> unmapped, device gone; the cephx key nowhere.
+# detached after the unmount; unassign -> unmapped, device gone; an image mounted with grow,
+# `rbd resize` and `ctl target resize` -> the new size reported and ext4 grown online, the data
+# intact; the cephx key nowhere.
 # vm-timeout: 600
 source "$SHARE/vm/tether.sh"
 source "$SHARE/vm/ceph.sh"
+source "$SHARE/vm/grow.sh"
 PORTAL=127.0.0.1:3260
 IQN=iqn.2003-01.test.tether:beside-rbd
 lio_target "$IQN"
@@ -16,6 +19,7 @@ ceph_up
 ceph_pool volumes
 ceph_image volumes vol-a 64M
 ceph_image volumes vol-b 64M
+ceph_image volumes vol-grow 64M
 key=$(ceph_user tether-node "mon" "profile rbd" "osd" "profile rbd pool=volumes")
 ceph_keyfile "$WORK/key" "$key"
 ceph_gen_key >"$WORK/wrong.key"
@@ -84,6 +88,16 @@ expect_eq "unmapped through sysfs" 0 "$(mappings)"
 tether_stop_agent
 umount /usr/bin/rbd
 tether_start_agent
+
+# An image that grows while mounted: the kernel learns the size by itself, the agent grows ext4.
+grow=$(assign vol-grow --rbd-name volumes/vol-grow --mon "$CEPH_MON" --ceph-user tether-node \
+    --ceph-key-file "$WORK/key" --mount /srv/grow-rbd --mkfs --grow)
+wait_volume vol-grow mounted 90
+grow_write /srv/grow-rbd
+ceph_rbd resize --size 128M volumes/vol-grow >/dev/null 2>&1
+expect_grown vol-grow "$grow" /srv/grow-rbd $((128 << 20))
+unassign "$grow"
+wait_volume vol-grow gone 60
 
 # The key: in no log, report, state file, world-readable file, or key file left behind (a key
 # file lives only while a map runs: stop the failing volume's retries first).
