@@ -29,12 +29,16 @@ say "systemctl start tether-agent exited $? after $((($(date +%s%N) - t0) / 1000
 stat -c '%a %U %n' /var/lib/tether /var/lib/tether/volumes.json /var/lib/tether/token \
     >"$N/state-after.txt" 2>&1
 ls -A /run/tether-initramfs >"$N/handover-after.txt" 2>&1
+findmnt -n -o SOURCE,TARGET /mnt/data >"$N/mnt-data.txt" 2>&1
 : >"$N/agent-started"
 
 while [[ ! -e $N/stop ]]; do
     tether status --json >"$N/status.json.tmp" 2>&1 && mv -f "$N/status.json.tmp" "$N/status.json"
-    iscsiadm -m session >"$N/sessions.txt" 2>&1
-    journalctl -u tether-agent --no-pager -o short-monotonic >"$N/agent.log" 2>&1
+    iscsiadm -m session >"$N/sessions.txt.tmp" 2>&1
+    mv -f "$N/sessions.txt.tmp" "$N/sessions.txt"
+    # Renamed into place, like status.json: the scenario must never read a half-written file.
+    journalctl -u tether-agent --no-pager -o short-monotonic >"$N/agent.log.tmp" 2>&1
+    mv -f "$N/agent.log.tmp" "$N/agent.log"
     sleep 1
 done
 say "asked to stop"

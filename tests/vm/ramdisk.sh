@@ -176,7 +176,10 @@ boot_node() {
     local i
     printf '%s\n' "$*" >"$RD/cmdline"
     rm -f "$RD/booting" "$RD/node-exited"
-    : >"$RD/ready"
+    # Renamed into place: the host removes `ready` as soon as it sees it, and a plain create
+    # could then fail in the middle of its 9p calls (ENOENT, seen once).
+    : >"$RD/ready.tmp"
+    mv -f "$RD/ready.tmp" "$RD/ready"
     for ((i = 0; i < 300; i++)); do
         if [[ -f $RD/booting ]]; then
             NODE_T0=$(now_ms)

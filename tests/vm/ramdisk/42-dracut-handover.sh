@@ -4,8 +4,9 @@
 # in the initramfs the agent logs in, formats and mounts the volume (a test hook holds the
 # switch until it is mounted); after the switch to the installed root, the packaged agent
 # there adopts the initramfs agent's record and token (both 0600) from /run/tether-initramfs,
-# reports the volume as its own (not foreign), and detaches it when the conductor unassigns
-# it: the node's session to the target ends. The installed side is tests/vm/ramdisk-installed.sh
+# reports the volume as its own (not foreign; attached, since the initramfs's mount did not
+# survive the switch), and detaches it when the conductor unassigns it: the node's session to
+# the target ends. The installed side is tests/vm/ramdisk-installed.sh
 # on the node's 9p share ($RD/node).
 # vm-timeout: 900
 source "$SHARE/vm/ramdisk.sh"
@@ -67,27 +68,36 @@ fi
 expect_match "the installed root is the node's disk" 'installed root is up: /dev/vda' \
     "$(cat "$NODE_SHARE/installed.log" 2>&1)"
 handover=$(cat "$NODE_SHARE/handover-before.txt" 2>&1)
-expect_match "the initramfs's state directory in /run, 0700" '^700 root /run/tether-initramfs$' "$handover"
-expect_match "its record, 0600" '^600 root /run/tether-initramfs/volumes.json$' "$handover"
-expect_match "its token (issued in the initramfs), 0600" '^600 root /run/tether-initramfs/token$' "$handover"
+expect_line "the initramfs's state directory in /run, 0700" '700 root /run/tether-initramfs' "$handover"
+expect_line "its record, 0600" '600 root /run/tether-initramfs/volumes.json' "$handover"
+expect_line "its token (issued in the initramfs), 0600" '600 root /run/tether-initramfs/token' "$handover"
 state=$(cat "$NODE_SHARE/state-after.txt" 2>&1)
-expect_match "the installed agent's record, 0600" '^600 root /var/lib/tether/volumes.json$' "$state"
-expect_match "the installed agent's token, 0600" '^600 root /var/lib/tether/token$' "$state"
+expect_line "the installed agent's record, 0600" '600 root /var/lib/tether/volumes.json' "$state"
+expect_line "the installed agent's token, 0600" '600 root /var/lib/tether/token' "$state"
 expect_match "the handover is taken once: gone from /run" 'No such file' \
     "$(cat "$NODE_SHARE/handover-after.txt" 2>&1)"
 
-# Its own view: the volume attached (the initramfs's mount did not survive the switch) and
-# nothing foreign.
+# Its own view: the volume attached, not mounted (the initramfs's mount on /mnt/data, outside
+# the new root, did not survive the switch; the record's mount is forgotten), and nothing
+# foreign.
 for ((i = 0; i < 60; i++)); do
     seen=$(node_volume_state)
     [[ $seen == attached || $seen == mounted ]] && break
     sleep 1
 done
-expect_match "the installed agent reports $RD_VOLUME as its own" '^(attached|mounted)$' "${seen:-no status}"
-note installed_agent_state "$seen"
+expect_eq "the installed agent reports $RD_VOLUME as its own, attached" attached "${seen:-no status}"
+expect_eq "nothing mounted on /mnt/data in the installed system" "" \
+    "$(cat "$NODE_SHARE/mnt-data.txt" 2>&1)"
 expect_eq "the installed agent lists nothing foreign" 0 "$(node_foreign)"
-expect_match "it logged the adoption" 'adopted what the initramfs agent attached' \
-    "$(cat "$NODE_SHARE/agent.log" 2>&1)"
+agent_log=$(cat "$NODE_SHARE/agent.log" 2>&1)
+expect_match "it logged the adoption" 'adopted what the initramfs agent attached volumes=1 token=true' \
+    "$agent_log"
+expect_match "it took the initramfs's session as its volume, without a new login" \
+    'volume still attached from before' "$agent_log"
+expect_match "and forgot the mount that did not survive the switch" \
+    'no longer mounted where it was.*mountpoint=/mnt/data' "$agent_log"
+expect_match "the initramfs's session was there when the installed system came up" "$RD_IQN" \
+    "$(cat "$NODE_SHARE/sessions-before.txt" 2>&1)"
 expect_match "the conductor has the installed agent's report, its device" \
     "$(by_path "$RD_PORTAL" "$RD_IQN" 0)" "$(ctl status "$RD_NODE" --json 2>&1)"
 
