@@ -62,20 +62,25 @@ ramdisk_prepare() {
 # build_initramfs MODULES [DRACUT_ARG...] : dracut with these modules and the tether module
 # (from the share) into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG), with
 # the drivers for the link and for a node's disk, and the settings in /etc/dracut.conf.d. The
-# file list goes to $RESULT_DIR/initramfs.list. The same build earlier in this boot is reused.
+# file list goes to $RESULT_DIR/initramfs.list. Builds are kept on the guest's disk by what they
+# were built from: a scenario reuses an earlier one's of this boot (42 reuses 40's after 41
+# built another).
 build_initramfs() {
-    local modules=$1 t0 rc=0 key
+    local modules=$1 t0 rc=0 key cache
     shift
     key="$modules $* $(cat /etc/dracut.conf.d/*.conf 2>/dev/null | tr '\n' ' ')"
-    if [[ -s $INITRAMFS && -f $RD/initramfs.key && $(cat "$RD/initramfs.key") == "$key" ]]; then
-        cp "$RD/initramfs.list" "$RESULT_DIR/initramfs.list"
+    cache=/var/tmp/tether-initramfs/$(printf '%s' "$key" | sha256sum | cut -c1-16)
+    if [[ -s $cache.img && -s $cache.list ]]; then
+        cp "$cache.img" "$INITRAMFS"
+        cp "$cache.list" "$RESULT_DIR/initramfs.list"
         note initramfs_reused "the same build as an earlier scenario's"
+        note initramfs_mib $(($(stat -c %s "$cache.img") / 1048576))
         pass "dracut builds the initramfs"
         return 0
     fi
-    rm -f "$RD/initramfs.key"
+    mkdir -p "${cache%/*}"
     # Built and listed on the guest's disk: reading it back through 9p took minutes under load.
-    local img=/var/tmp/tether-initramfs.img
+    local img=$cache.tmp
     rm -rf /usr/lib/dracut/modules.d/95tether
     cp -a "$SHARE/dracut/95tether" /usr/lib/dracut/modules.d/95tether
     t0=$(now_ms)
@@ -90,9 +95,9 @@ build_initramfs() {
     note initramfs_mib $(($(stat -c %s "$img") / 1048576))
     # (cpio itself: lsinitrd takes a minute over an uncompressed image under TCG.)
     cpio -it --quiet <"$img" >"$RESULT_DIR/initramfs.list" 2>&1
-    mv "$img" "$INITRAMFS"
-    cp "$RESULT_DIR/initramfs.list" "$RD/initramfs.list"
-    printf '%s' "$key" >"$RD/initramfs.key"
+    cp "$RESULT_DIR/initramfs.list" "$cache.list"
+    mv "$img" "$cache.img"
+    cp "$cache.img" "$INITRAMFS"
     pass "dracut builds the initramfs"
 }
 
