@@ -21,6 +21,7 @@ RD_SYSTEMD_MODULES="systemd systemd-initrd dracut-systemd base udev-rules rootfs
 RD_SYSTEMD_ARGS=(--include "$SHARE/vm/ramdisk-pre-pivot.sh" /lib/dracut/hooks/pre-pivot/90-tether-test.sh)
 # What tether adds at most to an initramfs by default (MiB, uncompressed; BENCHMARKS.md).
 RD_TETHER_MAX_MIB=15
+RD_TLS_KEEP=/var/tmp/tether-ramdisk-tls
 NODE_T0=""
 mkdir -p "$RD"
 
@@ -56,19 +57,30 @@ ramdisk_prepare() {
     # The node reaches the conductor over the link; ctl here goes the same way, so that the
     # certificate's one address serves both.
     TETHER_URL=https://$LINK_IP:6387
-    tls_setup "IP:$LINK_IP"
+    tls_setup "IP:$LINK_IP" || return 1
+    # One CA and conductor certificate for every scenario of this boot, kept on the guest's
+    # disk: the initramfs holds the CA, and a build reused from an earlier scenario must trust
+    # this scenario's conductor.
+    if [[ -s $RD_TLS_KEEP/conductor.key ]]; then
+        cp -p "$RD_TLS_KEEP/ca.pem" "$RD_TLS_KEEP/conductor.pem" "$RD_TLS_KEEP/conductor.key" "$TLS_DIR/"
+        log "tls: the CA and certificate of an earlier scenario of this boot"
+    else
+        install -d -m 0700 "$RD_TLS_KEEP"
+        cp -p "$TLS_DIR/ca.pem" "$TLS_DIR/conductor.pem" "$TLS_DIR/conductor.key" "$RD_TLS_KEEP/"
+    fi
 }
 
 # build_initramfs MODULES [DRACUT_ARG...] : dracut with these modules and the tether module
 # (from the share) into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG), with
 # the drivers for the link and for a node's disk, and the settings in /etc/dracut.conf.d. The
 # file list goes to $RESULT_DIR/initramfs.list. Builds are kept on the guest's disk by what they
-# were built from: a scenario reuses an earlier one's of this boot (42 reuses 40's after 41
-# built another).
+# were built from (the CA included, which ramdisk_prepare keeps for the boot): a scenario
+# reuses an earlier one's of this boot (42 reuses 40's after 41 built another).
 build_initramfs() {
     local modules=$1 t0 rc=0 key cache
     shift
-    key="$modules $* $(cat /etc/dracut.conf.d/*.conf 2>/dev/null | tr '\n' ' ')"
+    # (The CA too: the image holds it.)
+    key="$modules $* $(cat /etc/dracut.conf.d/*.conf 2>/dev/null | tr '\n' ' ') $(sha256sum "$TETHER_CA_FILE" 2>&1)"
     cache=/var/tmp/tether-initramfs/$(printf '%s' "$key" | sha256sum | cut -c1-16)
     if [[ -s $cache.img && -s $cache.list ]]; then
         cp "$cache.img" "$INITRAMFS"
