@@ -7,6 +7,10 @@
 # initiator name from rd.iscsi.initiator=. See docs/operations.md, "dracut module".
 #
 # Not added by itself: build with `dracut --add tether` or add_dracutmodules+=" tether ".
+#
+# Settings (dracut.conf.d or the environment):
+#   tether_rbd_cli=yes   also install the rbd CLI, which brings Ceph's libraries (tens of MiB).
+#                        By default the agent maps RBD images through /sys/bus/rbd without it.
 
 # called by dracut
 check() {
@@ -39,8 +43,16 @@ install() {
     inst_binary "$(find_binary tether)" /usr/bin/tether
     # What the agent runs (resolved from /usr/sbin, /sbin, /usr/bin, /bin, never $PATH).
     inst_multiple iscsiadm iscsid iscsi-iname blkid blockdev mount umount udevadm modprobe grep
-    inst_multiple -o mkfs.ext4 mke2fs mkfs.xfs rbd ceph-rbdnamer
+    inst_multiple -o mkfs.ext4 mke2fs mkfs.xfs
+    # The /dev/rbd/<pool>/<image> links: a shell script and a rule, no Ceph library.
+    inst_multiple -o ceph-rbdnamer
     inst_rules 50-rbd.rules
+    if [[ ${tether_rbd_cli:-no} == yes ]]; then
+        if ! inst_multiple rbd; then
+            derror "tether: tether_rbd_cli=yes but there is no rbd CLI (install ceph-common)"
+            return 1
+        fi
+    fi
     inst_simple /etc/iscsi/iscsid.conf
     # A node's own initiator name belongs in its own image only; a shared ramdisk gets one
     # from rd.iscsi.initiator= or generates one at boot (tether-cmdline.sh).
@@ -66,6 +78,13 @@ install() {
             dwarn "tether: conductor_ca_file $ca does not exist; the agent will not start"
         fi
     done
+
+    # State in /run, which the initramfs hands to the installed system at switch-root: its
+    # agent adopts what this one attached (the record and the token, both mode 0600).
+    mkdir -p "${initdir}/etc/tether/config.d"
+    printf '%s\n' "# dracut module tether: the installed system's agent adopts this state" \
+        "[agent]" 'state_dir = "/run/tether-initramfs"' \
+        >"${initdir}/etc/tether/config.d/99-initramfs-handover.toml"
 
     # The agent always needs the network, even without a network root.
     mkdir -p "${initdir}/etc/cmdline.d"
@@ -93,5 +112,7 @@ install() {
         # No systemd: iscsid and the agent start from the hook run when an interface is up.
         inst_multiple setsid pgrep tee
         inst_hook initqueue/online 90 "$moddir/tether-start.sh"
+        # Stopped before the switch, so that its record is final when the next agent reads it.
+        inst_hook pre-pivot 90 "$moddir/tether-stop.sh"
     fi
 }

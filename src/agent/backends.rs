@@ -269,6 +269,19 @@ impl Backends {
         Ok(Some(attachment))
     }
 
+    /// Whether the mount an attachment records is still there. A volume can outlive its mount:
+    /// the initramfs's mounts outside the new root do not survive switch-root, and an operator
+    /// may unmount by hand. `true` when nothing is recorded as mounted.
+    pub(crate) fn mount_kept(&self, attachment: &Attachment) -> Result<bool, HostError> {
+        let (Some(mount), kernel) = (&attachment.mount, &attachment.device.kernel_name) else {
+            return Ok(true);
+        };
+        if kernel.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.block.mounts_of(kernel)?.contains(&mount.path))
+    }
+
     /// Why the attached volume is degraded (some of its paths are down), or `None`.
     pub(crate) fn degraded(&self, attachment: &Attachment) -> Result<Option<HostError>, HostError> {
         let down = match &attachment.backend {

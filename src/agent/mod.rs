@@ -8,6 +8,7 @@ mod apply;
 mod backends;
 mod client;
 mod executor;
+mod handover;
 mod health;
 pub(crate) mod identity;
 mod metrics;
@@ -107,6 +108,28 @@ pub async fn run(
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
     };
+    let handed_over = StateDir::new(config.host_root.join(handover::HANDOVER_DIR));
+    match handover::adopt(
+        &state,
+        &handed_over,
+        &config.conductor_url,
+        config.node_uuid,
+    )? {
+        handover::Handover::Absent => {}
+        handover::Handover::Adopted { volumes, token } => tracing::info!(
+            volumes,
+            token,
+            from = %handed_over.path.display(),
+            "adopted what the initramfs agent attached"
+        ),
+        handover::Handover::Refused(reason) => tracing::warn!(
+            kind = "handover_refused",
+            from = %handed_over.path.display(),
+            %reason,
+            "not adopting what the initramfs agent attached: it stays foreign and is never \
+             detached by this agent"
+        ),
+    }
     let record = state.load_record()?;
     let remembered = remembered_targets(&config, &record).await;
     let recovered = recovery::recover(&backends, record).await;

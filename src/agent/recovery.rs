@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::apply::Volumes;
 use super::backends::Backends;
-use super::record::{Intent, Record};
+use super::record::{Intent, OwnedVolume, Record};
 use super::volume::Volume;
 use crate::backend::ErrorKind;
 use crate::protocol::target::VolumeType;
@@ -28,7 +28,7 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Recovered {
     tokio::task::spawn_blocking(move || {
         let now = SystemTime::now();
         let mut volumes = Volumes::new();
-        for (uuid, owned) in record.volumes {
+        for (uuid, mut owned) in record.volumes {
             match backends.is_present(&owned.attachment) {
                 Ok(true) => {
                     tracing::info!(
@@ -37,6 +37,7 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Recovered {
                         device = %owned.attachment.device.device_path,
                         "volume still attached from before"
                     );
+                    forget_lost_mount(&backends, uuid, &mut owned);
                 }
                 Ok(false) if owned.attachment.may_leave_traces() => {
                     // A reboot, or a detach that stopped halfway: what is left (a session, a
@@ -98,6 +99,31 @@ pub(crate) async fn recover(backends: &Backends, record: Record) -> Recovered {
     .unwrap_or_default()
 }
 
+/// A recorded mount that is no longer there is forgotten: the volume is reported attached, not
+/// mounted, and its detach unmounts nothing. (After switch-root, the initramfs agent's mounts
+/// outside the new root are gone while its sessions stay.) Kept when it cannot be checked.
+fn forget_lost_mount(backends: &Backends, uuid: Uuid, owned: &mut OwnedVolume) {
+    match backends.mount_kept(&owned.attachment) {
+        Ok(true) => {}
+        Ok(false) => {
+            if let Some(mount) = owned.attachment.mount.take() {
+                tracing::warn!(
+                    target_uuid = %uuid,
+                    volume_id = %owned.volume_id,
+                    mountpoint = %mount.path.display(),
+                    "the volume is no longer mounted where it was; reported attached, not mounted"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            target_uuid = %uuid,
+            kind = %e.kind,
+            error = %e,
+            "cannot check a recorded volume's mount; keeping it"
+        ),
+    }
+}
+
 /// An attach the agent did not see finish: what of its intent the host has is the agent's own.
 /// Nothing else is touched: a part the host had before the attach began was never in the intent.
 /// `Err` when that cannot be known now: the intent is kept for the next start.
@@ -151,5 +177,61 @@ fn interrupted(
             );
             Err(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::simulated::SimKernel;
+    use crate::backend::{
+        Attachment, BackendAttachment, BlockDevice, IscsiAttachment, MountRecord,
+    };
+    use crate::protocol::VolumeState;
+
+    fn owned(mount: &str) -> OwnedVolume {
+        OwnedVolume {
+            volume_id: "vol-1".into(),
+            attachment: Attachment {
+                device: BlockDevice {
+                    kernel_name: "sda".into(),
+                    device_path: "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2003-01.t:m-lun-0"
+                        .into(),
+                    size_bytes: 0,
+                    wwn: None,
+                },
+                paths: Vec::new(),
+                backend: BackendAttachment::Iscsi(IscsiAttachment {
+                    paths: Vec::new(),
+                    multipath: None,
+                }),
+                mount: Some(MountRecord {
+                    path: PathBuf::from(mount),
+                    by_agent: true,
+                }),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mount_gone_since_the_record_is_reported_attached_and_one_still_there_mounted() {
+        let kernel = Arc::new(SimKernel::default());
+        kernel.login_by_hand("127.0.0.1:3260", "iqn.2003-01.t:m", &[0]);
+        kernel.mount_by_hand("sda", "/srv/kept");
+        let backends = Backends::simulated(kernel);
+        let (kept, lost) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let record = Record {
+            version: 1,
+            volumes: [(kept, owned("/srv/kept")), (lost, owned("/srv/lost"))].into(),
+            intents: BTreeMap::new(),
+        };
+        let recovered = recover(&backends, record).await;
+        assert_eq!(recovered.volumes[&kept].state(), VolumeState::Mounted);
+        assert_eq!(recovered.volumes[&lost].state(), VolumeState::Attached);
+        let lost = recovered.volumes[&lost].attachment.as_ref().unwrap();
+        assert_eq!(lost.mount, None);
     }
 }

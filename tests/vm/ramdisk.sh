@@ -15,6 +15,13 @@ RD_VOLUME=vol-ramdisk
 RD_NODE=ramdisk-node
 RD=$SHARE/ramdisk
 INITRAMFS=$RD/initramfs.img
+# The systemd initramfs of 40-dracut and 42-dracut-handover (one build serves both): the root
+# disk's modules for the handover's installed root, and its test-only pre-pivot hook.
+RD_SYSTEMD_MODULES="systemd systemd-initrd dracut-systemd base udev-rules rootfs-block"
+RD_SYSTEMD_ARGS=(--include "$SHARE/vm/ramdisk-pre-pivot.sh" /lib/dracut/hooks/pre-pivot/90-tether-test.sh)
+# What tether adds at most to an initramfs by default (MiB, uncompressed; BENCHMARKS.md).
+RD_TETHER_MAX_MIB=15
+RD_TLS_KEEP=/var/tmp/tether-ramdisk-tls
 NODE_T0=""
 mkdir -p "$RD"
 
@@ -50,29 +57,72 @@ ramdisk_prepare() {
     # The node reaches the conductor over the link; ctl here goes the same way, so that the
     # certificate's one address serves both.
     TETHER_URL=https://$LINK_IP:6387
-    tls_setup "IP:$LINK_IP"
+    tls_setup "IP:$LINK_IP" || return 1
+    # One CA and conductor certificate for every scenario of this boot, kept on the guest's
+    # disk: the initramfs holds the CA, and a build reused from an earlier scenario must trust
+    # this scenario's conductor.
+    if [[ -s $RD_TLS_KEEP/conductor.key ]]; then
+        cp -p "$RD_TLS_KEEP/ca.pem" "$RD_TLS_KEEP/conductor.pem" "$RD_TLS_KEEP/conductor.key" "$TLS_DIR/"
+        log "tls: the CA and certificate of an earlier scenario of this boot"
+    else
+        install -d -m 0700 "$RD_TLS_KEEP"
+        cp -p "$TLS_DIR/ca.pem" "$TLS_DIR/conductor.pem" "$TLS_DIR/conductor.key" "$RD_TLS_KEEP/"
+    fi
 }
 
-# build_initramfs MODULES : dracut with these modules and the tether module (from the share)
-# into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG). The file list goes
-# to $RESULT_DIR/initramfs.list.
+# build_initramfs MODULES [DRACUT_ARG...] : dracut with these modules and the tether module
+# (from the share) into $INITRAMFS, uncompressed (the kernel unpacks it faster under TCG), with
+# the drivers for the link and for a node's disk, and the settings in /etc/dracut.conf.d. The
+# file list goes to $RESULT_DIR/initramfs.list. Builds are kept on the guest's disk by what they
+# were built from (the CA included, which ramdisk_prepare keeps for the boot): a scenario
+# reuses an earlier one's of this boot (42 reuses 40's after 41 built another).
 build_initramfs() {
-    local t0 rc=0
+    local modules=$1 t0 rc=0 key cache
+    shift
+    # (The CA too: the image holds it.)
+    key="$modules $* $(cat /etc/dracut.conf.d/*.conf 2>/dev/null | tr '\n' ' ') $(sha256sum "$TETHER_CA_FILE" 2>&1)"
+    cache=/var/tmp/tether-initramfs/$(printf '%s' "$key" | sha256sum | cut -c1-16)
+    if [[ -s $cache.img && -s $cache.list ]]; then
+        cp "$cache.img" "$INITRAMFS"
+        cp "$cache.list" "$RESULT_DIR/initramfs.list"
+        note initramfs_reused "the same build as an earlier scenario's"
+        note initramfs_mib $(($(stat -c %s "$cache.img") / 1048576))
+        pass "dracut builds the initramfs"
+        return 0
+    fi
+    mkdir -p "${cache%/*}"
+    # Built and listed on the guest's disk: reading it back through 9p took minutes under load.
+    local img=$cache.tmp
     rm -rf /usr/lib/dracut/modules.d/95tether
     cp -a "$SHARE/dracut/95tether" /usr/lib/dracut/modules.d/95tether
     t0=$(now_ms)
     dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode --no-compress \
-        --kver "$(uname -r)" --modules "$1 tether" \
-        --add-drivers "virtio_pci virtio_net" "$INITRAMFS" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
+        --kver "$(uname -r)" --modules "$modules tether" \
+        --add-drivers "virtio_pci virtio_net virtio_blk" "$@" "$img" >"$RESULT_DIR/dracut.log" 2>&1 || rc=$?
     note dracut_build_ms $(($(now_ms) - t0))
     if ((rc != 0)); then
         fail "dracut builds the initramfs" "exit 0" "exit $rc: $(tail -n 20 "$RESULT_DIR/dracut.log")"
         return 1
     fi
-    note initramfs_mib $(($(stat -c %s "$INITRAMFS") / 1048576))
+    note initramfs_mib $(($(stat -c %s "$img") / 1048576))
     # (cpio itself: lsinitrd takes a minute over an uncompressed image under TCG.)
-    cpio -it --quiet <"$INITRAMFS" >"$RESULT_DIR/initramfs.list" 2>&1
+    cpio -it --quiet <"$img" >"$RESULT_DIR/initramfs.list" 2>&1
+    cp "$RESULT_DIR/initramfs.list" "$cache.list"
+    mv "$img" "$cache.img"
+    cp "$cache.img" "$INITRAMFS"
     pass "dracut builds the initramfs"
+}
+
+# initramfs_under_mib DESC MIB : the initramfs is at most MIB MiB (uncompressed).
+initramfs_under_mib() {
+    local mib
+    mib=$(($(stat -c %s "$INITRAMFS") / 1048576))
+    if ((mib <= $2)); then
+        pass "$1: $mib MiB <= $2 MiB"
+    else
+        fail "$1" "at most $2 MiB" "$mib MiB; the largest files: $(
+            cpio -itv --quiet <"$INITRAMFS" 2>/dev/null | sort -k5 -n -r | head -n 8 | awk '{print $5, $9}' | tr '\n' ';')"
+    fi
 }
 
 # initramfs_has DESC ERE / initramfs_lacks DESC ERE : a path in the initramfs matches ERE (or none).
@@ -143,7 +193,10 @@ boot_node() {
     local i
     printf '%s\n' "$*" >"$RD/cmdline"
     rm -f "$RD/booting" "$RD/node-exited"
-    : >"$RD/ready"
+    # Renamed into place: the host removes `ready` as soon as it sees it, and a plain create
+    # could then fail in the middle of its 9p calls (ENOENT, seen once).
+    : >"$RD/ready.tmp"
+    mv -f "$RD/ready.tmp" "$RD/ready"
     for ((i = 0; i < 300; i++)); do
         if [[ -f $RD/booting ]]; then
             NODE_T0=$(now_ms)

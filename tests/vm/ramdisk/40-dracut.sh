@@ -6,11 +6,11 @@
 # system. Its agent (the packaged unit), configured by the kernel command line and trusting the
 # CA the image carries, logs in, formats and mounts the volume; the report reaches the
 # conductor here.
-# vm-timeout: 420
+# vm-timeout: 600
 source "$SHARE/vm/ramdisk.sh"
 
 ramdisk_prepare
-build_initramfs "systemd systemd-initrd dracut-systemd base udev-rules"
+build_initramfs "$RD_SYSTEMD_MODULES" "${RD_SYSTEMD_ARGS[@]}"
 initramfs_has "the tether binary" usr/bin/tether
 initramfs_has_ca
 initramfs_has "the agent's unit" 'lib/systemd/system/tether-agent.service$'
@@ -24,7 +24,10 @@ initramfs_has "iscsid.conf" 'etc/iscsi/iscsid.conf'
 initramfs_has "the initiator name hook" 'hooks/cmdline/95-tether-cmdline.sh'
 initramfs_has "blkid" 'bin/blkid$'
 initramfs_has "mkfs.ext4" 'bin/mkfs.ext4$'
-initramfs_has "the rbd CLI (ceph-common is installed here)" 'bin/rbd$'
+initramfs_lacks "no rbd CLI by default (ceph-common is installed here)" 'bin/rbd$'
+initramfs_lacks "no Ceph library by default" '/lib(rados|rbd|ceph-common)\.so'
+initramfs_has "the rbd udev rule, for /dev/rbd/<pool>/<image>" '50-rbd.rules$'
+initramfs_has "the handover drop-in (state in /run)" 'etc/tether/config.d/99-initramfs-handover.toml$'
 initramfs_has "the iscsi_tcp module" '/iscsi_tcp.ko'
 initramfs_has "the rbd module" '/rbd.ko'
 initramfs_lacks "no initiator name from the build host" 'etc/iscsi/initiatorname.iscsi'

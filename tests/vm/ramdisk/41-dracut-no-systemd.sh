@@ -2,11 +2,17 @@
 # The dracut module in an initramfs without systemd: dracut's shell init, network-legacy for
 # ip=, and the module's initqueue/online hook that starts iscsid and the agent once the link
 # is up. Same node, target and checks as 40-dracut.
-# vm-timeout: 420
+# vm-timeout: 600
 source "$SHARE/vm/ramdisk.sh"
 
 ramdisk_prepare
+# The operator's setting that adds the rbd CLI (and Ceph's libraries) to the image.
+echo 'tether_rbd_cli=yes' >/etc/dracut.conf.d/50-tether-rbd-cli.conf
 build_initramfs "base udev-rules network-legacy rootfs-block"
+rm -f /etc/dracut.conf.d/50-tether-rbd-cli.conf
+initramfs_has "the rbd CLI (tether_rbd_cli=yes)" 'bin/rbd$'
+initramfs_has "Ceph's libraries with it" '/librados\.so'
+initramfs_has "the stop hook (the record is final at the switch)" 'hooks/pre-pivot/90-tether-stop.sh'
 initramfs_has "the tether binary" usr/bin/tether
 initramfs_has_ca
 initramfs_has "the start hook" 'hooks/initqueue/online/90-tether-start.sh'
