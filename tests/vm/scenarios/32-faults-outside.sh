@@ -77,8 +77,10 @@ mount -t tmpfs -o size=64k,mode=0700 tether-state "$TETHER_STATE"
 cp -a "$TETHER_STATE.disk/." "$TETHER_STATE/"
 tether_start_agent
 wait_volume vol-o1 attached 30
-head -c 60k /dev/zero >"$TETHER_STATE/filler" 2>/dev/null || true
+# Filled once vol-o2 is gone: its detach removes its cached target, which would free room.
 unassign "$three"
+wait_volume vol-o2 gone 60
+head -c 60k /dev/zero >"$TETHER_STATE/filler" 2>/dev/null || true
 four=$(assign vol-o0 --portal "$PORTAL" --iqn "$IQN" --lun 0)
 wait_volume vol-o0 failed 60
 expect_match "state directory full: the attach does not start" '"kind": "record_unwritable"' "$REPORT"
