@@ -104,6 +104,13 @@ pub(crate) struct Plan {
     pub(crate) next_wake: Option<Millis>,
 }
 
+impl Plan {
+    /// Reconcile must run again by `at` (the earliest of all such times wins).
+    fn wake_at(&mut self, at: Millis) {
+        self.next_wake = Some(self.next_wake.map_or(at, |w| w.min(at)));
+    }
+}
+
 pub(crate) fn error_report(e: &TargetError) -> ErrorReport {
     ErrorReport {
         kind: e.kind().to_string(),
@@ -122,10 +129,7 @@ fn grow_due(spec: &TargetSpec, volume: &Volume, now: Millis, plan: &mut Plan) ->
     }
     match &volume.grow_failure {
         Some(failure) if failure.size_bytes == wanted && failure.retry_at > now => {
-            plan.next_wake = Some(
-                plan.next_wake
-                    .map_or(failure.retry_at, |w| w.min(failure.retry_at)),
-            );
+            plan.wake_at(failure.retry_at);
             false
         }
         _ => true,
@@ -150,9 +154,6 @@ pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now
         .filter(|v| v.phase == Phase::Detaching)
         .flat_map(|v| &v.sessions)
         .collect();
-    let wake_at = |at: Millis, plan: &mut Plan| {
-        plan.next_wake = Some(plan.next_wake.map_or(at, |w| w.min(at)));
-    };
 
     for target in &assignment.targets {
         let volume = volumes.get(&target.uuid);
@@ -179,7 +180,7 @@ pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now
                 None => true,
                 Some(at) if *at <= now => true,
                 Some(at) => {
-                    wake_at(*at, &mut plan);
+                    plan.wake_at(*at);
                     false
                 }
             },
@@ -229,7 +230,7 @@ pub(crate) fn reconcile(desired: &Desired, volumes: &BTreeMap<Uuid, Volume>, now
         if let Some(at) = volume.retry_at()
             && at > now
         {
-            wake_at(at, &mut plan);
+            plan.wake_at(at);
             continue;
         }
         if volume.sessions.iter().all(|k| !busy.contains(k)) {
