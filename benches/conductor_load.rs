@@ -25,9 +25,11 @@ use uuid::Uuid;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Conductor base URL; must be a loopback address.
-    #[arg(long, required_unless_present = "write_pki")]
-    url: Option<String>,
+    /// Conductor base URL; must be a loopback address. Given several times (conductors sharing
+    /// one database), agent i talks to the (i mod n)-th and the operator to the first, so that
+    /// propagation to agents on the others crosses conductors.
+    #[arg(long = "url", required_unless_present = "write_pki")]
+    urls: Vec<String>,
     #[arg(long, required_unless_present = "write_pki")]
     admin_token: Option<String>,
     /// PEM file of the CA that signed an https:// conductor's certificate.
@@ -50,9 +52,13 @@ struct Args {
     /// the 2-core machine of BENCHMARKS.md half a minute and more to recover from.
     #[arg(long)]
     ramp_s: Option<u64>,
-    /// The conductor's pid, for RSS and CPU.
-    #[arg(long)]
-    conductor_pid: Option<u32>,
+    /// The conductors' pids, for RSS and CPU, in the order of their URLs.
+    #[arg(long = "conductor-pid")]
+    conductor_pids: Vec<u32>,
+    /// Pids whose CPU (theirs and their children's, e.g. a PostgreSQL server's) is the
+    /// database's.
+    #[arg(long = "database-pid")]
+    database_pids: Vec<u32>,
     /// Writes ca.pem, conductor.pem and conductor.key (mode 0600; for 127.0.0.1) into this
     /// directory and exits.
     #[arg(long, value_name = "DIR")]
@@ -154,6 +160,8 @@ struct Stats {
     /// (ms into the measurement when sent, µs it took)
     heartbeat_us: Mutex<Vec<(u64, u64)>>,
     propagation_us: Mutex<Vec<u64>>,
+    /// The part of `propagation_us` whose agent waits on another conductor than the operator's.
+    cross_propagation_us: Mutex<Vec<u64>>,
     failures: AtomicU64,
     /// Failures by kind (what failed and why, without the URL), to say what went wrong.
     errors: Mutex<HashMap<String, u64>>,
@@ -209,23 +217,68 @@ fn proc_sample(pid: u32) -> Option<(u64, u64)> {
     Some((rss_kib, cpu_ns))
 }
 
+/// CPU ticks of these processes and all their descendants, live ones and those waited for
+/// (a PostgreSQL server: the postmaster and one backend per connection).
+fn tree_cpu_ticks(roots: &[u32]) -> Option<u64> {
+    if roots.is_empty() {
+        return None;
+    }
+    let mut pending = roots.to_vec();
+    let mut ticks = 0;
+    while let Some(pid) = pending.pop() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: fields 3 onwards; utime, stime, cutime and
+        // cstime are fields 14-17.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        ticks += fields
+            .get(11..15)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum::<u64>();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+        {
+            let children = task
+                .ok()
+                .and_then(|t| std::fs::read_to_string(t.path().join("children")).ok());
+            pending.extend(
+                children
+                    .iter()
+                    .flat_map(|c| c.split_whitespace())
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    Some(ticks)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.write_pki {
         return write_pki(dir);
     }
-    let url = args.url.clone().unwrap_or_default();
+    let urls = args.urls.clone();
+    let url = urls[0].clone();
     let admin_token = args.admin_token.clone().unwrap_or_default();
-    let host = reqwest::Url::parse(&url)?;
-    let loopback = matches!(
-        host.host_str(),
-        Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]"
-    );
-    anyhow::ensure!(
-        loopback,
-        "the load generator only targets loopback addresses"
-    );
+    for url in &urls {
+        let host = reqwest::Url::parse(url)?;
+        let loopback = matches!(
+            host.host_str(),
+            Some(h) if h == "localhost" || h.starts_with("127.") || h == "[::1]"
+        );
+        anyhow::ensure!(
+            loopback,
+            "the load generator only targets loopback addresses"
+        );
+    }
     let ca = args.ca_file.as_deref();
     let opened = Arc::new(AtomicU64::new(0));
     // Enrolment and the operator.
@@ -306,9 +359,10 @@ async fn main() -> anyhow::Result<()> {
     let stagger = ramp / args.agents.max(1) as u32;
     for (i, agent) in agents.iter().enumerate() {
         let polls = polls.clone();
+        let conductor = i % urls.len();
         let (http, url, stats, measuring) = (
             heartbeats.clone(),
-            url.clone(),
+            urls[conductor].clone(),
             stats.clone(),
             measuring.clone(),
         );
@@ -346,11 +400,11 @@ async fn main() -> anyhow::Result<()> {
                                     && let Some(sent) = stats.pending.lock().unwrap().remove(&node)
                                     && measuring.load(Ordering::Relaxed)
                                 {
-                                    stats
-                                        .propagation_us
-                                        .lock()
-                                        .unwrap()
-                                        .push((arrived - sent).as_micros() as u64);
+                                    let took = (arrived - sent).as_micros() as u64;
+                                    stats.propagation_us.lock().unwrap().push(took);
+                                    if conductor != 0 {
+                                        stats.cross_propagation_us.lock().unwrap().push(took);
+                                    }
                                 }
                                 since = Some(generation);
                             }
@@ -407,14 +461,16 @@ async fn main() -> anyhow::Result<()> {
     // Warm up: every agent started, and two full heartbeat intervals.
     let warm_up = ramp + 2 * Duration::from_secs(args.heartbeat_interval_s);
     tokio::time::sleep(warm_up).await;
-    let before = args.conductor_pid.and_then(proc_sample);
+    let conductors = &args.conductor_pids;
+    let before: Vec<_> = conductors.iter().map(|&pid| proc_sample(pid)).collect();
+    let database_before = tree_cpu_ticks(&args.database_pids);
     let before_self = proc_sample(std::process::id());
     let opened_before = opened.load(Ordering::Relaxed);
     let started = Instant::now();
     stats.epoch.get_or_init(|| started);
     measuring.store(true, Ordering::Relaxed);
-    let mut max_rss = before.map(|b| b.0).unwrap_or(0);
-    let mut max_fds = 0;
+    let mut max_rss: Vec<u64> = before.iter().map(|b| b.map(|b| b.0).unwrap_or(0)).collect();
+    let mut max_fds = vec![0; conductors.len()];
 
     // The operator: every 100 ms one node's targets change (create, then delete next time).
     let mut created: HashMap<Uuid, String> = HashMap::new();
@@ -459,16 +515,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(()) => changes += 1,
             Err(e) => stats.fail("operator", e),
         }
-        if let Some((rss, _)) = args.conductor_pid.and_then(proc_sample) {
-            max_rss = max_rss.max(rss);
-        }
-        if let Some(fds) = args.conductor_pid.and_then(open_fds) {
-            max_fds = max_fds.max(fds);
+        for (i, &pid) in conductors.iter().enumerate() {
+            if let Some((rss, _)) = proc_sample(pid) {
+                max_rss[i] = max_rss[i].max(rss);
+            }
+            if let Some(fds) = open_fds(pid) {
+                max_fds[i] = max_fds[i].max(fds);
+            }
         }
     }
     let elapsed = started.elapsed();
     measuring.store(false, Ordering::Relaxed);
-    let after = args.conductor_pid.and_then(proc_sample);
+    let after: Vec<_> = conductors.iter().map(|&pid| proc_sample(pid)).collect();
+    let database_after = tree_cpu_ticks(&args.database_pids);
     let after_self = proc_sample(std::process::id());
     let opened_measured = opened.load(Ordering::Relaxed) - opened_before;
     for t in &tasks {
@@ -501,6 +560,8 @@ async fn main() -> anyhow::Result<()> {
     hb.sort_unstable();
     let mut prop = stats.propagation_us.lock().unwrap().clone();
     prop.sort_unstable();
+    let mut cross = stats.cross_propagation_us.lock().unwrap().clone();
+    cross.sort_unstable();
     let cpu = |before: Option<(u64, u64)>, after: Option<(u64, u64)>| match (before, after) {
         (Some(b), Some(a)) => format!(
             "{:.1}",
@@ -525,6 +586,18 @@ async fn main() -> anyhow::Result<()> {
     println!("propagations_seen: {}", prop.len());
     println!("propagation_ms_p50: {:.2}", percentile(&prop, 0.50));
     println!("propagation_ms_p99: {:.2}", percentile(&prop, 0.99));
+    if urls.len() > 1 {
+        println!("conductors: {}", urls.len());
+        println!("cross_conductor_propagations_seen: {}", cross.len());
+        println!(
+            "cross_conductor_propagation_ms_p50: {:.2}",
+            percentile(&cross, 0.50)
+        );
+        println!(
+            "cross_conductor_propagation_ms_p99: {:.2}",
+            percentile(&cross, 0.99)
+        );
+    }
     println!("requests: {}", stats.requests.load(Ordering::Relaxed));
     println!(
         "failed_requests: {}",
@@ -535,12 +608,43 @@ async fn main() -> anyhow::Result<()> {
     for (kind, count) in errors {
         eprintln!("failed {count}x: {kind}");
     }
+    // With several conductors: the largest of them, then each.
+    let rss_mib: Vec<f64> = (0..conductors.len())
+        .map(|i| max_rss[i].max(after[i].map(|a| a.0).unwrap_or(0)) as f64 / 1024.0)
+        .collect();
+    let cpus: Vec<String> = (0..conductors.len())
+        .map(|i| cpu(before[i], after[i]))
+        .collect();
+    let largest = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    println!("conductor_rss_max_mib: {:.1}", largest(&rss_mib));
+    let cpu_values: Vec<f64> = cpus.iter().filter_map(|c| c.parse().ok()).collect();
+    match cpu_values.len() {
+        0 => println!("conductor_cpu_percent_of_one_core: n/a"),
+        _ => println!(
+            "conductor_cpu_percent_of_one_core: {:.1}",
+            largest(&cpu_values)
+        ),
+    }
     println!(
-        "conductor_rss_max_mib: {:.1}",
-        max_rss.max(after.map(|a| a.0).unwrap_or(0)) as f64 / 1024.0
+        "conductor_fds_max: {}",
+        max_fds.iter().max().copied().unwrap_or(0)
     );
-    println!("conductor_cpu_percent_of_one_core: {}", cpu(before, after));
-    println!("conductor_fds_max: {max_fds}");
+    if conductors.len() > 1 {
+        for i in 0..conductors.len() {
+            println!("conductor_{}_rss_max_mib: {:.1}", i + 1, rss_mib[i]);
+            println!("conductor_{}_cpu_percent_of_one_core: {}", i + 1, cpus[i]);
+        }
+    }
+    if let (Some(b), Some(a)) = (database_before, database_after) {
+        let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        println!(
+            "database_cpu_percent_of_one_core: {:.1}",
+            100.0 * a.saturating_sub(b) as f64 / ticks_per_s / elapsed.as_secs_f64()
+        );
+    }
     println!("connections_opened_measured: {opened_measured}");
     println!(
         "connections_opened_total: {}",
