@@ -53,12 +53,24 @@ fn format_status(status: &LocalStatus) -> String {
             .map(|u| u.to_string())
             .unwrap_or_else(|| "not looked up yet".into())
     );
+    let address = match &status.conductor_address {
+        Some(address) => format!(" at {}", escape_controls(address)),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "conductor {}: {}",
+        "conductor {}{address}: {}",
         escape_controls(&status.conductor_url),
         escape_controls(&status.conductor)
     );
+    if status.conductors.len() > 1 {
+        let all: Vec<String> = status
+            .conductors
+            .iter()
+            .map(|c| escape_controls(c).into_owned())
+            .collect();
+        let _ = writeln!(out, "conductors {}", all.join(", "));
+    }
     let _ = writeln!(out, "updated {}", escape_controls(&status.updated_at));
     out.push_str(&format_volumes(&status.report, &[]));
     out
@@ -193,6 +205,8 @@ pub(crate) mod tests {
             node_uuid: None,
             node_name: Some("n\x1b[2Jame".into()),
             conductor_url: "http://192.0.2.1:6385".into(),
+            conductor_address: None,
+            conductors: vec![],
             conductor: "answer\r\x1b[1A".into(),
             updated_at: "now".into(),
             report,

@@ -316,7 +316,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = Client::new(&url, None).unwrap();
+        let client = Client::new(
+            &[url],
+            None,
+            Arc::new(crate::agent::SystemResolver),
+            Default::default(),
+        )
+        .unwrap();
         let node = NodeLogin {
             uuid: Uuid::new_v4(),
             name: "n".into(),
