@@ -217,6 +217,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_conductor_in_use_is_named_with_its_address_and_the_others() {
+        let status = LocalStatus {
+            node_uuid: None,
+            node_name: None,
+            conductor_url: "https://conductors.example:6387".into(),
+            conductor_address: Some("192.0.2.2".into()),
+            conductors: vec![
+                "https://conductors.example:6387".into(),
+                "https://192.0.2.9:6387".into(),
+            ],
+            conductor: "assignment generation 3".into(),
+            updated_at: "now".into(),
+            report: Heartbeat {
+                agent_version: "0.1.0".into(),
+                generation: Some(3),
+                connectors: vec![],
+                volumes: vec![],
+                foreign: vec![],
+            },
+        };
+        let printed = format_status(&status);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(
+            lines[1],
+            "conductor https://conductors.example:6387 at 192.0.2.2: assignment generation 3"
+        );
+        assert_eq!(
+            lines[2],
+            "conductors https://conductors.example:6387, https://192.0.2.9:6387"
+        );
+    }
+
+    #[test]
     fn plain_text_is_printed_as_it_is() {
         let mut report = hostile_report();
         report.volumes[0].volume_id = "vol-données".into();

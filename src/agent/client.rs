@@ -406,3 +406,101 @@ fn with_roots(
             b.add_root_certificate(c)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::Router;
+    use axum::http::StatusCode as Status;
+    use axum::routing::{get, post};
+
+    use super::*;
+    use crate::agent::SystemResolver;
+
+    /// A conductor on loopback answering heartbeats with `heartbeat` and targets with 401,
+    /// counting the requests it gets.
+    async fn conductor(heartbeat: Status) -> (String, Arc<AtomicU64>) {
+        let hits = Arc::new(AtomicU64::new(0));
+        let (h1, h2) = (hits.clone(), hits.clone());
+        let app = Router::new()
+            .route(
+                "/v1/heartbeat/{node}",
+                post(move || {
+                    h1.fetch_add(1, Ordering::Relaxed);
+                    let body = match heartbeat.is_success() {
+                        true => serde_json::json!({"heartbeat_interval_s": 30}),
+                        false => serde_json::json!(
+                            {"error": {"kind": "database_busy", "message": "busy"}}
+                        ),
+                    };
+                    async move { (heartbeat, axum::Json(body)) }
+                }),
+            )
+            .route(
+                "/v1/nodes/{node}/volume/targets",
+                get(move || {
+                    h2.fetch_add(1, Ordering::Relaxed);
+                    let body = serde_json::json!(
+                        {"error": {"kind": "unauthorized", "message": "no"}}
+                    );
+                    async move { (Status::UNAUTHORIZED, axum::Json(body)) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, hits)
+    }
+
+    fn report() -> Heartbeat {
+        Heartbeat {
+            agent_version: "0".into(),
+            generation: None,
+            connectors: vec![],
+            volumes: vec![],
+            foreign: vec![],
+        }
+    }
+
+    /// A 503 moves the client to the next conductor (after the hop's delay); a 401 there moves
+    /// nothing; the conductor in use is published once per move.
+    #[tokio::test]
+    async fn a_failing_conductor_is_left_and_a_refusal_is_not() {
+        let (busy, busy_hits) = conductor(Status::SERVICE_UNAVAILABLE).await;
+        let (good, good_hits) = conductor(Status::ACCEPTED).await;
+        let metrics = ConductorMetrics::default();
+        let client = Client::new(
+            &[busy.clone(), good.clone()],
+            None,
+            Arc::new(SystemResolver),
+            metrics.clone(),
+        )
+        .unwrap();
+        let mut in_use = client.in_use();
+        assert_eq!(in_use.borrow_and_update().url, busy);
+        let (node, token) = (Uuid::new_v4(), Secret::new("t"));
+        let err = client.heartbeat(node, &token, &report()).await.unwrap_err();
+        assert_eq!(err.kind(), "conductor_refused");
+        assert!(in_use.has_changed().unwrap());
+        assert_eq!(in_use.borrow_and_update().url, good);
+        assert_eq!(metrics.failovers.get(), 1);
+
+        let asked = Instant::now();
+        client.heartbeat(node, &token, &report()).await.unwrap();
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the hop waits: {waited:?}"
+        );
+        for _ in 0..3 {
+            let err = client.targets(node, &token, None, Duration::ZERO).await;
+            assert_eq!(err.unwrap_err().kind(), "unauthorized");
+        }
+        client.heartbeat(node, &token, &report()).await.unwrap();
+        assert_eq!(busy_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(good_hits.load(Ordering::Relaxed), 5, "sticky, 401 included");
+        assert!(!in_use.has_changed().unwrap());
+        assert_eq!(metrics.failovers.get(), 1);
+    }
+}

@@ -85,13 +85,8 @@ impl Agent {
         state: StateDir,
         connectors: Vec<Connector>,
         metrics: Arc<AgentMetrics>,
+        conductor: InUse,
     ) -> Self {
-        // Until the HTTP client says which it uses.
-        let conductor = InUse {
-            url: config.conductor_urls.first().cloned().unwrap_or_default(),
-            address: None,
-            configured: config.conductor_urls.clone(),
-        };
         let mut agent = Self {
             volumes: recovered.volumes,
             desired: Desired::Unknown,
@@ -711,6 +706,11 @@ mod tests {
             StateDir::new(dir),
             Vec::new(),
             Arc::new(AgentMetrics::new()),
+            InUse {
+                url: "https://192.0.2.1:6387".into(),
+                address: None,
+                configured: vec!["https://192.0.2.1:6387".into()],
+            },
         )
     }
 

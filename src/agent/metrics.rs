@@ -61,7 +61,7 @@ struct ConductorLabels {
 /// The conductor in use and the moves between conductors, recorded by the HTTP client.
 #[derive(Clone, Default)]
 pub(crate) struct ConductorMetrics {
-    failovers: Counter,
+    pub(crate) failovers: Counter,
     in_use: Family<ConductorLabels, Gauge>,
 }
 
@@ -437,6 +437,32 @@ mod tests {
 
     fn has(text: &str, line: &str) -> bool {
         text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn the_conductor_in_use_is_one_series_and_moves_are_counted() {
+        let m = AgentMetrics::new();
+        let conductors = m.conductor();
+        let mut selector = crate::agent::conductors::Selector::new(&[
+            "https://u:secret@a.example:6387".into(),
+            "https://192.0.2.9:6387".into(),
+        ])
+        .unwrap();
+        conductors.using(selector.current().1);
+        let (epoch, _) = selector.current();
+        selector.failed(epoch, std::time::Instant::now(), 1.0);
+        conductors.hopped();
+        conductors.using(selector.current().1);
+        let t = text(&m);
+        assert!(has(&t, "tether_agent_conductor_failovers_total 1"), "{t}");
+        assert!(
+            has(
+                &t,
+                r#"tether_agent_conductor{url="https://192.0.2.9:6387",address=""} 1"#
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("a.example") && !t.contains("secret"), "{t}");
     }
 
     #[test]

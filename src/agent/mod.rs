@@ -152,6 +152,7 @@ pub async fn run_with_resolver(
     let record = state.load_record()?;
     let remembered = remembered_targets(&config, &record).await;
     let recovered = recovery::recover(&backends, record).await;
+    let conductor_in_use = client.in_use();
     let mut agent = Agent::new(
         recovered,
         backends,
@@ -159,6 +160,7 @@ pub async fn run_with_resolver(
         state,
         identity.connectors(),
         metrics.clone(),
+        conductor_in_use.borrow().clone(),
     );
     agent.remember(remembered);
 
@@ -184,7 +186,6 @@ pub async fn run_with_resolver(
         config.poll_wait,
         events_tx.clone(),
     ));
-    let conductor_in_use = client.in_use();
     let mut heartbeats = Heartbeats {
         client,
         interval: config.heartbeat_interval,
