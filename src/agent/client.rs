@@ -42,6 +42,9 @@ pub enum ClientError {
     },
     #[error("the conductor's answer is not protocol v1: {0}")]
     Protocol(String),
+    /// A long-poll left waiting on a conductor the agent has moved away from.
+    #[error("the agent moved to another conductor during the request")]
+    Moved,
 }
 
 impl ClientError {
@@ -52,6 +55,7 @@ impl ClientError {
             Self::UnknownNode(_) => "node_not_found",
             Self::Refused { .. } => "conductor_refused",
             Self::Protocol(_) => "protocol_error",
+            Self::Moved => "conductor_moved",
         }
     }
 }
@@ -130,7 +134,8 @@ impl Client {
         if let Some(node) = node {
             query.push(("node_uuid", node.to_string()));
         }
-        self.call(|http, base| {
+        // Never abandoned: a lookup may be the one that issues the token.
+        self.call(false, |http, base| {
             http.get(format!("{base}/v1/lookup"))
                 .query(&query)
                 .timeout(Duration::from_secs(30))
@@ -152,7 +157,8 @@ impl Client {
             query.push(("since", since.to_string()));
             query.push(("wait", wait.as_secs().to_string()));
         }
-        self.call(|http, base| {
+        // Abandoned when the agent moves: it may wait a minute on a conductor that is gone.
+        self.call(true, |http, base| {
             http.get(format!("{base}/v1/nodes/{node}/volume/targets"))
                 .query(&query)
                 .bearer_auth(token.expose())
@@ -167,7 +173,7 @@ impl Client {
         token: &Secret,
         report: &Heartbeat,
     ) -> Result<HeartbeatAccepted, ClientError> {
-        self.call(|http, base| {
+        self.call(false, |http, base| {
             http.post(format!("{base}/v1/heartbeat/{node}"))
                 .bearer_auth(token.expose())
                 .json(report)
@@ -184,12 +190,17 @@ impl Client {
     }
 
     /// Sends the request `build` makes (given the HTTP client and base URL of the conductor in
-    /// use) and moves to the next conductor when it fails for a fail-over reason.
+    /// use) and moves to the next conductor when it fails for a fail-over reason. With
+    /// `abandon_on_move`, a request still running when another request moves the agent ends
+    /// with [`ClientError::Moved`].
     async fn call<T: DeserializeOwned>(
         &self,
+        abandon_on_move: bool,
         build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         self.resolve_if_due().await;
+        // Subscribed before the endpoint is read, so that no move is missed.
+        let mut moves = self.inner.in_use.subscribe();
         let (epoch, endpoint) = loop {
             let (wait, epoch, endpoint) = {
                 let s = self.selector();
@@ -202,7 +213,14 @@ impl Client {
             }
         };
         let http = self.http_for(&endpoint)?;
-        let result = send(build(&http, &endpoint.url), &endpoint).await;
+        let request = send(build(&http, &endpoint.url), &endpoint);
+        let result = match abandon_on_move {
+            false => request.await,
+            true => tokio::select! {
+                result = request => result,
+                Ok(()) = moves.changed() => Err(ClientError::Moved),
+            },
+        };
         let mut s = self.selector();
         match &result {
             Ok(_) => {
@@ -502,5 +520,47 @@ mod tests {
         assert_eq!(good_hits.load(Ordering::Relaxed), 5, "sticky, 401 included");
         assert!(!in_use.has_changed().unwrap());
         assert_eq!(metrics.failovers.get(), 1);
+    }
+
+    /// A long-poll waiting on a conductor that stopped answering ends when a heartbeat moves
+    /// the agent, instead of waiting out its timeout there.
+    #[tokio::test]
+    async fn a_long_poll_left_behind_ends_when_the_agent_moves() {
+        let app = Router::new()
+            .route(
+                "/v1/nodes/{node}/volume/targets",
+                get(std::future::pending::<Status>),
+            )
+            .route(
+                "/v1/heartbeat/{node}",
+                post(|| async { Status::SERVICE_UNAVAILABLE }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hung = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (good, _) = conductor(Status::ACCEPTED).await;
+        let client = Client::new(
+            &[hung, good],
+            None,
+            Arc::new(SystemResolver),
+            ConductorMetrics::default(),
+        )
+        .unwrap();
+        let (node, token) = (Uuid::new_v4(), Secret::new("t"));
+        let poll = {
+            let client = client.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                client
+                    .targets(node, &token, Some(1), Duration::from_secs(60))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = client.heartbeat(node, &token, &report()).await.unwrap_err();
+        assert_eq!(err.kind(), "conductor_refused");
+        let ended = tokio::time::timeout(Duration::from_secs(2), poll).await;
+        let err = ended.expect("the long-poll ends").unwrap().unwrap_err();
+        assert_eq!(err.kind(), "conductor_moved");
     }
 }

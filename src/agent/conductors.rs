@@ -52,7 +52,7 @@ pub(crate) fn is_failover_reason(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable { .. } | ClientError::Protocol(_) => true,
         ClientError::Refused { status, .. } => *status >= 500,
-        ClientError::Unauthorized | ClientError::UnknownNode(_) => false,
+        ClientError::Unauthorized | ClientError::UnknownNode(_) | ClientError::Moved => false,
     }
 }
 
@@ -364,6 +364,7 @@ mod tests {
         assert!(!is_failover_reason(&refused(403, "forbidden")));
         assert!(!is_failover_reason(&refused(400, "invalid_request")));
         assert!(!is_failover_reason(&refused(429, "rate_limited")));
+        assert!(!is_failover_reason(&ClientError::Moved));
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub(crate) async fn poll_targets(
                     }
                 }
             }
+            // On to the conductor the agent moved to, which the client paces.
+            Err(ClientError::Moved) => {
+                tracing::debug!("a long-poll left the conductor the agent moved away from");
+            }
             Err(e) => {
                 failures += 1;
                 let delay = retry_delay(
