@@ -294,15 +294,18 @@ impl Selector {
     /// grows with each full round of failures (`jitter` in 0.5..=1). None when a request to it
     /// already moved the agent, or when there is only one (its callers' own backoff applies).
     pub(crate) fn failed(&mut self, epoch: u64, now: Instant, jitter: f64) -> Option<Hop> {
-        if epoch != self.epoch || self.endpoints.len() < 2 {
+        if epoch != self.epoch {
             return None;
         }
         let n = self.endpoints.len() as u32;
         self.failures += 1;
-        let rounds = (self.failures - 1) / n;
         if self.failures.is_multiple_of(n) {
             self.resolve_now = true;
         }
+        if n < 2 {
+            return None;
+        }
+        let rounds = (self.failures - 1) / n;
         let delay = HOP_INITIAL
             .saturating_mul(1u32 << rounds.min(16))
             .min(HOP_MAX)
@@ -443,6 +446,18 @@ mod tests {
         assert_eq!(s.failed(epoch, Instant::now(), 1.0), None);
         assert_eq!(s.current().0, epoch);
         assert_eq!(s.wait(Instant::now()), None);
+        // A name is resolved again after each failure, as the HTTP client would on its own:
+        // the conductor may have moved.
+        let mut s = Selector::new(&urls(&["https://c.example"])).unwrap();
+        let t0 = Instant::now();
+        s.resolved(t0, &answers(&[("c.example", 443, Ok(vec!["10.0.0.1"]))]));
+        assert!(s.names_to_resolve(t0).is_empty());
+        let (epoch, _) = s.current();
+        assert_eq!(s.failed(epoch, t0, 1.0), None);
+        assert_eq!(s.names_to_resolve(t0).len(), 1);
+        let moved = answers(&[("c.example", 443, Ok(vec!["10.0.0.7"]))]);
+        let hop = s.resolved(t0, &moved).unwrap();
+        assert_eq!(hop.to.address().as_deref(), Some("10.0.0.7"));
     }
 
     fn answers(
