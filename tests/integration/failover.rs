@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -51,44 +51,39 @@ impl ConductorProcess {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("--config")
-            .arg(&config)
-            .arg("conductor")
-            .env("TETHER_ADMIN_TOKEN", ADMIN)
-            .env("TETHER_LOG", "info")
-            .env("TETHER_LOG_FORMAT", "text")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let started = Self {
-            child,
-            url: format!("https://127.0.0.1:{port}"),
-        };
-        started.wait_ready(dir.join(format!("{name}.log"))).await;
-        started
-    }
-
-    async fn wait_ready(&self, log: PathBuf) {
+        let log = dir.join(format!("{name}.log"));
+        let url = format!("https://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http()
-            .get(format!(
-                "{}/v1/lookup?addresses=00:00:00:00:00:00",
-                self.url
-            ))
-            .send()
-            .await
-            .is_err()
-        {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(
-                Instant::now() < deadline,
-                "{} never answered:\n{log}",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+                .arg("--config")
+                .arg(&config)
+                .arg("conductor")
+                .env("TETHER_ADMIN_TOKEN", ADMIN)
+                .env("TETHER_LOG", "info")
+                .env("TETHER_LOG_FORMAT", "text")
+                .env_remove("JOURNAL_STREAM")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            // Until it answers; started again if it exited (a restart's port still held by a
+            // closing connection for a moment).
+            while child.try_wait().unwrap().is_none() {
+                let probe = format!("{url}/v1/lookup?addresses=00:00:00:00:00:00");
+                if http().get(probe).send().await.is_ok() {
+                    return Self { child, url };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("{url} never answered:\n{log}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(Instant::now() < deadline, "{url} exited:\n{said}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -158,6 +153,7 @@ fn attached_everywhere(status: &LocalStatus, targets: &[Uuid]) -> bool {
 /// agent finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_moves_to_the_other_conductor_keeping_its_token_and_volumes() {
+    crate::harness::logs();
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("shared.db");
     let port_a = free_port();
