@@ -17,7 +17,7 @@ Configuration, later winning key by key: /usr/lib/tether/config.d/*.toml, /etc/t
 (or --config), /etc/tether/config.d/*.toml; then the kernel command line's tether.* keys (for \
 agent, status and check-config); then the command's flags.
 
-Kernel command line keys: tether.conductor=URL, tether.node=UUID, tether.token_file=PATH, \
+Kernel command line keys: tether.conductor=URL[,URL...], tether.node=UUID, tether.token_file=PATH, \
 tether.token=TOKEN (any user can read /proc/cmdline: prefer tether.token_file), \
 tether.state_dir=PATH, tether.conductor_ca_file=PATH, tether.allow_insecure_http=0|1, \
 tether.device_timeout_s=SECONDS, tether.offline_reattach=0|1.
@@ -57,9 +57,10 @@ pub enum Command {
         /// Use the in-memory simulated kernel instead of the host (demos, benchmarks).
         #[arg(long)]
         simulated: bool,
-        /// Conductor URL, overriding agent.conductor_url.
-        #[arg(long)]
-        conductor_url: Option<String>,
+        /// Conductor URL, overriding agent.conductor_url; repeat it (or separate URLs by
+        /// commas) for several conductors, tried in this order.
+        #[arg(long, value_delimiter = ',')]
+        conductor_url: Vec<String>,
         /// State directory, overriding agent.state_dir.
         #[arg(long)]
         state_dir: Option<PathBuf>,
@@ -133,7 +134,7 @@ fn load_config(
 
 /// The agent's flags, which win over the files and the kernel command line.
 struct AgentFlags {
-    conductor_url: Option<String>,
+    conductor_urls: Vec<String>,
     state_dir: Option<PathBuf>,
     host_root: Option<PathBuf>,
     simulated: bool,
@@ -141,8 +142,8 @@ struct AgentFlags {
 
 impl AgentFlags {
     fn apply(self, mut config: AgentConfig) -> AgentConfig {
-        if let Some(url) = self.conductor_url {
-            config.conductor_url = url;
+        if !self.conductor_urls.is_empty() {
+            config.conductor_urls = self.conductor_urls;
         }
         if let Some(dir) = self.state_dir {
             config.state_dir = dir;
@@ -254,7 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tether::failpoints::setup();
             let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
             let flags = AgentFlags {
-                conductor_url,
+                conductor_urls: conductor_url,
                 state_dir,
                 host_root,
                 simulated,
@@ -378,13 +379,13 @@ mod tests {
         let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();
         let loaded = load_config(Some(&toml), &from_cmdline).unwrap().agent;
         let flags = AgentFlags {
-            conductor_url: Some("https://flag:3".into()),
+            conductor_urls: vec!["https://flag:3".into()],
             state_dir: None,
             host_root: None,
             simulated: false,
         };
         let agent = flags.apply(loaded);
-        assert_eq!(agent.conductor_url, "https://flag:3");
+        assert_eq!(agent.conductor_urls, ["https://flag:3"]);
         assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
         assert_eq!(agent.device_timeout, std::time::Duration::from_secs(9));
         assert_eq!(agent.host_root, PathBuf::from("/file-root"));
@@ -400,6 +401,22 @@ mod tests {
         for (key, _, _) in cmdline::KEYS {
             assert!(AFTER_LONG_HELP.contains(&format!("tether.{key}=")), "{key}");
         }
+    }
+
+    #[test]
+    fn several_conductors_on_the_command_line() {
+        let cli = Cli::try_parse_from([
+            "tether",
+            "agent",
+            "--conductor-url",
+            "https://a:1,https://b:2",
+            "--conductor-url=https://c:3",
+        ])
+        .unwrap();
+        let Command::Agent { conductor_url, .. } = cli.command else {
+            panic!("not the agent");
+        };
+        assert_eq!(conductor_url, ["https://a:1", "https://b:2", "https://c:3"]);
     }
 
     #[test]

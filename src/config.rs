@@ -148,8 +148,12 @@ pub enum BackendKind {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Base URL of the conductor.
-    pub conductor_url: String,
+    /// Base URLs of the conductors, tried in this order: `conductor_url = "https://a:6387"` or
+    /// `conductor_url = ["https://a:6387", "https://b:6387"]`. A host name that resolves to
+    /// several addresses counts as several conductors (docs/operations.md, "Several
+    /// conductors").
+    #[serde(rename = "conductor_url", deserialize_with = "one_or_many")]
+    pub conductor_urls: Vec<String>,
     /// PEM file of the CA that signed the conductor's certificate. Unset, the system's roots.
     pub conductor_ca_file: Option<PathBuf>,
     /// Allow `http://` to a conductor that is not on loopback: tokens and every volume's
@@ -213,6 +217,23 @@ impl AgentConfig {
     }
 }
 
+/// One string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(one)) => Ok(vec![one]),
+        Ok(OneOrMany::Many(many)) => Ok(many),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a URL or a list of URLs (\"https://a:6387\" or [\"https://a:6387\", ...])",
+        )),
+    }
+}
+
 /// Durations written as whole seconds, the unit of every `_s` key.
 mod seconds {
     use std::time::Duration;
@@ -235,7 +256,7 @@ mod seconds {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            conductor_url: format!("http://{DEFAULT_LISTEN}"),
+            conductor_urls: vec![format!("http://{DEFAULT_LISTEN}")],
             conductor_ca_file: None,
             allow_insecure_http: false,
             node_uuid: None,
@@ -459,19 +480,24 @@ impl Config {
     fn validate(&self) -> Result<(), Refused> {
         let a = &self.agent;
         let url = "agent.conductor_url";
-        match conductor_transport(&a.conductor_url).map_err(|e| Refused::new(url, e))? {
-            Transport::Plain { loopback: false } if !a.allow_insecure_http => {
-                return Err(Refused::new(
-                    url,
-                    format!(
-                        "agent.conductor_url {:?} is plain http to another machine: tokens and \
-                     volume secrets would cross the network in clear; use https:// (with \
-                     agent.conductor_ca_file), or set agent.allow_insecure_http = true",
-                        a.conductor_url
-                    ),
-                ));
+        if a.conductor_urls.is_empty() {
+            return Err(Refused::new(url, "agent.conductor_url names no conductor"));
+        }
+        for conductor in &a.conductor_urls {
+            match conductor_transport(conductor).map_err(|e| Refused::new(url, e))? {
+                Transport::Plain { loopback: false } if !a.allow_insecure_http => {
+                    return Err(Refused::new(
+                        url,
+                        format!(
+                            "agent.conductor_url {conductor:?} is plain http to another machine: \
+                             tokens and volume secrets would cross the network in clear; use \
+                             https:// (with agent.conductor_ca_file), or set \
+                             agent.allow_insecure_http = true"
+                        ),
+                    ));
+                }
+                _ => {}
             }
-            _ => {}
         }
         if [a.poll_wait, a.device_timeout, a.retry_initial].contains(&Duration::ZERO) {
             return Err(Refused::new(
@@ -634,7 +660,7 @@ mod tests {
         );
         let b = write(dir.path(), "b.toml", "[agent]\npoll_wait_s = 9\n");
         let c = Config::load(&[a, b]).unwrap();
-        assert_eq!(c.agent.conductor_url, "https://a:1");
+        assert_eq!(c.agent.conductor_urls, ["https://a:1"]);
         assert_eq!(c.agent.poll_wait, Duration::from_secs(9));
     }
 
@@ -723,6 +749,26 @@ mod tests {
             Ok(Transport::Plain { loopback: true })
         );
         assert_eq!(conductor_transport("https://x"), Ok(Transport::Tls));
+    }
+
+    #[test]
+    fn conductor_url_takes_one_url_or_a_list_each_under_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, text: &str| Config::load(&[write(dir.path(), name, text)]);
+        let list = "[agent]\nconductor_url = [\"https://a:6387\", \"https://b.example:6387\"]\n";
+        let c = load("list.toml", list).unwrap();
+        assert_eq!(
+            c.agent.conductor_urls,
+            ["https://a:6387", "https://b.example:6387"]
+        );
+        let mixed = "[agent]\nconductor_url = [\"https://a:6387\", \"http://192.0.2.1:6387\"]\n";
+        let err = load("mixed.toml", mixed).unwrap_err();
+        assert!(err.to_string().contains("192.0.2.1"), "{err}");
+        assert!(err.to_string().contains("mixed.toml"), "{err}");
+        let empty = load("empty.toml", "[agent]\nconductor_url = []\n").unwrap_err();
+        assert!(empty.to_string().contains("names no conductor"), "{empty}");
+        let number = load("number.toml", "[agent]\nconductor_url = 3\n").unwrap_err();
+        assert!(number.to_string().contains("list of URLs"), "{number}");
     }
 
     #[test]

@@ -53,12 +53,24 @@ fn format_status(status: &LocalStatus) -> String {
             .map(|u| u.to_string())
             .unwrap_or_else(|| "not looked up yet".into())
     );
+    let address = match &status.conductor_address {
+        Some(address) => format!(" at {}", escape_controls(address)),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "conductor {}: {}",
+        "conductor {}{address}: {}",
         escape_controls(&status.conductor_url),
         escape_controls(&status.conductor)
     );
+    if status.conductors.len() > 1 {
+        let all: Vec<String> = status
+            .conductors
+            .iter()
+            .map(|c| escape_controls(c).into_owned())
+            .collect();
+        let _ = writeln!(out, "conductors {}", all.join(", "));
+    }
     let _ = writeln!(out, "updated {}", escape_controls(&status.updated_at));
     out.push_str(&format_volumes(&status.report, &[]));
     out
@@ -193,6 +205,8 @@ pub(crate) mod tests {
             node_uuid: None,
             node_name: Some("n\x1b[2Jame".into()),
             conductor_url: "http://192.0.2.1:6385".into(),
+            conductor_address: None,
+            conductors: vec![],
             conductor: "answer\r\x1b[1A".into(),
             updated_at: "now".into(),
             report,
@@ -200,6 +214,39 @@ pub(crate) mod tests {
         let printed = format_status(&status);
         assert_inert(&printed, 3 + 5);
         assert!(printed.contains("n\\u{1b}[2Jame"), "{printed}");
+    }
+
+    #[test]
+    fn the_conductor_in_use_is_named_with_its_address_and_the_others() {
+        let status = LocalStatus {
+            node_uuid: None,
+            node_name: None,
+            conductor_url: "https://conductors.example:6387".into(),
+            conductor_address: Some("192.0.2.2".into()),
+            conductors: vec![
+                "https://conductors.example:6387".into(),
+                "https://192.0.2.9:6387".into(),
+            ],
+            conductor: "assignment generation 3".into(),
+            updated_at: "now".into(),
+            report: Heartbeat {
+                agent_version: "0.1.0".into(),
+                generation: Some(3),
+                connectors: vec![],
+                volumes: vec![],
+                foreign: vec![],
+            },
+        };
+        let printed = format_status(&status);
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(
+            lines[1],
+            "conductor https://conductors.example:6387 at 192.0.2.2: assignment generation 3"
+        );
+        assert_eq!(
+            lines[2],
+            "conductors https://conductors.example:6387, https://192.0.2.9:6387"
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             {
                 assert!(path.is_absolute(), "{path:?}");
             }
-            if let Some(url) = &settings.conductor_url {
+            for url in settings.conductor_urls.iter().flatten() {
                 assert!(url.starts_with("http://") || url.starts_with("https://"));
             }
             assert!(settings.device_timeout_s.is_none_or(|s| s >= 1));

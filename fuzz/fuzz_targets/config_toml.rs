@@ -56,9 +56,12 @@ fuzz_target!(|data: &[u8]| {
     match Config::from_fragments(&fragments, &settings) {
         Ok(config) => {
             let a = &config.agent;
-            let transport = conductor_transport(&a.conductor_url).expect("a valid URL");
-            if transport == (Transport::Plain { loopback: false }) {
-                assert!(a.allow_insecure_http);
+            assert!(!a.conductor_urls.is_empty());
+            for url in &a.conductor_urls {
+                let transport = conductor_transport(url).expect("a valid URL");
+                if transport == (Transport::Plain { loopback: false }) {
+                    assert!(a.allow_insecure_http);
+                }
             }
             for d in [a.poll_wait, a.device_timeout, a.retry_initial] {
                 assert!(d >= Duration::from_secs(1));

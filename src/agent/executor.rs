@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::apply::{self, HostOp, Outcome, Volumes};
 use super::backends::{AttachFailure, Backends};
+use super::client::InUse;
 use super::metrics::{AgentMetrics, DetachResult};
 use super::reconcile::{Action, Assignment, Desired, DesiredTarget};
 use super::record::{Intent, LocalStatus, OwnedVolume, Record, StateDir};
@@ -48,6 +49,8 @@ pub(crate) struct Agent {
     /// Host operations started and not yet finished.
     pub(crate) in_flight: usize,
     pub(crate) conductor_note: String,
+    /// The conductor the HTTP client talks to, for the status file.
+    pub(crate) conductor: InUse,
     pub(crate) node: Option<NodeLogin>,
     pub(crate) metrics: Arc<AgentMetrics>,
     /// Set while the ownership record cannot be written: no attach starts meanwhile, since
@@ -57,7 +60,7 @@ pub(crate) struct Agent {
     intents: BTreeMap<Uuid, Intent>,
     /// What was last written, so that a pass that changed nothing writes nothing.
     written_record: Option<Record>,
-    written_status: Option<(String, Heartbeat)>,
+    written_status: Option<(String, InUse, Heartbeat)>,
     /// The crash point of the fault matrix to reach once the next record write is done.
     crash_after_write: Option<&'static str>,
     /// Attached volumes with a path down, and why (see [`super::health`]).
@@ -82,6 +85,7 @@ impl Agent {
         state: StateDir,
         connectors: Vec<Connector>,
         metrics: Arc<AgentMetrics>,
+        conductor: InUse,
     ) -> Self {
         let mut agent = Self {
             volumes: recovered.volumes,
@@ -93,6 +97,7 @@ impl Agent {
             connectors,
             in_flight: 0,
             conductor_note: "not contacted yet".into(),
+            conductor,
             node: None,
             metrics,
             record_unwritable: None,
@@ -646,14 +651,20 @@ impl Agent {
 
     /// Writes the status file that `tether status` reads, when what it says changed.
     fn publish_status(&mut self, report: &Heartbeat) {
-        let said = (self.conductor_note.clone(), report.clone());
+        let said = (
+            self.conductor_note.clone(),
+            self.conductor.clone(),
+            report.clone(),
+        );
         if self.written_status.as_ref() == Some(&said) {
             return;
         }
         let status = LocalStatus {
             node_uuid: self.node.as_ref().map(|n| n.uuid),
             node_name: self.node.as_ref().map(|n| n.name.clone()),
-            conductor_url: self.config.conductor_url.clone(),
+            conductor_url: self.conductor.url.clone(),
+            conductor_address: self.conductor.address.clone(),
+            conductors: self.conductor.configured.clone(),
             conductor: self.conductor_note.clone(),
             updated_at: timestamp(SystemTime::now()),
             report: report.clone(),
@@ -695,6 +706,11 @@ mod tests {
             StateDir::new(dir),
             Vec::new(),
             Arc::new(AgentMetrics::new()),
+            InUse {
+                url: "https://192.0.2.1:6387".into(),
+                address: None,
+                configured: vec!["https://192.0.2.1:6387".into()],
+            },
         )
     }
 

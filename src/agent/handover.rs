@@ -52,7 +52,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 pub(crate) fn adopt(
     state: &StateDir,
     from: &StateDir,
-    conductor_url: &str,
+    conductor_urls: &[String],
     node_uuid: Option<Uuid>,
 ) -> Result<Handover, RecordError> {
     let record_path = from.path.join(RECORD_FILE);
@@ -73,12 +73,16 @@ pub(crate) fn adopt(
             )));
         }
     };
-    let ours = conductor_url.trim_end_matches('/');
-    if status.conductor_url.trim_end_matches('/') != ours {
+    // The initramfs agent's conductor must be one of ours: the same fleet, one database.
+    let theirs = status.conductor_url.trim_end_matches('/');
+    if !conductor_urls
+        .iter()
+        .any(|ours| ours.trim_end_matches('/') == theirs)
+    {
         return Ok(Handover::Refused(format!(
-            "the initramfs agent used the conductor {}, this one uses {ours}; set the same \
-             conductor_url in both",
-            status.conductor_url
+            "the initramfs agent used the conductor {theirs}, which is not one of this one's \
+             ({}); set the same conductor_url in both",
+            conductor_urls.join(", ")
         )));
     }
     if let (Some(node), Some(theirs)) = (node_uuid, status.node_uuid)
@@ -144,6 +148,11 @@ mod tests {
     use crate::agent::record::{Intent, OwnedVolume, RECORD_VERSION};
 
     const CONDUCTOR: &str = "https://10.0.9.1:6387";
+
+    /// The installed agent's conductors: the initramfs agent's is the second.
+    fn ours() -> Vec<String> {
+        vec!["https://10.0.9.2:6387".into(), CONDUCTOR.into()]
+    }
     const NODE: Uuid = Uuid::from_u128(0x3c1d6f0e_9a2b_4c5d_8e7f_0a1b2c3d4e5f);
 
     fn uuid(n: u128) -> Uuid {
@@ -209,7 +218,7 @@ mod tests {
         let state = StateDir::new(root.path().join("var/lib/tether"));
         state.create().unwrap();
 
-        let got = adopt(&state, &from, CONDUCTOR, None).unwrap();
+        let got = adopt(&state, &from, &ours(), None).unwrap();
 
         assert_eq!(
             got,
@@ -227,7 +236,7 @@ mod tests {
         assert_eq!(mode(&state.path.join(TOKEN_FILE)), 0o600);
         assert!(!from.path.exists(), "taken once, token copy gone from /run");
         assert_eq!(
-            adopt(&state, &from, CONDUCTOR, None).unwrap(),
+            adopt(&state, &from, &ours(), None).unwrap(),
             Handover::Absent
         );
     }
@@ -246,7 +255,7 @@ mod tests {
         let handed = record(&[(1, "vol-a"), (2, "vol-b")], &[(5, "vol-c")]);
         let from = initramfs_dir(root.path(), &handed, None, NODE);
 
-        let got = adopt(&state, &from, &format!("{CONDUCTOR}/"), Some(NODE)).unwrap();
+        let got = adopt(&state, &from, &[format!("{CONDUCTOR}/")], Some(NODE)).unwrap();
 
         assert_eq!(
             got,
@@ -299,8 +308,9 @@ mod tests {
             NODE,
         );
 
-        let other_conductor = adopt(&state, &from, "https://192.0.2.7:6387", None).unwrap();
-        let other_node = adopt(&state, &from, CONDUCTOR, Some(uuid(9))).unwrap();
+        let others = ["https://192.0.2.7:6387".to_string()];
+        let other_conductor = adopt(&state, &from, &others, None).unwrap();
+        let other_node = adopt(&state, &from, &ours(), Some(uuid(9))).unwrap();
 
         for (got, names) in [
             (other_conductor, ["https://192.0.2.7:6387", CONDUCTOR]),
@@ -324,14 +334,14 @@ mod tests {
         let from = initramfs_dir(root.path(), &record(&[(1, "vol-a")], &[]), None, NODE);
         let itself = StateDir::new(&from.path);
         assert_eq!(
-            adopt(&itself, &from, CONDUCTOR, None).unwrap(),
+            adopt(&itself, &from, &ours(), None).unwrap(),
             Handover::Absent
         );
 
         std::fs::remove_file(from.path.join(STATUS_FILE)).unwrap();
         let state = StateDir::new(root.path().join("var/lib/tether"));
         state.create().unwrap();
-        let got = adopt(&state, &from, CONDUCTOR, None).unwrap();
+        let got = adopt(&state, &from, &ours(), None).unwrap();
         assert!(
             matches!(&got, Handover::Refused(r) if r.contains("status.json")),
             "{got:?}"

@@ -50,6 +50,37 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConductorLabels {
+    /// As configured, without credentials.
+    url: String,
+    /// The address a name with several resolved to; empty otherwise.
+    address: String,
+}
+
+/// The conductor in use and the moves between conductors, recorded by the HTTP client.
+#[derive(Clone, Default)]
+pub(crate) struct ConductorMetrics {
+    pub(crate) failovers: Counter,
+    in_use: Family<ConductorLabels, Gauge>,
+}
+
+impl ConductorMetrics {
+    pub(crate) fn hopped(&self) {
+        self.failovers.inc();
+    }
+
+    pub(crate) fn using(&self, conductor: &super::conductors::Endpoint) {
+        self.in_use.clear();
+        self.in_use
+            .get_or_create(&ConductorLabels {
+                url: conductor.shown.clone(),
+                address: conductor.address().unwrap_or_default(),
+            })
+            .set(1);
+    }
+}
+
 /// Seconds: an iSCSI login takes tens of milliseconds to seconds, a timeout a minute.
 const DURATION_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
@@ -76,6 +107,7 @@ pub(crate) struct AgentMetrics {
     last_heartbeat: Gauge,
     record_writable: Gauge,
     degraded: Gauge,
+    conductor: ConductorMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -187,8 +219,22 @@ impl AgentMetrics {
             "Attached volumes with a path down (kind path_down); they stay attached",
             degraded.clone(),
         );
+        let conductor = ConductorMetrics::default();
+        registry.register(
+            "tether_agent_conductor_failovers",
+            "Moves to the next conductor because the one in use could not be reached or was \
+             failing",
+            conductor.failovers.clone(),
+        );
+        registry.register(
+            "tether_agent_conductor",
+            "The conductor in use (1), by its URL and, for a name with several addresses, the \
+             address",
+            conductor.in_use.clone(),
+        );
         registry.register_collector(Box::new(UdevRestarts));
         Self {
+            conductor,
             registry,
             attaches,
             attach_seconds,
@@ -202,6 +248,11 @@ impl AgentMetrics {
             record_writable,
             degraded,
         }
+    }
+
+    /// The handle the HTTP client records the conductor in use with.
+    pub(crate) fn conductor(&self) -> ConductorMetrics {
+        self.conductor.clone()
     }
 
     pub(crate) fn set_degraded(&self, volumes: usize) {
@@ -386,6 +437,32 @@ mod tests {
 
     fn has(text: &str, line: &str) -> bool {
         text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn the_conductor_in_use_is_one_series_and_moves_are_counted() {
+        let m = AgentMetrics::new();
+        let conductors = m.conductor();
+        let mut selector = crate::agent::conductors::Selector::new(&[
+            "https://u:secret@a.example:6387".into(),
+            "https://192.0.2.9:6387".into(),
+        ])
+        .unwrap();
+        conductors.using(selector.current().1);
+        let (epoch, _) = selector.current();
+        selector.failed(epoch, std::time::Instant::now(), 1.0);
+        conductors.hopped();
+        conductors.using(selector.current().1);
+        let t = text(&m);
+        assert!(has(&t, "tether_agent_conductor_failovers_total 1"), "{t}");
+        assert!(
+            has(
+                &t,
+                r#"tether_agent_conductor{url="https://192.0.2.9:6387",address=""} 1"#
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("a.example") && !t.contains("secret"), "{t}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod apply;
 mod backends;
 mod client;
+mod conductors;
 mod executor;
 mod handover;
 mod health;
@@ -35,6 +36,7 @@ use crate::protocol::{ForeignAttachment, Heartbeat, Secret};
 pub use backends::Backends;
 use client::Client;
 pub use client::{error_chain, trusting};
+pub use conductors::{Resolve, SystemResolver};
 use executor::{Agent, OpResult};
 use metrics::AgentMetrics;
 use reconcile::{Action, Assignment, Desired, DesiredTarget, reconcile};
@@ -74,7 +76,17 @@ enum Event {
 /// Runs the agent until `shutdown` resolves. Stopping never detaches anything.
 pub async fn run(
     config: AgentConfig,
+    backends: Backends,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_with_resolver(config, backends, Arc::new(SystemResolver), shutdown).await
+}
+
+/// [`run`], resolving the conductors' names with `resolver`.
+pub async fn run_with_resolver(
+    config: AgentConfig,
     mut backends: Backends,
+    resolver: Arc<dyn Resolve>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     backends.set_mount_policy(
@@ -92,18 +104,25 @@ pub async fn run(
     })?;
     let identity = identity::collect(&config.host_root);
     tracing::info!(macs = ?identity.macs, iqn = ?identity.initiator_iqn, "identified the node");
-    let client = Client::new(&config.conductor_url, config.conductor_ca_file.as_deref())?;
-    if crate::config::conductor_transport(&config.conductor_url)
-        == Ok(crate::config::Transport::Plain { loopback: false })
-    {
-        tracing::warn!(
-            kind = "insecure_http",
-            conductor = %config.conductor_url,
-            "agent.allow_insecure_http is set: the token and every volume's secrets cross the \
-             network in clear, and anyone in the path can hand this node targets"
-        );
-    }
     let metrics = Arc::new(AgentMetrics::new());
+    let client = Client::new(
+        &config.conductor_urls,
+        config.conductor_ca_file.as_deref(),
+        resolver,
+        metrics.conductor(),
+    )?;
+    for url in &config.conductor_urls {
+        if crate::config::conductor_transport(url)
+            == Ok(crate::config::Transport::Plain { loopback: false })
+        {
+            tracing::warn!(
+                kind = "insecure_http",
+                conductor = %url,
+                "agent.allow_insecure_http is set: the token and every volume's secrets cross \
+                 the network in clear, and anyone in the path can hand this node targets"
+            );
+        }
+    }
     let metrics_server = match config.metrics_listen {
         Some(addr) => metrics::start(addr, metrics.clone()).await,
         None => None,
@@ -112,7 +131,7 @@ pub async fn run(
     match handover::adopt(
         &state,
         &handed_over,
-        &config.conductor_url,
+        &config.conductor_urls,
         config.node_uuid,
     )? {
         handover::Handover::Absent => {}
@@ -133,6 +152,7 @@ pub async fn run(
     let record = state.load_record()?;
     let remembered = remembered_targets(&config, &record).await;
     let recovered = recovery::recover(&backends, record).await;
+    let conductor_in_use = client.in_use();
     let mut agent = Agent::new(
         recovered,
         backends,
@@ -140,6 +160,7 @@ pub async fn run(
         state,
         identity.connectors(),
         metrics.clone(),
+        conductor_in_use.borrow().clone(),
     );
     agent.remember(remembered);
 
@@ -177,6 +198,7 @@ pub async fn run(
         events: &mut events,
         events_tx: &events_tx,
         report_tx: &report_tx,
+        conductor: conductor_in_use,
     };
     main_loop(
         &mut agent,
@@ -302,6 +324,8 @@ struct Channels<'a> {
     events: &'a mut mpsc::Receiver<Event>,
     events_tx: &'a mpsc::Sender<Event>,
     report_tx: &'a watch::Sender<Heartbeat>,
+    /// The conductor the HTTP client uses.
+    conductor: watch::Receiver<client::InUse>,
 }
 
 /// Reconciles after every event until shutdown.
@@ -318,6 +342,7 @@ async fn main_loop(
         events,
         events_tx,
         report_tx,
+        mut conductor,
     } = channels;
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
@@ -347,6 +372,9 @@ async fn main_loop(
                 None => return,
             },
             _ = health.tick() => agent.check_health(events_tx),
+            Ok(()) = conductor.changed() => {
+                agent.conductor = conductor.borrow_and_update().clone();
+            }
             _ = wake => {}
             // Pinged from this loop, so a hung loop is restarted by systemd.
             _ = watchdog.tick() => notify::watchdog(),

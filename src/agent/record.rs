@@ -99,7 +99,14 @@ pub struct LocalStatus {
     pub node_uuid: Option<Uuid>,
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The conductor in use (the first configured until it was asked).
     pub conductor_url: String,
+    /// The address of the conductor in use, when its name resolves to several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conductor_address: Option<String>,
+    /// Every configured conductor, in the order they are tried.
+    #[serde(default)]
+    pub conductors: Vec<String>,
     /// The conductor's last answer or the reason there was none.
     pub conductor: String,
     pub updated_at: String,

@@ -127,6 +127,10 @@ pub(crate) async fn poll_targets(
                     }
                 }
             }
+            // On to the conductor the agent moved to, which the client paces.
+            Err(ClientError::Moved) => {
+                tracing::debug!("a long-poll left the conductor the agent moved away from");
+            }
             Err(e) => {
                 failures += 1;
                 let delay = retry_delay(
@@ -316,7 +320,13 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = Client::new(&url, None).unwrap();
+        let client = Client::new(
+            &[url],
+            None,
+            Arc::new(crate::agent::SystemResolver),
+            Default::default(),
+        )
+        .unwrap();
         let node = NodeLogin {
             uuid: Uuid::new_v4(),
             name: "n".into(),

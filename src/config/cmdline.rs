@@ -22,7 +22,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "conductor",
         "agent.conductor_url",
-        "an http:// or https:// URL",
+        "an http:// or https:// URL, or several separated by commas",
     ),
     ("node", "agent.node_uuid", "the node's uuid"),
     ("token", "agent.token", "the agent token"),
@@ -53,7 +53,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 /// The `tether.*` settings a command line gave, each already checked.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CmdlineSettings {
-    pub conductor_url: Option<String>,
+    pub conductor_urls: Option<Vec<String>>,
     pub node_uuid: Option<Uuid>,
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
@@ -79,7 +79,7 @@ impl CmdlineSettings {
     /// The `tether.*` keys that are set, for `tether check-config`.
     pub fn keys(&self) -> Vec<String> {
         let set = [
-            self.conductor_url.is_some(),
+            self.conductor_urls.is_some(),
             self.node_uuid.is_some(),
             self.token.is_some(),
             self.token_file.is_some(),
@@ -99,8 +99,8 @@ impl CmdlineSettings {
     /// Sets what the command line gave over `agent` (the merged TOML). A token or token file
     /// given here replaces both of the TOML's, so that the two never conflict.
     pub fn apply(&self, agent: &mut AgentConfig) {
-        if let Some(url) = &self.conductor_url {
-            agent.conductor_url = url.clone();
+        if let Some(urls) = &self.conductor_urls {
+            agent.conductor_urls = urls.clone();
         }
         if let Some(uuid) = self.node_uuid {
             agent.node_uuid = Some(uuid);
@@ -174,10 +174,15 @@ pub fn parse(text: &str) -> Result<CmdlineSettings, CmdlineError> {
         };
         match key.as_str() {
             "conductor" => {
-                if !(value.starts_with("http://") || value.starts_with("https://")) {
-                    return Err(bad(format!("{value:?} is not {expected}")));
+                // Commas separate conductors: a conductor's base URL has no use for one.
+                let urls: Vec<String> = value.split(',').map(str::to_string).collect();
+                if let Some(url) = urls
+                    .iter()
+                    .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                {
+                    return Err(bad(format!("{url:?} is not {expected}")));
                 }
-                settings.conductor_url = Some(value.to_string());
+                settings.conductor_urls = Some(urls);
             }
             "node" => {
                 let uuid = Uuid::parse_str(value)
@@ -369,7 +374,10 @@ mod tests {
              tether.state_dir=\"/run/tether state\" tether.device_timeout_s=120\n",
         )
         .unwrap();
-        assert_eq!(s.conductor_url.as_deref(), Some("https://c.example:6387"));
+        assert_eq!(
+            s.conductor_urls.as_deref(),
+            Some(&["https://c.example:6387".to_string()][..])
+        );
         assert_eq!(
             s.node_uuid,
             Some(Uuid::parse_str("7e0a1c4e-0000-4000-8000-000000000001").unwrap())
@@ -396,7 +404,19 @@ mod tests {
         let s =
             parse("tether.conductor=http://a:1 tether.conductor=http://b:2 tether.state-dir=/x")
                 .unwrap();
-        assert_eq!(s.conductor_url.as_deref(), Some("http://b:2"));
+        assert_eq!(s.conductor_urls, Some(vec!["http://b:2".to_string()]));
+        let several = parse("tether.conductor=https://a:1,https://b:2").unwrap();
+        assert_eq!(
+            several.conductor_urls,
+            Some(vec!["https://a:1".to_string(), "https://b:2".to_string()])
+        );
+        let bad = parse("tether.conductor=https://a:1,b:2").unwrap_err();
+        assert_eq!(bad.key, "tether.conductor");
+        assert!(bad.reason.contains("\"b:2\""), "{}", bad.reason);
+        assert!(
+            parse("tether.conductor=https://a:1,").is_err(),
+            "an empty URL"
+        );
         assert_eq!(s.state_dir, Some(PathBuf::from("/x")));
         // token and token_file replace each other.
         let s = parse("tether.token=t1 tether.token_file=/f").unwrap();
@@ -468,7 +488,7 @@ mod tests {
         )
         .unwrap();
         let c = crate::config::Config::load_with_cmdline(&files, &cmdline).unwrap();
-        assert_eq!(c.agent.conductor_url, "https://cmdline:2");
+        assert_eq!(c.agent.conductor_urls, ["https://cmdline:2"]);
         // The command line's token file replaces the TOML's token rather than conflicting.
         assert_eq!(c.agent.token, None);
         assert_eq!(c.agent.token_file, Some(PathBuf::from("/run/t")));
@@ -477,7 +497,7 @@ mod tests {
         assert_eq!(c.agent.poll_wait, std::time::Duration::from_secs(7));
         assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/tether"));
         let none = crate::config::Config::load(&files).unwrap();
-        assert_eq!(none.agent.conductor_url, "https://toml:1");
+        assert_eq!(none.agent.conductor_urls, ["https://toml:1"]);
         assert_eq!(none.agent.token.as_deref(), Some("from-toml"));
     }
 

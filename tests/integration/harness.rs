@@ -51,7 +51,11 @@ pub fn all_logs() -> String {
     String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
 }
 
-/// The test CA and the conductor's certificate (for 127.0.0.1 and localhost) it signed: every
+/// A host name the system cannot resolve, in the conductors' certificate.
+pub const CONDUCTORS_NAME: &str = "conductors.test";
+
+/// The test CA and the conductor's certificate (for 127.0.0.1, 127.0.0.2, localhost and
+/// [`CONDUCTORS_NAME`]) it signed: every
 /// conductor of these tests serves HTTPS, as a real one does.
 pub struct TestPki {
     _dir: TempDir,
@@ -70,7 +74,9 @@ pub fn pki() -> &'static TestPki {
             .push(DnType::CommonName, "tether test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca.self_signed(&ca_key).unwrap();
-        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        // conductors.test: the name of several conductors, resolved by the tests' own resolver.
+        let names = ["127.0.0.1", "127.0.0.2", "localhost", CONDUCTORS_NAME].map(String::from);
+        let server = CertificateParams::new(names.to_vec()).unwrap();
         let server_key = KeyPair::generate().unwrap();
         let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -358,7 +364,10 @@ pub fn volume(status: &NodeStatus, target: Uuid) -> Option<&VolumeReport> {
 pub struct Node {
     pub root: TempDir,
     pub kernel: Arc<SimKernel>,
-    pub conductor_url: String,
+    /// `agent.conductor_url`: one, or several to fail over between.
+    pub conductor_urls: Vec<String>,
+    /// Resolves the conductors' names instead of the system.
+    pub resolver: Option<Arc<dyn tether::agent::Resolve>>,
     /// Where the agent serves metrics, when set before it starts.
     pub metrics_listen: Option<LoopbackAddr>,
     /// `agent.offline_reattach` of the next start.
@@ -383,7 +392,8 @@ impl Node {
         Self {
             root,
             kernel: Arc::new(SimKernel::new(Duration::from_millis(20))),
-            conductor_url: conductor_url.to_string(),
+            conductor_urls: vec![conductor_url.to_string()],
+            resolver: None,
             metrics_listen: None,
             offline_reattach: true,
             agent: None,
@@ -396,7 +406,7 @@ impl Node {
 
     pub fn config(&self) -> AgentConfig {
         AgentConfig {
-            conductor_url: self.conductor_url.clone(),
+            conductor_urls: self.conductor_urls.clone(),
             state_dir: self.state_dir(),
             host_root: self.root.path().join("host"),
             poll_wait: Duration::from_secs(30),
@@ -414,9 +424,18 @@ impl Node {
         assert!(self.agent.is_none(), "agent already running");
         let (stop, stopped) = oneshot::channel::<()>();
         let backends = Backends::simulated(self.kernel.clone());
-        let task = tokio::spawn(agent::run(self.config(), backends, async {
-            let _ = stopped.await;
-        }));
+        let resolver = self
+            .resolver
+            .clone()
+            .unwrap_or_else(|| Arc::new(agent::SystemResolver));
+        let task = tokio::spawn(agent::run_with_resolver(
+            self.config(),
+            backends,
+            resolver,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         self.agent = Some((stop, task));
     }
 

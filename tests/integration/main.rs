@@ -7,6 +7,7 @@ mod auth;
 mod cinder;
 mod crashes;
 mod database;
+mod failover;
 mod grow;
 mod layout;
 mod lifecycle;
