@@ -1,7 +1,8 @@
 # shellcheck shell=bash disable=SC2154
 # A Cinder LVM volume (LIO target through Cinder's lioadm helper, CHAP credentials that Cinder
-# made) attached by `tether ctl volume attach --mkfs --mount`: Cinder `in-use`, the list agrees,
-# data written through the mount reads back; detached: Cinder `available` with no attachment,
+# made) attached by `tether ctl volume attach --mkfs --mount --grow`: Cinder `in-use`, the list
+# agrees, data written through the mount reads back; extended in Cinder while attached: the
+# device and the mounted ext4 grow online, the data still reads back; detached: Cinder `available` with no attachment,
 # no iSCSI session or node record, no LIO target left, the data is in Cinder's logical volume,
 # and Cinder's CHAP password is in no tether log, report, ctl output or world-readable file.
 # vm-timeout: 1800
@@ -9,12 +10,13 @@ source "$SHARE/vm/tether.sh"
 source "$SHARE/vm/ceph.sh"
 source "$SHARE/vm/cinder.sh"
 source "$SHARE/vm/cinder-tether.sh"
+source "$SHARE/vm/grow.sh"
 openstack_up
 MNT=/mnt/cinder-lvm
 id=$(cinder_create tether-lvm 1 lvm)
 iqn=iqn.2010-10.org.openstack:volume-$id
 
-vol_attach "$NODE" tether-lvm --mount "$MNT" --fstype ext4 --mkfs --timeout 600
+vol_attach "$NODE" tether-lvm --mount "$MNT" --fstype ext4 --mkfs --grow --timeout 600
 expect_vol_rc "ctl volume attach (by name) --mkfs --mount" 0
 expect_cinder "$id" in-use "Cinder shows the volume in-use after the attach"
 mapfile -t atts < <(cinder_attachments "$id")
@@ -35,6 +37,32 @@ chap_pass=$(jq -r '.auth_password // empty' <<<"$ci")
 expect_eq "Cinder's CHAP password has 16 characters" 16 "${#chap_pass}"
 
 write_through "$MNT"
+
+# Cinder extends the attached volume (os-extend of an in-use volume, microversion 3.42 on):
+# the conductor follows Cinder's size (read at most every 30 s), the agent rescans the LUN and
+# grows the mounted file system.
+fs_before=$(fs_bytes "$MNT")
+t0=$(now_ms)
+if cinder_api POST "volumes/$id/action" '{"os-extend": {"new_size": 2}}' >/dev/null; then
+    cinder_wait_status "$id" in-use 300 && pass "Cinder shows the volume in-use after the extend"
+    expect_eq "Cinder's size after the extend (GiB)" 2 \
+        "$(cinder_api GET "volumes/$id" | jq -r .volume.size)"
+    wait_report_match "$id" '"size_bytes": 2147483648' 180
+    note cinder_extend_to_grown_ms $(($(now_ms) - t0))
+    expect_match "still mounted after the extend" '"state": "mounted"' "$REPORT"
+    expect_match "no error after the extend" '"error": null' "$REPORT"
+    expect_eq "the device is 2 GiB" 2147483648 "$(blockdev --getsize64 "$(findmnt -n -o SOURCE "$MNT")")"
+    fs_after=$(fs_bytes "$MNT")
+    expect_true "the file system grew online ($fs_before -> $fs_after bytes)" \
+        test "$fs_after" -gt $((fs_before + (1 << 29)))
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    expect_eq "data written before the extend reads back" "$DATA_SHA" \
+        "$(sha256sum <"$MNT/data.bin" | cut -d' ' -f1)"
+else
+    _cinder_fail "Cinder extends the attached volume" "HTTP 202" \
+        "HTTP $(cinder_last_status): $(cat "$WORK/cinder-api.body")"
+fi
 
 vol_detach "$NODE" "$id" --timeout 600
 expect_vol_rc "ctl volume detach" 0
