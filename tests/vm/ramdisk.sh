@@ -25,7 +25,8 @@ RD_TLS_KEEP=/var/tmp/tether-ramdisk-tls
 NODE_T0=""
 mkdir -p "$RD"
 
-# link_up : address $LINK_IP/24 on the NIC with $LINK_MAC (udev may have renamed it).
+# link_up : address $LINK_IP/24 on the NIC with $LINK_MAC (udev may have renamed it), whose
+# name is left in $LINK_DEV.
 link_up() {
     local dev="" i
     modprobe virtio_net
@@ -41,6 +42,7 @@ link_up() {
     fi
     ip addr replace "$LINK_IP/24" dev "$dev"
     ip link set "$dev" up
+    LINK_DEV=$dev
     log "link: $dev $LINK_IP/24"
 }
 
