@@ -175,7 +175,7 @@ pub async fn serve_with(
         Some(path) => Some(read_metrics_token(path)?),
         None => None,
     };
-    let location = Location::of(&config.database);
+    let location = database_location(config)?;
     let store = Arc::new(
         Store::open(&location)
             .await
@@ -270,4 +270,42 @@ fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
     let key = "conductor.metrics_token_file";
     read_private_token(path, key, 16)?
         .with_context(|| format!("{key} {} is missing or empty", path.display()))
+}
+
+/// Where `config` keeps the conductor's state, with the PostgreSQL password read from
+/// `conductor.database_password_file` when it is set.
+fn database_location(config: &ConductorConfig) -> anyhow::Result<Location> {
+    let mut location = Location::of(&config.database);
+    if let (Location::Postgres(_, password), Some(path)) =
+        (&mut location, &config.database_password_file)
+    {
+        let key = "conductor.database_password_file";
+        *password = Some(
+            read_private_token(path, key, 1)?
+                .with_context(|| format!("{key} {} is missing or empty", path.display()))?,
+        );
+    }
+    Ok(location)
+}
+
+/// `tether conductor migrate`: copies the SQLite database `from` into the PostgreSQL database
+/// `config` names (`conductor.database`), which must hold no node yet.
+pub async fn migrate(from: &Path, config: &ConductorConfig) -> anyhow::Result<()> {
+    let location = database_location(config)?;
+    let Location::Postgres(url, password) = &location else {
+        anyhow::bail!(
+            "conductor.database (or --to) must be a postgres:// URL to migrate into, not {location}"
+        );
+    };
+    let target = store::PgStore::connect(url, password.as_deref())
+        .await
+        .with_context(|| format!("opening the database {location}"))?;
+    let copied = store::copy::sqlite_to_postgres(from, &target)
+        .await
+        .with_context(|| format!("copying {} into {location}", from.display()))?;
+    for (table, rows) in copied {
+        println!("{table}: {rows} rows");
+    }
+    println!("copied {} into {location}", from.display());
+    Ok(())
 }

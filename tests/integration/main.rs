@@ -15,6 +15,7 @@ mod metrics;
 mod mounts;
 mod offline;
 mod paths;
+mod postgres;
 mod protocol_doc;
 mod refusals;
 mod reports;

@@ -6,6 +6,7 @@
 
 mod cinder;
 mod connectors;
+pub(crate) mod copy;
 mod ironic;
 mod nodes;
 pub(crate) mod postgres;
@@ -75,14 +76,15 @@ impl From<tokio_postgres::Error> for StoreError {
 #[derive(Clone)]
 pub(crate) enum Location {
     Sqlite(std::path::PathBuf),
-    Postgres(String),
+    /// The URL, and the password when it is kept apart (`conductor.database_password_file`).
+    Postgres(String, Option<String>),
 }
 
 impl Location {
     pub(crate) fn of(database: &Path) -> Self {
         let text = database.to_string_lossy();
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            Self::Postgres(text.into_owned())
+            Self::Postgres(text.into_owned(), None)
         } else {
             Self::Sqlite(database.to_path_buf())
         }
@@ -94,7 +96,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "{}", path.display()),
-            Self::Postgres(url) => f.write_str(&redact_url(url)),
+            Self::Postgres(url, _) => f.write_str(&redact_url(url)),
         }
     }
 }
@@ -151,7 +153,9 @@ impl Store {
                     .map_err(|e| StoreError::Internal(e.to_string()))??;
                 Ok(Self::Sqlite(SqliteStore::new(db)))
             }
-            Location::Postgres(url) => Ok(Self::Postgres(PgStore::connect(url).await?)),
+            Location::Postgres(url, password) => Ok(Self::Postgres(
+                PgStore::connect(url, password.as_deref()).await?,
+            )),
         }
     }
 

@@ -37,7 +37,7 @@ impl TestStore {
         let url = super::postgres::create_database(&server, &name)
             .await
             .unwrap();
-        let store = Store::open(&Location::Postgres(url)).await.unwrap();
+        let store = Store::open(&Location::Postgres(url, None)).await.unwrap();
         Some(Self {
             store,
             database: Some((server, name)),
@@ -48,7 +48,7 @@ impl TestStore {
     async fn another(&self) -> Store {
         let (server, name) = self.database.as_ref().expect("a PostgreSQL store");
         let url = super::postgres::with_database(server, name);
-        Store::open(&Location::Postgres(url)).await.unwrap()
+        Store::open(&Location::Postgres(url, None)).await.unwrap()
     }
 
     async fn finish(self) {
@@ -475,7 +475,7 @@ fn a_database_password_never_shows() {
         ("postgres://tether@db/tether", "postgres://tether@db/tether"),
     ] {
         let location = Location::of(std::path::Path::new(url));
-        assert!(matches!(location, Location::Postgres(_)));
+        assert!(matches!(location, Location::Postgres(..)));
         assert_eq!(location.to_string(), shown);
         assert!(!redact_url(url).contains("s3cret"));
     }

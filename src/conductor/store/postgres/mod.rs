@@ -39,8 +39,11 @@ pub(crate) struct PgStore {
 
 impl PgStore {
     /// Connects to the database `url` names and brings its schema up to date.
-    pub(crate) async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (config, tls) = parse(url)?;
+    pub(crate) async fn connect(url: &str, password: Option<&str>) -> Result<Self, StoreError> {
+        let (mut config, tls) = parse(url)?;
+        if let Some(password) = password {
+            config.password(password);
+        }
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -68,6 +71,7 @@ impl PgStore {
 
     /// Runs SQL as is (tests).
     #[cfg(test)]
+    #[allow(dead_code, reason = "tests")]
     pub(crate) async fn batch_execute(&self, sql: &str) -> Result<(), StoreError> {
         Ok(self.client().await?.batch_execute(sql).await?)
     }
