@@ -78,9 +78,10 @@ fn phase_now(phase: CinderPhase) -> PhaseTime {
     PhaseTime { phase, at }
 }
 
-pub(super) const COLUMNS: &str =
-    "node_uuid, volume_id, volume_name, want_attached, phase, attachment_id, target_uuid, \
-     read_only, mount, cinder_status, cinder_error, error_kind, error_message, phases";
+pub(super) const COLUMNS: &str = concat!(
+    "node_uuid, volume_id, volume_name, want_attached, phase, attachment_id, target_uuid, ",
+    "read_only, mount, cinder_status, cinder_error, error_kind, error_message, phases"
+);
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<CinderRowText> {
     Ok(CinderRowText {
