@@ -376,3 +376,32 @@ async fn a_sqlite_conductor_migrates_to_postgres() {
     op.unassign(target).await;
     assert!(op.status(node).await.generation > generation);
 }
+
+/// A database URL's password never shows: not in the error of a conductor that cannot reach
+/// its database, nor in its log. Needs no server (nothing listens on the port).
+#[tokio::test]
+async fn a_database_password_stays_out_of_errors_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = ConductorConfig {
+        database: format!("postgres://tether:pw-never-shown@127.0.0.1:{port}/tether").into(),
+        ..crate::harness::conductor_config(dir.path())
+    };
+    crate::harness::logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = tether::conductor::serve(&config, crate::harness::ADMIN, listener, async {})
+        .await
+        .expect_err("no database there");
+    let text = format!("{err:#}");
+    assert!(text.contains("tether:***@127.0.0.1"), "{text}");
+    assert!(
+        text.contains("database_unavailable") || text.contains("unavailable"),
+        "{text}"
+    );
+    assert!(!text.contains("pw-never-shown"), "{text}");
+    assert!(!crate::harness::all_logs().contains("pw-never-shown"));
+}
