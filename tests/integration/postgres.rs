@@ -405,3 +405,38 @@ async fn a_database_password_stays_out_of_errors_and_logs() {
     assert!(!text.contains("pw-never-shown"), "{text}");
     assert!(!crate::harness::all_logs().contains("pw-never-shown"));
 }
+
+/// TLS to the database where the URL asks for it: the database `tether_tls` of the test server
+/// takes TLS connections only (scripts/test-postgres); with `sslmode=verify-full` and the
+/// server's CA the conductor serves, in clear or with another CA it does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_used_and_verified() {
+    let (Some(server), Ok(ca)) = (postgres_server(), std::env::var("TETHER_TEST_POSTGRES_CA"))
+    else {
+        eprintln!("TETHER_TEST_POSTGRES or TETHER_TEST_POSTGRES_CA is not set: skipped");
+        return;
+    };
+    let url = postgres_database(server, "tether_tls".into());
+    let wrong_ca = crate::harness::pki().ca_file.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |query: String| {
+        let config = ConductorConfig {
+            database: format!("{url}{query}").into(),
+            ..crate::harness::conductor_config(dir.path())
+        };
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tether::conductor::serve(&config, crate::harness::ADMIN, listener, async {}).await
+        }
+    };
+    start(format!("?sslmode=verify-full&sslrootcert={ca}"))
+        .await
+        .expect("TLS with the server's CA");
+    let clear = start(String::new()).await.expect_err("in clear");
+    eprintln!("in clear: {clear:#}");
+    let wrong = start(format!("?sslmode=verify-full&sslrootcert={wrong_ca}"))
+        .await
+        .expect_err("another CA");
+    eprintln!("another CA: {wrong:#}");
+    assert!(!format!("{clear:#}{wrong:#}").contains(url.split(['@', ':']).nth(2).unwrap()));
+}

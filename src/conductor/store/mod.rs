@@ -54,7 +54,7 @@ pub(crate) enum StoreError {
     Invalid { kind: &'static str, message: String },
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres::with_causes(.0))]
     Postgres(tokio_postgres::Error),
     /// The database cannot be reached now (PostgreSQL down, restarting, or its pool exhausted).
     #[error("the database is unavailable: {0}")]

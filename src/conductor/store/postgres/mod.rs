@@ -168,7 +168,18 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn unavailable(e: PoolError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(with_causes(&e))
+}
+
+/// The error and its causes ("db error" alone does not say that pg_hba.conf refused us).
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether the error says the database cannot be reached now, rather than that a statement
@@ -192,7 +203,7 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
 /// A failed statement: unavailable, or a database error.
 pub(super) fn failed(e: tokio_postgres::Error) -> StoreError {
     if is_unavailable(&e) {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(with_causes(&e))
     } else {
         StoreError::Postgres(e)
     }
