@@ -698,7 +698,9 @@ async fn concurrent_lookups_issue_one_token(t: &TestStore) {
     };
     let stores = [Some(&t.store), other.as_ref()];
     let n = node(&t.store, "n1", "aa:bb:cc:dd:ee:01").await;
-    let lookups = (0..16).map(|i| {
+    // Few enough that new connections (SCRAM is slow in a debug build) start within their
+    // timeout on a loaded machine; enough to race.
+    let lookups = (0..8).map(|i| {
         let store = stores[i % 2].unwrap_or(&t.store);
         store.lookup(macs(&["aa:bb:cc:dd:ee:01"]), Some(n.uuid))
     });
@@ -724,7 +726,7 @@ async fn concurrent_changes_take_distinct_generations(t: &TestStore) {
         None => None,
     };
     let n = node(&t.store, "n1", "aa:bb:cc:dd:ee:01").await;
-    let changes = (0..20).map(|i| {
+    let changes = (0..8).map(|i| {
         let store = match (i % 2, &other) {
             (1, Some(other)) => other,
             _ => &t.store,
@@ -739,7 +741,7 @@ async fn concurrent_changes_take_distinct_generations(t: &TestStore) {
         .collect();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 20, "every change its own generation");
+    assert_eq!(seen.len(), 8, "every change its own generation");
     assert_eq!(
         t.store.generation(n.uuid).await.unwrap(),
         *seen.last().unwrap()
