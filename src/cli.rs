@@ -68,14 +68,16 @@ pub enum Command {
         #[arg(long)]
         host_root: Option<PathBuf>,
     },
-    /// Run the reference conductor (HTTP API over SQLite).
+    /// Run the reference conductor (HTTP API over SQLite or PostgreSQL).
     Conductor {
         /// Address to listen on, overriding conductor.listen.
         #[arg(long)]
         listen: Option<String>,
-        /// SQLite database file, overriding conductor.database.
+        /// SQLite database file or postgres:// URL, overriding conductor.database.
         #[arg(long)]
         database: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<ConductorAction>,
     },
     /// Operator client: enroll nodes, assign volume targets, read node status.
     Ctl(crate::ctl::CtlArgs),
@@ -89,6 +91,22 @@ pub enum Command {
     },
     /// Check the configuration files and print the merged result.
     CheckConfig,
+}
+
+/// What `tether conductor` does besides serving.
+#[derive(Subcommand)]
+pub enum ConductorAction {
+    /// Copy a SQLite conductor's data into an empty PostgreSQL database (conductor.database,
+    /// with conductor.database_password_file), then start the conductors on PostgreSQL.
+    Migrate {
+        /// The SQLite database to copy (stop its conductor first).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL to copy into, overriding conductor.database. Keep the password
+        /// out of it (process listings show it): use conductor.database_password_file.
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 /// `tether generate man|completions DIR`, run by scripts/build-deb. It is attached to the
@@ -215,7 +233,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::status::show(&dir, json)
         }
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
-        Command::Conductor { listen, database } => {
+        Command::Conductor {
+            listen,
+            database,
+            action,
+        } => {
             let no_cmdline = cmdline::CmdlineSettings::default();
             let loaded = load_config(cli.config.as_deref(), &no_cmdline)?;
             let mut config = loaded.conductor;
@@ -224,6 +246,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(database) = database {
                 config.database = database;
+            }
+            if let Some(ConductorAction::Migrate { from, to }) = action {
+                if let Some(to) = to {
+                    config.database = PathBuf::from(to);
+                }
+                runtime()?.block_on(tether::conductor::migrate(&from, &config))?;
+                return Ok(ExitCode::SUCCESS);
             }
             let token =
                 tether::conductor::admin_token(&config, std::env::var("TETHER_ADMIN_TOKEN").ok())?;

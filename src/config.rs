@@ -298,8 +298,11 @@ fn check_mount_prefixes(prefixes: &[PathBuf]) -> Result<(), String> {
 #[serde(default, deny_unknown_fields)]
 pub struct ConductorConfig {
     pub listen: String,
-    /// SQLite database file; relative paths are relative to the working directory.
+    /// SQLite database file (relative paths are relative to the working directory), or a
+    /// `postgres://user@host/db` URL: several conductors may share one PostgreSQL database.
     pub database: PathBuf,
+    /// File (mode 0600) holding the PostgreSQL password, kept out of the URL and this file.
+    pub database_password_file: Option<PathBuf>,
     /// File holding the admin token. Created (mode 0600) with a fresh token when missing and
     /// no token is given in `TETHER_ADMIN_TOKEN`.
     pub admin_token_file: PathBuf,
@@ -335,6 +338,7 @@ impl Default for ConductorConfig {
         Self {
             listen: DEFAULT_LISTEN.to_string(),
             database: PathBuf::from("tether.db"),
+            database_password_file: None,
             admin_token_file: PathBuf::from("tether-admin.token"),
             heartbeat_interval_s: 30,
             max_wait_s: 120,

@@ -1,6 +1,7 @@
 //! The routes of protocol v1 and their handlers. Extractors authenticate and parse; a handler
 //! calls the store and publishes what changed.
 
+use super::store::StoreApi;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -142,16 +143,13 @@ async fn lookup(
         ));
     }
     let by_uuid = q.node_uuid;
-    let found = c
-        .db(move |s| s.lookup(&addresses, by_uuid))
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "node_not_found",
-                "no node has these addresses; enroll the node with `tether ctl node create`",
-            )
-        })?;
+    let found = c.store.lookup(addresses, by_uuid).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "node_not_found",
+            "no node has these addresses; enroll the node with `tether ctl node create`",
+        )
+    })?;
     let node = &found.node;
     if found.new_token.is_some() {
         tracing::info!(
@@ -203,7 +201,7 @@ async fn node_targets(
     let mut waited = false;
     if let (Some(since), Some(wait)) = (q.since, q.wait)
         && wait > 0
-        && c.db(move |s| s.generation(node)).await? == since
+        && c.store.generation(node).await? == since
     {
         // Only the generation is read before the wait: a fleet of waiting agents holds no
         // copies of their targets.
@@ -223,7 +221,7 @@ async fn node_targets(
         waited = true;
     }
     drop(changes);
-    let (generation, targets) = c.db(move |s| s.node_targets(node)).await?;
+    let (generation, targets) = c.store.node_targets(node).await?;
     let mut response = Json(TargetsResponse {
         generation,
         targets,
@@ -263,7 +261,7 @@ async fn heartbeat(
     })?;
     let report = Arc::new(report);
     let stored = report.clone();
-    let unknown = c.db(move |s| s.store_report(node, &stored)).await?;
+    let unknown = c.store.store_report(node, stored).await?;
     c.metrics.heartbeats.inc();
     if let Some(cinder) = &c.cinder {
         // A volume may be waiting for this report (attached: complete; gone: delete).
@@ -309,7 +307,7 @@ async fn heartbeat(
 
 async fn list_nodes(State(c): Shared, _: Admin) -> ApiResult<Json<NodeList>> {
     Ok(Json(NodeList {
-        nodes: c.db(|s| s.list_nodes()).await?,
+        nodes: c.store.list_nodes().await?,
         ironic: c.ironic.as_ref().map(|i| i.shown()),
     }))
 }
@@ -322,10 +320,7 @@ async fn create_node(
     if req.agent_token.as_deref() == Some(MASK) {
         return Err(masked_secret("agent_token"));
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(c.db(move |s| s.create_node(&req)).await?),
-    ))
+    Ok((StatusCode::CREATED, Json(c.store.create_node(req).await?)))
 }
 
 async fn show_node(
@@ -333,7 +328,7 @@ async fn show_node(
     _: Admin,
     Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::Node>> {
-    Ok(Json(c.db(move |s| s.find_node(&ident)).await?))
+    Ok(Json(c.store.find_node(ident).await?))
 }
 
 async fn delete_node(
@@ -342,7 +337,7 @@ async fn delete_node(
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, ident).await?;
-    c.db(move |s| s.delete_node(uuid)).await?;
+    c.store.delete_node(uuid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -353,9 +348,7 @@ async fn update_node(
     ApiJson(req): ApiJson<NodeUpdate>,
 ) -> ApiResult<Json<protocol::Node>> {
     let uuid = node_uuid(&c, ident).await?;
-    let node = c
-        .db(move |s| s.set_node_addresses(uuid, &req.addresses))
-        .await?;
+    let node = c.store.set_node_addresses(uuid, req.addresses).await?;
     tracing::info!(node = %node.uuid, addresses = ?node.addresses, "node addresses changed");
     Ok(Json(node))
 }
@@ -366,7 +359,7 @@ async fn reset_token(
     Path(ident): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = node_uuid(&c, ident).await?;
-    c.db(move |s| s.reset_token(uuid)).await?;
+    c.store.reset_token(uuid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -376,7 +369,7 @@ async fn node_status(
     Path(ident): Path<String>,
 ) -> ApiResult<Json<protocol::NodeStatus>> {
     let uuid = node_uuid(&c, ident).await?;
-    Ok(Json(c.db(move |s| s.node_status(uuid)).await?))
+    Ok(Json(c.store.node_status(uuid).await?))
 }
 
 #[derive(Deserialize)]
@@ -395,7 +388,7 @@ async fn list_connectors(
         None => None,
     };
     Ok(Json(ConnectorList {
-        connectors: c.db(move |s| s.list_connectors(node)).await?,
+        connectors: c.store.list_connectors(node).await?,
     }))
 }
 
@@ -407,7 +400,7 @@ async fn create_connector(
     node_uuid(&c, req.node_uuid.to_string()).await?;
     Ok((
         StatusCode::CREATED,
-        Json(c.db(move |s| s.create_connector(&req)).await?),
+        Json(c.store.create_connector(req).await?),
     ))
 }
 
@@ -417,12 +410,12 @@ async fn delete_connector(
     Path(uuid): Path<String>,
 ) -> ApiResult<StatusCode> {
     let uuid = parse_uuid_param(&uuid)?;
-    c.db(move |s| s.delete_connector(uuid)).await?;
+    c.store.delete_connector(uuid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn node_uuid(c: &Conductor, ident: String) -> ApiResult<Uuid> {
-    Ok(c.db(move |s| s.find_node(&ident)).await?.uuid)
+    Ok(c.store.find_node(ident).await?.uuid)
 }
 
 fn masked(mut target: VolumeTarget) -> VolumeTarget {
@@ -448,7 +441,8 @@ async fn list_targets(
         None => None,
     };
     let targets = c
-        .db(move |s| s.list_targets(node))
+        .store
+        .list_targets(node)
         .await?
         .into_iter()
         .map(masked)
@@ -462,7 +456,7 @@ async fn show_target(
     Path(uuid): Path<String>,
 ) -> ApiResult<Json<VolumeTarget>> {
     let uuid = parse_uuid_param(&uuid)?;
-    Ok(Json(masked(c.db(move |s| s.get_target(uuid)).await?)))
+    Ok(Json(masked(c.store.get_target(uuid).await?)))
 }
 
 async fn create_target(
@@ -488,9 +482,7 @@ async fn create_target(
         generation,
         value: target,
         ..
-    } = c
-        .generations
-        .publish(c.db(move |s| s.create_target(&req)).await?);
+    } = c.generations.publish(c.store.create_target(req).await?);
     tracing::info!(
         target = %target.uuid,
         node = %target.node_uuid,
@@ -517,7 +509,7 @@ async fn resize_target(
         ..
     } = c
         .generations
-        .publish(c.db(move |s| s.resize_target(uuid, size)).await?);
+        .publish(c.store.resize_target(uuid, size).await?);
     tracing::info!(
         target = %uuid,
         node = %target.node_uuid,
@@ -536,9 +528,7 @@ async fn delete_target(
     let uuid = parse_uuid_param(&uuid)?;
     let Published {
         node, generation, ..
-    } = c
-        .generations
-        .publish(c.db(move |s| s.delete_target(uuid)).await?);
+    } = c.generations.publish(c.store.delete_target(uuid).await?);
     tracing::info!(target = %uuid, node = %node, generation, "target unassigned");
     Ok(StatusCode::NO_CONTENT)
 }

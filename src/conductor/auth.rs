@@ -4,6 +4,7 @@
 //! against the client address's allowance ([`super::limit`]), and an address without one left
 //! is refused with `429` before its token is looked at.
 
+use super::store::StoreApi;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path};
@@ -41,7 +42,7 @@ impl FromRequestParts<Arc<Conductor>> for Agent {
             .ok()
             .and_then(|Path(node)| Uuid::parse_str(&node).ok());
         authenticate(c, parts, async |token| match node {
-            Some(node) => c.db(move |s| s.agent_token_matches(node, &token)).await,
+            Some(node) => Ok(c.store.agent_token_matches(node, token).await?),
             None => Ok(false),
         })
         .await?;

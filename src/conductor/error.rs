@@ -168,6 +168,17 @@ impl From<StoreError> for ApiError {
                     )
                 }
             }
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "the database is unavailable");
+                Self {
+                    retry_after: Some(Duration::from_secs(1)),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_unavailable",
+                        "the conductor cannot reach its database; retry shortly",
+                    )
+                }
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(

@@ -58,10 +58,27 @@ impl Generations {
             generation,
             value,
         } = change;
+        self.observe(node, generation);
+        Published {
+            node,
+            generation,
+            value,
+        }
+    }
+
+    /// Wakes the node's long-polls for a generation committed elsewhere (by another conductor
+    /// on the same database), unless they already saw it or a later one.
+    pub(crate) fn observe(&self, node: Uuid, generation: u64) {
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
         match senders.get(&node) {
             Some(tx) if tx.receiver_count() > 0 => {
-                tx.send_replace(generation);
+                tx.send_if_modified(|seen| {
+                    let newer = generation > *seen;
+                    if newer {
+                        *seen = generation;
+                    }
+                    newer
+                });
             }
             // Nobody waits: drop the entry so idle nodes cost nothing.
             Some(_) => {
@@ -69,10 +86,15 @@ impl Generations {
             }
             None => {}
         }
-        Published {
-            node,
-            generation,
-            value,
-        }
+    }
+
+    /// The nodes that long-polls wait on now.
+    pub(crate) fn watched(&self) -> Vec<Uuid> {
+        let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        senders
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(node, _)| *node)
+            .collect()
     }
 }

@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::store::{MetricsSnapshot, Store};
+use super::store::{MetricsSnapshot, Store, StoreApi, StoreError};
 use crate::protocol::VolumeState;
 
 /// Marks a response to a targets request that waited for a change.
@@ -304,9 +304,16 @@ impl std::fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self
-            .0
-            .metrics_snapshot()
+        // Scrapes run on a blocking thread (api.rs), where waiting for the store is allowed.
+        let snapshot = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.block_on(self.0.metrics_snapshot()),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Internal(e.to_string()))
+                .and_then(|runtime| runtime.block_on(self.0.metrics_snapshot())),
+        };
+        let snapshot = snapshot
             .inspect_err(|e| tracing::error!(error = %e, "cannot read the database for metrics"))
             .ok();
         encode_store(snapshot.as_ref(), encoder)
@@ -594,10 +601,10 @@ mod scale {
     fn scrape_at_fleet_scale() {
         const NODES: u32 = 10_000;
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let db = crate::conductor::store::SqliteDb::open(&dir.path().join("db")).unwrap();
         for i in 0..NODES {
-            let node = store
-                .create_node(&NodeCreate {
+            let node = db
+                .create_node(NodeCreate {
                     name: format!("n{i}"),
                     uuid: None,
                     addresses: vec![format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 255)],
@@ -637,12 +644,14 @@ mod scale {
                 ],
                 foreign: Vec::new(),
             };
-            store.store_report(node.uuid, &report).unwrap();
+            db.store_report(node.uuid, Arc::new(report)).unwrap();
         }
+        let store = Arc::new(Store::Sqlite(crate::conductor::store::SqliteStore::new(db)));
         let metrics = ConductorMetrics::new(store.clone());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
         for _ in 0..3 {
             let started = Instant::now();
-            store.metrics_snapshot().unwrap();
+            runtime.block_on(store.metrics_snapshot()).unwrap();
             let locked = started.elapsed();
             let started = Instant::now();
             let mut text = String::new();

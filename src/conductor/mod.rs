@@ -25,7 +25,13 @@ use tokio::sync::watch;
 use crate::config::{CinderConfig, ConductorConfig, IronicConfig};
 use api::router;
 use generations::Generations;
-use store::{Store, TokenHash};
+use store::{Location, Store, TokenHash};
+
+/// Throwaway PostgreSQL databases for tests (scripts/test-postgres).
+#[doc(hidden)]
+pub use store::postgres::{
+    create_database as create_postgres_database, drop_database as drop_postgres_database,
+};
 
 /// Shared by every request handler.
 struct Conductor {
@@ -39,9 +45,7 @@ struct Conductor {
     heartbeat_interval_s: u64,
     max_wait: Duration,
     validate_targets: bool,
-    generations: Generations,
-    /// Database calls waiting for a blocking thread (see [`Conductor::db`]).
-    db_slots: tokio::sync::Semaphore,
+    generations: Arc<Generations>,
     shutdown: watch::Receiver<bool>,
     /// Set with a `[cinder]` section: Cinder volumes attached through the conductor.
     cinder: Option<Arc<cinder::CinderService>>,
@@ -51,13 +55,12 @@ struct Conductor {
 
 impl Conductor {
     fn new(
-        store: Store,
+        store: Arc<Store>,
         config: &ConductorConfig,
         admin_token: &str,
         metrics_token: Option<&str>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let store = Arc::new(store);
         Self {
             metrics: Arc::new(metrics::ConductorMetrics::new(store.clone())),
             store,
@@ -67,40 +70,13 @@ impl Conductor {
             heartbeat_interval_s: config.heartbeat_interval_s,
             max_wait: Duration::from_secs(config.max_wait_s),
             validate_targets: config.validate_targets,
-            generations: Generations::default(),
-            db_slots: tokio::sync::Semaphore::new(DB_THREADS),
+            generations: Arc::default(),
             shutdown,
             cinder: None,
             ironic: None,
         }
     }
-
-    /// Runs `work` against the database on a blocking thread. A SQLite call can wait on a lock
-    /// held by another process, a checkpoint or the disk; on an async worker it would stall every
-    /// request that worker serves, those that need no database included. The store has one
-    /// connection, so a few threads suffice: the rest of the waiting is done as tasks.
-    async fn db<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
-    ) -> Result<T, error::ApiError> {
-        let _slot = self
-            .db_slots
-            .acquire()
-            .await
-            .map_err(|_| error::ApiError::internal())?;
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || work(&store)).await {
-            Ok(result) => Ok(result?),
-            Err(e) => {
-                tracing::error!(error = %e, "a database call failed");
-                Err(error::ApiError::internal())
-            }
-        }
-    }
 }
-
-/// Blocking threads that may wait on the database at once.
-const DB_THREADS: usize = 4;
 
 /// Shortest admin token accepted: one a person made up must not be guessable. Generated ones
 /// are 64 characters.
@@ -199,15 +175,26 @@ pub async fn serve_with(
         Some(path) => Some(read_metrics_token(path)?),
         None => None,
     };
-    let store = open_store(&config.database)?;
+    let location = database_location(config)?;
+    let store = Arc::new(
+        Store::open(&location)
+            .await
+            .with_context(|| format!("opening the database {location}"))?,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conductor = Conductor::new(
-        store,
+        store.clone(),
         config,
         admin_token,
         metrics_token.as_deref(),
         stop_rx,
     );
+    // Changes made through other conductors on the same database wake long-polls here.
+    let generations = conductor.generations.clone();
+    let listener_task = store
+        .postgres()
+        .is_some()
+        .then(|| tokio::spawn(store::postgres::follow(store, generations)));
     conductor.cinder = openstack
         .cinder
         .as_ref()
@@ -241,7 +228,7 @@ pub async fn serve_with(
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = acceptor.is_some(),
-        database = %config.database.display(),
+        database = %location,
         "conductor serving protocol v1"
     );
     crate::notify::ready("serving protocol v1");
@@ -256,7 +243,10 @@ pub async fn serve_with(
     if let Some(task) = reloading {
         task.abort();
     }
-    for task in [cinder_worker, ironic_worker].into_iter().flatten() {
+    for task in [cinder_worker, ironic_worker, listener_task]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     Ok(())
@@ -271,7 +261,7 @@ pub fn in_memory_router(
     admin_token: &str,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<axum::Router> {
-    let store = Store::open_in_memory().context("opening an in-memory database")?;
+    let store = Arc::new(Store::open_in_memory().context("opening an in-memory database")?);
     let conductor = Conductor::new(store, config, admin_token, None, shutdown);
     Ok(router(Arc::new(conductor)))
 }
@@ -282,6 +272,40 @@ fn read_metrics_token(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{key} {} is missing or empty", path.display()))
 }
 
-fn open_store(path: &Path) -> anyhow::Result<Store> {
-    Store::open(path).with_context(|| format!("opening the database {}", path.display()))
+/// Where `config` keeps the conductor's state, with the PostgreSQL password read from
+/// `conductor.database_password_file` when it is set.
+fn database_location(config: &ConductorConfig) -> anyhow::Result<Location> {
+    let mut location = Location::of(&config.database);
+    if let (Location::Postgres(_, password), Some(path)) =
+        (&mut location, &config.database_password_file)
+    {
+        let key = "conductor.database_password_file";
+        *password = Some(
+            read_private_token(path, key, 1)?
+                .with_context(|| format!("{key} {} is missing or empty", path.display()))?,
+        );
+    }
+    Ok(location)
+}
+
+/// `tether conductor migrate`: copies the SQLite database `from` into the PostgreSQL database
+/// `config` names (`conductor.database`), which must hold no node yet.
+pub async fn migrate(from: &Path, config: &ConductorConfig) -> anyhow::Result<()> {
+    let location = database_location(config)?;
+    let Location::Postgres(url, password) = &location else {
+        anyhow::bail!(
+            "conductor.database (or --to) must be a postgres:// URL to migrate into, not {location}"
+        );
+    };
+    let target = store::PgStore::connect(url, password.as_deref())
+        .await
+        .with_context(|| format!("opening the database {location}"))?;
+    let copied = store::copy::sqlite_to_postgres(from, &target)
+        .await
+        .with_context(|| format!("copying {} into {location}", from.display()))?;
+    for (table, rows) in copied {
+        println!("{table}: {rows} rows");
+    }
+    println!("copied {} into {location}", from.display());
+    Ok(())
 }

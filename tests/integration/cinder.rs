@@ -35,7 +35,7 @@ impl Process {
             &config,
             format!(
                 "[conductor]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{db}\"\n\n{cinder}\n",
-                db = dir.join("conductor.db").display()
+                db = crate::harness::database(dir).display()
             ),
         )
         .unwrap();

@@ -105,11 +105,50 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     tether::agent::trusting(reqwest::Client::builder(), Some(&pki().ca_file)).unwrap()
 }
 
+/// The PostgreSQL server the conductors of these tests use instead of SQLite, when
+/// TETHER_TEST_POSTGRES names one (scripts/test-postgres).
+pub fn postgres_server() -> Option<String> {
+    std::env::var("TETHER_TEST_POSTGRES")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The database of the conductor whose files are in `dir`: `conductor.db` there, or with a
+/// PostgreSQL server a database of its own named after `dir` (so that a conductor restarted on
+/// `dir` finds its data again).
+pub fn database(dir: &Path) -> PathBuf {
+    match postgres_server() {
+        Some(server) => {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            dir.hash(&mut hasher);
+            let name = format!("tether_it_{:016x}", hasher.finish());
+            PathBuf::from(postgres_database(server, name))
+        }
+        None => dir.join("conductor.db"),
+    }
+}
+
+/// Creates the database `name` on `server` (unless it exists) and gives its URL. On a thread of
+/// its own: callers may be sync code inside a runtime.
+pub fn postgres_database(server: String, name: String) -> String {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(tether::conductor::create_postgres_database(&server, &name))
+    })
+    .join()
+    .unwrap()
+    .expect("a test database on TETHER_TEST_POSTGRES")
+}
+
 /// A conductor's configuration with its files in `dir`, on a free loopback port.
 pub fn conductor_config(dir: &Path) -> ConductorConfig {
     ConductorConfig {
         listen: "127.0.0.1:0".into(),
-        database: dir.join("conductor.db"),
+        database: database(dir),
         admin_token_file: dir.join("admin.token"),
         ..ConductorConfig::default()
     }

@@ -120,7 +120,10 @@ async fn the_limits_are_configurable_and_refill() {
     let dir = tempfile::tempdir().unwrap();
     let config = |burst, per_minute| ConductorConfig {
         listen: "127.0.0.1:0".into(),
-        database: dir.path().join(format!("c-{per_minute}.db")),
+        database: match crate::harness::postgres_server() {
+            Some(_) => crate::harness::database(&dir.path().join(format!("c-{per_minute}"))),
+            None => dir.path().join(format!("c-{per_minute}.db")),
+        },
         rate_limit_burst: burst,
         rate_limit_per_minute: per_minute,
         ..ConductorConfig::default()

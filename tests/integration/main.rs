@@ -16,6 +16,7 @@ mod metrics;
 mod mounts;
 mod offline;
 mod paths;
+mod postgres;
 mod protocol_doc;
 mod refusals;
 mod reports;

@@ -1,6 +1,7 @@
 //! `POST /v1/nodes/{node}/volumes`, `DELETE /v1/nodes/{node}/volumes/{volume}`,
 //! `GET /v1/volumes` and `GET /v1/nodes/{node}/volumes`.
 
+use crate::conductor::store::StoreApi;
 use std::sync::Arc;
 
 use axum::Json;
@@ -63,9 +64,9 @@ pub(in crate::conductor) async fn attach(
         crate::protocol::target::check_mount(&serde_json::Value::Object(mount.clone()))
             .map_err(|e| ApiError::bad_request(e.kind(), e.to_string()))?;
     }
-    let found = c.db(move |s| s.find_node(&node)).await?;
+    let found = c.store.find_node(node).await?;
     let node_uuid = found.uuid;
-    let status = c.db(move |s| s.node_status(node_uuid)).await?;
+    let status = c.store.node_status(node_uuid).await?;
     if status.report.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -118,7 +119,7 @@ pub(in crate::conductor) async fn attach(
         Some(volume.status.clone()),
     );
     let stored = row.clone();
-    c.db(move |s| s.insert_cinder_volume(&stored)).await?;
+    c.store.insert_cinder_volume(stored).await?;
     tracing::info!(node = %node_uuid, volume_id = %volume.id, "Cinder volume attach asked");
     svc.wake.notify_one();
     Ok((
@@ -134,9 +135,9 @@ pub(in crate::conductor) async fn detach(
     Path((node, volume)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<CinderVolume>)> {
     let svc = service(&c)?;
-    let found = c.db(move |s| s.find_node(&node)).await?;
+    let found = c.store.find_node(node).await?;
     let node_uuid = found.uuid;
-    let rows = c.db(move |s| s.cinder_volumes(Some(node_uuid))).await?;
+    let rows = c.store.cinder_volumes(Some(node_uuid)).await?;
     let Some(row) = rows
         .iter()
         .find(|r| r.volume_id == volume || r.volume_name.as_deref() == Some(volume.as_str()))
@@ -149,11 +150,16 @@ pub(in crate::conductor) async fn detach(
     };
     let volume_id = row.volume_id.clone();
     let row = c
-        .db(move |s| s.update_cinder_volume(node_uuid, &volume_id, |r| r.want_attached = false))
+        .store
+        .update_cinder_volume(
+            node_uuid,
+            volume_id,
+            Box::new(move |r| r.want_attached = false),
+        )
         .await?;
     tracing::info!(node = %node_uuid, volume_id = %row.volume_id, "Cinder volume detach asked");
     svc.wake.notify_one();
-    let status = c.db(move |s| s.node_status(node_uuid)).await?;
+    let status = c.store.node_status(node_uuid).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(view(&row, &found.name, status.report.as_ref())),
@@ -172,7 +178,7 @@ pub(in crate::conductor) async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<CinderVolumeList>> {
     let node = match q.node {
-        Some(n) => Some(c.db(move |s| s.find_node(&n)).await?.uuid),
+        Some(n) => Some(c.store.find_node(n).await?.uuid),
         None => None,
     };
     listed(&c, node).await
@@ -183,28 +189,23 @@ pub(in crate::conductor) async fn list_of_node(
     _: Admin,
     Path(node): Path<String>,
 ) -> ApiResult<Json<CinderVolumeList>> {
-    let node = c.db(move |s| s.find_node(&node)).await?.uuid;
+    let node = c.store.find_node(node).await?.uuid;
     listed(&c, Some(node)).await
 }
 
 async fn listed(c: &Conductor, node: Option<Uuid>) -> ApiResult<Json<CinderVolumeList>> {
-    let volumes = c
-        .db(move |s| {
-            let rows = s.cinder_volumes(node)?;
-            let mut out = Vec::with_capacity(rows.len());
-            let mut statuses = std::collections::HashMap::new();
-            for row in rows {
-                let status = match statuses.entry(row.node_uuid) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(s.node_status(row.node_uuid)?)
-                    }
-                };
-                out.push(view(&row, &status.node_name, status.report.as_ref()));
+    let rows = c.store.cinder_volumes(node).await?;
+    let mut volumes = Vec::with_capacity(rows.len());
+    let mut statuses = std::collections::HashMap::new();
+    for row in rows {
+        let status = match statuses.entry(row.node_uuid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(c.store.node_status(row.node_uuid).await?)
             }
-            Ok(out)
-        })
-        .await?;
+        };
+        volumes.push(view(&row, &status.node_name, status.report.as_ref()));
+    }
     Ok(Json(CinderVolumeList { volumes }))
 }
 

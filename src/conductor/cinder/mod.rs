@@ -10,6 +10,7 @@
 pub(super) mod api;
 pub(crate) mod flow;
 
+use crate::conductor::store::StoreApi;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -210,7 +211,7 @@ pub(super) async fn run(c: Arc<Conductor>, svc: Arc<CinderService>) {
     tokio::spawn(compare_with_cinder(c.clone(), svc.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     loop {
-        match c.db(|s| s.cinder_volumes(None)).await {
+        match c.store.cinder_volumes(None).await {
             Ok(rows) => {
                 *svc.nodes.lock().unwrap_or_else(|e| e.into_inner()) =
                     rows.iter().map(|r| r.node_uuid).collect();
@@ -282,7 +283,8 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
             svc.succeeded(&key);
             if row.cinder_error.is_some() {
                 let _ = c
-                    .db(move |s| s.update_cinder_volume(node, &volume, |r| r.cinder_error = None))
+                    .store
+                    .update_cinder_volume(node, volume, Box::new(move |r| r.cinder_error = None))
                     .await;
             }
             if progressed {
@@ -301,9 +303,12 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
             );
             let message = e.message.clone();
             let _ = c
-                .db(move |s| {
-                    s.update_cinder_volume(node, &volume, |r| r.cinder_error = Some(message))
-                })
+                .store
+                .update_cinder_volume(
+                    node,
+                    volume,
+                    Box::new(move |r| r.cinder_error = Some(message)),
+                )
                 .await;
         }
         Err(StepError::Cinder(e)) => {
@@ -314,19 +319,23 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
                 retry_in_s = retry.as_secs(), "Cinder refused a step; retrying");
             let error = refusal(&e);
             let _ = c
-                .db(move |s| s.update_cinder_volume(node, &volume, |r| r.error = Some(error)))
+                .store
+                .update_cinder_volume(node, volume, Box::new(move |r| r.error = Some(error)))
                 .await;
         }
         Err(StepError::Refused(error)) => {
             tracing::warn!(node = %node, volume_id = %volume, kind = %error.kind,
                 error = %error.message, "Cinder volume attach failed");
             let _ = c
-                .db(move |s| {
-                    s.update_cinder_volume(node, &volume, |r| {
+                .store
+                .update_cinder_volume(
+                    node,
+                    volume,
+                    Box::new(move |r| {
                         r.error = Some(error);
                         r.enter(CinderPhase::Failed);
-                    })
-                })
+                    }),
+                )
                 .await;
         }
         Err(StepError::Store(e)) => {
@@ -345,9 +354,9 @@ async fn advance(c: &Conductor, svc: &CinderService, row: CinderRow) {
 async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<bool, StepError> {
     let (node, volume) = (row.node_uuid, row.volume_id.clone());
     let target = row.target_uuid;
-    let status = c.db(move |s| s.node_status(node)).await?;
+    let status = c.store.node_status(node).await?;
     let target_exists = match target {
-        Some(uuid) => c.db(move |s| s.target_exists(uuid)).await?,
+        Some(uuid) => c.store.target_exists(uuid).await?,
         None => false,
     };
     let reported = target.and_then(|uuid| {
@@ -391,7 +400,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                             .map_err(refused_or_retried)?,
                     };
                     let (v, id) = (volume.clone(), reserved.id.clone());
-                    c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = Some(id)))
+                    c.store
+                        .update_cinder_volume(
+                            node,
+                            v,
+                            Box::new(move |r| r.attachment_id = Some(id)),
+                        )
                         .await?;
                     tracing::info!(
                         node = %node,
@@ -422,7 +436,8 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                     // Deleted in Cinder meanwhile: reserve again.
                     tracing::warn!(volume_id = %volume, attachment = %id, "reservation gone");
                     let v = volume.clone();
-                    c.db(move |s| s.update_cinder_volume(node, &v, |r| r.attachment_id = None))
+                    c.store
+                        .update_cinder_volume(node, v, Box::new(move |r| r.attachment_id = None))
                         .await?;
                     return Ok(true);
                 }
@@ -488,10 +503,9 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 }
             }
             let v = volume.clone();
-            let published = c.generations.publish(
-                c.db(move |s| s.assign_cinder_target(node, &v, &request))
-                    .await?,
-            );
+            let published = c
+                .generations
+                .publish(c.store.assign_cinder_target(node, v, request).await?);
             tracing::info!(node = %node, volume_id = %volume, generation = published.generation,
                 target = ?published.value.target_uuid, "Cinder volume assigned to the node");
             Ok(true)
@@ -499,19 +513,23 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
         Step::Complete => {
             let id = row.attachment_id.clone().unwrap_or_default();
             let v = volume.clone();
-            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.enter(CinderPhase::Completing)))
+            c.store
+                .update_cinder_volume(node, v, Box::new(move |r| r.enter(CinderPhase::Completing)))
                 .await?;
             svc.complete_attachment(&id).await?;
             let found = svc.find_volume(&volume).await.ok();
             let v = volume.clone();
-            c.db(move |s| {
-                s.update_cinder_volume(node, &v, |r| {
-                    r.enter(CinderPhase::Attached);
-                    r.error = None;
-                    r.cinder_status = found.map(|f| f.status).or(Some("in-use".into()));
-                })
-            })
-            .await?;
+            c.store
+                .update_cinder_volume(
+                    node,
+                    v,
+                    Box::new(move |r| {
+                        r.enter(CinderPhase::Attached);
+                        r.error = None;
+                        r.cinder_status = found.map(|f| f.status).or(Some("in-use".into()));
+                    }),
+                )
+                .await?;
             tracing::info!(
                 node = %node,
                 volume_id = %volume,
@@ -528,7 +546,7 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
         })),
         Step::Unassign => {
             let v = volume.clone();
-            let (_, change) = c.db(move |s| s.unassign_cinder_target(node, &v)).await?;
+            let (_, change) = c.store.unassign_cinder_target(node, v).await?;
             if let Some(change) = change {
                 let published = c.generations.publish(change);
                 tracing::info!(node = %node, volume_id = %volume, generation = published.generation,
@@ -538,7 +556,8 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
         }
         Step::DeleteAttachment => {
             let v = volume.clone();
-            c.db(move |s| s.update_cinder_volume(node, &v, |r| r.enter(CinderPhase::Deleting)))
+            c.store
+                .update_cinder_volume(node, v, Box::new(move |r| r.enter(CinderPhase::Deleting)))
                 .await?;
             let ids: Vec<String> = match &row.attachment_id {
                 Some(id) => vec![id.clone()],
@@ -559,12 +578,12 @@ async fn step(c: &Conductor, svc: &CinderService, row: &CinderRow) -> Result<boo
                 );
             }
             let v = volume.clone();
-            c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
+            c.store.forget_cinder_volume(node, v).await?;
             Ok(true)
         }
         Step::Forget => {
             let v = volume.clone();
-            c.db(move |s| s.forget_cinder_volume(node, &v)).await?;
+            c.store.forget_cinder_volume(node, v).await?;
             Ok(true)
         }
     }
@@ -624,12 +643,15 @@ async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
         Err(e) => (Some(format!("({})", e.kind.as_str())), None),
     };
     let _ = c
-        .db(move |s| {
-            s.update_cinder_volume(node, &volume, |r| {
+        .store
+        .update_cinder_volume(
+            node,
+            volume,
+            Box::new(move |r| {
                 r.cinder_status = status;
                 r.cinder_error = error;
-            })
-        })
+            }),
+        )
         .await;
 }
 
@@ -637,11 +659,11 @@ async fn refresh_status(c: &Conductor, svc: &CinderService, row: &CinderRow) {
 /// the node without a detach.
 async fn follow_size(c: &Conductor, target: Uuid, gib: u64) {
     let size = gib.saturating_mul(1 << 30);
-    let known = c.db(move |s| s.get_target(target)).await;
+    let known = c.store.get_target(target).await;
     if known.is_ok_and(|t| t.size_bytes.is_some_and(|now| now >= size)) {
         return;
     }
-    match c.db(move |s| s.resize_target(target, size)).await {
+    match c.store.resize_target(target, size).await {
         Ok(change) => {
             let published = c.generations.publish(change);
             tracing::info!(
@@ -678,7 +700,8 @@ async fn compare_with_cinder(c: Arc<Conductor>, svc: Arc<CinderService>) {
 
 async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> {
     let rows = c
-        .db(|s| s.cinder_volumes(None))
+        .store
+        .cinder_volumes(None)
         .await
         .map_err(|e| format!("{e:?}"))?;
     for row in &rows {
@@ -722,7 +745,8 @@ async fn compare_once(c: &Conductor, svc: &CinderService) -> Result<(), String> 
                 message,
             };
             let _ = c
-                .db(move |s| s.update_cinder_volume(node, &volume, |r| r.error = Some(error)))
+                .store
+                .update_cinder_volume(node, volume, Box::new(move |r| r.error = Some(error)))
                 .await;
         }
     }

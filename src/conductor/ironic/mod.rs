@@ -9,6 +9,7 @@
 
 pub(crate) mod diff;
 
+use crate::conductor::store::StoreApi;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -152,6 +153,12 @@ impl From<super::error::ApiError> for PassError {
     }
 }
 
+impl From<super::store::StoreError> for PassError {
+    fn from(e: super::store::StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
 impl PassError {
     fn report(&self) -> ErrorReport {
         match self {
@@ -240,7 +247,7 @@ async fn pass(c: &Conductor, svc: &IronicService) -> Result<(), PassError> {
     let listed = started.elapsed();
     let (remote, mut notes) = diff::remotes(nodes, ports);
     let seen = remote.len() as u64;
-    let local = c.db(|s| s.ironic_view()).await?;
+    let local = c.store.ironic_view().await?;
     let plan = diff::plan(&remote, &local);
     notes.extend(plan.notes.iter().cloned());
     for change in &plan.changes {
@@ -261,7 +268,7 @@ async fn pass(c: &Conductor, svc: &IronicService) -> Result<(), PassError> {
     let leaving = plan.changes.iter().any(|c| matches!(c, Change::Leave(_)));
     let changes = plan.changes;
     let count = changes.len();
-    let published = c.db(move |s| s.apply_ironic(&changes)).await?;
+    let published = c.store.apply_ironic(changes).await?;
     for change in published {
         c.generations.publish(change);
     }
@@ -287,7 +294,7 @@ async fn pass(c: &Conductor, svc: &IronicService) -> Result<(), PassError> {
 /// What does not wait for the next pass: leaving nodes whose volumes are gone are removed, and
 /// reported initiators are published (not while Ironic fails: the next pass does it).
 async fn followups(c: &Conductor, svc: &IronicService) {
-    match c.db(|s| s.remove_departed()).await {
+    match c.store.remove_departed().await {
         Ok(gone) => {
             for node in gone {
                 tracing::info!(node = %node, "node deleted in Ironic: its volumes are detached; \
@@ -297,7 +304,7 @@ async fn followups(c: &Conductor, svc: &IronicService) {
         Err(e) => tracing::warn!(error = ?e, "cannot remove the nodes that left"),
     }
     if svc.config.publish_connectors && !svc.failing() {
-        match c.db(|s| s.connector_checks()).await {
+        match c.store.connector_checks().await {
             Ok(checks) => {
                 for check in checks {
                     if let Err(e) = publish(c, svc, &check).await {
@@ -311,7 +318,7 @@ async fn followups(c: &Conductor, svc: &IronicService) {
             Err(e) => tracing::warn!(error = ?e, "cannot read the reported initiators"),
         }
     }
-    match c.db(|s| s.ironic_watched()).await {
+    match c.store.ironic_watched().await {
         Ok(watched) => {
             *svc.watched.lock().unwrap_or_else(|e| e.into_inner()) = watched.into_iter().collect();
         }
@@ -395,10 +402,7 @@ async fn publish(
     let key = check.key();
     let node = check.node;
     let stored = warning.clone();
-    if let Err(e) = c
-        .db(move |s| s.connector_checked(node, &key, stored.as_deref()))
-        .await
-    {
+    if let Err(e) = c.store.connector_checked(node, key, stored).await {
         tracing::warn!(node = %node, error = ?e, "cannot record the connector check");
     }
     Ok(())

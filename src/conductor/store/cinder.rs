@@ -7,10 +7,13 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::targets::{insert_target, remove_target};
-use super::{Store, StoreError, conflict, parse_uuid};
+use super::{SqliteDb, StoreError, conflict, parse_uuid};
 use crate::conductor::generations::GenerationChange;
 use crate::protocol::cinder::{CinderPhase, PhaseTime};
 use crate::protocol::{ErrorReport, TargetCreate, timestamp};
+
+/// What `update_cinder_volume` does to the row it read, within its transaction.
+pub(crate) type CinderChange = Box<dyn FnOnce(&mut CinderRow) + Send>;
 
 /// One Cinder volume of one node, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,9 +78,10 @@ fn phase_now(phase: CinderPhase) -> PhaseTime {
     PhaseTime { phase, at }
 }
 
-const COLUMNS: &str = "node_uuid, volume_id, volume_name, want_attached, phase, attachment_id, \
-                       target_uuid, read_only, mount, cinder_status, cinder_error, error_kind, \
-                       error_message, phases";
+pub(super) const COLUMNS: &str = concat!(
+    "node_uuid, volume_id, volume_name, want_attached, phase, attachment_id, target_uuid, ",
+    "read_only, mount, cinder_status, cinder_error, error_kind, error_message, phases"
+);
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<CinderRowText> {
     Ok(CinderRowText {
@@ -99,25 +103,25 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<CinderRowText> {
 }
 
 /// A row as SQLite returns it, before its text is parsed.
-struct CinderRowText {
-    node_uuid: String,
-    volume_id: String,
-    volume_name: Option<String>,
-    want_attached: bool,
-    phase: String,
-    attachment_id: Option<String>,
-    target_uuid: Option<String>,
-    read_only: bool,
-    mount: Option<String>,
-    cinder_status: Option<String>,
-    cinder_error: Option<String>,
-    error_kind: Option<String>,
-    error_message: Option<String>,
-    phases: String,
+pub(super) struct CinderRowText {
+    pub(super) node_uuid: String,
+    pub(super) volume_id: String,
+    pub(super) volume_name: Option<String>,
+    pub(super) want_attached: bool,
+    pub(super) phase: String,
+    pub(super) attachment_id: Option<String>,
+    pub(super) target_uuid: Option<String>,
+    pub(super) read_only: bool,
+    pub(super) mount: Option<String>,
+    pub(super) cinder_status: Option<String>,
+    pub(super) cinder_error: Option<String>,
+    pub(super) error_kind: Option<String>,
+    pub(super) error_message: Option<String>,
+    pub(super) phases: String,
 }
 
 impl CinderRowText {
-    fn parse(self) -> Result<CinderRow, StoreError> {
+    pub(super) fn parse(self) -> Result<CinderRow, StoreError> {
         let corrupt = |what: &str, e: String| {
             StoreError::Corrupt(format!("Cinder volume {} {what}: {e}", self.volume_id))
         };
@@ -223,10 +227,10 @@ impl CinderRow {
     }
 }
 
-impl Store {
+impl SqliteDb {
     /// Records a volume about to be attached. A volume already attached to the node (or being
     /// detached from it) is a conflict.
-    pub(crate) fn insert_cinder_volume(&self, row: &CinderRow) -> Result<(), StoreError> {
+    pub(crate) fn insert_cinder_volume(&self, row: CinderRow) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO cinder_volumes (node_uuid, volume_id, phases) VALUES (?1, ?2, '[]')",
@@ -241,7 +245,7 @@ impl Store {
                 ),
             )
         })?;
-        put(&conn, row)
+        put(&conn, &row)
     }
 
     pub(crate) fn cinder_volumes(&self, node: Option<Uuid>) -> Result<Vec<CinderRow>, StoreError> {
@@ -256,12 +260,12 @@ impl Store {
     pub(crate) fn update_cinder_volume(
         &self,
         node: Uuid,
-        volume_id: &str,
-        change: impl FnOnce(&mut CinderRow),
+        volume_id: String,
+        change: CinderChange,
     ) -> Result<CinderRow, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut row = get(&tx, node, volume_id)?;
+        let mut row = get(&tx, node, &volume_id)?;
         change(&mut row);
         put(&tx, &row)?;
         tx.commit()?;
@@ -272,13 +276,13 @@ impl Store {
     pub(crate) fn assign_cinder_target(
         &self,
         node: Uuid,
-        volume_id: &str,
-        target: &TargetCreate,
+        volume_id: String,
+        target: TargetCreate,
     ) -> Result<GenerationChange<CinderRow>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut row = get(&tx, node, volume_id)?;
-        let (uuid, generation) = insert_target(&tx, target)?;
+        let mut row = get(&tx, node, &volume_id)?;
+        let (uuid, generation) = insert_target(&tx, &target)?;
         row.target_uuid = Some(uuid);
         row.error = None;
         row.enter(CinderPhase::Attaching);
@@ -292,11 +296,11 @@ impl Store {
     pub(crate) fn unassign_cinder_target(
         &self,
         node: Uuid,
-        volume_id: &str,
+        volume_id: String,
     ) -> Result<(CinderRow, Option<GenerationChange>), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut row = get(&tx, node, volume_id)?;
+        let mut row = get(&tx, node, &volume_id)?;
         let removed = match row.target_uuid {
             Some(uuid) => remove_target(&tx, uuid)?,
             None => None,
@@ -314,7 +318,7 @@ impl Store {
     pub(crate) fn forget_cinder_volume(
         &self,
         node: Uuid,
-        volume_id: &str,
+        volume_id: String,
     ) -> Result<(), StoreError> {
         self.conn().execute(
             "DELETE FROM cinder_volumes WHERE node_uuid = ?1 AND volume_id = ?2",

@@ -3,23 +3,15 @@
 use rusqlite::params;
 use uuid::Uuid;
 
-use super::{Store, StoreError, conflict, parse_uuid};
+use super::{SqliteDb, StoreError, conflict, parse_uuid};
 use crate::protocol::{ConnectorCreate, VolumeConnector};
 
-impl Store {
+impl SqliteDb {
     pub(crate) fn create_connector(
         &self,
-        req: &ConnectorCreate,
+        req: ConnectorCreate,
     ) -> Result<VolumeConnector, StoreError> {
-        if !["iqn", "mac", "ip", "wwpn", "wwnn", "nqn"].contains(&req.connector_type.as_str()) {
-            return Err(StoreError::Invalid {
-                kind: "invalid_connector",
-                message: format!(
-                    "connector type {:?} is unknown; use iqn, mac, ip, wwpn, wwnn or nqn",
-                    req.connector_type
-                ),
-            });
-        }
+        validate_connector(&req)?;
         let uuid = Uuid::new_v4();
         self.conn()
             .execute(
@@ -81,4 +73,17 @@ impl Store {
     pub(crate) fn delete_connector(&self, uuid: Uuid) -> Result<(), StoreError> {
         self.change_one("DELETE FROM connectors WHERE uuid = ?1", uuid, "connector")
     }
+}
+
+pub(super) fn validate_connector(req: &ConnectorCreate) -> Result<(), StoreError> {
+    if !["iqn", "mac", "ip", "wwpn", "wwnn", "nqn"].contains(&req.connector_type.as_str()) {
+        return Err(StoreError::Invalid {
+            kind: "invalid_connector",
+            message: format!(
+                "connector type {:?} is unknown; use iqn, mac, ip, wwpn, wwnn or nqn",
+                req.connector_type
+            ),
+        });
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::nodes::insert_addresses;
 use super::targets::{next_generation, remove_target};
-use super::{Store, StoreError, conflict, now_secs, parse_uuid};
+use super::{SqliteDb, StoreError, conflict, now_secs, parse_uuid};
 use crate::conductor::generations::GenerationChange;
 use crate::conductor::ironic::diff::{Change, Local, Remote};
 use crate::protocol::NodeSource;
@@ -43,7 +43,7 @@ impl ConnectorCheck {
     }
 }
 
-impl Store {
+impl SqliteDb {
     /// Every node as the sync compares it with Ironic.
     pub(crate) fn ironic_view(&self) -> Result<Vec<Local>, StoreError> {
         let conn = self.conn();
@@ -89,7 +89,7 @@ impl Store {
     /// node's, unassigned) are handed back to be published.
     pub(crate) fn apply_ironic(
         &self,
-        changes: &[Change],
+        changes: Vec<Change>,
     ) -> Result<Vec<GenerationChange>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -101,7 +101,7 @@ impl Store {
                 _ => None,
             })
             .collect();
-        for change in changes {
+        for change in &changes {
             match change {
                 Change::Remove(uuid) => {
                     tx.execute(
@@ -137,7 +137,7 @@ impl Store {
             .map_err(|e| conflict(e, format!("node name {:?} is taken", node.name)))?;
             insert_addresses(&tx, node.uuid, &node.addresses)?;
         }
-        for change in changes {
+        for change in &changes {
             if let Change::Create(node) = change {
                 let generation = next_generation(&tx)? as i64;
                 tx.execute(
@@ -229,8 +229,8 @@ impl Store {
     pub(crate) fn connector_checked(
         &self,
         node: Uuid,
-        key: &str,
-        warning: Option<&str>,
+        key: String,
+        warning: Option<String>,
     ) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE nodes SET ironic_connector = ?2, warning = ?3 WHERE uuid = ?1",

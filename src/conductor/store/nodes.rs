@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::ironic::parse_source;
-use super::{Store, StoreError, conflict, format_secs, now_secs, parse_uuid, tokens};
+use super::{SqliteDb, StoreError, conflict, format_secs, now_secs, parse_uuid, tokens};
 use crate::protocol::{Node, NodeCreate, NodeSource};
 
 /// What a lookup found: the node and, the first time only, its token in clear.
@@ -15,8 +15,8 @@ pub(crate) struct LookupResult {
     pub by_address: bool,
 }
 
-impl Store {
-    pub(crate) fn create_node(&self, req: &NodeCreate) -> Result<Node, StoreError> {
+impl SqliteDb {
+    pub(crate) fn create_node(&self, req: NodeCreate) -> Result<Node, StoreError> {
         validate_name(&req.name)?;
         let addresses = normalize_macs(&req.addresses)?;
         let uuid = req.uuid.unwrap_or_else(Uuid::new_v4);
@@ -65,9 +65,9 @@ impl Store {
     pub(crate) fn set_node_addresses(
         &self,
         uuid: Uuid,
-        addresses: &[String],
+        addresses: Vec<String>,
     ) -> Result<Node, StoreError> {
-        let addresses = normalize_macs(addresses)?;
+        let addresses = normalize_macs(&addresses)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let node = read_node(&tx, &uuid.to_string())?;
@@ -89,7 +89,7 @@ impl Store {
     }
 
     /// Finds a node by uuid or by name.
-    pub(crate) fn find_node(&self, ident: &str) -> Result<Node, StoreError> {
+    pub(crate) fn find_node(&self, ident: String) -> Result<Node, StoreError> {
         let conn = self.conn();
         let uuid: Option<String> = conn
             .query_row(
@@ -145,7 +145,7 @@ impl Store {
     /// them), a MAC is at least on the node's own network.
     pub(crate) fn lookup(
         &self,
-        addresses: &[String],
+        addresses: Vec<String>,
         node_uuid: Option<Uuid>,
     ) -> Result<Option<LookupResult>, StoreError> {
         let mut conn = self.conn();
@@ -211,7 +211,7 @@ pub(super) fn insert_addresses(
     Ok(())
 }
 
-fn normalize_macs(macs: &[String]) -> Result<Vec<String>, StoreError> {
+pub(super) fn normalize_macs(macs: &[String]) -> Result<Vec<String>, StoreError> {
     macs.iter()
         .map(|mac| {
             normalize_mac(mac).ok_or_else(|| StoreError::Invalid {
@@ -233,7 +233,7 @@ pub(crate) fn normalize_mac(mac: &str) -> Option<String> {
     ok.then_some(mac)
 }
 
-fn validate_name(name: &str) -> Result<(), StoreError> {
+pub(super) fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name

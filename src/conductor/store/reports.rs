@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::nodes::read_node;
 use super::targets::{assigned_targets, generation};
-use super::{Store, StoreError, format_secs, now_secs};
+use super::{SqliteDb, StoreError, format_secs, now_secs};
 use crate::protocol::{Heartbeat, NodeStatus};
 
 /// Counts for the metrics endpoint; times are seconds since the Unix epoch.
@@ -40,25 +40,31 @@ pub(crate) struct UnknownTargets {
     pub new: Vec<Uuid>,
 }
 
-impl Store {
+/// A report's body and its volume counts by state, as both stores keep them.
+pub(super) fn report_columns(report: &Heartbeat) -> Result<(String, String), StoreError> {
+    let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut states = Map::new();
+    let degraded = report.volumes.iter().filter(|v| v.degraded.is_some());
+    let keys = report
+        .volumes
+        .iter()
+        .map(|v| v.state.as_str())
+        .chain(degraded.map(|_| DEGRADED));
+    for key in keys {
+        let n = states.entry(key).or_insert(Value::from(0u64));
+        *n = Value::from(n.as_u64().unwrap_or(0) + 1);
+    }
+    Ok((body, Value::Object(states).to_string()))
+}
+
+impl SqliteDb {
     /// Keeps the node's latest report, and says which of its targets the node does not have.
     pub(crate) fn store_report(
         &self,
         node: Uuid,
-        report: &Heartbeat,
+        report: std::sync::Arc<Heartbeat>,
     ) -> Result<UnknownTargets, StoreError> {
-        let body = serde_json::to_string(report).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut states = Map::new();
-        let degraded = report.volumes.iter().filter(|v| v.degraded.is_some());
-        let keys = report
-            .volumes
-            .iter()
-            .map(|v| v.state.as_str())
-            .chain(degraded.map(|_| DEGRADED));
-        for key in keys {
-            let n = states.entry(key).or_insert(Value::from(0u64));
-            *n = Value::from(n.as_u64().unwrap_or(0) + 1);
-        }
+        let (body, states) = report_columns(&report)?;
         let conn = self.conn();
         let assigned = assigned_targets(&conn, node)?;
         let mut stmt = conn.prepare_cached(
@@ -84,12 +90,7 @@ impl Store {
              ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, \
              received_at = excluded.received_at,
                  volume_states = excluded.volume_states",
-            params![
-                node.to_string(),
-                body,
-                now_secs(),
-                Value::Object(states).to_string()
-            ],
+            params![node.to_string(), body, now_secs(), states],
         )?;
         Ok(unknown)
     }

@@ -6,19 +6,19 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Store, StoreError, conflict, now_secs, parse_uuid};
+use super::{SqliteDb, StoreError, conflict, now_secs, parse_uuid};
 use crate::conductor::generations::GenerationChange;
 use crate::protocol::{TargetCreate, VolumeTarget};
 
-impl Store {
+impl SqliteDb {
     /// Stores a target and bumps its node's generation, in one transaction.
     pub(crate) fn create_target(
         &self,
-        req: &TargetCreate,
+        req: TargetCreate,
     ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let (uuid, generation) = insert_target(&tx, req)?;
+        let (uuid, generation) = insert_target(&tx, &req)?;
         tx.commit()?;
         Ok(GenerationChange::new(
             req.node_uuid,
@@ -246,7 +246,7 @@ fn query_targets(
     .collect()
 }
 
-fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
+pub(super) fn parse_object(s: &str) -> Result<Map<String, Value>, StoreError> {
     match serde_json::from_str(s) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(StoreError::Corrupt(

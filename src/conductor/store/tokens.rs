@@ -5,11 +5,11 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{SqliteDb, StoreError};
 
 /// A token's SHA-256, hex-encoded: all that is kept of a token. It has no `PartialEq` on
 /// purpose: [`TokenHash::matches`] is the one comparison, and it takes constant time.
-pub(crate) struct TokenHash(String);
+pub(crate) struct TokenHash(pub(super) String);
 
 impl TokenHash {
     pub(crate) fn of(token: &str) -> Self {
@@ -55,27 +55,24 @@ pub(super) fn provisioned(token: Option<&str>) -> Result<Option<TokenHash>, Stor
 }
 
 /// Issues the node's token unless one was issued already: returned in clear this once, stored
-/// only as a hash.
+/// only as a hash. One conditional statement, so that of two conductors looking the node up at
+/// once only one issues a token.
 pub(super) fn issue_once(conn: &Connection, node: &str) -> Result<Option<String>, StoreError> {
-    let issued: bool = conn.query_row(
-        "SELECT token_issued FROM nodes WHERE uuid = ?1",
-        params![node],
-        |r| r.get(0),
-    )?;
-    if issued {
-        return Ok(None);
-    }
     let token = new_token();
-    conn.execute(
-        "UPDATE nodes SET token_hash = ?2, token_issued = 1 WHERE uuid = ?1",
+    let issued = conn.execute(
+        "UPDATE nodes SET token_hash = ?2, token_issued = 1 WHERE uuid = ?1 AND token_issued = 0",
         params![node, TokenHash::of(&token)],
     )?;
-    Ok(Some(token))
+    Ok((issued == 1).then_some(token))
 }
 
-impl Store {
+impl SqliteDb {
     /// Whether `token` is the agent token of `node`; false for a node that does not exist.
-    pub(crate) fn agent_token_matches(&self, node: Uuid, token: &str) -> Result<bool, StoreError> {
+    pub(crate) fn agent_token_matches(
+        &self,
+        node: Uuid,
+        token: String,
+    ) -> Result<bool, StoreError> {
         let stored: Option<Option<String>> = self
             .conn()
             .query_row(
@@ -86,7 +83,7 @@ impl Store {
             .optional()?;
         Ok(stored
             .flatten()
-            .is_some_and(|hash| TokenHash(hash).matches(token)))
+            .is_some_and(|hash| TokenHash(hash).matches(&token)))
     }
 
     /// Forgets the issued token so that the node's next lookup issues a new one.
