@@ -147,7 +147,8 @@ fn attached_everywhere(status: &LocalStatus, targets: &[Uuid]) -> bool {
     })
 }
 
-/// Two conductor processes on one SQLite file; the agent, attached through B, loses B (SIGKILL)
+/// Two conductor processes on one database (a SQLite file, or PostgreSQL with
+/// TETHER_TEST_POSTGRES); the agent, attached through B, loses B (SIGKILL)
 /// and goes on with A within the backoff: same token, no new lookup, nothing detached, and an
 /// assignment made through A reaches it. Then A dies too: still nothing detached; A back, the
 /// agent finds it.
@@ -155,7 +156,10 @@ fn attached_everywhere(status: &LocalStatus, targets: &[Uuid]) -> bool {
 async fn the_agent_moves_to_the_other_conductor_keeping_its_token_and_volumes() {
     crate::harness::logs();
     let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("shared.db");
+    let database = match crate::harness::postgres_server() {
+        Some(_) => crate::harness::database(&dir.path().join("shared")),
+        None => dir.path().join("shared.db"),
+    };
     let port_a = free_port();
     let mut a = ConductorProcess::start(dir.path(), "a", &database, port_a).await;
     let mut b = ConductorProcess::start(dir.path(), "b", &database, free_port()).await;
