@@ -1,7 +1,8 @@
 //! The conductor's HTTP/1.1 server loop. axum routes the requests; this loop decides which
-//! connections get that far: TLS when configured, a time limit on each request's headers (which
-//! also closes idle keep-alive connections), caps on open connections in all and per client
-//! address, and a shutdown that waits for running requests only so long.
+//! connections get that far: TLS when configured, a time limit on each request's headers and
+//! body (which also closes idle keep-alive connections), caps on open connections in all and per
+//! client address, and a shutdown that waits for running requests only so long. Each
+//! connection's HTTP is [`super::http1`]'s.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,22 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 /// What a client may hold and for how long.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
-    /// To complete the TLS handshake, to send a request's headers, and to start the next
-    /// request on a keep-alive connection.
+    /// To complete the TLS handshake, to send a request's headers, to send its body, and to
+    /// start the next request on a keep-alive connection.
     pub header_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
@@ -43,17 +38,15 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let gate = Arc::new(Gate::new(&limits));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    let (drain, draining) = watch::channel(false);
     let connection = Arc::new(Connection {
         app,
         tls,
-        http,
         header_timeout: limits.header_timeout,
+        draining,
     });
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a sender; the receiver learns that all are gone when it is closed.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,16 +65,45 @@ pub(crate) async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = connection.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            connection.serve(stream, peer, watcher).await;
-            drop(admitted);
-        });
+        // Plain and TLS connections are tasks of their own types, so that a plain one is not
+        // as large as a TLS one: each waiting long-poll holds its task.
+        let open = open.clone();
+        match connection.tls.clone() {
+            None => {
+                let served = connection.serve_http(stream, peer);
+                tokio::spawn(async move {
+                    served.await;
+                    drop((admitted, open));
+                });
+            }
+            Some(acceptor) => {
+                let connection = connection.clone();
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    // Boxed: the stream is then held once, not again by each future it passes.
+                    let tls = match tokio::time::timeout(connection.header_timeout, handshake).await
+                    {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            let error = e;
+                            return tracing::debug!(client = %peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            return tracing::debug!(client = %peer, "TLS handshake timed out");
+                        }
+                    };
+                    connection.serve_http(tls, peer).await;
+                    drop((admitted, open));
+                });
+            }
+        }
     }
     drop(listener);
+    // Idle connections close now, the others after their running request.
+    drain.send_replace(true);
+    drop(open);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = all_closed.recv() => {}
         _ = tokio::time::sleep(limits.shutdown_timeout) => {
             tracing::warn!(
                 waited_s = limits.shutdown_timeout.as_secs(),
@@ -94,40 +116,23 @@ pub(crate) async fn run(
 struct Connection {
     app: Router,
     tls: Option<TlsAcceptor>,
-    http: http1::Builder,
     header_timeout: Duration,
+    /// Turns true when the server stops.
+    draining: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-        match &self.tls {
-            None => self.serve_http(stream, peer, watcher).await,
-            Some(acceptor) => {
-                let handshake = acceptor.accept(stream);
-                match tokio::time::timeout(self.header_timeout, handshake).await {
-                    Ok(Ok(stream)) => self.serve_http(stream, peer, watcher).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                }
-            }
-        }
-    }
-
-    async fn serve_http<IO>(&self, io: IO, peer: SocketAddr, watcher: Watcher)
+    /// The connection's future, holding `io` once (an `async fn` would hold it again).
+    fn serve_http<IO>(&self, io: IO, peer: SocketAddr) -> impl Future<Output = ()> + use<IO>
     where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let app = self.app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            // Handlers that need the client's address (lookup limits, logs) read it from here.
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = self.http.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(client = %peer, error = %e, "connection ended");
+        let (app, draining) = (self.app.clone(), self.draining.clone());
+        let served = super::http1::serve(io, peer, app, self.header_timeout, draining);
+        async move {
+            if let Err(e) = served.await {
+                tracing::debug!(client = %peer, error = %e, "connection ended");
+            }
         }
     }
 }

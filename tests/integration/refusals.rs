@@ -128,9 +128,9 @@ fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hyper_refuses_overlong_uris_and_headers_and_raw_bytes_itself() {
+async fn overlong_uris_and_headers_and_raw_bytes_are_refused_before_any_endpoint() {
     let dir = tempfile::tempdir().unwrap();
-    // Plain HTTP, to write raw bytes: what hyper refuses does not depend on TLS.
+    // Plain HTTP, to write raw bytes: what the HTTP layer refuses does not depend on TLS.
     let config = crate::harness::conductor_config(dir.path());
     let conductor = Conductor::start_exactly(dir.path(), config).await;
     let addr = conductor.addr;
@@ -138,7 +138,7 @@ async fn hyper_refuses_overlong_uris_and_headers_and_raw_bytes_itself() {
         "GET /v1/lookup?addresses={} HTTP/1.1\r\nhost: x\r\n\r\n",
         "a".repeat(70_000)
     );
-    // Just past hyper's 408 KiB buffer, and no end of the head: hyper reads it all, then answers.
+    // Past the 64 KiB a head may take, and no end of the head.
     let long_header = format!(
         "GET /v1 HTTP/1.1\r\nhost: x\r\nx-big: {}",
         "a".repeat(420_000)
@@ -152,7 +152,7 @@ async fn hyper_refuses_overlong_uris_and_headers_and_raw_bytes_itself() {
     })
     .await
     .unwrap();
-    // docs/protocol.md says these come without the JSON body: hyper answers them itself.
+    // docs/protocol.md: answered before any endpoint, with the JSON error body.
     assert!(uri.starts_with("HTTP/1.1 414"), "{uri}");
     assert!(header.starts_with("HTTP/1.1 431"), "{header}");
     assert!(raw_byte.starts_with("HTTP/1.1 400"), "{raw_byte}");
