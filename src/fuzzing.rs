@@ -155,3 +155,31 @@ pub fn host_view(root: &Path) -> Result<HostView, HostError> {
     view.initiator_iqn = identity.initiator_iqn;
     Ok(view)
 }
+
+/// The bytes a client sends on one connection -> what the conductor's own HTTP/1.1 code
+/// (conductor/http1.rs) writes back, with `router` serving the requests it reads. The client
+/// closes its side after the input; a connection still open after a second is cut.
+pub async fn conductor_connection(router: axum::Router, input: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let (_drain, draining) = tokio::sync::watch::channel(false);
+    let peer = std::net::SocketAddr::from(([192, 0, 2, 1], 40000));
+    let serving =
+        crate::conductor::http1::serve(server, peer, router, Duration::from_millis(100), draining);
+    let talking = async {
+        let (mut from_server, mut to_server) = tokio::io::split(&mut client);
+        let sending = async {
+            // The server may close before it has read everything: that is an answer too.
+            let _ = to_server.write_all(input).await;
+            let _ = to_server.shutdown().await;
+        };
+        let mut answer = Vec::new();
+        let receiving = from_server.read_to_end(&mut answer);
+        let (_, _) = tokio::join!(sending, receiving);
+        answer
+    };
+    let both = async { tokio::join!(serving, talking).1 };
+    tokio::time::timeout(Duration::from_secs(1), both)
+        .await
+        .unwrap_or_default()
+}

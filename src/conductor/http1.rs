@@ -37,7 +37,7 @@ const READ_CHUNK: usize = 4096;
 /// Serves requests on `io` until the client closes it, it stays silent for `header_timeout`
 /// between requests (or takes longer to send one), or `draining` turns true while no request
 /// is being served.
-pub(super) async fn serve<IO>(
+pub(crate) async fn serve<IO>(
     mut io: IO,
     peer: SocketAddr,
     app: Router,

@@ -6,7 +6,7 @@ mod cinder;
 mod error;
 mod extract;
 mod generations;
-mod http1;
+pub(crate) mod http1;
 mod ironic;
 mod limit;
 mod metrics;
