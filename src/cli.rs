@@ -1,15 +1,12 @@
 //! Command line: `tether agent | conductor | ctl | status | check-config`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use tether::agent::{self, Backends};
-use tether::backend::simulated::SimKernel;
-use tether::config::{AgentConfig, BackendKind, Config, cmdline, default_fragments};
+use crate::node::{self, AgentArgs};
 
 /// Also the EXTRA section of the man page.
 const AFTER_LONG_HELP: &str = "\
@@ -53,21 +50,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the node agent: attach assigned volumes, detach unassigned ones, report.
-    Agent {
-        /// Use the in-memory simulated kernel instead of the host (demos, benchmarks).
-        #[arg(long)]
-        simulated: bool,
-        /// Conductor URL, overriding agent.conductor_url; repeat it (or separate URLs by
-        /// commas) for several conductors, tried in this order.
-        #[arg(long, value_delimiter = ',')]
-        conductor_url: Vec<String>,
-        /// State directory, overriding agent.state_dir.
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Root for host paths (/sys, /etc/iscsi), overriding agent.host_root.
-        #[arg(long)]
-        host_root: Option<PathBuf>,
-    },
+    Agent(AgentArgs),
     /// Run the reference conductor (HTTP API over SQLite or PostgreSQL).
     Conductor {
         /// Address to listen on, overriding conductor.listen.
@@ -120,62 +103,6 @@ pub enum Generated {
     Completions { dir: PathBuf },
 }
 
-/// The `tether.*` keys of the kernel command line: `--cmdline`/TETHER_CMDLINE, or /proc/cmdline
-/// when it exists.
-fn read_cmdline(path: Option<&Path>) -> anyhow::Result<cmdline::CmdlineSettings> {
-    Ok(match path {
-        Some(path) => cmdline::read(path, true)?,
-        None => cmdline::read(Path::new(cmdline::DEFAULT_PATH), false)?,
-    })
-}
-
-/// Files, then the kernel command line over them. The conductor passes no command line: its
-/// settings are not there, and a bad `tether.*` word meant for an agent must not stop it.
-fn load_config(
-    explicit: Option<&Path>,
-    from_cmdline: &cmdline::CmdlineSettings,
-) -> anyhow::Result<Config> {
-    let etc = Path::new("/etc/tether");
-    let mut files = match explicit {
-        Some(path) => vec![path.to_path_buf()],
-        None => Vec::new(),
-    };
-    let fragments = default_fragments(etc, Path::new("/usr/lib/tether"));
-    let main = etc.join("tether.toml");
-    files.extend(
-        fragments
-            .into_iter()
-            .filter(|f| explicit.is_none() || *f != main),
-    );
-    Ok(Config::load_with_cmdline(&files, from_cmdline)?)
-}
-
-/// The agent's flags, which win over the files and the kernel command line.
-struct AgentFlags {
-    conductor_urls: Vec<String>,
-    state_dir: Option<PathBuf>,
-    host_root: Option<PathBuf>,
-    simulated: bool,
-}
-
-impl AgentFlags {
-    fn apply(self, mut config: AgentConfig) -> AgentConfig {
-        if !self.conductor_urls.is_empty() {
-            config.conductor_urls = self.conductor_urls;
-        }
-        if let Some(dir) = self.state_dir {
-            config.state_dir = dir;
-        }
-        if let Some(root) = self.host_root {
-            config.host_root = root;
-        }
-        if self.simulated {
-            config.backend = BackendKind::Simulated;
-        }
-        config
-    }
-}
-
 pub enum Invocation {
     Run(Box<Cli>),
     Generate(Generated),
@@ -198,48 +125,21 @@ pub fn parse() -> Invocation {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let sources = node::Sources {
+        config: cli.config.as_deref(),
+        cmdline: cli.cmdline.as_deref(),
+    };
     match cli.command {
-        Command::CheckConfig => {
-            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
-            let mut shown = load_config(cli.config.as_deref(), &from_cmdline)?;
-            if shown.agent.token.is_some() {
-                shown.agent.token = Some(tether::protocol::MASK.into());
-            }
-            println!("configuration is valid");
-            if !from_cmdline.is_empty() {
-                let path = cli
-                    .cmdline
-                    .as_deref()
-                    .unwrap_or(Path::new(cmdline::DEFAULT_PATH));
-                println!(
-                    "from the kernel command line ({}): {}",
-                    path.display(),
-                    from_cmdline.keys().join(", ")
-                );
-            }
-            println!("{shown:#?}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { state_dir, json } => {
-            let dir = match state_dir {
-                Some(dir) => dir,
-                None => {
-                    let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
-                    load_config(cli.config.as_deref(), &from_cmdline)?
-                        .agent
-                        .state_dir
-                }
-            };
-            crate::status::show(&dir, json)
-        }
+        Command::CheckConfig => node::check_config(&sources),
+        Command::Status { state_dir, json } => node::status(&sources, state_dir, json),
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Conductor {
             listen,
             database,
             action,
         } => {
-            let no_cmdline = cmdline::CmdlineSettings::default();
-            let loaded = load_config(cli.config.as_deref(), &no_cmdline)?;
+            let no_cmdline = tether::config::cmdline::CmdlineSettings::default();
+            let loaded = node::load_config(cli.config.as_deref(), &no_cmdline)?;
             let mut config = loaded.conductor;
             if let Some(listen) = listen {
                 config.listen = listen;
@@ -269,38 +169,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &openstack,
                     &token,
                     listener,
-                    shutdown_signal(),
+                    node::shutdown_signal(),
                 )
                 .await
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agent {
-            simulated,
-            conductor_url,
-            state_dir,
-            host_root,
-        } => {
-            tether::failpoints::setup();
-            let from_cmdline = read_cmdline(cli.cmdline.as_deref())?;
-            let flags = AgentFlags {
-                conductor_urls: conductor_url,
-                state_dir,
-                host_root,
-                simulated,
-            };
-            let config = flags.apply(load_config(cli.config.as_deref(), &from_cmdline)?.agent);
-            let host = match config.backend {
-                BackendKind::Simulated => {
-                    tracing::warn!("using the simulated kernel: nothing is attached for real");
-                    Backends::simulated(Arc::new(SimKernel::default()))
-                }
-                BackendKind::System => Backends::system(&config.host_root)?,
-            };
-            agent_runtime()?
-                .block_on(async { agent::run(config, host, shutdown_signal()).await })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Agent(flags) => node::run_agent(&sources, flags),
     }
 }
 
@@ -359,75 +234,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The agent's work is a few requests and timers: one thread runs them, and host commands run
-/// on the blocking pool, whose idle threads go away after a few seconds.
-fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_keep_alive(std::time::Duration::from_secs(5))
-        .build()
-        .context("starting the async runtime")
-}
-
-/// SIGTERM or SIGINT. Stopping the agent never detaches volumes. The handlers are installed
-/// at once, not when the future is first polled, so a signal right after start-up is not lost.
-/// Must be called inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn flags_win_over_the_kernel_command_line_which_wins_over_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let toml = dir.path().join("tether.toml");
-        std::fs::write(
-            &toml,
-            "[agent]\nconductor_url = \"https://file:1\"\nstate_dir = \"/file\"\n\
-             host_root = \"/file-root\"\ndevice_timeout_s = 5\n",
-        )
-        .unwrap();
-        let cmdline_file = dir.path().join("cmdline");
-        std::fs::write(
-            &cmdline_file,
-            "ro tether.conductor=https://cmdline:2 tether.state_dir=/cmdline \
-             tether.device_timeout_s=9\n",
-        )
-        .unwrap();
-        let from_cmdline = read_cmdline(Some(&cmdline_file)).unwrap();
-        let loaded = load_config(Some(&toml), &from_cmdline).unwrap().agent;
-        let flags = AgentFlags {
-            conductor_urls: vec!["https://flag:3".into()],
-            state_dir: None,
-            host_root: None,
-            simulated: false,
-        };
-        let agent = flags.apply(loaded);
-        assert_eq!(agent.conductor_urls, ["https://flag:3"]);
-        assert_eq!(agent.state_dir, PathBuf::from("/cmdline"));
-        assert_eq!(agent.device_timeout, std::time::Duration::from_secs(9));
-        assert_eq!(agent.host_root, PathBuf::from("/file-root"));
-        assert_eq!(agent.backend, BackendKind::System);
-
-        // An explicit command line must exist; the default one may be absent.
-        let missing = dir.path().join("absent");
-        assert!(read_cmdline(Some(&missing)).is_err());
-    }
-
-    #[test]
     fn the_man_page_lists_every_kernel_command_line_key() {
-        for (key, _, _) in cmdline::KEYS {
+        for (key, _, _) in tether::config::cmdline::KEYS {
             assert!(AFTER_LONG_HELP.contains(&format!("tether.{key}=")), "{key}");
         }
     }

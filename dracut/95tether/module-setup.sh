@@ -14,7 +14,7 @@
 
 # called by dracut
 check() {
-    require_binaries tether iscsiadm iscsid iscsi-iname || return 1
+    require_binaries tether-agent iscsiadm iscsid iscsi-iname || return 1
     return 255
 }
 
@@ -40,7 +40,10 @@ _tether_unit_programs() {
 install() {
     local f unit
 
-    inst_binary "$(find_binary tether)" /usr/bin/tether
+    # The agent-only binary (no conductor, no ctl: a third of the size) under both names: the
+    # hooks and operators run `tether agent` and `tether status`, the unit tether-agent.
+    inst_binary "$(find_binary tether-agent)" /usr/bin/tether
+    ln -sf tether "${initdir}/usr/bin/tether-agent"
     # What the agent runs (resolved from /usr/sbin, /sbin, /usr/bin, /bin, never $PATH).
     inst_multiple iscsiadm iscsid iscsi-iname blkid blockdev mount umount udevadm modprobe grep
     inst_multiple -o mkfs.ext4 mke2fs mkfs.xfs

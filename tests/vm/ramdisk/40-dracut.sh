@@ -12,6 +12,7 @@ source "$SHARE/vm/ramdisk.sh"
 ramdisk_prepare
 build_initramfs "$RD_SYSTEMD_MODULES" "${RD_SYSTEMD_ARGS[@]}"
 initramfs_has "the tether binary" usr/bin/tether
+initramfs_has "the agent-only binary under the unit's name too" 'usr/bin/tether-agent$'
 initramfs_has_ca
 initramfs_has "the agent's unit" 'lib/systemd/system/tether-agent.service$'
 initramfs_has "the unit's initramfs drop-in" 'tether-agent.service.d/50-initrd.conf'

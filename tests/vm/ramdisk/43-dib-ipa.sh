@@ -28,6 +28,7 @@ dib_image_checks() {
     cp "$DIB/initramfs.list" "$RESULT_DIR/initramfs.list"
     while read -r key value; do note "dib_$key" "$value"; done <"$DIB/sizes"
     initramfs_has "the tether binary" '^(\./)?usr/bin/tether$'
+    initramfs_has "the agent's binary, as its unit names it" '^(\./)?usr/bin/tether-agent$'
     initramfs_has "the agent's unit" 'lib/systemd/system/tether-agent.service$'
     initramfs_has "the unit enabled" 'multi-user.target.wants/tether-agent.service$'
     initramfs_has "ironic-python-agent" 'opt/ironic-python-agent/bin/ironic-python-agent$'
