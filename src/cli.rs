@@ -255,10 +255,13 @@ mod tests {
             "--conductor-url=https://c:3",
         ])
         .unwrap();
-        let Command::Agent { conductor_url, .. } = cli.command else {
+        let Command::Agent(flags) = cli.command else {
             panic!("not the agent");
         };
-        assert_eq!(conductor_url, ["https://a:1", "https://b:2", "https://c:3"]);
+        assert_eq!(
+            flags.conductor_url,
+            ["https://a:1", "https://b:2", "https://c:3"]
+        );
     }
 
     #[test]

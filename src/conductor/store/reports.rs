@@ -29,6 +29,38 @@ pub(crate) struct MetricsSnapshot {
     pub cinder_unreachable: u64,
 }
 
+impl MetricsSnapshot {
+    /// The counts as read, with the reports' volume summaries (node, received at, summary as
+    /// JSON) summed over the fleet.
+    pub(super) fn sum(
+        nodes: i64,
+        reports: Vec<(String, i64, String)>,
+        targets_by_type: Vec<(String, u64)>,
+        cinder_phases: Vec<(String, u64)>,
+        cinder_unreachable: u64,
+    ) -> Result<Self, StoreError> {
+        let mut states: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_seen = Vec::with_capacity(reports.len());
+        for (node, received_at, summary) in reports {
+            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
+                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
+            for (state, n) in summary {
+                *states.entry(state).or_default() += n;
+            }
+            last_seen.push((node, received_at));
+        }
+        Ok(Self {
+            now: now_secs(),
+            nodes: nodes.max(0) as u64,
+            last_seen,
+            volume_states: states.into_iter().collect(),
+            targets_by_type,
+            cinder_phases,
+            cinder_unreachable,
+        })
+    }
+}
+
 /// The key in a report's volume summary that counts degraded volumes (never a state's name).
 pub(crate) const DEGRADED: &str = "degraded";
 
@@ -128,25 +160,13 @@ impl SqliteDb {
                 (cinder_phases, cinder_unreachable.max(0) as u64),
             )
         };
-        let mut states: BTreeMap<String, u64> = BTreeMap::new();
-        let mut last_seen = Vec::with_capacity(reports.len());
-        for (node, received_at, summary) in reports {
-            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
-                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
-            for (state, n) in summary {
-                *states.entry(state).or_default() += n;
-            }
-            last_seen.push((node, received_at));
-        }
-        Ok(MetricsSnapshot {
-            now: now_secs(),
-            nodes: nodes.max(0) as u64,
-            last_seen,
-            volume_states: states.into_iter().collect(),
+        MetricsSnapshot::sum(
+            nodes,
+            reports,
             targets_by_type,
             cinder_phases,
             cinder_unreachable,
-        })
+        )
     }
 
     pub(crate) fn node_status(&self, node: Uuid) -> Result<NodeStatus, StoreError> {

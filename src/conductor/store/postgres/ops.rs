@@ -428,27 +428,12 @@ impl StoreApi for PgStore {
             .await?
             .get(0);
         drop(client);
-        let mut states: BTreeMap<String, u64> = BTreeMap::new();
-        let mut last_seen = Vec::with_capacity(reports.len());
-        for row in reports {
-            let (node, received_at, summary): (String, i64, String) =
-                (row.get(0), row.get(1), row.get(2));
-            let summary: BTreeMap<String, u64> = serde_json::from_str(&summary)
-                .map_err(|e| StoreError::Corrupt(format!("volume summary of node {node}: {e}")))?;
-            for (state, n) in summary {
-                *states.entry(state).or_default() += n;
-            }
-            last_seen.push((node, received_at));
-        }
-        Ok(MetricsSnapshot {
-            now: now_secs(),
-            nodes: nodes.max(0) as u64,
-            last_seen,
-            volume_states: states.into_iter().collect(),
-            targets_by_type,
-            cinder_phases,
-            cinder_unreachable: cinder_unreachable.max(0) as u64,
-        })
+        let reports = reports
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        let unreachable = cinder_unreachable.max(0) as u64;
+        MetricsSnapshot::sum(nodes, reports, targets_by_type, cinder_phases, unreachable)
     }
 
     async fn node_status(&self, node: Uuid) -> Result<NodeStatus, StoreError> {
