@@ -83,7 +83,7 @@ fn each_module_uses_only_what_its_row_allows() {
                 "openstack",
             ],
         ),
-        ("fuzzing", &["protocol", "backend", "agent"]),
+        ("fuzzing", &["protocol", "backend", "agent", "conductor"]),
     ];
     for (module, allowed) in rows {
         for (name, path) in uses(module) {
