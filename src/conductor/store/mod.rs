@@ -286,3 +286,17 @@ fn format_secs(secs: i64) -> String {
 fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("uuid {s:?}: {e}")))
 }
+
+/// A target's volume never shrinks: shrinking one under a file system loses data.
+fn refuse_shrink(uuid: Uuid, now: Option<u64>, wanted: u64) -> Result<(), StoreError> {
+    match now {
+        Some(now) if wanted < now => Err(StoreError::Invalid {
+            kind: "shrink_refused",
+            message: format!(
+                "target {uuid} is {now} bytes; volumes only grow (shrinking one under a file \
+                 system loses data)"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}

@@ -50,17 +50,7 @@ impl SqliteDb {
         let mut target = query_targets(&tx, "WHERE uuid = ?1", &uuid.to_string())?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?;
-        if let Some(now) = target.size_bytes
-            && size_bytes < now
-        {
-            return Err(StoreError::Invalid {
-                kind: "shrink_refused",
-                message: format!(
-                    "target {uuid} is {now} bytes; volumes only grow (shrinking one under a \
-                     file system loses data)"
-                ),
-            });
-        }
+        super::refuse_shrink(uuid, target.size_bytes, size_bytes)?;
         let generation = if target.size_bytes == Some(size_bytes) {
             generation(&tx, target.node_uuid)?
         } else {

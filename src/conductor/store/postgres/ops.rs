@@ -18,6 +18,7 @@ use super::super::targets::parse_object;
 use super::super::tokens::{self, TokenHash};
 use super::super::{
     CinderChange, CinderRow, StoreApi, StoreError, format_secs, now_micros, now_secs, parse_uuid,
+    refuse_shrink,
 };
 use super::{CHANNEL, PgStore, conflict};
 use crate::conductor::generations::GenerationChange;
@@ -284,17 +285,7 @@ impl StoreApi for PgStore {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?;
-        if let Some(now) = target.size_bytes
-            && size_bytes < now
-        {
-            return Err(StoreError::Invalid {
-                kind: "shrink_refused",
-                message: format!(
-                    "target {uuid} is {now} bytes; volumes only grow (shrinking one under a \
-                     file system loses data)"
-                ),
-            });
-        }
+        refuse_shrink(uuid, target.size_bytes, size_bytes)?;
         let generation = if target.size_bytes == Some(size_bytes) {
             generation(&*tx, target.node_uuid).await?
         } else {
