@@ -190,8 +190,6 @@ impl SqliteDb {
              WHERE n.source = 'ironic' AND n.leaving = 0 \
                AND json_extract(c.value, '$.type') IN ('iqn', 'nqn')",
         )?;
-        type Seen = (Option<String>, Option<String>, Vec<(String, String)>);
-        let mut nodes: BTreeMap<String, Seen> = BTreeMap::new();
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -201,27 +199,7 @@ impl SqliteDb {
                 r.get::<_, String>(4)?,
             ))
         })?;
-        for row in rows {
-            let (uuid, checked, warning, kind, id) = row?;
-            let entry = nodes
-                .entry(uuid)
-                .or_insert_with(|| (checked, warning, Vec::new()));
-            entry.2.push((kind, id));
-        }
-        let mut checks = Vec::new();
-        for (uuid, (checked, warning, mut reported)) in nodes {
-            reported.sort();
-            reported.dedup();
-            let check = ConnectorCheck {
-                node: parse_uuid(&uuid)?,
-                reported,
-                warning,
-            };
-            if check.warning.is_some() || checked.as_deref() != Some(check.key().as_str()) {
-                checks.push(check);
-            }
-        }
-        Ok(checks)
+        checks_due(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Records a connector check: `key` is what was checked, `warning` what the operator
@@ -288,4 +266,34 @@ pub(super) fn parse_source(s: &str) -> Result<NodeSource, StoreError> {
         "ironic" => Ok(NodeSource::Ironic),
         other => Err(StoreError::Corrupt(format!("node source {other:?}"))),
     }
+}
+
+/// One row per reported initiator: (node, connector last checked, warning, type, id).
+type ConnectorRow = (String, Option<String>, Option<String>, String, String);
+
+/// The nodes whose reported initiators differ from what was last checked against Ironic, or
+/// that carry a warning, grouped from `rows`.
+pub(super) fn checks_due(rows: Vec<ConnectorRow>) -> Result<Vec<ConnectorCheck>, StoreError> {
+    type Seen = (Option<String>, Option<String>, Vec<(String, String)>);
+    let mut nodes: BTreeMap<String, Seen> = BTreeMap::new();
+    for (uuid, checked, warning, kind, id) in rows {
+        let entry = nodes
+            .entry(uuid)
+            .or_insert_with(|| (checked, warning, Vec::new()));
+        entry.2.push((kind, id));
+    }
+    let mut checks = Vec::new();
+    for (uuid, (checked, warning, mut reported)) in nodes {
+        reported.sort();
+        reported.dedup();
+        let check = ConnectorCheck {
+            node: parse_uuid(&uuid)?,
+            reported,
+            warning,
+        };
+        if check.warning.is_some() || checked.as_deref() != Some(check.key().as_str()) {
+            checks.push(check);
+        }
+    }
+    Ok(checks)
 }

@@ -46,19 +46,13 @@ impl SqliteDb {
         })?;
         insert_addresses(&tx, uuid, &addresses)?;
         tx.commit()?;
-        Ok(Node {
+        Ok(new_manual_node(
             uuid,
-            name: req.name.clone(),
+            req.name.clone(),
             addresses,
             token_issued,
-            created_at: format_secs(created),
-            last_seen: None,
-            source: NodeSource::Manual,
-            instance_uuid: None,
-            provision_state: None,
-            leaving: false,
-            warning: None,
-        })
+            created,
+        ))
     }
 
     /// Replaces a manual node's MAC addresses. A synced node's are its Ironic ports'.
@@ -314,4 +308,27 @@ pub(super) fn read_node(conn: &Connection, uuid: &str) -> Result<Node, StoreErro
         leaving,
         warning,
     })
+}
+
+/// A node just enrolled by hand, as the store answers its creation.
+pub(super) fn new_manual_node(
+    uuid: Uuid,
+    name: String,
+    addresses: Vec<String>,
+    token_issued: bool,
+    created: i64,
+) -> Node {
+    Node {
+        uuid,
+        name,
+        addresses,
+        token_issued,
+        created_at: format_secs(created),
+        last_seen: None,
+        source: NodeSource::Manual,
+        instance_uuid: None,
+        provision_state: None,
+        leaving: false,
+        warning: None,
+    }
 }

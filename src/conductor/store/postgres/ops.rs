@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::super::cinder::{COLUMNS as CINDER_COLUMNS, CinderRowText};
 use super::super::connectors::validate_connector;
-use super::super::ironic::{ConnectorCheck, parse_source};
-use super::super::nodes::{LookupResult, normalize_macs, validate_name};
+use super::super::ironic::{ConnectorCheck, checks_due, parse_source};
+use super::super::nodes::{LookupResult, new_manual_node, normalize_macs, validate_name};
 use super::super::reports::{MetricsSnapshot, UnknownTargets, report_columns};
 use super::super::targets::parse_object;
 use super::super::tokens::{self, TokenHash};
@@ -73,19 +73,13 @@ impl StoreApi for PgStore {
         })?;
         insert_addresses(&*tx, uuid, &addresses).await?;
         tx.commit().await?;
-        Ok(Node {
+        Ok(new_manual_node(
             uuid,
-            name: req.name,
+            req.name,
             addresses,
             token_issued,
-            created_at: format_secs(created),
-            last_seen: None,
-            source: NodeSource::Manual,
-            instance_uuid: None,
-            provision_state: None,
-            leaving: false,
-            warning: None,
-        })
+            created,
+        ))
     }
 
     async fn set_node_addresses(
@@ -764,28 +758,11 @@ impl StoreApi for PgStore {
                 &[],
             )
             .await?;
-        type Seen = (Option<String>, Option<String>, Vec<(String, String)>);
-        let mut nodes: BTreeMap<String, Seen> = BTreeMap::new();
-        for r in rows {
-            let entry = nodes
-                .entry(r.get(0))
-                .or_insert_with(|| (r.get(1), r.get(2), Vec::new()));
-            entry.2.push((r.get(3), r.get(4)));
-        }
-        let mut checks = Vec::new();
-        for (uuid, (checked, warning, mut reported)) in nodes {
-            reported.sort();
-            reported.dedup();
-            let check = ConnectorCheck {
-                node: parse_uuid(&uuid)?,
-                reported,
-                warning,
-            };
-            if check.warning.is_some() || checked.as_deref() != Some(check.key().as_str()) {
-                checks.push(check);
-            }
-        }
-        Ok(checks)
+        checks_due(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect(),
+        )
     }
 
     async fn connector_checked(
