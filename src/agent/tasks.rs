@@ -90,7 +90,8 @@ pub(crate) async fn lookup(
 
 /// Long-polls the node's targets. Only successful answers are passed on: an unreachable
 /// or failing conductor leaves the last answer in force. An answer is passed on when its
-/// generation changed, or when a portal's host name now resolves to another address.
+/// generation changed, or when a portal's host name now resolves to another address. An answer
+/// is always passed on at once; a pause for a conductor that answers too fast comes after it.
 pub(crate) async fn poll_targets(
     client: Client,
     node: NodeLogin,
@@ -100,31 +101,36 @@ pub(crate) async fn poll_targets(
     let mut since = None;
     let mut last: Option<Assignment> = None;
     let mut failures = 0u32;
-    let mut quick_answers = 0u32;
+    let mut idle_quick_answers = 0u32;
     loop {
         let asked = tokio::time::Instant::now();
         match client.targets(node.uuid, &node.token, since, wait).await {
             Ok(answer) => {
                 failures = 0;
-                if let Some(pause) =
-                    poll_pause(since.is_some(), asked.elapsed(), &mut quick_answers)
-                {
-                    tracing::debug!(
-                        pause_ms = pause.as_millis() as u64,
-                        "the conductor answered a long-poll at once; pausing before the next"
-                    );
-                    tokio::time::sleep(pause).await;
-                }
+                let took = asked.elapsed();
+                let waited_before = since.is_some();
                 since = Some(answer.generation);
                 let assignment = Assignment {
                     generation: answer.generation,
                     targets: desired_targets(answer.targets).await,
                 };
+                let news = last
+                    .as_ref()
+                    .is_none_or(|l| l.targets != assignment.targets);
                 if last.as_ref() != Some(&assignment) {
                     last = Some(assignment.clone());
                     if events.send(Event::Assignment(assignment)).await.is_err() {
                         return;
                     }
+                }
+                if let Some(pause) = poll_pause(waited_before, took, news, &mut idle_quick_answers)
+                {
+                    tracing::debug!(
+                        pause_ms = pause.as_millis() as u64,
+                        news,
+                        "the conductor answered a long-poll at once; pausing before the next"
+                    );
+                    tokio::time::sleep(pause).await;
                 }
             }
             // On to the conductor the agent moved to, which the client paces.
@@ -153,18 +159,29 @@ pub(crate) async fn poll_targets(
 /// A long-poll answered sooner than this counts as answered at once.
 const QUICK_ANSWER: Duration = Duration::from_secs(1);
 
-/// The pause before the next long-poll. A conductor that answers every long-poll at once (its
-/// generations keep changing, or it does not wait) must not make the agent spin: after such an
-/// answer the agent waits 1 s, then 2, 4… up to 30 s, until a long-poll waits again. The first
-/// poll (`waited_before` false) is always answered at once.
-fn poll_pause(waited_before: bool, took: Duration, quick_answers: &mut u32) -> Option<Duration> {
+/// The pause before the next long-poll, which must not make the agent spin against a conductor
+/// that answers every long-poll at once. An answer with news (the targets changed) is a burst of
+/// real changes, an operator's or Cinder's: the next poll follows after about 1 s, so that the
+/// next change of the burst is not held back long. An answer at once with nothing new (the
+/// conductor does not wait, or its generations change for nothing) makes the agent wait 1 s,
+/// then 2, 4… up to 30 s, until a long-poll waits again. The first poll (`waited_before`
+/// false) is always answered at once.
+fn poll_pause(
+    waited_before: bool,
+    took: Duration,
+    news: bool,
+    idle_quick_answers: &mut u32,
+) -> Option<Duration> {
     if !waited_before || took >= QUICK_ANSWER {
-        *quick_answers = 0;
+        *idle_quick_answers = 0;
         return None;
     }
-    *quick_answers += 1;
+    if news {
+        return Some(QUICK_ANSWER.mul_f64(jitter().max(0.9)));
+    }
+    *idle_quick_answers += 1;
     Some(retry_delay(
-        *quick_answers,
+        *idle_quick_answers,
         QUICK_ANSWER,
         Duration::from_secs(30),
         jitter().max(0.9),
@@ -290,18 +307,98 @@ mod tests {
         let mut quick = 0;
         let second = Duration::from_secs(1);
         assert_eq!(
-            poll_pause(false, Duration::ZERO, &mut quick),
+            poll_pause(false, Duration::ZERO, true, &mut quick),
             None,
             "first poll"
         );
         let pauses: Vec<Duration> = (0..8)
-            .map(|_| poll_pause(true, Duration::from_millis(3), &mut quick).unwrap())
+            .map(|_| poll_pause(true, Duration::from_millis(3), false, &mut quick).unwrap())
             .collect();
         assert!(pauses[0] >= second.mul_f64(0.9) && pauses[0] <= second);
         assert!(pauses.windows(2).all(|w| w[1] >= w[0].mul_f64(0.9)));
         assert!(pauses[7] <= Duration::from_secs(30) && pauses[7] >= Duration::from_secs(27));
-        assert_eq!(poll_pause(true, Duration::from_secs(20), &mut quick), None);
+        assert_eq!(
+            poll_pause(true, Duration::from_secs(20), false, &mut quick),
+            None
+        );
         assert_eq!(quick, 0, "a poll that waited starts the count again");
+    }
+
+    #[test]
+    fn quick_answers_with_news_pause_about_a_second_however_many() {
+        let mut quick = 0;
+        for _ in 0..10 {
+            let pause = poll_pause(true, Duration::from_millis(3), true, &mut quick).unwrap();
+            assert!(pause >= Duration::from_millis(900) && pause <= Duration::from_secs(1));
+        }
+        assert_eq!(
+            quick, 0,
+            "news does not count as a conductor that never waits"
+        );
+    }
+
+    /// A burst of real changes, each answered at once (a script attaching volumes one after
+    /// the other): every change reaches the main loop as soon as its answer arrives, and the
+    /// pauses between polls do not grow (they once grew to 27 s, holding an answer that long).
+    #[tokio::test]
+    async fn a_burst_of_changes_reaches_the_agent_without_growing_pauses() {
+        let polls = Arc::new(AtomicU64::new(0));
+        let counter = polls.clone();
+        let app = Router::new().route(
+            "/v1/nodes/{node}/volume/targets",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                let targets: Vec<serde_json::Value> = (0..n)
+                    .map(|i| {
+                        serde_json::json!({
+                            "uuid": Uuid::from_u128(u128::from(i) + 1),
+                            "node_uuid": Uuid::nil(),
+                            "volume_id": format!("vol-{i}"),
+                            "volume_type": "iscsi",
+                            "properties": {"target_portal": "192.0.2.1:3260",
+                                "target_iqn": "iqn.2003-01.org.example:t", "target_lun": i},
+                        })
+                    })
+                    .collect();
+                async move { axum::Json(serde_json::json!({"generation": n, "targets": targets})) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = Client::new(
+            &[url],
+            None,
+            Arc::new(crate::agent::SystemResolver),
+            Default::default(),
+        )
+        .unwrap();
+        let node = NodeLogin {
+            uuid: Uuid::new_v4(),
+            name: "n".into(),
+            token: Secret::new("t"),
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(poll_targets(client, node, Duration::from_secs(30), tx));
+        let start = tokio::time::Instant::now();
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(Event::Assignment(a))) => seen.push((a.targets.len(), start.elapsed())),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        // About 1 s apart (pauses 0.9-1 s); growing pauses (1, 2, 4, 8 s) took 15 s for five.
+        let fifth = seen[4].1;
+        assert!(
+            fifth < Duration::from_millis(5500),
+            "five changes took {fifth:?}"
+        );
     }
 
     /// A conductor that answers every long-poll at once, each time with a new generation (as
