@@ -74,20 +74,25 @@ pub(super) fn router(conductor: Arc<Conductor>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::map_response(super::error::json_errors))
-        .layer(axum::middleware::map_response(name_the_version))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            super::metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(metrics, every_answer))
         .with_state(conductor)
 }
 
-async fn name_the_version(mut response: Response) -> Response {
+/// What every answer gets: an error as JSON with its kind, the protocol version, and its
+/// latency in the metrics. One layer, not three: each layer's future is a box of its own that a
+/// waiting long-poll holds for as long as it waits.
+async fn every_answer(
+    State(metrics): State<Arc<super::metrics::ConductorMetrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let timer = super::metrics::RequestTimer::start(&request);
+    let mut response = super::error::json_errors(next.run(request).await).await;
     response.headers_mut().insert(
         protocol::VERSION_HEADER,
         HeaderValue::from_static(protocol::VERSION),
     );
+    timer.finish(&metrics, &response);
     response
 }
 

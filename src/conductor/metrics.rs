@@ -11,9 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
@@ -131,41 +130,50 @@ impl ConductorMetrics {
     }
 }
 
-/// Observes every request's latency, except long-polls that waited.
-pub(crate) async fn track(
-    State(metrics): State<Arc<ConductorMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        // Unknown paths share one label: a scanner must not add series.
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    if let Some(&ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
-        metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                route: route.clone(),
-                kind,
-            })
-            .inc();
+/// A request's route, method and start, to observe its latency once answered (long-polls that
+/// waited excepted) and count its error kind.
+pub(crate) struct RequestTimer {
+    route: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl RequestTimer {
+    pub(crate) fn start(request: &Request) -> Self {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_string())
+            // Unknown paths share one label: a scanner must not add series.
+            .unwrap_or_else(|| "unmatched".to_string());
+        Self {
+            route,
+            method: method_label(request.method()),
+            started: Instant::now(),
+        }
     }
-    if response.extensions().get::<LongPolled>().is_none() {
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route,
-                method,
-                status: status_class(response.status()),
-            })
-            .observe(started.elapsed().as_secs_f64());
+
+    pub(crate) fn finish(self, metrics: &ConductorMetrics, response: &Response) {
+        if let Some(&ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    route: self.route.clone(),
+                    kind,
+                })
+                .inc();
+        }
+        if response.extensions().get::<LongPolled>().is_none() {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: self.route,
+                    method: self.method,
+                    status: status_class(response.status()),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
     }
-    response
 }
 
 fn method_label(method: &Method) -> &'static str {

@@ -194,7 +194,9 @@ macro_rules! store_api {
             $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
                 match self {
                     Self::Sqlite(s) => s.$name($($arg),*).await,
-                    Self::Postgres(p) => p.$name($($arg),*).await,
+                    // Boxed: a PostgreSQL query's future is large, and every request that
+                    // awaits the store (a waiting long-poll too) would hold its size inline.
+                    Self::Postgres(p) => Box::pin(p.$name($($arg),*)).await,
                 }
             } )*
         }
