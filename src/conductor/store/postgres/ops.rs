@@ -6,6 +6,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::Value;
 use tokio_postgres::GenericClient;
+
+/// A pooled connection or its transaction, with the connection's cache of prepared statements:
+/// the statements of every heartbeat and long-poll are parsed and planned once a connection,
+/// not once a call.
+trait Cached: deadpool_postgres::GenericClient {}
+impl<C: deadpool_postgres::GenericClient> Cached for C {}
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -220,13 +226,12 @@ impl StoreApi for PgStore {
     }
 
     async fn agent_token_matches(&self, node: Uuid, token: String) -> Result<bool, StoreError> {
-        let stored: Option<Option<String>> = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT token_hash FROM nodes WHERE uuid = $1",
-                &[&node.to_string()],
-            )
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT token_hash FROM nodes WHERE uuid = $1")
+            .await?;
+        let stored: Option<Option<String>> = client
+            .query_opt(&statement, &[&node.to_string()])
             .await?
             .map(|r| r.get(0));
         Ok(stored
@@ -275,13 +280,13 @@ impl StoreApi for PgStore {
     ) -> Result<GenerationChange<VolumeTarget>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let mut target = query_targets(&*tx, "WHERE uuid = $1 FOR UPDATE", &uuid.to_string())
+        let mut target = query_targets(&tx, "WHERE uuid = $1 FOR UPDATE", &uuid.to_string())
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))?;
         refuse_shrink(uuid, target.size_bytes, size_bytes)?;
         let generation = if target.size_bytes == Some(size_bytes) {
-            generation(&*tx, target.node_uuid).await?
+            generation(&tx, target.node_uuid).await?
         } else {
             tx.execute(
                 "UPDATE targets SET size_bytes = $2 WHERE uuid = $1",
@@ -297,7 +302,7 @@ impl StoreApi for PgStore {
 
     async fn get_target(&self, uuid: Uuid) -> Result<VolumeTarget, StoreError> {
         let client = self.client().await?;
-        query_targets(&**client, "WHERE uuid = $1", &uuid.to_string())
+        query_targets(&client, "WHERE uuid = $1", &uuid.to_string())
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("target {uuid}")))
@@ -306,8 +311,8 @@ impl StoreApi for PgStore {
     async fn list_targets(&self, node: Option<Uuid>) -> Result<Vec<VolumeTarget>, StoreError> {
         let client = self.client().await?;
         match node {
-            Some(node) => query_targets(&**client, "WHERE node_uuid = $1", &node.to_string()).await,
-            None => query_targets(&**client, "WHERE $1 = $1", "").await,
+            Some(node) => query_targets(&client, "WHERE node_uuid = $1", &node.to_string()).await,
+            None => query_targets(&client, "WHERE $1 = $1", "").await,
         }
     }
 
@@ -320,14 +325,14 @@ impl StoreApi for PgStore {
             .read_only(true)
             .start()
             .await?;
-        let generation = generation(&*tx, node).await?;
-        let targets = query_targets(&*tx, "WHERE node_uuid = $1", &node.to_string()).await?;
+        let generation = generation(&tx, node).await?;
+        let targets = query_targets(&tx, "WHERE node_uuid = $1", &node.to_string()).await?;
         tx.commit().await?;
         Ok((generation, targets))
     }
 
     async fn generation(&self, node: Uuid) -> Result<u64, StoreError> {
-        generation(&**self.client().await?, node).await
+        generation(&self.client().await?, node).await
     }
 
     async fn store_report(
@@ -338,18 +343,20 @@ impl StoreApi for PgStore {
         let (body, states) = report_columns(&report)?;
         let client = self.client().await?;
         let id = node.to_string();
-        let assigned = assigned_targets(&**client, &id).await?;
+        let assigned = assigned_targets(&client, &id).await?;
         // One statement: the upsert hands back the report it replaced.
-        let previous: Option<String> = client
-            .query_one(
+        let upsert = client
+            .prepare_cached(
                 "WITH previous AS (SELECT body FROM reports WHERE node_uuid = $1) \
                  INSERT INTO reports (node_uuid, body, received_at, volume_states) \
                  VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (node_uuid) DO UPDATE SET body = excluded.body, \
                  received_at = excluded.received_at, volume_states = excluded.volume_states \
                  RETURNING (SELECT body FROM previous)",
-                &[&id, &body, &now_secs(), &states],
             )
+            .await?;
+        let previous: Option<String> = client
+            .query_one(&upsert, &[&id, &body, &now_secs(), &states])
             .await
             .map_err(|e| match conflict(e, String::new()) {
                 StoreError::Conflict(_) => StoreError::NotFound(format!("node {node}")),
@@ -438,7 +445,7 @@ impl StoreApi for PgStore {
             }
             None => None,
         };
-        let assigned = assigned_targets(&**client, &id).await?;
+        let assigned = assigned_targets(&client, &id).await?;
         let unknown_targets = report
             .iter()
             .flat_map(|r| &r.volumes)
@@ -448,7 +455,7 @@ impl StoreApi for PgStore {
         Ok(NodeStatus {
             node_uuid: node,
             node_name: found.name,
-            generation: generation(&**client, node).await?,
+            generation: generation(&client, node).await?,
             last_seen: row.map(|(_, at)| format_secs(at)),
             report,
             unknown_targets,
@@ -919,22 +926,20 @@ async fn remove_target(
     Ok(Some((node, bump_generation(tx, node).await?)))
 }
 
-async fn assigned_targets<C: GenericClient + Sync>(
-    client: &C,
-    node: &str,
-) -> Result<HashSet<Uuid>, StoreError> {
-    let rows = client
-        .query("SELECT uuid FROM targets WHERE node_uuid = $1", &[&node])
+async fn assigned_targets<C: Cached>(client: &C, node: &str) -> Result<HashSet<Uuid>, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT uuid FROM targets WHERE node_uuid = $1")
         .await?;
+    let rows = client.query(&statement, &[&node]).await?;
     rows.iter().map(|r| parse_uuid(r.get(0))).collect()
 }
 
-async fn generation<C: GenericClient + Sync>(client: &C, node: Uuid) -> Result<u64, StoreError> {
+async fn generation<C: Cached>(client: &C, node: Uuid) -> Result<u64, StoreError> {
+    let statement = client
+        .prepare_cached("SELECT generation FROM nodes WHERE uuid = $1")
+        .await?;
     client
-        .query_opt(
-            "SELECT generation FROM nodes WHERE uuid = $1",
-            &[&node.to_string()],
-        )
+        .query_opt(&statement, &[&node.to_string()])
         .await?
         .map(|r| r.get::<_, i64>(0) as u64)
         .ok_or_else(|| StoreError::NotFound(format!("node {node}")))
@@ -977,7 +982,7 @@ async fn next_generation(tx: &tokio_postgres::Transaction<'_>) -> Result<i64, St
         .get(0))
 }
 
-async fn query_targets<C: GenericClient + Sync>(
+async fn query_targets<C: Cached>(
     client: &C,
     filter: &str,
     arg: &str,
@@ -992,7 +997,8 @@ async fn query_targets<C: GenericClient + Sync>(
          size_bytes FROM targets {filter} \
          ORDER BY boot_index IS NULL, boot_index, created_at, uuid{lock}"
     );
-    let rows = client.query(&sql, &[&arg]).await?;
+    let statement = client.prepare_cached(&sql).await?;
+    let rows = client.query(&statement, &[&arg]).await?;
     rows.iter()
         .map(|r| {
             Ok(VolumeTarget {
