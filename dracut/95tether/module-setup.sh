@@ -11,6 +11,8 @@
 # Settings (dracut.conf.d or the environment):
 #   tether_rbd_cli=yes   also install the rbd CLI, which brings Ceph's libraries (tens of MiB).
 #                        By default the agent maps RBD images through /sys/bus/rbd without it.
+#   tether_xfs=yes       also install XFS (its kernel module, 4 MiB, and mkfs.xfs), to make or
+#                        mount XFS volumes in the initramfs; ext4 is always there.
 
 # called by dracut
 check() {
@@ -26,8 +28,12 @@ depends() {
 
 # called by dracut
 installkernel() {
-    # Loaded on demand: iscsi_tcp by iscsid at login, rbd by the map, the filesystem by mount.
-    hostonly='' instmods iscsi_tcp sd_mod crc32c rbd libceph ext4 xfs
+    # Loaded on demand: iscsi_tcp by iscsid at login, rbd by the map, nvme_tcp by the agent's
+    # connect, the file system by mount.
+    local filesystems=ext4
+    [[ ${tether_xfs:-no} == yes ]] && filesystems+=" xfs"
+    # shellcheck disable=SC2086 # one word a module
+    hostonly='' instmods iscsi_tcp sd_mod crc32c rbd libceph nvme_tcp $filesystems
 }
 
 # The programs a unit runs (ExecStart=, ExecStartPre=...), for units that call helper scripts
@@ -46,7 +52,11 @@ install() {
     ln -sf tether "${initdir}/usr/bin/tether-agent"
     # What the agent runs (resolved from /usr/sbin, /sbin, /usr/bin, /bin, never $PATH).
     inst_multiple iscsiadm iscsid iscsi-iname blkid blockdev mount umount udevadm modprobe grep
-    inst_multiple -o mkfs.ext4 mke2fs mkfs.xfs
+    inst_multiple -o mkfs.ext4 mke2fs
+    if [[ ${tether_xfs:-no} == yes ]] && ! inst_multiple mkfs.xfs; then
+        derror "tether: tether_xfs=yes but there is no mkfs.xfs (install xfsprogs)"
+        return 1
+    fi
     # The /dev/rbd/<pool>/<image> links: a shell script and a rule, no Ceph library.
     inst_multiple -o ceph-rbdnamer
     inst_rules 50-rbd.rules
