@@ -408,10 +408,10 @@ _cinder_init() { # SERVICE ACTION : the package's own init script
 # them every 10 ms (oslo.service's ProcessLauncher): a tenth of a vCPU under TCG. Once they run,
 # it gets the lowest priority: it then polls when nothing else wants the CPU. (Not before: the
 # children it forks would inherit the priority.)
-_cinder_volume_parent_nice() {
+_cinder_volume_parent_nice() { # [NICENESS]
     local pid
     pid=$(cat /run/cinder/cinder-volume.pid 2>/dev/null) || return 0
-    renice -n 19 -p "$pid" >/dev/null 2>&1 || true
+    renice -n "${1:-19}" -p "$pid" >/dev/null 2>&1 || true
 }
 
 # _cinder_wait_api SECS : until the API answers its version document.
@@ -594,6 +594,8 @@ cinder_up() {
 cinder_stop() {
     local s
     (($#)) || set -- api volume
+    # (The volume service's parent stops its children: back to normal priority for that.)
+    [[ " $* " == *" volume "* ]] && _cinder_volume_parent_nice 0
     for s in "$@"; do _cinder_init "cinder-$s" stop || true; done
     if [[ " $* " == *" api "* ]] && curl -s -m 5 -o /dev/null "$CINDER_URL/"; then
         _cinder_fail "cinder-api stopped" "no answer on $CINDER_URL" "an answer"
