@@ -302,6 +302,21 @@ mod tests {
 
     use super::*;
 
+    /// A client of `app` served on loopback, and a node to poll it for.
+    async fn conductor_serving(app: Router) -> (Client, NodeLogin) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let resolver = Arc::new(crate::agent::SystemResolver);
+        let client = Client::new(&[url], None, resolver, Default::default()).unwrap();
+        let node = NodeLogin {
+            uuid: Uuid::new_v4(),
+            name: "n".into(),
+            token: Secret::new("t"),
+        };
+        (client, node)
+    }
+
     #[test]
     fn quick_answers_pause_longer_and_longer_until_a_poll_waits() {
         let mut quick = 0;
@@ -363,21 +378,7 @@ mod tests {
                 async move { axum::Json(serde_json::json!({"generation": n, "targets": targets})) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = Client::new(
-            &[url],
-            None,
-            Arc::new(crate::agent::SystemResolver),
-            Default::default(),
-        )
-        .unwrap();
-        let node = NodeLogin {
-            uuid: Uuid::new_v4(),
-            name: "n".into(),
-            token: Secret::new("t"),
-        };
+        let (client, node) = conductor_serving(app).await;
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(poll_targets(client, node, Duration::from_secs(30), tx));
         let start = tokio::time::Instant::now();
@@ -414,21 +415,7 @@ mod tests {
                 async move { axum::Json(serde_json::json!({"generation": n, "targets": []})) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = Client::new(
-            &[url],
-            None,
-            Arc::new(crate::agent::SystemResolver),
-            Default::default(),
-        )
-        .unwrap();
-        let node = NodeLogin {
-            uuid: Uuid::new_v4(),
-            name: "n".into(),
-            token: Secret::new("t"),
-        };
+        let (client, node) = conductor_serving(app).await;
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let poll = poll_targets(client, node, Duration::from_secs(30), tx);

@@ -412,7 +412,7 @@ fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use axum::routing::{get, post};
     use tokio::io::{AsyncReadExt, DuplexStream};
@@ -452,7 +452,8 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
+    /// The size of the future that `f` returns, without calling it.
+    pub(in crate::conductor) fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
         size_of::<F>()
     }
 

@@ -267,6 +267,7 @@ impl Drop for Admitted {
 
 #[cfg(test)]
 mod tests {
+    use super::super::http1::tests::size_of_future;
     use super::*;
 
     fn limits(total: usize, per_address: usize) -> Limits {
@@ -295,10 +296,6 @@ mod tests {
             !gate.per_address.lock().unwrap().contains_key(&b),
             "an address with no connection leaves the table"
         );
-    }
-
-    fn size_of_future<A, F: Future>(_: impl Fn(A) -> F) -> usize {
-        size_of::<F>()
     }
 
     /// Every waiting long-poll holds its connection's task: it must hold the connection's
