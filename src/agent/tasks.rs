@@ -302,6 +302,23 @@ mod tests {
 
     use super::*;
 
+    /// A conductor that answers every long-poll at once with `answer(n)` for its n-th poll (from
+    /// 1), and the count of polls.
+    fn answering(
+        answer: impl Fn(u64) -> serde_json::Value + Clone + Send + Sync + 'static,
+    ) -> (Router, Arc<AtomicU64>) {
+        let polls = Arc::new(AtomicU64::new(0));
+        let counter = polls.clone();
+        let app = Router::new().route(
+            "/v1/nodes/{node}/volume/targets",
+            get(move || {
+                let body = answer(counter.fetch_add(1, Ordering::Relaxed) + 1);
+                async move { axum::Json(body) }
+            }),
+        );
+        (app, polls)
+    }
+
     /// A client of `app` served on loopback, and a node to poll it for.
     async fn conductor_serving(app: Router) -> (Client, NodeLogin) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -357,27 +374,21 @@ mod tests {
     /// pauses between polls do not grow (they once grew to 27 s, holding an answer that long).
     #[tokio::test]
     async fn a_burst_of_changes_reaches_the_agent_without_growing_pauses() {
-        let polls = Arc::new(AtomicU64::new(0));
-        let counter = polls.clone();
-        let app = Router::new().route(
-            "/v1/nodes/{node}/volume/targets",
-            get(move || {
-                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                let targets: Vec<serde_json::Value> = (0..n)
-                    .map(|i| {
-                        serde_json::json!({
-                            "uuid": Uuid::from_u128(u128::from(i) + 1),
-                            "node_uuid": Uuid::nil(),
-                            "volume_id": format!("vol-{i}"),
-                            "volume_type": "iscsi",
-                            "properties": {"target_portal": "192.0.2.1:3260",
-                                "target_iqn": "iqn.2003-01.org.example:t", "target_lun": i},
-                        })
+        let (app, _) = answering(|n| {
+            let targets: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    serde_json::json!({
+                        "uuid": Uuid::from_u128(u128::from(i) + 1),
+                        "node_uuid": Uuid::nil(),
+                        "volume_id": format!("vol-{i}"),
+                        "volume_type": "iscsi",
+                        "properties": {"target_portal": "192.0.2.1:3260",
+                            "target_iqn": "iqn.2003-01.org.example:t", "target_lun": i},
                     })
-                    .collect();
-                async move { axum::Json(serde_json::json!({"generation": n, "targets": targets})) }
-            }),
-        );
+                })
+                .collect();
+            serde_json::json!({"generation": n, "targets": targets})
+        });
         let (client, node) = conductor_serving(app).await;
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(poll_targets(client, node, Duration::from_secs(30), tx));
@@ -406,15 +417,7 @@ mod tests {
     /// one did for a node enrolled again): the agent must not spin.
     #[tokio::test]
     async fn a_conductor_that_never_waits_does_not_make_the_agent_spin() {
-        let polls = Arc::new(AtomicU64::new(0));
-        let counter = polls.clone();
-        let app = Router::new().route(
-            "/v1/nodes/{node}/volume/targets",
-            get(move || {
-                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                async move { axum::Json(serde_json::json!({"generation": n, "targets": []})) }
-            }),
-        );
+        let (app, polls) = answering(|n| serde_json::json!({"generation": n, "targets": []}));
         let (client, node) = conductor_serving(app).await;
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
