@@ -356,29 +356,48 @@ async fn main_loop(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        // Whether the wake-up changed what reconcile and the report are made from: the
+        // timers of an idle agent (path health, watchdog) mostly change nothing, and planning
+        // and publishing again would only cost CPU. A write that failed is still retried.
+        let changed = tokio::select! {
             event = events.recv() => match event {
                 Some(Event::LookedUp(node)) => {
                     agent.looked_up(node.clone());
                     heartbeats.start(node, report_tx.subscribe());
+                    true
                 }
-                Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
+                Some(Event::Assignment(answer)) => {
+                    agent.apply_assignment(answer);
+                    true
+                }
                 Some(Event::Done(uuid, result, took)) => {
                     agent.finish(uuid, *result, took, clock.now());
                     agent.refresh_foreign(events_tx);
+                    true
                 }
-                Some(Event::Foreign(found)) => agent.foreign = found,
+                Some(Event::Foreign(found)) => {
+                    let changed = agent.foreign != found;
+                    agent.foreign = found;
+                    changed
+                }
                 Some(Event::Health(found)) => agent.health_found(found),
                 None => return,
             },
             _ = health.tick() => agent.check_health(events_tx),
             Ok(()) = conductor.changed() => {
                 agent.conductor = conductor.borrow_and_update().clone();
+                true
             }
-            _ = wake => {}
+            _ = wake => true,
             // Pinged from this loop, so a hung loop is restarted by systemd.
-            _ = watchdog.tick() => notify::watchdog(),
+            _ = watchdog.tick() => {
+                notify::watchdog();
+                false
+            }
             _ = shutdown.as_mut() => return,
+        };
+        if !changed && !agent.owes_a_write() {
+            continue;
         }
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
         for action in plan.actions {
