@@ -347,6 +347,8 @@ async fn main_loop(
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
     let mut said_unconfirmed = false;
+    // The first pass plans whatever wakes it (remembered volumes attach before any event).
+    let mut planned = false;
     let mut health = tokio::time::interval(health::HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -396,9 +398,10 @@ async fn main_loop(
             }
             _ = shutdown.as_mut() => return,
         };
-        if !changed && !agent.owes_a_write() {
+        if planned && !changed && !agent.owes_a_write() {
             continue;
         }
+        planned = true;
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
         for action in plan.actions {
             agent.start(action, events_tx, clock.now());
