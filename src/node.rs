@@ -187,14 +187,19 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 /// `journalctl -o json` has VOLUME_ID, TARGET_UUID, STATE…) when systemd connected stderr to the
 /// journal. `TETHER_LOG_FORMAT=text` keeps plain text on stderr regardless.
 pub fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // `target=level` directives (`tether=debug,info`); a filter without regular expressions,
+    // whose code would stay resident in the agent (BENCHMARKS.md, "Agent footprint").
+    let filter = std::env::var("TETHER_LOG")
+        .ok()
+        .and_then(|wanted| wanted.parse::<Targets>().ok())
+        .unwrap_or_else(|| default.parse().expect("a level is a valid filter"));
     let under_journald = tether::journal::stderr_is_journal();
     let text_wanted = std::env::var("TETHER_LOG_FORMAT").is_ok_and(|f| f == "text");
     if under_journald && !text_wanted {
@@ -205,16 +210,16 @@ pub fn init_logging(verbose: u8) {
         return;
     }
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
+    let logging = tracing_subscriber::registry().with(filter);
     // journald stamps every line itself.
     if under_journald {
-        builder.without_time().init();
+        logging.with(text.without_time()).init();
     } else {
-        builder.init();
+        logging.with(text).init();
     }
 }
 

@@ -671,8 +671,18 @@ impl Agent {
         };
         match self.state.save_status(&status) {
             Ok(()) => self.written_status = Some(said),
-            Err(e) => tracing::warn!(error = %e, "cannot write the status file"),
+            Err(e) => {
+                // Written again at the next pass, even one that changed nothing.
+                self.written_status = None;
+                tracing::warn!(error = %e, "cannot write the status file")
+            }
         }
+    }
+
+    /// Whether the record or the status file could not be written last time: the main loop
+    /// then publishes after any wake-up, so that the write is tried again.
+    pub(crate) fn owes_a_write(&self) -> bool {
+        self.record_unwritable.is_some() || self.written_status.is_none()
     }
 }
 

@@ -26,9 +26,10 @@ fn is_attached(state: VolumeState) -> bool {
 
 impl Agent {
     /// Looks at the paths of every attached volume, off the main loop; one look at a time.
-    pub(crate) fn check_health(&mut self, events: &mpsc::Sender<Event>) {
+    /// Returns whether the volumes' health changed (none attached: nothing is degraded).
+    pub(crate) fn check_health(&mut self, events: &mpsc::Sender<Event>) -> bool {
         if self.health_checking {
-            return;
+            return false;
         }
         let attached: Vec<(Uuid, Attachment)> = self
             .volumes
@@ -37,8 +38,9 @@ impl Agent {
             .filter_map(|v| Some((v.target_uuid, v.attachment.clone()?)))
             .collect();
         if attached.is_empty() {
+            let changed = !self.degraded.is_empty();
             self.degraded.clear();
-            return;
+            return changed;
         }
         self.health_checking = true;
         let backends = self.backends.clone();
@@ -50,11 +52,14 @@ impl Agent {
                 .collect();
             let _ = events.blocking_send(Event::Health(found));
         });
+        false
     }
 
-    /// Takes in what a look found; says each change in the log once.
-    pub(crate) fn health_found(&mut self, found: Health) {
+    /// Takes in what a look found; says each change in the log once. Returns whether a
+    /// volume's health changed.
+    pub(crate) fn health_found(&mut self, found: Health) -> bool {
         self.health_checking = false;
+        let before = self.degraded.clone();
         for (uuid, result) in found {
             let Some(volume) = self.volumes.get(&uuid) else {
                 continue;
@@ -98,5 +103,6 @@ impl Agent {
         self.degraded
             .retain(|uuid, _| volumes.get(uuid).is_some_and(|v| is_attached(v.state())));
         self.metrics.set_degraded(self.degraded.len());
+        self.degraded != before
     }
 }

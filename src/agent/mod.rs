@@ -347,6 +347,8 @@ async fn main_loop(
     let mut next_wake: Option<Millis> = None;
     let mut ready = false;
     let mut said_unconfirmed = false;
+    // The first pass plans whatever wakes it (remembered volumes attach before any event).
+    let mut planned = false;
     let mut health = tokio::time::interval(health::HEALTH_INTERVAL);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -356,30 +358,50 @@ async fn main_loop(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        // Whether the wake-up changed what reconcile and the report are made from: the
+        // timers of an idle agent (path health, watchdog) mostly change nothing, and planning
+        // and publishing again would only cost CPU. A write that failed is still retried.
+        let changed = tokio::select! {
             event = events.recv() => match event {
                 Some(Event::LookedUp(node)) => {
                     agent.looked_up(node.clone());
                     heartbeats.start(node, report_tx.subscribe());
+                    true
                 }
-                Some(Event::Assignment(answer)) => agent.apply_assignment(answer),
+                Some(Event::Assignment(answer)) => {
+                    agent.apply_assignment(answer);
+                    true
+                }
                 Some(Event::Done(uuid, result, took)) => {
                     agent.finish(uuid, *result, took, clock.now());
                     agent.refresh_foreign(events_tx);
+                    true
                 }
-                Some(Event::Foreign(found)) => agent.foreign = found,
+                Some(Event::Foreign(found)) => {
+                    let changed = agent.foreign != found;
+                    agent.foreign = found;
+                    changed
+                }
                 Some(Event::Health(found)) => agent.health_found(found),
                 None => return,
             },
             _ = health.tick() => agent.check_health(events_tx),
             Ok(()) = conductor.changed() => {
                 agent.conductor = conductor.borrow_and_update().clone();
+                true
             }
-            _ = wake => {}
+            _ = wake => true,
             // Pinged from this loop, so a hung loop is restarted by systemd.
-            _ = watchdog.tick() => notify::watchdog(),
+            _ = watchdog.tick() => {
+                notify::watchdog();
+                false
+            }
             _ = shutdown.as_mut() => return,
+        };
+        if planned && !changed && !agent.owes_a_write() {
+            continue;
         }
+        planned = true;
         let plan = reconcile(&agent.desired, &agent.volumes, clock.now());
         for action in plan.actions {
             agent.start(action, events_tx, clock.now());
