@@ -7,11 +7,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
-/// A pooled connection or its transaction, with the connection's cache of prepared statements:
-/// the statements of every heartbeat and long-poll are parsed and planned once a connection,
-/// not once a call.
-trait Cached: deadpool_postgres::GenericClient {}
-impl<C: deadpool_postgres::GenericClient> Cached for C {}
+// The helpers below that read on every heartbeat and long-poll take deadpool's client (a pooled
+// connection or its transaction): its `prepare_cached` parses and plans a statement once a
+// connection, not once a call.
+use deadpool_postgres::GenericClient as Cached;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
