@@ -65,7 +65,6 @@ pub(crate) struct Agent {
     crash_after_write: Option<&'static str>,
     /// Attached volumes with a path down, and why (see [`super::health`]).
     pub(crate) degraded: BTreeMap<Uuid, ErrorReport>,
-    pub(crate) health_checking: bool,
     /// The node's cache of its volumes' targets; `None` when `offline_reattach` is off.
     target_cache: Option<TargetCache>,
     /// What the cache holds, so that an unchanged target is not written again.
@@ -106,7 +105,6 @@ impl Agent {
             written_status: None,
             crash_after_write: None,
             degraded: BTreeMap::new(),
-            health_checking: false,
             target_cache: None,
             cached: BTreeMap::new(),
             offline_pending: BTreeSet::new(),

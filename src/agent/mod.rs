@@ -193,11 +193,20 @@ pub async fn run_with_resolver(
         task: None,
     };
     agent.refresh_foreign(&events_tx);
+    let (watched_tx, watched) = watch::channel(agent.watched());
+    health::watch_paths(
+        agent.backends.clone(),
+        watched,
+        events_tx.clone(),
+        health::HEALTH_INTERVAL,
+    )
+    .context("starting the path health thread")?;
     let clock = Clock(Instant::now());
     let channels = Channels {
         events: &mut events,
         events_tx: &events_tx,
         report_tx: &report_tx,
+        watched_tx: &watched_tx,
         conductor: conductor_in_use,
     };
     main_loop(
@@ -324,6 +333,8 @@ struct Channels<'a> {
     events: &'a mut mpsc::Receiver<Event>,
     events_tx: &'a mpsc::Sender<Event>,
     report_tx: &'a watch::Sender<Heartbeat>,
+    /// The attached volumes, for the path watcher.
+    watched_tx: &'a watch::Sender<health::Watched>,
     /// The conductor the HTTP client uses.
     conductor: watch::Receiver<client::InUse>,
 }
@@ -342,6 +353,7 @@ async fn main_loop(
         events,
         events_tx,
         report_tx,
+        watched_tx,
         mut conductor,
     } = channels;
     let mut next_wake: Option<Millis> = None;
@@ -349,8 +361,6 @@ async fn main_loop(
     let mut said_unconfirmed = false;
     // The first pass plans whatever wakes it (remembered volumes attach before any event).
     let mut planned = false;
-    let mut health = tokio::time::interval(health::HEALTH_INTERVAL);
-    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = async {
             match next_wake {
@@ -385,7 +395,6 @@ async fn main_loop(
                 Some(Event::Health(found)) => agent.health_found(found),
                 None => return,
             },
-            _ = health.tick() => agent.check_health(events_tx),
             Ok(()) = conductor.changed() => {
                 agent.conductor = conductor.borrow_and_update().clone();
                 true
@@ -420,6 +429,12 @@ async fn main_loop(
             false => after.next_wake,
         };
         agent.publish(report_tx);
+        let watched = agent.watched();
+        watched_tx.send_if_modified(|w| {
+            let changed = *w != watched;
+            *w = watched;
+            changed
+        });
         let volumes = agent.volumes.len();
         if !ready && !matches!(agent.desired, Desired::Unknown) && agent.offline_pending.is_empty()
         {
