@@ -2,14 +2,14 @@
 # The diskimage-builder element in the ramdisk operators boot: an ironic-python-agent ramdisk
 # built with ironic-python-agent-builder and `-e tether` (scripts/vm/build-dib-ramdisk, on the
 # host, with the same package as the other scenarios). The node boots that image's own kernel
-# and initramfs, diskless, as Ironic would: DHCP on the link (busybox udhcpd here), the agent's
-# settings on the kernel command line. Its agent (the packaged unit the element enabled) looks
-# the node up, reports the initiator name open-iscsi generated at boot (the element leaves
-# none in the image), and once LIO lets that name in and the volume is assigned, logs in,
-# formats and mounts it and reports the device path.
+# and initramfs, diskless, as Ironic would: DHCP on the link (busybox udhcpd here), BOOTIF and
+# the agent's settings on the kernel command line. Its agent (the packaged unit the element
+# enabled) looks the node up, reports the initiator name open-iscsi generated at boot (the
+# element leaves none in the image), and once LIO lets that name in and the volume is
+# assigned, logs in, formats and mounts it and reports the device path.
 # The throwaway CA of this run is not in the image (an operator adds theirs with an element of
 # their own): it comes as a small cpio archive appended to the image's initramfs.
-# vm-timeout: 900
+# vm-timeout: 600
 # vm-node: dib
 source "$SHARE/vm/ramdisk.sh"
 
@@ -96,12 +96,15 @@ ctl node create "$RD_NODE" --mac "$NODE_MAC" --uuid "$RD_NODE_UUID" >/dev/null
 
 : >"$RD/node-dib"
 # ipa-api-url: where Ironic would be (nothing answers; IPA keeps retrying its lookup, as it
-# does while Ironic is down).
+# does while Ironic is down). BOOTIF: the MAC the node booted from, which Ironic's network boot
+# always passes (pxelinux `ipappend 3`, iPXE `BOOTIF=${mac}`); without it the image waits 30
+# tries for a virtual-media config drive (ironic-agent-resolve-config-drive, 38 s here).
 boot_node "tether.conductor=$TETHER_URL tether.node=$RD_NODE_UUID tether.conductor_ca_file=$DIB_CA" \
-    "ipa-api-url=http://$LINK_IP:6385 systemd.journald.forward_to_console=1"
+    "ipa-api-url=http://$LINK_IP:6385 BOOTIF=01-${NODE_MAC//:/-}" \
+    "systemd.journald.forward_to_console=1"
 
 # The node's agent looks it up and reports; then the target lets its initiator in.
-node_iqn="" deadline=$(($(now_ms) + 600000))
+node_iqn="" deadline=$(($(now_ms) + 420000))
 while (($(now_ms) < deadline)) && [[ ! -f $RD/node-exited ]]; do
     node_iqn=$(node_reported_iqn)
     [[ -n $node_iqn ]] && break
@@ -109,7 +112,7 @@ while (($(now_ms) < deadline)) && [[ ! -f $RD/node-exited ]]; do
 done
 if [[ -z $node_iqn ]]; then
     fail "the node's agent looked the node up and reported its initiator name" \
-        "an iqn connector in the node's report within 600 s" \
+        "an iqn connector in the node's report within 420 s" \
         "status: $(ctl status "$RD_NODE" 2>&1 || true); udhcpd: $(tail -n 5 "$RESULT_DIR/udhcpd.log" 2>/dev/null | tr '\n' ' '); $(node_console_tail)"
     node_done
     exit 0
