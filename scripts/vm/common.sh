@@ -18,11 +18,17 @@ VM_HOST_NEEDS=(
     timeout:coreutils
 )
 
+# apt-get on the host, one at a time: the IPA ramdisk builds in the background beside the
+# suites (scripts/vm-test), and two apt-get at once fail on apt's locks instead of waiting.
+vm_apt_get() {
+    DEBIAN_FRONTEND=noninteractive flock -w 1800 /run/lock/tether-vm-apt.lock apt-get "$@"
+}
+
 vm_apt_updated=0
 vm_apt_update() {
     if [[ $vm_apt_updated == 0 ]]; then
         vm_log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || vm_die "apt-get update failed"
+        vm_apt_get update -q >&2 || vm_die "apt-get update failed"
         vm_apt_updated=1
     fi
 }
@@ -42,7 +48,7 @@ vm_ensure_host_packages() {
         [[ $(id -u) == 0 ]] || vm_die "missing host packages (${missing[*]}); run as root or install them"
         vm_apt_update
         vm_log "installing host packages: ${missing[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+        vm_apt_get install -y -q --no-install-recommends "${missing[@]}" >&2 \
             || vm_die "apt-get install ${missing[*]} failed"
     fi
     export PATH="$PATH:/usr/sbin:/sbin"
