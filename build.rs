@@ -6,9 +6,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=TETHER_NO_RELR");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !target.ends_with("-linux-gnu") || std::env::var_os("TETHER_NO_RELR").is_some() {
+    if !target.ends_with("-linux-gnu") {
         return;
     }
     if glibc_version().is_some_and(|v| v >= (2, 36)) {

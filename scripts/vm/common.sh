@@ -20,8 +20,10 @@ VM_HOST_NEEDS=(
 
 # apt-get on the host, one at a time: the IPA ramdisk builds in the background beside the
 # suites (scripts/vm-test), and two apt-get at once fail on apt's locks instead of waiting.
+# (The lock timeout is for an apt of someone else's, such as unattended-upgrades.)
 vm_apt_get() {
-    DEBIAN_FRONTEND=noninteractive flock -w 1800 /run/lock/tether-vm-apt.lock apt-get "$@"
+    DEBIAN_FRONTEND=noninteractive flock -w 1800 /run/lock/tether-vm-apt.lock \
+        apt-get -o DPkg::Lock::Timeout=600 "$@"
 }
 
 vm_apt_updated=0

@@ -68,11 +68,25 @@ pub(crate) fn watch_paths(
 impl Agent {
     /// The attached volumes, for the path watcher.
     pub(crate) fn watched(&self) -> Watched {
+        self.attached().map(|(uuid, a)| (uuid, a.clone())).collect()
+    }
+
+    /// Tells the path watcher of a change in the attached volumes; copies them only then.
+    pub(crate) fn publish_watched(&self, watched: &watch::Sender<Watched>) {
+        watched.send_if_modified(|w| {
+            let same = w.iter().map(|(uuid, a)| (*uuid, a)).eq(self.attached());
+            if !same {
+                *w = self.watched();
+            }
+            !same
+        });
+    }
+
+    fn attached(&self) -> impl Iterator<Item = (Uuid, &Attachment)> {
         self.volumes
             .values()
             .filter(|v| is_attached(v.state()))
-            .filter_map(|v| Some((v.target_uuid, v.attachment.clone()?)))
-            .collect()
+            .filter_map(|v| Some((v.target_uuid, v.attachment.as_ref()?)))
     }
 
     /// Takes in what a look found; says each change in the log once. Returns whether a

@@ -429,12 +429,7 @@ async fn main_loop(
             false => after.next_wake,
         };
         agent.publish(report_tx);
-        let watched = agent.watched();
-        watched_tx.send_if_modified(|w| {
-            let changed = *w != watched;
-            *w = watched;
-            changed
-        });
+        agent.publish_watched(watched_tx);
         let volumes = agent.volumes.len();
         if !ready && !matches!(agent.desired, Desired::Unknown) && agent.offline_pending.is_empty()
         {
